@@ -1,0 +1,165 @@
+"""The check interface: one small class per check, one method per SMTP stage it acts on.
+
+A check returns `None` (no opinion) or a `Verdict` naming a catalog reason. The chain
+(`checks/chain.py`) runs the configured checks in order, times them, and turns an exception or
+a timeout into a temporary failure (451 4.3.0) - never into an accept, never into a 5xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mailwarden import catalog
+
+if TYPE_CHECKING:
+    from mailwarden.config import Config
+    from mailwarden.smtp.spool import Spool
+    from mailwarden.store import Store
+
+
+class Stage(StrEnum):
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class Action(StrEnum):
+    REJECT = "reject"  # permanent refusal (5xx): only on proof
+    TEMPFAIL = "tempfail"  # temporary refusal (4xx): the sender retries
+    TAG = "tag"  # accept, but mark (headers, folder)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reason: str
+    values: Mapping[str, object] = field(default_factory=dict)  # fill the catalog templates
+    detail: Mapping[str, Any] = field(default_factory=dict)  # recorded in the event
+    smtp_code: int | None = None  # overrides the catalog's code (e.g. 450 4.1.8 while DNS fails)
+    enhanced: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # TAG: header fields to add to the accepted mail
+    folder: str | None = None  # TAG: deliver into this folder instead of INBOX
+
+    def __post_init__(self) -> None:
+        reason = catalog.get(self.reason)  # fails early on a code that is not in the catalog
+        code = self.smtp_code or reason.smtp_code
+        if self.action is Action.REJECT and not 500 <= code < 600:
+            raise ValueError(f"a reject needs a 5xx code, {self.reason} has {code}")
+        if self.action is Action.TEMPFAIL and not 400 <= code < 500:
+            raise ValueError(f"a tempfail needs a 4xx code, {self.reason} has {code}")
+
+    @classmethod
+    def reject(cls, reason: str, **values: object) -> Verdict:
+        return cls(Action.REJECT, reason, values)
+
+    @classmethod
+    def tempfail(cls, reason: str, **values: object) -> Verdict:
+        return cls(Action.TEMPFAIL, reason, values)
+
+    @property
+    def code(self) -> int:
+        return self.smtp_code or catalog.get(self.reason).smtp_code
+
+    @property
+    def enhanced_code(self) -> str:
+        return self.enhanced or catalog.get(self.reason).enhanced
+
+
+@dataclass
+class SessionInfo:
+    """What we know about the connection; checks may add to `results` for later checks."""
+
+    id: str
+    node: str
+    client_ip: str
+    client_port: int
+    client_name: str | None = None  # verified (forward-confirmed) reverse DNS name
+    helo: str | None = None
+    esmtp: bool = False
+    tls: str | None = None  # TLS version once STARTTLS succeeded
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipient:
+    address: str  # as the client wrote it
+    mailbox: str  # the local mailbox it resolves to
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    folder: str = "INBOX"
+
+
+@dataclass
+class Transaction:
+    """One MAIL..DATA transaction."""
+
+    ref: str
+    sender: str | None = None  # "" is the null sender <>
+    mail_options: list[str] = field(default_factory=list)
+    recipients: list[Recipient] = field(default_factory=list)
+    spool: Spool | None = None  # the message, from the end of DATA on
+    headers: list[tuple[str, str]] = field(default_factory=list)  # added to the accepted mail
+    folder: str | None = None  # TAG verdicts may divert delivery (e.g. Junk)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def declared_size(self) -> int | None:
+        for option in self.mail_options:
+            name, _, value = option.partition("=")
+            if name.upper() == "SIZE" and value.isdigit():
+                return int(value)
+        return None
+
+
+@dataclass
+class Services:
+    """Shared things a check may need, built once at start."""
+
+    config: Config
+    store: Store
+    local_domains: frozenset[str]
+
+
+@dataclass
+class CheckContext:
+    services: Services
+    session: SessionInfo
+    txn: Transaction | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+
+class Check:
+    """Base class: override the stage methods the check acts on; the others are skipped."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def create(cls, services: Services) -> Check:
+        """Build the check from the configuration; override when it needs settings."""
+        return cls()
+
+    async def connect(self, ctx: CheckContext) -> Verdict | None:
+        return None
+
+    async def helo(self, ctx: CheckContext) -> Verdict | None:
+        return None
+
+    async def mail(self, ctx: CheckContext) -> Verdict | None:
+        return None
+
+    async def rcpt(self, ctx: CheckContext, recipient: str) -> Verdict | Recipient | None:
+        """RCPT is special: a check may resolve the address to a local mailbox (`Recipient`)."""
+        return None
+
+    async def data(self, ctx: CheckContext) -> Verdict | None:
+        return None
+
+    def acts_on(self, stage: Stage) -> bool:
+        return getattr(type(self), stage.value) is not getattr(Check, stage.value)

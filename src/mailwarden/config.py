@@ -1,0 +1,417 @@
+"""Configuration: one TOML file, validated at start, every option documented with its default.
+
+The models below are the single source of truth: `docs/configuration.md` is generated from
+them (`mailwarden config docs`) and a test keeps the two in step. Validation errors name the
+key, the problem and the fix (see `ConfigError`). Relative paths are resolved against the
+directory of the config file (or the working directory when there is none).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_VAR = "MAILWARDEN_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: which key, what is wrong, how to fix it."""
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"; raise ValueError with a usable message."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{value!r}: missing ']' after an IPv6 address")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:  # bare IPv6 without port
+        host, port_text = text, ""
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{value!r}: the host part is empty")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{value!r}: give a port, as in 127.0.0.1:2525 or [::1]:2525")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _check_listen(values: list[str]) -> list[str]:
+    for value in values:
+        parse_hostport(value)
+    return values
+
+
+HostPort = Annotated[str, Field(pattern=r"\S")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Section):
+    name: str = Field(
+        default_factory=socket.gethostname,
+        description="Name of this node in events and refs; must differ between nodes sharing a store. "
+        "Default: the machine's hostname.",
+    )
+
+
+class SmtpTimeouts(_Section):
+    command: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds to wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).",
+    )
+    data_block: float = Field(
+        180.0,
+        gt=0,
+        description="Seconds of silence allowed while receiving DATA (RFC 5321 4.5.3.2.5: 3 minutes); "
+        "a slow but steady upload is never cut off.",
+    )
+    session: float = Field(3600.0, gt=0, description="Upper bound on one connection's total duration in seconds.")
+
+
+class SmtpConfig(_Section):
+    listen: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:2525"],
+        description='Addresses to accept SMTP on, as "host:port" or "[v6]:port".',
+    )
+    hostname: str = Field(
+        default_factory=socket.gethostname,
+        description="Our name in the greeting, EHLO reply and Received header. Default: the machine's hostname.",
+    )
+    max_message_size: int = Field(
+        26_214_400, ge=1024, description="Largest message accepted, in bytes (advertised as SIZE)."
+    )
+    max_recipients: int = Field(100, ge=1, description="Recipients per transaction; more get 452 4.5.3.")
+    max_connections: int = Field(500, ge=1, description="Simultaneous connections in total; more get 421 4.7.0.")
+    max_connections_per_ip: int = Field(
+        20, ge=1, description="Simultaneous connections from one client address; more get 421 4.7.0."
+    )
+    max_command_line: int = Field(
+        512, ge=512, description="Longest command line in bytes incl. CRLF (RFC 5321: 512); longer gets 500 5.5.2."
+    )
+    max_line_length: int = Field(
+        65_536,
+        ge=1001,
+        description="Longest line inside a message in bytes. RFC 5322 says 998, but real mail has longer "
+        "lines; a message with a longer line gets 500 5.5.2.",
+    )
+    memory_spool_limit: int = Field(
+        1_048_576,
+        ge=65536,
+        description="Messages larger than this many bytes are spooled to disk while they arrive.",
+    )
+    bare_newline: Literal["normalize", "reject"] = Field(
+        "normalize",
+        description='A bare LF or CR in a message: "normalize" to CRLF (like Postfix\'s '
+        'smtpd_forbid_bare_newline = normalize) or "reject" with 550 5.5.2 (protocol.bare_lf).',
+    )
+    proxy_protocol: bool = Field(
+        False, description="Expect a HAProxy PROXY header (v1 or v2) on every connection, from a load balancer."
+    )
+    proxy_trusted: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Networks allowed to send a PROXY header; others are disconnected.",
+    )
+    timeouts: SmtpTimeouts = Field(default_factory=SmtpTimeouts, description="Timeouts (seconds).")
+
+    _listen = field_validator("listen")(_check_listen)
+
+    @field_validator("proxy_trusted")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+
+class MailConfig(_Section):
+    domains: list[str] = Field(
+        default_factory=lambda: ["example.test"],
+        description="Domains we accept mail for. Mail for any other domain is refused (554 5.7.1, never relayed).",
+    )
+    maildir_root: str = Field(
+        "var/mail", description="Root of the mailboxes: DOMAIN/LOCALPART/ is each mailbox's Maildir."
+    )
+    spool_dir: str = Field("var/spool", description="Temporary files for large messages while they arrive.")
+    recipient_delimiter: str = Field(
+        "+",
+        max_length=1,
+        description='Sub-address separator: bob+news@example.test is delivered to bob@example.test. "" turns it off.',
+    )
+    postmaster: str = Field(
+        "",
+        description="Mailbox that receives postmaster@ of every local domain (RFC 5321 4.5.1), unless a "
+        'mailbox postmaster@DOMAIN exists. "" = none.',
+    )
+    demo_mailbox: str = Field(
+        "demo@example.test",
+        description='Mailbox created on first start when the store has none, with a random password shown once. "" = none.',
+    )
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, values: list[str]) -> list[str]:
+        return [value.strip().lower().rstrip(".") for value in values]
+
+
+class StoreConfig(_Section):
+    url: str = Field(
+        "sqlite:///var/mailwarden.db",
+        description="Event and mailbox store: sqlite:///relative/path or sqlite:////absolute/path.",
+    )
+    batch_interval: float = Field(
+        0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."
+    )
+    retention_days: int = Field(90, ge=1, description="Events older than this are purged.")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://")):
+            raise ValueError("use sqlite:///relative/path, sqlite:////absolute/path or postgresql://...")
+        return value
+
+
+class DnsConfig(_Section):
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description='Resolvers as "host:port" (port 53 if omitted). Empty: the system resolver. '
+        "Use a local caching resolver; DNSBLs refuse public ones.",
+    )
+    timeout: float = Field(
+        2.0, gt=0, le=30, description="Seconds per DNS query before it counts as a temporary failure."
+    )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _servers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_hostport(value, default_port=53)
+        return values
+
+
+class DnsblZone(_Section):
+    zone: str = Field(description="DNS zone of the list, e.g. zen.spamhaus.org (Spamhaus meanings are built in).")
+
+
+class DnsblConfig(_Section):
+    zones: list[DnsblZone] = Field(default_factory=list, description="Blocklists to query for each client address.")
+
+
+class ClamdConfig(_Section):
+    address: str = Field("", description='clamd as "host:port" or a unix socket path. "" = no virus scanning.')
+
+
+class SpamConfig(_Section):
+    engine: Literal["rspamd", "spamassassin"] = Field("rspamd", description="Which spam scanner to ask.")
+    address: str = Field("", description='The scanner as "host:port". "" = no spam scoring.')
+
+
+class ScanConfig(_Section):
+    clamd: ClamdConfig = Field(default_factory=ClamdConfig, description="ClamAV's clamd.")
+    spam: SpamConfig = Field(default_factory=SpamConfig, description="Spam scoring.")
+
+
+class TlsConfig(_Section):
+    cert: str = Field("var/tls/cert.pem", description="PEM certificate for STARTTLS; created self-signed when missing.")
+    key: str = Field("var/tls/key.pem", description="PEM private key for STARTTLS; created when missing.")
+    enabled: bool = Field(True, description="Offer STARTTLS.")
+
+
+class Pop3Config(_Section):
+    listen: list[str] = Field(default_factory=list, description='POP3 addresses as "host:port". Empty: no POP3 server.')
+    allow_plaintext_auth: bool = Field(
+        False, description="Allow USER/PASS and AUTH PLAIN without STLS (tests, trusted networks only)."
+    )
+
+    _listen = field_validator("listen")(_check_listen)
+
+
+class WebConfig(_Section):
+    listen: str = Field("", description='Tracking center as "host:port". "" = no web server.')
+
+
+class ExplainConfig(_Section):
+    url: str = Field(
+        "", description='Public explanation page; the ref is appended and shown in every refusal. "" = none.'
+    )
+
+
+class ChecksConfig(_Section):
+    order: list[str] = Field(
+        default_factory=lambda: ["recipients", "size"],
+        description="Checks to run, in this order, at each SMTP stage they act on.",
+    )
+    timeout: float = Field(
+        30.0, gt=0, description="Seconds one check may take; a slower check gives 451 4.3.0, never an accept."
+    )
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level (stderr).")
+
+
+class Config(_Section):
+    node: NodeConfig = Field(default_factory=NodeConfig, description="This node.")
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig, description="The SMTP gateway (our MX).")
+    mail: MailConfig = Field(default_factory=MailConfig, description="Local domains and mailboxes.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Where events and mailboxes live.")
+    dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolution for the checks.")
+    dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="DNS block- and allowlists.")
+    scan: ScanConfig = Field(default_factory=ScanConfig, description="Content scanners.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="STARTTLS.")
+    pop3: Pop3Config = Field(default_factory=Pop3Config, description="The POP3 server.")
+    web: WebConfig = Field(default_factory=WebConfig, description="The web tracking center.")
+    explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Public explanations of refusals.")
+    checks: ChecksConfig = Field(default_factory=ChecksConfig, description="The decision chain.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Daemon logging.")
+
+    # Where relative paths are anchored; not a TOML key.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True, description="")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.mail.postmaster and self.mail.postmaster.rpartition("@")[2].lower() not in self.mail.domains:
+            raise ValueError(f"mail.postmaster {self.mail.postmaster!r} is not in one of mail.domains")
+        return self
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path against the config file's directory."""
+        path = Path(value)
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    for name, info in model.model_fields.items():
+        if name == "base_dir":
+            continue
+        key = f"{prefix}{name}"
+        yield key
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _known_keys(annotation, key + ".")
+
+
+def _explain(error: ValidationError) -> str:
+    known = list(_known_keys(Config))
+    lines = []
+    for item in error.errors():
+        key = _key_of(tuple(item["loc"]))
+        if item["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(key, known, n=1)
+            fix = f"did you mean `{near[0]}`?" if near else "remove it; docs/configuration.md lists every key"
+            lines.append(f"key `{key}`: unknown key. Fix: {fix}")
+            continue
+        problem = item["msg"].removeprefix("Value error, ")
+        lines.append(
+            f"key `{key or '(top level)'}`: {problem} (got {item.get('input')!r}). "
+            "Fix: set an allowed value; docs/configuration.md documents it with its default."
+        )
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the config from `path`, $MAILWARDEN_CONFIG, or the built-in defaults."""
+    chosen = path if path is not None else os.environ.get(ENV_VAR)
+    if not chosen:
+        return Config()
+    file = Path(chosen)
+    try:
+        with file.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist; create it or leave out -c to use the defaults") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}. Fix the syntax at that position.") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        return Config(**data, base_dir=file.resolve().parent)
+    except ValidationError as exc:
+        raise ConfigError(f"{file}: {_explain(exc)}") from None
+
+
+def docs_markdown() -> str:
+    """docs/configuration.md: every option with its type, default and meaning."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `src/mailwarden/config.py` by `mailwarden config docs`; a test fails when the two differ.",
+        "",
+        "mailwarden reads one TOML file, given with `-c FILE` or `$MAILWARDEN_CONFIG`; without one it runs on",
+        "these defaults. Relative paths are resolved against the config file's directory. `mailwarden config",
+        "check` validates a file and names the key, the problem and the fix for each error.",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        nested = []
+        for name, info in model.model_fields.items():
+            if name == "base_dir":
+                continue
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                if annotation is not DnsblZone:
+                    nested.append((f"{prefix}{name}", annotation, info.description or ""))
+                continue
+            default: Any
+            if info.default_factory is not None:
+                default = info.default_factory()  # type: ignore[call-arg]
+                if name in ("name", "hostname"):
+                    default = "(hostname of the machine)"
+            else:
+                default = info.default
+            shown = default if isinstance(default, str) and default.startswith("(") else _toml(default)
+            rows.append(f"| `{name}` | `{shown}` | {info.description or ''} |")
+        if rows:
+            out.extend([f"## [{prefix.rstrip('.')}]", "", "| key | default | meaning |", "|---|---|---|", *rows, ""])
+        for key, sub, _description in nested:
+            section(sub, key + ".")
+
+    for name, info in Config.model_fields.items():
+        annotation = info.annotation
+        if name == "base_dir" or not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            continue
+        out.append(f"<!-- {info.description} -->")
+        section(annotation, name + ".")
+    out.extend(["## [[dnsbl.zones]]", "", "| key | default | meaning |", "|---|---|---|"])
+    for name, info in DnsblZone.model_fields.items():
+        out.append(f"| `{name}` | (required) | {info.description} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,51 @@
+"""Mailbox accounts: creation, passwords (argon2id) and the demo mailbox of a first start."""
+
+from __future__ import annotations
+
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from mailwarden.addresses import normalize_mailbox
+from mailwarden.config import Config, ConfigError
+from mailwarden.deliver.maildir import Maildirs
+from mailwarden.store import Mailbox, Store, StoreError
+
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def add(config: Config, store: Store, address: str, password: str) -> Mailbox:
+    """Create a mailbox in a local domain, with its Maildir."""
+    mailbox = normalize_mailbox(address)
+    domain = mailbox.rpartition("@")[2]
+    if domain not in config.mail.domains:
+        raise ConfigError(
+            f"{domain} is not a local domain; add it to `mail.domains` in the config first "
+            f"(local domains: {', '.join(config.mail.domains) or 'none'})"
+        )
+    if not password:
+        raise StoreError("the password must not be empty")
+    created = store.add_mailbox(mailbox, hash_password(password))
+    Maildirs(config.path(config.mail.maildir_root)).ensure(mailbox)
+    return created
+
+
+def create_demo(config: Config, store: Store) -> tuple[str, str] | None:
+    """On a first start (no mailboxes at all), create the configured demo mailbox."""
+    if not config.mail.demo_mailbox or store.list_mailboxes():
+        return None
+    password = secrets.token_urlsafe(12)
+    add(config, store, config.mail.demo_mailbox, password)
+    return config.mail.demo_mailbox, password

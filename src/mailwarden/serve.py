@@ -1,0 +1,67 @@
+"""`mailwarden serve`: start every configured role and run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from mailwarden import mailboxes
+from mailwarden.checks import build_chain
+from mailwarden.checks.base import Services
+from mailwarden.config import Config
+from mailwarden.smtp.gateway import Gateway
+from mailwarden.smtp.refs import RefGenerator
+from mailwarden.smtp.tls import ensure_self_signed, server_context
+from mailwarden.store import Store, open_store
+
+log = logging.getLogger("mailwarden")
+
+
+def open_configured_store(config: Config) -> Store:
+    return open_store(config.store.url, base_dir=str(config.base_dir), batch_interval=config.store.batch_interval)
+
+
+async def run(config: Config) -> None:
+    store = open_configured_store(config)
+    try:
+        demo = mailboxes.create_demo(config, store)
+        if demo is not None:
+            print(f"created demo mailbox {demo[0]} with password {demo[1]} (shown once)", file=sys.stderr, flush=True)
+        services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
+        tls_context = None
+        if config.tls.enabled:
+            cert, key = config.path(config.tls.cert), config.path(config.tls.key)
+            ensure_self_signed(cert, key, config.smtp.hostname)
+            tls_context = server_context(cert, key)
+        gateway = Gateway(
+            config,
+            store,
+            build_chain(services),
+            services,
+            refs=RefGenerator(config.node.name),
+            tls_context=tls_context,
+        )
+        gateway.recover()
+        bound = await gateway.start()
+        print(f"mailwarden ready: smtp {' '.join(bound)}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await gateway.stop()
+    finally:
+        store.close()
+
+
+def serve(config: Config) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run(config))
+    else:
+        uvloop.run(run(config))
+    return 0

@@ -1,0 +1,1 @@
+"""The SMTP gateway: protocol (server.py), policy and evidence (gateway.py), replies and refs."""

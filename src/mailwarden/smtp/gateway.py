@@ -1,0 +1,501 @@
+"""The gateway's policy and evidence: what to answer at each SMTP stage, and the events it leaves.
+
+`Gateway` holds what all connections share (config, checks, store, mailboxes, limits);
+`Connection` is aiosmtpd's handler for one connection. Every decision becomes an event; the
+reply to DATA is "250" only after the message is fsynced into every recipient's Maildir and
+the transaction's events are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any, BinaryIO
+
+from mailwarden.checks.base import (
+    Action,
+    CheckContext,
+    Recipient,
+    Services,
+    SessionInfo,
+    Stage,
+    Transaction,
+    Verdict,
+)
+from mailwarden.checks.chain import ChainResult, CheckChain
+from mailwarden.config import Config, parse_hostport
+from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
+from mailwarden.events import Event
+from mailwarden.headers import header_fields, message_id
+from mailwarden.smtp import replies
+from mailwarden.smtp.refs import RefGenerator
+from mailwarden.smtp.server import GatewaySMTP
+from mailwarden.smtp.spool import Spool
+from mailwarden.store import Store, StoreError
+from mailwarden.text import ascii_printable, printable
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Shared state of the SMTP gateway."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        chain: CheckChain,
+        services: Services,
+        *,
+        refs: RefGenerator,
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.chain = chain
+        self.services = services
+        self.refs = refs
+        self.tls_context = tls_context
+        self.maildirs = Maildirs(config.path(config.mail.maildir_root))
+        self.spool_dir = config.path(config.mail.spool_dir)
+        self.node = config.node.name
+        self.active = 0
+        self.per_ip: Counter[str] = Counter()
+        self.connections: set[GatewaySMTP] = set()
+        self.shutting_down = False
+        self._servers: list[asyncio.AbstractServer] = []
+
+    def protocol(self) -> GatewaySMTP:
+        return GatewaySMTP(Connection(self), tls_context=self.tls_context)
+
+    def recover(self) -> None:
+        """Before accepting mail: clear what a crash left behind (nothing of it was acknowledged)."""
+        self.maildirs.recover()
+        if self.spool_dir.is_dir():
+            for leftover in self.spool_dir.glob("msg-*.spool"):
+                leftover.unlink(missing_ok=True)
+
+    async def start(self) -> list[str]:
+        loop = asyncio.get_running_loop()
+        bound: list[str] = []
+        for address in self.config.smtp.listen:
+            host, port = parse_hostport(address)
+            server = await loop.create_server(self.protocol, host=host, port=port, reuse_address=True, backlog=1024)
+            self._servers.append(server)
+            bound.extend(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+        return bound
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop listening, let running transactions finish for `grace` seconds, then hang up."""
+        self.shutting_down = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while any(p.conn.txn is not None for p in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for protocol in list(self.connections):
+            protocol._hang_up(protocol.conn.shutdown_reply())
+        for server in self._servers:
+            await server.wait_closed()
+
+
+class Connection:
+    """aiosmtpd handler for one connection: decisions, replies and events."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.session = SessionInfo(id="", node=gateway.node, client_ip="", client_port=0)
+        self.txn: Transaction | None = None
+        self.counts: Counter[str] = Counter()
+        self.quit_seen = False
+        self.pending: Verdict | None = None  # a connect/HELO refusal, given at RCPT (delay_reject)
+        self._first_ref_free = True
+        self._last_own: object = None
+        self._counted = False
+        self._started = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def config(self) -> Config:
+        return self.gateway.config
+
+    @property
+    def ref(self) -> str:
+        return self.txn.ref if self.txn is not None else self.session.id
+
+    def _ctx(self) -> CheckContext:
+        return CheckContext(self.gateway.services, self.session, self.txn)
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        fields.setdefault("ref", self.ref)
+        if self.txn is not None:
+            fields.setdefault("sender", self.txn.sender)
+        event = Event(
+            kind=kind,
+            source="gateway",
+            node=self.gateway.node,
+            session=self.session.id,
+            client_ip=self.session.client_ip,
+            client_name=self.session.client_name,
+            helo=self.session.helo,
+            **fields,
+        )
+        self.gateway.store.append(event)
+        return event
+
+    def _own(self, reply: str) -> str:
+        """Mark a reply as decided (and recorded) here, so the protocol layer does not record it again."""
+        self._last_own = reply
+        return reply
+
+    def is_own_reply(self, status: object) -> bool:
+        return status is self._last_own
+
+    def _refuse(
+        self, verdict: Verdict, stage: str, *, record: list[dict[str, Any]] | None = None, recipient: str | None = None
+    ) -> str:
+        reply = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
+        detail: dict[str, Any] = {"stage": stage, **dict(verdict.detail)}
+        if record:
+            detail["checks"] = record
+        self._event(
+            "reject" if verdict.action is Action.REJECT else "tempfail",
+            recipient=recipient,
+            smtp_code=reply.code,
+            enhanced_code=reply.enhanced,
+            reply=reply.line,
+            reason=verdict.reason,
+            detail=detail,
+        )
+        return self._own(reply.wire())
+
+    def count(self, verb: str) -> None:
+        self.counts[verb.lower()] += 1
+
+    # ------------------------------------------------------------------ connection
+    async def on_connect(self, client_ip: str, client_port: int) -> tuple[str, bool]:
+        gateway = self.gateway
+        self._started = time.monotonic()
+        self.session = SessionInfo(
+            id=gateway.refs.new(), node=gateway.node, client_ip=client_ip, client_port=client_port
+        )
+        gateway.active += 1
+        gateway.per_ip[client_ip] += 1
+        self._counted = True
+        limits = self.config.smtp
+        result = ChainResult()
+        if gateway.shutting_down:
+            result.verdict = Verdict.tempfail("infra.shutdown")
+        elif gateway.active > limits.max_connections:
+            result.verdict = Verdict.tempfail(
+                "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections
+            )
+        elif gateway.per_ip[client_ip] > limits.max_connections_per_ip:
+            result.verdict = Verdict.tempfail(
+                "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections_per_ip
+            )
+        else:
+            result = await gateway.chain.run(Stage.CONNECT, self._ctx())
+        self._event(
+            "connect", detail={"port": client_port, "checks": result.record} if result.record else {"port": client_port}
+        )
+        if result.verdict is None:
+            return f"220 {limits.hostname} ESMTP mailwarden", True
+        if result.verdict.reason in ("infra.shutdown", "client.too_many_connections"):
+            return self._refuse(result.verdict, "connect", record=result.record), False
+        self.pending = result.verdict  # refuse at RCPT, so the sender's bounce names a recipient
+        return f"220 {limits.hostname} ESMTP mailwarden", True
+
+    async def on_helo(self, hostname: str, *, esmtp: bool) -> str | None:
+        self.txn = None
+        self.session.helo = hostname
+        self.session.esmtp = esmtp
+        result = await self.gateway.chain.run(Stage.HELO, self._ctx())
+        detail: dict[str, Any] = {"esmtp": esmtp}
+        if self.session.tls:
+            detail["tls"] = self.session.tls
+        if result.record:
+            detail["checks"] = result.record
+        self._event("helo", detail=detail)
+        if result.verdict is not None and self.pending is None:
+            self.pending = result.verdict
+        return None
+
+    def handle_STARTTLS(self, server: Any, session: Any, envelope: Any) -> bool:
+        ssl_object = session.ssl.get("ssl_object") if isinstance(session.ssl, dict) else None
+        self.session.tls = ssl_object.version() if ssl_object is not None else "TLS"
+        self.session.helo = None  # RFC 3207 4.2: forget everything learnt before TLS
+        self.txn = None
+        return True
+
+    # ------------------------------------------------------------------ MAIL and RCPT
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if self.txn is not None:
+            return "503 5.5.1 Error: nested MAIL command"
+        sender = "" if address == "<>" else address
+        problem = self._address_problem(sender, options)
+        if problem is not None:
+            return problem
+        ref = self.session.id if self._first_ref_free else self.gateway.refs.new()
+        self._first_ref_free = False
+        self.txn = Transaction(ref=ref, sender=sender, mail_options=list(options))
+        result = await self.gateway.chain.run(Stage.MAIL, self._ctx())
+        if result.verdict is not None:
+            reply = self._refuse(result.verdict, "mail", record=result.record)
+            self.txn = None
+            return reply
+        self._apply_tags(result)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        detail: dict[str, Any] = {"options": options} if options else {}
+        if result.record:
+            detail["checks"] = result.record
+        self._event("mail", detail=detail)
+        return self._own("250 2.1.0 Sender OK")
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        txn = self.txn
+        if txn is None:
+            return "503 5.5.1 Error: need MAIL command"
+        problem = self._address_problem(address, txn.mail_options)
+        if problem is not None:
+            return problem
+        if len(txn.recipients) >= self.config.smtp.max_recipients:
+            return self._refuse(
+                Verdict.tempfail("rcpt.too_many", limit=self.config.smtp.max_recipients), "rcpt", recipient=address
+            )
+        if self.pending is not None:
+            return self._refuse(self.pending, "rcpt", recipient=address)
+        result = await self.gateway.chain.run(Stage.RCPT, self._ctx(), address)
+        verdict = result.verdict
+        if verdict is None and result.recipient is None:  # no check vouched for it: never relay
+            verdict = Verdict.reject("rcpt.relay_denied", recipient=address, problem="no check accepted this recipient")
+        if verdict is not None:
+            return self._refuse(verdict, "rcpt", record=result.record, recipient=address)
+        assert result.recipient is not None
+        self._apply_tags(result)
+        txn.recipients.append(result.recipient)
+        envelope.rcpt_tos.append(address)
+        detail: dict[str, Any] = {"mailbox": result.recipient.mailbox}
+        if result.record:
+            detail["checks"] = result.record
+        self._event("rcpt", recipient=address, detail=detail)
+        return self._own("250 2.1.5 Recipient OK")
+
+    def _address_problem(self, address: str, mail_options: list[str]) -> str | None:
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in address):
+            return "501 5.5.2 Error: the address is not valid UTF-8"
+        if not address.isascii() and "SMTPUTF8" not in (o.upper() for o in mail_options):
+            return "553 5.6.7 Error: a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"
+        return None
+
+    def _apply_tags(self, result: ChainResult) -> None:
+        assert self.txn is not None
+        for tag in result.tags:
+            self.txn.headers.extend(tag.headers)
+            if tag.folder:
+                self.txn.folder = tag.folder
+
+    def on_rset(self) -> None:
+        self.txn = None
+
+    # ------------------------------------------------------------------ DATA
+    async def on_data_start(self) -> str | None:
+        if self.txn is None:
+            return "503 5.5.1 Error: need MAIL command"
+        if not self.txn.recipients:
+            return "554 5.5.1 Error: no valid recipients"
+        return None
+
+    def new_spool(self) -> Spool:
+        smtp = self.config.smtp
+        return Spool(self.gateway.spool_dir, smtp.memory_spool_limit, smtp.max_message_size)
+
+    def on_data_lost(self, spool: Spool) -> None:
+        spool.discard()
+        if self.txn is not None:
+            self._event(
+                "data",
+                size=spool.received,
+                detail={"incomplete": True, "note": "connection lost during DATA; nothing was accepted"},
+            )
+            self.txn = None
+
+    async def on_data_end(self, spool: Spool, *, line_too_long: bool, bare_newlines: int) -> str:
+        txn = self.txn
+        assert txn is not None
+        txn.spool = spool
+        try:
+            return await self._finish_transaction(txn, spool, line_too_long, bare_newlines)
+        finally:
+            spool.discard()
+            self.txn = None
+
+    async def _finish_transaction(self, txn: Transaction, spool: Spool, line_too_long: bool, bare_newlines: int) -> str:
+        fields = header_fields(spool.head())
+        msgid = message_id(fields)
+        data_detail: dict[str, Any] = {}
+        if bare_newlines:
+            data_detail["bare_newlines"] = bare_newlines
+        verdict: Verdict | None = None
+        record: list[dict[str, Any]] = []
+        if line_too_long:
+            verdict = Verdict.reject(
+                "protocol.violation",
+                problem=f"a line in the message is longer than {self.config.smtp.max_line_length} bytes",
+            )
+        elif bare_newlines and self.config.smtp.bare_newline == "reject":
+            verdict = Verdict.reject("protocol.bare_lf")
+        else:
+            result = await self.gateway.chain.run(Stage.DATA, self._ctx())
+            verdict, record = result.verdict, result.record
+            if verdict is None:
+                self._apply_tags(result)
+        if record:
+            data_detail["checks"] = record
+        self._event("data", size=spool.received, message_id=msgid, detail=data_detail)
+        if verdict is not None:
+            reply = self._refuse(verdict, "data")
+            return reply
+        return await self._deliver(txn, spool, msgid)
+
+    async def _deliver(self, txn: Transaction, spool: Spool, msgid: str | None) -> str:
+        gateway = self.gateway
+        folder = txn.folder or "INBOX"
+        targets: list[Target] = []
+        for recipient in txn.recipients:
+            target = Target(recipient.mailbox, recipient.folder if recipient.folder != "INBOX" else folder)
+            if target not in targets:
+                targets.append(target)
+        prefix = self._trace_headers(txn)
+
+        def write(handle: BinaryIO) -> None:
+            handle.write(prefix)
+            spool.copy_into(handle)
+
+        try:
+            delivered = await asyncio.to_thread(gateway.maildirs.deliver, targets, write)
+        except MaildirError as exc:
+            log.error("delivery of %s failed: %s", txn.ref, exc)
+            return self._refuse(Verdict.tempfail("infra.storage", problem=str(exc)), "data")
+        reply = replies.Reply(
+            250, "2.0.0", f"Message accepted and stored for {len(txn.recipients)} recipient(s) ref={txn.ref}"
+        )
+        by_mailbox = {(d.mailbox, d.folder): d for d in delivered}
+        for recipient in txn.recipients:
+            copy = by_mailbox[(recipient.mailbox, recipient.folder if recipient.folder != "INBOX" else folder)]
+            self._delivery_event(recipient, copy, msgid, len(prefix) + spool.size)
+        self._event(
+            "accept",
+            smtp_code=250,
+            enhanced_code="2.0.0",
+            reply=reply.line,
+            message_id=msgid,
+            size=len(prefix) + spool.size,
+            reason="delivered",
+            detail={"recipients": [r.address for r in txn.recipients]},
+        )
+        try:
+            await gateway.store.durable()
+        except StoreError as exc:  # the evidence is not safe: take the mail back, let the sender retry
+            gateway.maildirs.remove(delivered)
+            log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
+            return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
+        return reply.wire()
+
+    def _delivery_event(self, recipient: Recipient, copy: Delivered, msgid: str | None, size: int) -> None:
+        self._event(
+            "deliver",
+            recipient=recipient.address,
+            message_id=msgid,
+            size=size,
+            reason="delivered.junk" if copy.folder == "Junk" else "delivered",
+            detail={"mailbox": copy.mailbox, "folder": copy.folder, "uid": copy.uid},
+        )
+
+    def _trace_headers(self, txn: Transaction) -> bytes:
+        session = self.session
+        helo = ascii_printable(session.helo or "unknown", 200).replace("(", "[").replace(")", "]")
+        protocol = (
+            ("UTF8SMTP" if any(o.upper() == "SMTPUTF8" for o in txn.mail_options) else "ESMTP")
+            if session.esmtp
+            else "SMTP"
+        )
+        if session.tls and session.esmtp:
+            protocol += "S"
+        rdns = ascii_printable(session.client_name or "unknown", 200)
+        recipient = f"\r\n\tfor <{ascii_printable(txn.recipients[0].address, 300)}>" if len(txn.recipients) == 1 else ""
+        received = (
+            f"Received: from {helo} ({rdns} [{session.client_ip}])\r\n"
+            f"\tby {self.config.smtp.hostname} (mailwarden) with {protocol} id {txn.ref}{recipient};\r\n"
+            f"\t{format_datetime(datetime.now(UTC))}\r\n"
+        )
+        extra = "".join(f"{name}: {printable(value)}\r\n" for name, value in txn.headers)
+        return (received + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
+
+    # ------------------------------------------------------------------ endings and protocol errors
+    def on_protocol_reply(self, reply: str) -> None:
+        code = int(reply[:3]) if reply[:3].isdigit() else None
+        parts = reply.split(" ", 2)
+        self._event(
+            "reject" if reply.startswith("5") else "tempfail",
+            smtp_code=code,
+            enhanced_code=parts[1] if len(parts) > 1 else None,
+            reply=printable(reply, 500),
+            reason="protocol.violation",
+            detail={"stage": "protocol"},
+        )
+
+    def on_timeout(self, seconds: float, *, in_data: bool) -> str:
+        verdict = Verdict.tempfail("protocol.timeout", seconds=int(seconds))
+        reply = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
+        self._event(
+            "tempfail",
+            smtp_code=reply.code,
+            enhanced_code=reply.enhanced,
+            reply=reply.line,
+            reason="protocol.timeout",
+            detail={"stage": "data" if in_data else "command", "seconds": seconds},
+        )
+        return f"{reply.code} {reply.enhanced} {self.config.smtp.hostname} {reply.text}"
+
+    def on_non_smtp(self, verb: str) -> str:
+        reply = (
+            f"421 4.7.0 {self.config.smtp.hostname} Error: non-SMTP command ({printable(verb)}); closing ref={self.ref}"
+        )
+        self.on_protocol_reply(reply)
+        return reply
+
+    def on_too_many_errors(self, errors: int) -> str:
+        reply = f"421 4.7.0 {self.config.smtp.hostname} Error: too many errors ({errors}); closing ref={self.ref}"
+        self.on_protocol_reply(reply)
+        return reply
+
+    def on_internal_error(self, error: Exception) -> str:
+        verdict = Verdict.tempfail("infra.check_failed", check="session", problem=type(error).__name__)
+        return self._refuse(verdict, "protocol")
+
+    def shutdown_reply(self) -> str:
+        reply = replies.for_verdict(Verdict.tempfail("infra.shutdown"), self.ref, self.config.explain.url, utf8=True)
+        return reply.wire()
+
+    def on_disconnect(self, *, lost: bool) -> None:
+        if self._counted:
+            self.gateway.active -= 1
+            self.gateway.per_ip[self.session.client_ip] -= 1
+            if self.gateway.per_ip[self.session.client_ip] <= 0:
+                del self.gateway.per_ip[self.session.client_ip]
+            self._counted = False
+        if not self.session.id:
+            return
+        detail: dict[str, Any] = {"commands": dict(self.counts)}
+        if lost:
+            detail["lost"] = True
+        if self._started:
+            detail["seconds"] = round(time.monotonic() - self._started, 3)
+        self._event("disconnect", ref=self.session.id, detail=detail)

@@ -1,0 +1,91 @@
+"""SMTP replies: catalog entries rendered with the transaction's ref, and enhanced status codes.
+
+Every refusal and temporary failure ends with `ref=REF` (and the why-URL when configured).
+Long replies are split into continuation lines so that no line exceeds RFC 5321's 512 octets.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass
+from typing import Final
+
+from mailwarden import catalog
+from mailwarden.checks.base import Verdict
+from mailwarden.text import ascii_printable, printable
+
+MAX_TEXT: Final = 400  # characters of text per reply line, well inside 512 octets
+
+_HAS_ENHANCED: Final = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_CODE: Final = re.compile(r"^([245])(\d\d)([ -])(.*)$", re.S)
+
+# Enhanced codes for replies produced by the protocol layer (RFC 3463, RFC 5321 4.2.2).
+_DEFAULT_ENHANCED: Final[dict[str, str]] = {
+    "221": "2.0.0",
+    "220": "2.0.0",
+    "250": "2.0.0",
+    "252": "2.5.0",
+    "421": "4.3.0",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+
+
+def with_enhanced_code(reply: str) -> str:
+    """Insert a fitting enhanced status code into a reply line that lacks one."""
+    if _HAS_ENHANCED.match(reply):
+        return reply
+    match = _CODE.match(reply)
+    if match is None:
+        return reply
+    code = match.group(1) + match.group(2)
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{match.group(1)}.0.0")
+    return f"{code}{match.group(3)}{enhanced} {match.group(4)}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+    def wire(self) -> str:
+        """The reply as sent, continuation lines joined with CRLF (push adds the final CRLF)."""
+        parts = textwrap.wrap(self.text, MAX_TEXT, break_long_words=True, break_on_hyphens=False) or [""]
+        lines = [f"{self.code}-{self.enhanced} {part}" for part in parts[:-1]]
+        lines.append(f"{self.code} {self.enhanced} {parts[-1]}")
+        return "\r\n".join(lines)
+
+    @property
+    def line(self) -> str:
+        """The reply on one line, as recorded in events."""
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+def for_verdict(verdict: Verdict, ref: str, explain_url: str, *, utf8: bool) -> Reply:
+    """The reply for a refusal or temporary failure: the catalog sentence plus ref and URL."""
+    reason = catalog.get(verdict.reason)
+    text = catalog.render(reason.reply, reason.code, verdict.values)
+    text = f"{text} ref={ref}"
+    if explain_url:
+        text += f" {explain_url}{ref}"
+    return Reply(verdict.code, verdict.enhanced_code, printable(text) if utf8 else ascii_printable(text))
+
+
+def plain(code: int, enhanced: str, text: str, *, utf8: bool = False) -> Reply:
+    return Reply(code, enhanced, printable(text) if utf8 else ascii_printable(text))

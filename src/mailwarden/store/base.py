@@ -1,0 +1,231 @@
+"""The store interface every backend implements, and the batching event writer they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailwarden.events import Event
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    password_hash: str
+    created_us: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Filters for reading raw events; every given field must match exactly."""
+
+    since_us: int | None = None
+    until_us: int | None = None
+    kinds: Sequence[str] = ()
+    ref: str | None = None
+    session: str | None = None
+    node: str | None = None
+    source: str | None = None
+    message_id: str | None = None
+    recipient: str | None = None
+    sender: str | None = None
+    client_ip: str | None = None
+    queue_id: str | None = None
+    limit: int | None = None
+    newest_first: bool = False
+
+
+class _Barrier:
+    """A marker in the write queue: resolved once everything queued before it is committed."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any) -> None:
+        self.loop = loop
+        self.future = future
+
+    def resolve(self, error: BaseException | None) -> None:
+        if self.loop is None:  # a threading.Event-style waiter from synchronous code
+            self.future.set(error)
+            return
+
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is None:
+                self.future.set_result(None)
+            else:
+                self.future.set_exception(error)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+
+class _SyncWaiter:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.error: BaseException | None = None
+
+    def set(self, error: BaseException | None) -> None:
+        self.error = error
+        self._event.set()
+
+    def wait(self) -> None:
+        self._event.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class BatchWriter:
+    """One thread that writes queued events in batches (group commit).
+
+    Sessions never wait for the disk unless they ask to: `durable()` waits until everything
+    queued so far is committed, which the gateway does before it answers 250.
+    """
+
+    MAX_BATCH = 5000
+    MAX_RETRY_ROWS = 200_000
+
+    def __init__(self, write_batch: Callable[[list[Event]], None], interval: float, name: str) -> None:
+        self._write_batch = write_batch
+        self._interval = interval
+        self._queue: queue.SimpleQueue[Event | _Barrier | None] = queue.SimpleQueue()
+        self._retry: list[Event] = []
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def put_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self._queue.put(event)
+
+    async def durable(self) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Barrier(loop, future))
+        await future
+
+    def flush(self) -> None:
+        waiter = _SyncWaiter()
+        self._queue.put(_Barrier(None, waiter))
+        waiter.wait()
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            items: list[Event | _Barrier] = [first]
+            deadline = time.monotonic() + self._interval
+            urgent = isinstance(first, _Barrier)
+            while len(items) < self.MAX_BATCH:
+                try:
+                    item = (
+                        self._queue.get_nowait()
+                        if urgent
+                        else self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                    )
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                items.append(item)
+                urgent = urgent or isinstance(item, _Barrier)
+            self._commit(items)
+
+    def _commit(self, items: list[Event | _Barrier]) -> None:
+        events = self._retry + [item for item in items if isinstance(item, Event)]
+        barriers = [item for item in items if isinstance(item, _Barrier)]
+        error: BaseException | None = None
+        if events:
+            try:
+                self._write_batch(events)
+                self._retry = []
+            except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
+                log.error("event store write failed (%s); %d events kept for retry", exc, len(events))
+                error = StoreError(f"event store write failed: {exc}")
+                self._retry = events[-self.MAX_RETRY_ROWS :]
+                if len(events) > self.MAX_RETRY_ROWS:
+                    log.error("dropped %d events: retry buffer full", len(events) - self.MAX_RETRY_ROWS)
+        for barrier in barriers:
+            barrier.resolve(error)
+
+
+class Store(ABC):
+    """Events and mailboxes. Writes of events are queued; reads are direct."""
+
+    # -- events
+    @abstractmethod
+    def append(self, event: Event) -> None:
+        """Queue one event for writing; never blocks on the disk."""
+
+    def append_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.append(event)
+
+    @abstractmethod
+    async def durable(self) -> None:
+        """Wait until every event queued so far is committed durably."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Synchronous `durable`, for the command line and importers."""
+
+    @abstractmethod
+    def query_events(self, query: EventQuery) -> list[Event]:
+        """Read events matching `query`, oldest first unless `newest_first`."""
+
+    @abstractmethod
+    def purge_events(self, before_us: int) -> int:
+        """Delete events older than `before_us`; return how many went."""
+
+    # -- mailboxes
+    @abstractmethod
+    def add_mailbox(self, address: str, password_hash: str) -> Mailbox: ...
+
+    @abstractmethod
+    def remove_mailbox(self, address: str) -> bool: ...
+
+    @abstractmethod
+    def set_password(self, address: str, password_hash: str) -> bool: ...
+
+    @abstractmethod
+    def get_mailbox(self, address: str) -> Mailbox | None: ...
+
+    @abstractmethod
+    def list_mailboxes(self) -> list[Mailbox]: ...
+
+    @abstractmethod
+    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool: ...
+
+    async def find_mailbox(self, address: str) -> Mailbox | None:
+        """`get_mailbox` for the session path (a point lookup; backends may override)."""
+        return self.get_mailbox(address)
+
+    @abstractmethod
+    def close(self) -> None: ...

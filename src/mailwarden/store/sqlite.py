@@ -1,0 +1,214 @@
+"""SQLite store (the embedded default): WAL mode, one batching writer thread, versioned schema.
+
+WAL lets the CLI and the web read while the daemon writes. The writer commits with
+synchronous=FULL, so a committed batch survives a power cut, and group commit keeps that cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from mailwarden.events import FIELDS, Event, now_us
+from mailwarden.store.base import BatchWriter, EventQuery, Mailbox, Store, StoreError
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit.
+MIGRATIONS: Final[list[str]] = [
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL,
+        session TEXT, ref TEXT, queue_id TEXT, message_id TEXT, client_ip TEXT, client_name TEXT,
+        helo TEXT, sender TEXT, recipient TEXT, smtp_code INTEGER, enhanced_code TEXT, reply TEXT,
+        reason TEXT, detail TEXT, size INTEGER, evidence TEXT
+    );
+    CREATE INDEX events_ts ON events (ts);
+    CREATE INDEX events_ref ON events (ref) WHERE ref IS NOT NULL;
+    CREATE INDEX events_session ON events (node, session) WHERE session IS NOT NULL;
+    CREATE INDEX events_message_id ON events (message_id) WHERE message_id IS NOT NULL;
+    CREATE INDEX events_recipient ON events (recipient, ts) WHERE recipient IS NOT NULL;
+    CREATE INDEX events_sender ON events (sender, ts) WHERE sender IS NOT NULL;
+    CREATE INDEX events_client_ip ON events (client_ip, ts) WHERE client_ip IS NOT NULL;
+    CREATE INDEX events_queue_id ON events (queue_id, ts) WHERE queue_id IS NOT NULL;
+    CREATE TABLE mailboxes (
+        address TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+]
+
+_INSERT = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
+_SELECT = f"SELECT id, {', '.join(FIELDS)} FROM events"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"the store's schema version {version} is newer than this mailwarden knows "
+            f"({len(MIGRATIONS)}); upgrade mailwarden"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path, *, batch_interval: float = 0.05) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = _connect(path)
+            migrate(self._conn)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the SQLite store {path}: {exc}; check the path and its permissions") from exc
+        self._batch_interval = batch_interval
+        self._lock = threading.Lock()
+        self._writer_conn: sqlite3.Connection | None = None
+        self._writer: BatchWriter | None = None
+
+    # -- events
+    def _writer_started(self) -> BatchWriter:
+        if self._writer is None:
+            self._writer_conn = _connect(self.path)
+            self._writer = BatchWriter(self._write_batch, self._batch_interval, f"store-writer:{self.path.name}")
+        return self._writer
+
+    def _write_batch(self, events: list[Event]) -> None:
+        assert self._writer_conn is not None
+        conn = self._writer_conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(_INSERT, [event.to_row() for event in events])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def append(self, event: Event) -> None:
+        self._writer_started().put(event)
+
+    async def durable(self) -> None:
+        await self._writer_started().durable()
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def query_events(self, query: EventQuery) -> list[Event]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.since_us is not None:
+            clauses.append("ts >= ?")
+            params.append(query.since_us)
+        if query.until_us is not None:
+            clauses.append("ts < ?")
+            params.append(query.until_us)
+        if query.kinds:
+            clauses.append(f"kind IN ({', '.join('?' for _ in query.kinds)})")
+            params.extend(query.kinds)
+        for name in ("ref", "session", "node", "source", "message_id", "recipient", "sender", "client_ip", "queue_id"):
+            value = getattr(query, name)
+            if value is not None:
+                clauses.append(f"{name} = ?")
+                params.append(value)
+        sql = _SELECT
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [Event.from_row(tuple(row[1:]), event_id=row[0]) for row in rows]
+
+    def purge_events(self, before_us: int) -> int:
+        with self._reading() as conn:
+            cursor = conn.execute("DELETE FROM events WHERE ts < ?", (before_us,))
+            return cursor.rowcount
+
+    # -- mailboxes
+    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
+        created = now_us()
+        with self._reading() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (?, ?, ?)",
+                    (address, password_hash, created),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(
+                    f"mailbox {address} already exists; use `users passwd` to change its password"
+                ) from None
+        return Mailbox(address, password_hash, created)
+
+    def remove_mailbox(self, address: str) -> bool:
+        with self._reading() as conn:
+            return conn.execute("DELETE FROM mailboxes WHERE address = ?", (address,)).rowcount > 0
+
+    def set_password(self, address: str, password_hash: str) -> bool:
+        with self._reading() as conn:
+            cursor = conn.execute("UPDATE mailboxes SET password_hash = ? WHERE address = ?", (password_hash, address))
+            return cursor.rowcount > 0
+
+    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
+        with self._reading() as conn:
+            cursor = conn.execute(
+                "UPDATE mailboxes SET settings = ? WHERE address = ?", (json.dumps(settings, sort_keys=True), address)
+            )
+            return cursor.rowcount > 0
+
+    def get_mailbox(self, address: str) -> Mailbox | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = ?", (address,)
+            ).fetchone()
+        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
+
+    def list_mailboxes(self) -> list[Mailbox]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
+            ).fetchall()
+        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+        self._conn.close()

@@ -1,0 +1,37 @@
+"""Making stranger-controlled text safe to show.
+
+HELO names, addresses and subjects come from whoever connects. Before such a value goes into
+an SMTP reply, a log line or a report it passes through `printable`, so that CR, LF and other
+control characters cannot end a reply early, forge a log line or break a page.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\udc80-\udcff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a raw byte smuggled in via surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: str, limit: int | None = None) -> str:
+    """`value` with control characters escaped as \\xNN; cut to `limit` characters if given."""
+    safe = _UNSAFE.sub(_escape, value)
+    if limit is not None and len(safe) > limit:
+        return safe[: max(limit - 3, 0)] + "..."
+    return safe
+
+
+def ascii_printable(value: str, limit: int | None = None) -> str:
+    """Like `printable`, but also escapes non-ASCII, for replies to clients without SMTPUTF8."""
+    safe = printable(value).encode("ascii", "backslashreplace").decode("ascii")
+    if limit is not None and len(safe) > limit:
+        return safe[: max(limit - 3, 0)] + "..."
+    return safe

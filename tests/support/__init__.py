@@ -1,0 +1,1 @@
+"""Test support: running mailwarden and the real mail servers privately on loopback."""
