@@ -17,9 +17,12 @@ from typing import Any, Final
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.store.base import BatchWriter, EventQuery, Mailbox, Store, StoreError
 
-# Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit.
-MIGRATIONS: Final[list[str]] = [
-    """
+# Named schema migrations, applied in this order and remembered in the `migrations` table.
+# Append new ones (a unique name per change); never edit or reorder applied ones.
+MIGRATIONS: Final[list[tuple[str, str]]] = [
+    (
+        "0001_events_and_mailboxes",
+        """
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         ts INTEGER NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL,
@@ -42,6 +45,7 @@ MIGRATIONS: Final[list[str]] = [
         settings TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    ),
 ]
 
 _INSERT = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
@@ -57,19 +61,23 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_us INTEGER NOT NULL)")
+    applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    known = {name for name, _ in MIGRATIONS}
+    if applied - known:
         raise StoreError(
-            f"the store's schema version {version} is newer than this mailwarden knows "
-            f"({len(MIGRATIONS)}); upgrade mailwarden"
+            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for name, script in MIGRATIONS:
+        if name in applied:
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
+            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (?, ?)", (name, now_us()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
