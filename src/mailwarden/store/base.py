@@ -50,13 +50,18 @@ class EventQuery:
 
 
 class _Barrier:
-    """A marker in the write queue: resolved once everything queued before it is committed."""
+    """A marker in the write queue: resolved once everything queued before it (and its own events) is committed.
 
-    __slots__ = ("future", "loop")
+    Its own `events` are written in the same transaction but, unlike queued events, are not kept
+    for a retry when the write fails: the caller learns of the failure and records what it did instead.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any) -> None:
+    __slots__ = ("events", "future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any, events: Sequence[Event] = ()) -> None:
         self.loop = loop
         self.future = future
+        self.events = events
 
     def resolve(self, error: BaseException | None) -> None:
         if self.loop is None:  # a threading.Event-style waiter from synchronous code
@@ -117,10 +122,10 @@ class BatchWriter:
         for event in events:
             self._queue.put(event)
 
-    async def durable(self) -> None:
+    async def durable(self, events: Sequence[Event] = ()) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Barrier(loop, future))
+        self._queue.put(_Barrier(loop, future, events))
         await future
 
     def flush(self) -> None:
@@ -159,19 +164,27 @@ class BatchWriter:
             self._commit(items)
 
     def _commit(self, items: list[Event | _Barrier]) -> None:
-        events = self._retry + [item for item in items if isinstance(item, Event)]
-        barriers = [item for item in items if isinstance(item, _Barrier)]
+        events = list(self._retry)  # everything to write, in queue order
+        queued = list(self._retry)  # what is kept for a retry if the write fails
+        barriers: list[_Barrier] = []
+        for item in items:
+            if isinstance(item, Event):
+                events.append(item)
+                queued.append(item)
+            else:
+                events.extend(item.events)
+                barriers.append(item)
         error: BaseException | None = None
         if events:
             try:
                 self._write_batch(events)
                 self._retry = []
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
-                log.error("event store write failed (%s); %d events kept for retry", exc, len(events))
+                log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
-                self._retry = events[-self.MAX_RETRY_ROWS :]
-                if len(events) > self.MAX_RETRY_ROWS:
-                    log.error("dropped %d events: retry buffer full", len(events) - self.MAX_RETRY_ROWS)
+                self._retry = queued[-self.MAX_RETRY_ROWS :]
+                if len(queued) > self.MAX_RETRY_ROWS:
+                    log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
             barrier.resolve(error)
 
@@ -189,8 +202,12 @@ class Store(ABC):
             self.append(event)
 
     @abstractmethod
-    async def durable(self) -> None:
-        """Wait until every event queued so far is committed durably."""
+    async def durable(self, events: Sequence[Event] = ()) -> None:
+        """Wait until every event queued so far, and `events`, are committed durably.
+
+        Raises StoreError when the commit failed; then `events` are not stored (queued events
+        are kept and retried), so the caller can undo what they describe and record that instead.
+        """
 
     @abstractmethod
     def flush(self) -> None:

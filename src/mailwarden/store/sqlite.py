@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -119,8 +119,8 @@ class SqliteStore(Store):
     def append(self, event: Event) -> None:
         self._writer_started().put(event)
 
-    async def durable(self) -> None:
-        await self._writer_started().durable()
+    async def durable(self, events: Sequence[Event] = ()) -> None:
+        await self._writer_started().durable(events)
 
     def flush(self) -> None:
         if self._writer is not None:
