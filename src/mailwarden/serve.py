@@ -58,6 +58,7 @@ async def run(config: Config) -> None:
         log.info("shutting down")
         purging.cancel()
         await gateway.stop()
+        services.close()
     finally:
         store.close()
 
