@@ -199,6 +199,21 @@ class DnsConfig(_Section):
     timeout: float = Field(
         2.0, gt=0, le=30, description="Seconds per DNS query before it counts as a temporary failure."
     )
+    max_concurrency: int = Field(256, ge=1, description="DNS queries on the wire at once; more wait their turn.")
+    cache_size: int = Field(
+        100_000, ge=0, description="Answers kept in the in-process cache (by their TTL). 0 turns the cache off."
+    )
+    negative_ttl: float = Field(
+        60.0,
+        ge=0,
+        description='Seconds a "no such name" or "no such record" answer is cached (DNSBL misses are most lookups).',
+    )
+    max_ttl: float = Field(86_400.0, gt=0, description="Longest time in seconds an answer is cached, whatever its TTL.")
+    fail_open: bool = Field(
+        False,
+        description="When a check's DNS lookup fails temporarily: false answers 4xx (the sender retries); true "
+        "lets the mail pass that check, logged as a warning and recorded in the event.",
+    )
 
     @field_validator("nameservers")
     @classmethod

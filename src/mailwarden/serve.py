@@ -53,6 +53,7 @@ async def run(config: Config) -> None:
         await stop.wait()
         log.info("shutting down")
         await gateway.stop()
+        services.close()
     finally:
         store.close()
 
