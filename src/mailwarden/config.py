@@ -181,6 +181,9 @@ class StoreConfig(_Section):
         0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."
     )
     retention_days: int = Field(90, ge=1, description="Events older than this are purged.")
+    purge_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two purges of expired events while `mailwarden serve` runs."
+    )
 
     @field_validator("url")
     @classmethod
@@ -198,6 +201,21 @@ class DnsConfig(_Section):
     )
     timeout: float = Field(
         2.0, gt=0, le=30, description="Seconds per DNS query before it counts as a temporary failure."
+    )
+    max_concurrency: int = Field(256, ge=1, description="DNS queries on the wire at once; more wait their turn.")
+    cache_size: int = Field(
+        100_000, ge=0, description="Answers kept in the in-process cache (by their TTL). 0 turns the cache off."
+    )
+    negative_ttl: float = Field(
+        60.0,
+        ge=0,
+        description='Seconds a "no such name" or "no such record" answer is cached (DNSBL misses are most lookups).',
+    )
+    max_ttl: float = Field(86_400.0, gt=0, description="Longest time in seconds an answer is cached, whatever its TTL.")
+    fail_open: bool = Field(
+        False,
+        description="When a check's DNS lookup fails temporarily: false answers 4xx (the sender retries); true "
+        "lets the mail pass that check, logged as a warning and recorded in the event.",
     )
 
     @field_validator("nameservers")

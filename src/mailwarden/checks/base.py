@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mailwarden import catalog
+from mailwarden.dns import Resolver
 
 if TYPE_CHECKING:
     from mailwarden.config import Config
@@ -122,6 +124,17 @@ class Services:
     config: Config
     store: Store
     local_domains: frozenset[str]
+
+    @cached_property
+    def resolver(self) -> Resolver:
+        """The DNS resolver of the session path (`[dns]`); tests may assign their own."""
+        return Resolver.from_config(self.config.dns)
+
+    def close(self) -> None:
+        """Release what was started (pending DNS queries are cancelled)."""
+        resolver = self.__dict__.get("resolver")
+        if isinstance(resolver, Resolver):
+            resolver.close()
 
 
 @dataclass
