@@ -28,4 +28,4 @@ def build_chain(services: Services) -> CheckChain:
                 f"key `checks.order`: unknown check {name!r}. Fix: use some of {', '.join(sorted(REGISTRY))}"
             )
         checks.append(cls.create(services))
-    return CheckChain(checks, services.config.checks.timeout)
+    return CheckChain(checks, services.config.checks.timeout, services.config.checks.reject_score)

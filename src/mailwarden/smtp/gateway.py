@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, BinaryIO
 
+from mailwarden import authresults
 from mailwarden.checks.base import (
     Action,
     CheckContext,
@@ -436,7 +437,8 @@ class Connection:
             f"\t{format_datetime(datetime.now(UTC))}\r\n"
         )
         extra = "".join(f"{name}: {printable(value)}\r\n" for name, value in txn.headers)
-        return (received + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
+        auth = authresults.header(self.config.smtp.hostname, txn.results) or ""
+        return (received + auth + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
 
     # ------------------------------------------------------------------ endings and protocol errors
     def on_protocol_reply(self, reply: str) -> None:
