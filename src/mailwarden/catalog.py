@@ -654,6 +654,27 @@ _ENTRIES: Final[list[Reason]] = [
             "auf ein Netzproblem beim Absender.",
         ),
     ),
+    _r(
+        "transaction.abandoned",
+        451,
+        "4.4.2",
+        "sender",
+        "The transaction was not completed; nothing was accepted.",
+        title=("Delivery not completed", "Zustellung nicht abgeschlossen"),
+        explanation=(
+            "The sending server ended the connection before the message was complete, so nothing was "
+            "accepted and no '250' was sent. A working mail server retries automatically.",
+            "Der sendende Server hat die Verbindung beendet, bevor die Nachricht vollständig war; es wurde "
+            "nichts angenommen und kein '250' gesendet. Ein funktionierender Mailserver versucht es "
+            "automatisch erneut.",
+        ),
+        remedy=(
+            "If the message does not arrive, the sender should check the outgoing queue of their mail "
+            "server and send it again.",
+            "Kommt die Nachricht nicht an, sollte der Absender die Warteschlange seines Mailservers prüfen "
+            "und sie erneut senden.",
+        ),
+    ),
     # ---------------------------------------------------------------- policy
     _r(
         "greylisted",

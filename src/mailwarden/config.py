@@ -183,6 +183,9 @@ class StoreConfig(_Section):
         0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."
     )
     retention_days: int = Field(90, ge=1, description="Events older than this are purged.")
+    purge_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two purges of expired events while `mailwarden serve` runs."
+    )
 
     @field_validator("url")
     @classmethod

@@ -15,6 +15,7 @@ from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
+from mailwarden.trace.retention import purge_periodically
 
 log = logging.getLogger("mailwarden")
 
@@ -45,6 +46,9 @@ async def run(config: Config) -> None:
         )
         gateway.recover()
         bound = await gateway.start()
+        purging = asyncio.create_task(
+            purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
+        )
         print(f"mailwarden ready: smtp {' '.join(bound)}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -52,6 +56,7 @@ async def run(config: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+        purging.cancel()
         await gateway.stop()
         services.close()
     finally:
