@@ -9,13 +9,27 @@ from typing import Final
 
 from mailwarden.checks.base import Check, Services
 from mailwarden.checks.chain import CheckChain
+from mailwarden.checks.dnsbl import DnsblCheck
+from mailwarden.checks.greylist import GreylistCheck
+from mailwarden.checks.helo import HeloCheck
+from mailwarden.checks.ratelimit import RateLimitCheck
+from mailwarden.checks.rdns import RdnsCheck
 from mailwarden.checks.recipients import RecipientsCheck
+from mailwarden.checks.sender_domain import SenderDomainCheck
 from mailwarden.checks.size import SizeCheck
+from mailwarden.checks.spf import SpfCheck
 from mailwarden.config import ConfigError
 
 REGISTRY: Final[dict[str, type[Check]]] = {
     RecipientsCheck.name: RecipientsCheck,
     SizeCheck.name: SizeCheck,
+    RateLimitCheck.name: RateLimitCheck,
+    DnsblCheck.name: DnsblCheck,
+    RdnsCheck.name: RdnsCheck,
+    HeloCheck.name: HeloCheck,
+    SenderDomainCheck.name: SenderDomainCheck,
+    SpfCheck.name: SpfCheck,
+    GreylistCheck.name: GreylistCheck,
 }
 
 

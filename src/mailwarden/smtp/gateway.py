@@ -209,7 +209,7 @@ class Connection:
         )
         if result.verdict is None:
             return f"220 {limits.hostname} ESMTP mailwarden", True
-        if result.verdict.reason in ("infra.shutdown", "client.too_many_connections"):
+        if result.verdict.code == 421:  # "closing the transmission channel": answered at once
             return self._refuse(result.verdict, "connect", record=result.record), False
         self.pending = result.verdict  # refuse at RCPT, so the sender's bounce names a recipient
         return f"220 {limits.hostname} ESMTP mailwarden", True
