@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import spftrace
-from spftrace.resolver import NOERROR, NXDOMAIN, SERVFAIL
+from spftrace.evaluator import valid_domain
+from spftrace.macros import MacroContext, expand, truncate_domain
+from spftrace.resolver import NOERROR, NXDOMAIN, SERVFAIL, DnsError
 
 from mailwarden.dns import DnsTempError, NameType, Resolver
 
@@ -47,6 +49,30 @@ class _Transport(spftrace.BaseResolver):
         raise ValueError(f"SPF does not look up {rtype} records")
 
 
+class _Evaluator(spftrace.Evaluator):
+    """spftrace 0.3.0 refuses explanations containing spaces (its macro expansion omits the SP that
+    RFC 7208 6.2 allows in an explain-string), so `exp=` texts were lost. An explain-string is
+    macro-strings separated by spaces, so each piece is expanded on its own."""
+
+    async def _explanation(self, ip: Any, domain: str, sender: str, helo: str, exp_term: Any) -> str | None:
+        context = MacroContext(
+            ip=ip, sender=sender, helo=helo, domain=domain, receiver=self.receiver, session=self.session
+        )
+        try:
+            with self.session.void_exempt():
+                target = truncate_domain(await expand(exp_term.arg or "", context))
+                if not valid_domain(target):
+                    return None
+                _, answers = await self.session.query(target, "TXT")
+                if len(answers) != 1:
+                    return None
+                text = " ".join([await expand(piece, context, exp=True) for piece in answers[0].split(" ")])
+        except (spftrace.SpfError, DnsError, ValueError):
+            return None
+        self.trace.add("exp", domain=target, text=text)
+        return text
+
+
 def _rcode(nxdomain: bool) -> str:
     return NXDOMAIN if nxdomain else NOERROR
 
@@ -78,12 +104,16 @@ class SpfResult:
         return f"the record {self.record!r} did not match" if self.record else "no SPF record"
 
 
-async def check_host(resolver: Resolver, client_ip: str, sender: str, helo: str) -> SpfResult:
-    """Evaluate SPF for the MAIL FROM identity, or for the HELO identity when the sender is <>."""
+async def check_host(
+    resolver: Resolver, client_ip: str, sender: str, helo: str, receiver: str = "unknown"
+) -> SpfResult:
+    """Evaluate SPF for the MAIL FROM identity, or for the HELO identity when the sender is <>.
+
+    `receiver` is our hostname, the %{r} macro of explanations (RFC 7208 7.3)."""
     scope = "mailfrom" if sender else "helo"
     identity = sender if sender else f"postmaster@{helo}"
     domain = identity.rpartition("@")[2].lower()
-    evaluator = spftrace.Evaluator(_Transport(resolver), spftrace.Limits(time_limit=TIME_LIMIT))
+    evaluator = _Evaluator(_Transport(resolver), spftrace.Limits(time_limit=TIME_LIMIT), receiver=receiver)
     outcome = await evaluator.evaluate(client_ip, identity, helo)
     record = decided_by = problem = None
     for event in outcome.trace.events:

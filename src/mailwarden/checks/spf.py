@@ -18,13 +18,14 @@ from mailwarden.spf import check_host
 class SpfCheck(Check):
     name = "spf"
 
-    def __init__(self, config: SpfConfig, resolver: Resolver) -> None:
+    def __init__(self, config: SpfConfig, resolver: Resolver, hostname: str) -> None:
         self.config = config
         self.resolver = resolver
+        self.hostname = hostname
 
     @classmethod
     def create(cls, services: Services) -> Check:
-        return cls(services.config.spf, services.resolver)
+        return cls(services.config.spf, services.resolver, services.config.smtp.hostname)
 
     async def mail(self, ctx: CheckContext) -> Verdict | None:
         assert ctx.txn is not None
@@ -37,7 +38,7 @@ class SpfCheck(Check):
                 return None
         elif not helo or helo.startswith("["):
             return None  # <> from a client without a HELO name: no identity to check
-        result = await check_host(self.resolver, ctx.session.client_ip, sender, helo)
+        result = await check_host(self.resolver, ctx.session.client_ip, sender, helo, self.hostname)
         ctx.txn.results["spf"] = result.to_dict()
         values = {"domain": result.domain, "client_ip": result.client_ip, "spf_detail": result.detail}
         detail = result.to_dict()
