@@ -9,7 +9,6 @@ code, the reason recorded in the events and the key words of the text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
