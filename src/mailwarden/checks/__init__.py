@@ -9,6 +9,7 @@ from typing import Final
 
 from mailwarden.checks.base import Check, Services
 from mailwarden.checks.chain import CheckChain
+from mailwarden.checks.content import ContentCheck
 from mailwarden.checks.dnsbl import DnsblCheck
 from mailwarden.checks.greylist import GreylistCheck
 from mailwarden.checks.helo import HeloCheck
@@ -21,6 +22,7 @@ from mailwarden.checks.spf import SpfCheck
 from mailwarden.config import ConfigError
 
 REGISTRY: Final[dict[str, type[Check]]] = {
+    ContentCheck.name: ContentCheck,
     RecipientsCheck.name: RecipientsCheck,
     SizeCheck.name: SizeCheck,
     RateLimitCheck.name: RateLimitCheck,

@@ -20,7 +20,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from mailwarden.addresses import AddressError, split
 from mailwarden.checks.base import Action, Check, CheckContext, Recipient, Services, Verdict
 from mailwarden.config import GreylistConfig
 from mailwarden.events import now_us, us_to_iso
@@ -56,12 +55,11 @@ class GreylistCheck(Check):
             return None
         if self.config.exempt_allowlisted and "dnswl" in ctx.session.results:
             return None
+        if ctx.resolved is None:
+            return None  # not one of our mailboxes: refused as such, not greylisted
         network = self.network(client_ip)
         sender = (ctx.txn.sender or "").lower()
-        try:
-            mailbox = split(recipient).mailbox
-        except AddressError:
-            return None
+        mailbox = ctx.resolved.mailbox
         now = now_us()
         expiry = now - self.config.expire_days * 86_400_000_000
         await self._purge(now, expiry)
