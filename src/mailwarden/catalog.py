@@ -527,6 +527,25 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "msg.too_complex",
+        554,
+        "5.6.0",
+        "sender",
+        "The message structure cannot be checked: {problem}; send it again with fewer nested parts.",
+        title=("Message structure too complex", "Nachrichtenstruktur zu verschachtelt"),
+        explanation=(
+            "The message is built in a way our content checks cannot follow ({problem}). A message "
+            "that cannot be checked is not accepted; the sender received an error message.",
+            "Die Nachricht ist so aufgebaut, dass unsere Inhaltsprüfung ihr nicht folgen kann "
+            "({problem}). Eine Nachricht, die nicht geprüft werden kann, wird nicht angenommen; der "
+            "Absender hat eine Fehlermeldung erhalten.",
+        ),
+        remedy=(
+            "The sender should send the content as ordinary attachments, without messages nested in messages.",
+            "Der Absender sollte den Inhalt als gewöhnliche Anhänge senden, ohne ineinander verschachtelte Nachrichten.",
+        ),
+    ),
+    _r(
         "msg.dmarc_reject",
         550,
         "5.7.1",
