@@ -190,3 +190,34 @@ def test_serve_purges_events_older_than_the_retention(tmp_path: Path) -> None:
     assert oldest > old, "the 30-day-old event should have been purged at start"
     note = instance.cli("trace", "--since", "30d", check=False)
     assert "kept for 7 days only" in note.stderr
+
+
+def test_delivered_then_expunged_by_a_pop3_client_seen_in_ingested_dovecot_logs(mw: Mailwarden) -> None:
+    """Our delivery joined with Dovecot's own log lines (parsed by the real ingest parser) by Message-ID."""
+    from datetime import UTC, datetime
+
+    from mailwarden.ingest.pipeline import parse_lines
+
+    send(mw, "alice@sender.test", ["bob@example.test"], "dovecot")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        f"{stamp} pop3-login: Info: Login: user=<bob@example.test>, method=PLAIN, rip=127.0.0.7, lip=127.0.0.1, mpid=7463, secured, session=<I3wyyE5hXpx/AAAB>",
+        f"{stamp} pop3(bob@example.test)<7463><I3wyyE5hXpx/AAAB>: Info: expunge: box=INBOX, uid=1, msgid=<dovecot@sender.test>, size=451, from=Alice <alice@sender.test>, subject=offer",
+        f"{stamp} pop3(bob@example.test)<7463><I3wyyE5hXpx/AAAB>: Info: Disconnected: Logged out top=0/0, retr=1/483, del=1/1, size=451",
+    ]
+    store = SqliteStore(mw.root / "var" / "mailwarden.db")
+    try:
+        store.append_many(parse_lines(lines, node="imap1", origin="/var/log/dovecot.log"))
+        store.flush()
+    finally:
+        store.close()
+    (message,) = trace_json(mw, "--to", "bob@example.test", "--message-id", "<dovecot@sender.test>")
+    (recipient,) = message["recipients"]
+    assert (recipient["status"], recipient["reason"]) == ("deleted", "access.deleted")
+    (access,) = recipient["accesses"]
+    assert (access["kind"], access["client_ip"], access["protocol"]) == ("delete", "127.0.0.7", "pop3")
+    assert access["at"].startswith(stamp.replace(" ", "T"))
+    verdict = explain_json(mw, message["id"])
+    assert (verdict["status"], verdict["responsibility"]) == ("deleted", "recipient")
+    assert "127.0.0.7" in verdict["summary"]
+    assert any("/var/log/dovecot.log" in line and "expunge" in line for line in verdict["evidence"])

@@ -165,7 +165,7 @@ def demo(config: Config, server: str | None) -> int:
     refs = []
     for case in played:
         outcome = examples.play(case, host, port)
-        print(f"  {case.name:20} -> {printable(outcome.reply, 160) or outcome.code}")
+        print(f"  {case.name:20} -> {outcome.code} {printable(outcome.reply, 160)}")
         if outcome.ref:
             refs.append(outcome.ref)
     for note in notes:
