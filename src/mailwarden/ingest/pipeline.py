@@ -22,12 +22,13 @@ from mailwarden.ingest.correlate import Holdback
 from mailwarden.ingest.dovecot import SERVICES as DOVECOT_SERVICES
 from mailwarden.ingest.dovecot import DovecotParser
 from mailwarden.ingest.framing import Frame, Framer
+from mailwarden.ingest.postfix import PostfixParser
 from mailwarden.ingest.timestamps import Clock
 
 Sink = Callable[[Event], None]
 
 # Formats `--format` accepts; "auto" picks a parser per line by its program name.
-FORMATS: Final = ("auto", "dovecot")
+FORMATS: Final = ("auto", "postfix", "dovecot")
 
 _UNTAGGED_DOVECOT: Final = re.compile(
     r"(?:(?:Info|Warning|Error|Fatal|Panic|Debug): )?([a-z][a-z0-9_\-]*)(?:\([^)]*\))?(?:<[^<>]*>)*: "
@@ -84,7 +85,8 @@ class Ingester:
         self._line = ""
         self._emitted = False
         self.dovecot = DovecotParser(self._emit)
-        self._parsers: tuple[Parser, ...] = (self.dovecot,)
+        self.postfix = PostfixParser(self._emit)
+        self._parsers: tuple[Parser, ...] = (self.postfix, self.dovecot)
         self._by_name: dict[str, Parser] = {parser.source: parser for parser in self._parsers}
         self._routes: dict[str, Parser | None] = {}
         self._forced = self._by_name.get(fmt)
@@ -126,7 +128,9 @@ class Ingester:
             pass
         family = program.split("/", 1)[0].lower()
         parser: Parser | None = None
-        if family.startswith("dovecot") or family in DOVECOT_SERVICES:
+        if family.startswith("postfix"):
+            parser = self.postfix
+        elif family.startswith("dovecot") or family in DOVECOT_SERVICES:
             parser = self.dovecot
         if len(self._routes) < 10_000:
             self._routes[program] = parser

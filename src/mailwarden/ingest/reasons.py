@@ -22,7 +22,7 @@ _PATTERNS: Final = re.compile(
             r"|not permitted to relay)",
             r"(?P<rcpt__mailbox_full>quota exceeded|mailbox (?:is )?full|over quota|disk quota|insufficient storage)",
             r"(?P<msg__virus>virus|infected|malware|\bclamav\b)",
-            r"(?P<msg__spam>\bspam\b|junkmail|\bUBE\b|content rejected|gtube)",
+            r"(?P<msg__spam>\bspam\b|spamassassin|junkmail|\bUBE\b|content rejected|gtube)",
             r"(?P<greylisted>greylist|graylist|try (?:again )?later|come back later)",
             r"(?P<helo__invalid>helo command rejected|invalid helo|helo/ehlo)",
             r"(?P<client__no_rdns>cannot find your (?:reverse )?hostname|reverse (?:hostname|dns)|no ptr"
