@@ -61,6 +61,8 @@ class Context:
 
 
 Emit = Callable[[Event, "Context | None"], None]
+# Finds an MTA queue file's context by (node, queue id), for filters that log the MTA's queue id.
+QueueLookup = Callable[[str, str], "Context | None"]
 Key = TypeVar("Key")
 AnyContext = TypeVar("AnyContext", bound=Context)
 

@@ -236,7 +236,7 @@ class PostfixParser(Parser):
         super().__init__(emit)
         self.sessions: dict[object, Context] = {}  # (node, pid) and (node, pid, ip, port) for postscreen
         self.queues: dict[tuple[str, str], _Queue] = {}  # (node, queue id)
-        self.links: dict[tuple[str, str], _Queue] = {}  # (node, next queue id) -> the queue that handed it on
+        self.links: dict[tuple[str, str], Context] = {}  # (node, next queue id) -> the queue that handed it on
         self._daemons = {
             "smtpd": self._smtpd,
             "postscreen": self._postscreen,
@@ -399,7 +399,7 @@ class PostfixParser(Parser):
             queued = _QUEUED_AS.findall(text)
             if queued and kind == "deliver":
                 detail["next_queue_id"] = queued[-1]
-                self._link(frame.node, queued[-1], record)
+                self.link(frame.node, queued[-1], record)
             lmtp = _LMTP_SESSION.search(text)
             if lmtp is not None:
                 detail["downstream_session"] = lmtp[1]
@@ -419,7 +419,7 @@ class PostfixParser(Parser):
         self.emit(event, record)
         return True
 
-    def _link(self, node: str, next_qid: str, record: _Queue) -> None:
+    def link(self, node: str, next_qid: str, record: Context) -> None:
         """`next_qid` (a content filter's re-injection) continues `record`'s message."""
         existing = self.queues.get((node, next_qid))
         if existing is not None and existing.closed_us is None:
