@@ -135,6 +135,15 @@ def test_fail2ban_client_addresses_and_times_agree_with_ours(name: str) -> None:
     assert checked > 5
 
 
+# grok fields that are (a part of) the reply text we keep.
+GROK_REPLY_FIELDS = {
+    "postfix_status_message",
+    "postfix_smtp_response",
+    "postfix_pipe_response",
+    "postfix_local_response",
+    "postfix_error_response",
+    "postfix_proxy_message",
+}
 # postfix-grok-patterns cases that are fragments of a line, not lines.
 GROK_FRAGMENTS = {"command-counter-data", "delays", "relay", "tls-features"}
 
@@ -160,9 +169,7 @@ def _grok_expectations(event: Event, results: dict[str, str]) -> list[tuple[str,
             same(key, int(value), event.smtp_code)
         elif key == "postfix_status_code_enhanced":
             same(key, value, event.enhanced_code)
-        elif key in ("postfix_status_message", "postfix_smtp_response", "postfix_pipe_response"):
-            contains(key, value, event.reply)
-        elif key in ("postfix_local_response", "postfix_error_response", "postfix_proxy_message"):
+        elif key in GROK_REPLY_FIELDS:
             contains(key, value, event.reply)
         elif key == "postfix_status":
             same(key, value, event.detail.get("status"))
