@@ -41,7 +41,7 @@ def test_arrival_gives_every_line_of_the_message_its_sender_client_and_message_i
 
 
 def test_deliveries_failures_and_deferrals_carry_recipient_code_and_reply() -> None:
-    accepted, first, second, failed, deferred = [e for e in _events() if e.queue_id == "10HmaX-000000005vi-0000"]
+    _, first, second, failed, deferred = [e for e in _events() if e.queue_id == "10HmaX-000000005vi-0000"]
     assert (first.recipient, first.smtp_code, first.reply, first.detail["orig_to"]) == (
         "bob@dest.test",
         250,
