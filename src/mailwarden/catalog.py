@@ -527,6 +527,25 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "msg.too_complex",
+        554,
+        "5.6.0",
+        "sender",
+        "The message structure cannot be checked: {problem}; send it again with fewer nested parts.",
+        title=("Message structure too complex", "Nachrichtenstruktur zu verschachtelt"),
+        explanation=(
+            "The message is built in a way our content checks cannot follow ({problem}). A message "
+            "that cannot be checked is not accepted; the sender received an error message.",
+            "Die Nachricht ist so aufgebaut, dass unsere Inhaltsprüfung ihr nicht folgen kann "
+            "({problem}). Eine Nachricht, die nicht geprüft werden kann, wird nicht angenommen; der "
+            "Absender hat eine Fehlermeldung erhalten.",
+        ),
+        remedy=(
+            "The sender should send the content as ordinary attachments, without messages nested in messages.",
+            "Der Absender sollte den Inhalt als gewöhnliche Anhänge senden, ohne ineinander verschachtelte Nachrichten.",
+        ),
+    ),
+    _r(
         "msg.dmarc_reject",
         550,
         "5.7.1",
@@ -601,6 +620,27 @@ _ENTRIES: Final[list[Reason]] = [
             "Usually nothing: the sender retries. Repeated timeouts point to a network problem on the sender's side.",
             "Meist nichts: der Absender versucht es erneut. Wiederholte Zeitüberschreitungen deuten "
             "auf ein Netzproblem beim Absender.",
+        ),
+    ),
+    _r(
+        "transaction.abandoned",
+        451,
+        "4.4.2",
+        "sender",
+        "The transaction was not completed; nothing was accepted.",
+        title=("Delivery not completed", "Zustellung nicht abgeschlossen"),
+        explanation=(
+            "The sending server ended the connection before the message was complete, so nothing was "
+            "accepted and no '250' was sent. A working mail server retries automatically.",
+            "Der sendende Server hat die Verbindung beendet, bevor die Nachricht vollständig war; es wurde "
+            "nichts angenommen und kein '250' gesendet. Ein funktionierender Mailserver versucht es "
+            "automatisch erneut.",
+        ),
+        remedy=(
+            "If the message does not arrive, the sender should check the outgoing queue of their mail "
+            "server and send it again.",
+            "Kommt die Nachricht nicht an, sollte der Absender die Warteschlange seines Mailservers prüfen "
+            "und sie erneut senden.",
         ),
     ),
     # ---------------------------------------------------------------- policy

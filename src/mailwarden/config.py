@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mailwarden.scan.attachments import DANGEROUS_EXTENSIONS
+
 ENV_VAR = "MAILWARDEN_CONFIG"
 
 
@@ -181,6 +183,9 @@ class StoreConfig(_Section):
         0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."
     )
     retention_days: int = Field(90, ge=1, description="Events older than this are purged.")
+    purge_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two purges of expired events while `mailwarden serve` runs."
+    )
 
     @field_validator("url")
     @classmethod
@@ -233,16 +238,87 @@ class DnsblConfig(_Section):
 
 class ClamdConfig(_Section):
     address: str = Field("", description='clamd as "host:port" or a unix socket path. "" = no virus scanning.')
+    timeout: float = Field(
+        30.0, gt=0, description="Seconds for one scan (connect, stream, answer); slower gives 451 4.3.0."
+    )
+    max_stream: int = Field(
+        26_214_400,
+        ge=1024,
+        description="clamd's StreamMaxLength in bytes (keep them equal). Longer messages are not sent to clamd; "
+        "`oversize` decides what happens to them.",
+    )
+    oversize: Literal["tempfail", "accept"] = Field(
+        "tempfail",
+        description='A message longer than `max_stream`: "tempfail" (451 4.3.0) or "accept" it unscanned (logged, '
+        "and noted in the data event).",
+    )
+    fail_open: bool = Field(
+        False,
+        description="Accept mail unscanned while clamd is unreachable (logged as an error for every message). "
+        "Default: answer 451 4.3.0 so the sender retries.",
+    )
+    pool_size: int = Field(4, ge=0, le=64, description="Idle clamd sessions (IDSESSION) kept open for reuse.")
 
 
 class SpamConfig(_Section):
     engine: Literal["rspamd", "spamassassin"] = Field("rspamd", description="Which spam scanner to ask.")
-    address: str = Field("", description='The scanner as "host:port". "" = no spam scoring.')
+    address: str = Field("", description='The scanner as "host:port" (or a unix socket path). "" = no spam scoring.')
+    timeout: float = Field(20.0, gt=0, description="Seconds for one scan; slower gives 451 4.3.0.")
+    reject_score: float = Field(
+        15.0, description="Refuse (550 5.7.1 msg.spam) at or above this score, unless the mailbox turned refusing off."
+    )
+    tag_score: float = Field(
+        6.0, description="At or above this score: X-Spam-* headers and delivery into the mailbox's Junk folder."
+    )
+    max_size: int = Field(
+        10_485_760, ge=0, description="Messages larger than this many bytes are not scored (noted in the data event)."
+    )
+    fail_open: bool = Field(
+        False, description="Accept mail unscored while the scanner is unreachable (logged). Default: 451 4.3.0."
+    )
+    pool_size: int = Field(4, ge=0, le=64, description="Idle keep-alive connections kept open to rspamd.")
+
+
+class ContentConfig(_Section):
+    macros: Literal["reject", "tag", "off"] = Field(
+        "reject",
+        description='Office documents with suspicious auto-running macros: "reject" (554 5.7.1 msg.macro), '
+        '"tag" (header and Junk folder) or "off". A mailbox may override it (setting `macros`).',
+    )
+    dangerous_attachments: bool = Field(
+        True, description="Refuse attachments that run code (by extension and content, also inside ZIP archives)."
+    )
+    dangerous_extensions: list[str] = Field(
+        default_factory=lambda: sorted(DANGEROUS_EXTENSIONS),
+        description="File name extensions refused as dangerous attachments (lower case, without the dot).",
+    )
+    workers: int = Field(2, ge=1, le=64, description="Worker processes that parse MIME, archives and Office files.")
+    worker_memory_mb: int = Field(1024, ge=128, description="Address-space limit of one worker process in MiB.")
+    timeout: float = Field(30.0, gt=0, description="Seconds a worker may spend on one message; beyond it 451 4.3.0.")
+    max_mime_depth: int = Field(20, ge=2, le=200, description="MIME nesting levels; deeper messages are refused.")
+    max_mime_parts: int = Field(1000, ge=10, description="MIME parts per message; more are refused.")
+    archive_depth: int = Field(3, ge=0, le=10, description="ZIP archives inside ZIP archives that are opened.")
+    archive_total_mb: int = Field(
+        256, ge=1, description="MiB decompressed from the archives of one message at most (zip bomb bound)."
+    )
+
+    @field_validator("dangerous_extensions")
+    @classmethod
+    def _extensions(cls, values: list[str]) -> list[str]:
+        return [value.strip().lower().lstrip(".") for value in values]
 
 
 class ScanConfig(_Section):
     clamd: ClamdConfig = Field(default_factory=ClamdConfig, description="ClamAV's clamd.")
     spam: SpamConfig = Field(default_factory=SpamConfig, description="Spam scoring.")
+    content: ContentConfig = Field(default_factory=ContentConfig, description="Attachments and Office macros.")
+    budget: float = Field(
+        60.0,
+        gt=0,
+        le=540,
+        description="Seconds for all content checks of one message together (they run concurrently, each with "
+        "its own timeout); beyond it 451 4.3.0. RFC 5321 gives the sender 10 minutes.",
+    )
 
 
 class TlsConfig(_Section):
@@ -299,7 +375,7 @@ class ExplainConfig(_Section):
 
 class ChecksConfig(_Section):
     order: list[str] = Field(
-        default_factory=lambda: ["recipients", "size"],
+        default_factory=lambda: ["recipients", "size", "content"],
         description="Checks to run, in this order, at each SMTP stage they act on.",
     )
     timeout: float = Field(

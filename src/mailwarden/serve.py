@@ -16,6 +16,7 @@ from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
+from mailwarden.trace.retention import purge_periodically
 
 log = logging.getLogger("mailwarden")
 
@@ -51,6 +52,9 @@ async def run(config: Config) -> None:
         pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
         if pop3 is not None:
             roles.append(f"pop3 {' '.join(await pop3.start())}")
+        purging = asyncio.create_task(
+            purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
+        )
         print(f"mailwarden ready: {', '.join(roles)}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -58,6 +62,7 @@ async def run(config: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+        purging.cancel()
         if pop3 is not None:
             await pop3.stop()
         await gateway.stop()

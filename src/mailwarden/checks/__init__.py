@@ -9,11 +9,13 @@ from typing import Final
 
 from mailwarden.checks.base import Check, Services
 from mailwarden.checks.chain import CheckChain
+from mailwarden.checks.content import ContentCheck
 from mailwarden.checks.recipients import RecipientsCheck
 from mailwarden.checks.size import SizeCheck
 from mailwarden.config import ConfigError
 
 REGISTRY: Final[dict[str, type[Check]]] = {
+    ContentCheck.name: ContentCheck,
     RecipientsCheck.name: RecipientsCheck,
     SizeCheck.name: SizeCheck,
 }

@@ -142,6 +142,7 @@ class CheckContext:
     services: Services
     session: SessionInfo
     txn: Transaction | None = None
+    resolved: Recipient | None = None  # RCPT: the mailbox an earlier check resolved the address to
 
     @property
     def config(self) -> Config:
@@ -152,6 +153,7 @@ class Check:
     """Base class: override the stage methods the check acts on; the others are skipped."""
 
     name: ClassVar[str]
+    timeout: float | None = None  # seconds; None: `checks.timeout`. Longer for checks with their own budget.
 
     @classmethod
     def create(cls, services: Services) -> Check:

@@ -44,7 +44,7 @@ class CheckChain:
             outcome = await self._run_one(check, stage, ctx, recipient)
             entry: dict[str, Any] = {"check": check.name, "ms": round((time.perf_counter() - started) * 1000, 3)}
             if isinstance(outcome, Recipient):
-                result.recipient = outcome
+                result.recipient = ctx.resolved = outcome
                 entry["result"] = "resolved"
                 entry["mailbox"] = outcome.mailbox
             elif outcome is None:
@@ -66,8 +66,9 @@ class CheckChain:
     async def _run_one(
         self, check: Check, stage: Stage, ctx: CheckContext, recipient: str | None
     ) -> Verdict | Recipient | None:
+        timeout = check.timeout or self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 if stage is Stage.RCPT:
                     assert recipient is not None
                     return await check.rcpt(ctx, recipient)
@@ -75,10 +76,8 @@ class CheckChain:
                 outcome: Verdict | None = await method(ctx)
                 return outcome
         except TimeoutError:
-            log.error(
-                "check %s timed out after %.1fs at %s (session %s)", check.name, self.timeout, stage, ctx.session.id
-            )
-            problem = f"no answer within {self.timeout:g} seconds"
+            log.error("check %s timed out after %.1fs at %s (session %s)", check.name, timeout, stage, ctx.session.id)
+            problem = f"no answer within {timeout:g} seconds"
         except Exception as exc:
             log.exception("check %s failed at %s (session %s)", check.name, stage, ctx.session.id)
             problem = f"{type(exc).__name__}: {exc}"

@@ -161,6 +161,8 @@ class Connection:
     ) -> str:
         reply = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
         detail: dict[str, Any] = {"stage": stage, **dict(verdict.detail)}
+        if verdict.values:  # the reply's template values, so the trace can explain it in any language
+            detail["values"] = {k: v if isinstance(v, int | float) else str(v) for k, v in verdict.values.items()}
         if record:
             detail["checks"] = record
         self._event(
