@@ -17,7 +17,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, cast
 
 from mailwarden.addresses import AddressError, normalize_mailbox
 from mailwarden.deliver.maildir import MailboxLock
@@ -316,11 +316,13 @@ class Pop3Session:
         if self.tls is not None:
             await self._error("-ERR Already using TLS")
             return
-        await self._send("+OK Begin TLS negotiation")
-        # Commands pipelined behind STLS arrived in plaintext; they must not count as sent over TLS.
+        # Stop reading before the reply: the client's TLS handshake must stay in the socket for the
+        # TLS layer, and commands pipelined behind STLS (plaintext, RFC 2595 4) are dropped unread.
+        cast(asyncio.ReadTransport, self.writer.transport).pause_reading()
         buffered = getattr(self.reader, "_buffer", None)
         if isinstance(buffered, bytearray):
             buffered.clear()
+        await self._send("+OK Begin TLS negotiation")
         try:
             await self.writer.start_tls(context, ssl_handshake_timeout=self.settings.login_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
