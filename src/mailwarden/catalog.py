@@ -121,8 +121,8 @@ _ENTRIES: Final[list[Reason]] = [
         550,
         "5.7.25",
         "sender",
-        "Your server {client_ip} has the generic hostname {client_name}, which looks like a dynamic "
-        "or end-user address; send through your provider's mail server or give the address a "
+        "Your server {client_ip} has the generic hostname {client_name} ({why}), which looks like a "
+        "dynamic or end-user address; send through your provider's mail server or give the address a "
         "proper hostname.",
         title=("Sending server on a dynamic address", "Sendender Server an einer dynamischen Adresse"),
         explanation=(
@@ -181,6 +181,21 @@ _ENTRIES: Final[list[Reason]] = [
             "Der Administrator des Absenders muss PTR-Eintrag von {client_ip} und A/AAAA-Eintrag "
             "von {client_name} in Einklang bringen.",
         ),
+    ),
+    _r(
+        "client.allowlisted",
+        250,
+        "2.0.0",
+        "none",
+        "Your server {client_ip} is on the allowlist {zone}.",
+        title=("Sending server on an allowlist", "Sendender Server auf einer Positivliste"),
+        explanation=(
+            "The server {client_ip} is listed on the allowlist {zone} ({answer}), so blocklists and "
+            "greylisting did not apply to it.",
+            "Der Server {client_ip} steht auf der Positivliste {zone} ({answer}); Sperrlisten und "
+            "Greylisting galten deshalb nicht für ihn.",
+        ),
+        remedy=("Nothing to do.", "Nichts zu tun."),
     ),
     _r(
         "client.too_many_connections",
@@ -331,6 +346,42 @@ _ENTRIES: Final[list[Reason]] = [
             "{domain}, or add {client_ip} to it.",
             "Der Administrator des Absenders muss über einen im SPF-Eintrag von {domain} genannten "
             "Server senden oder {client_ip} dort aufnehmen.",
+        ),
+    ),
+    _r(
+        "sender.spf_temperror",
+        451,
+        "4.7.24",
+        "none",
+        "SPF check of {domain} failed temporarily ({spf_detail}); please try again later.",
+        title=("SPF check failed temporarily", "SPF-Prüfung vorübergehend fehlgeschlagen"),
+        explanation=(
+            "The SPF record of {domain} could not be evaluated because of a temporary DNS error "
+            "({spf_detail}). The message was deferred, not refused; the sending server retries.",
+            "Der SPF-Eintrag von {domain} konnte wegen eines vorübergehenden DNS-Fehlers nicht "
+            "ausgewertet werden ({spf_detail}). Die Nachricht wurde zurückgestellt, nicht abgelehnt; "
+            "der sendende Server versucht es erneut.",
+        ),
+        remedy=(
+            "Nothing, if it happens rarely. Repeated: the DNS servers of {domain} (or ours) answer badly.",
+            "Nichts, wenn es selten auftritt. Bei Häufung antworten die DNS-Server von {domain} "
+            "(oder unsere) fehlerhaft.",
+        ),
+    ),
+    _r(
+        "sender.spf_permerror",
+        550,
+        "5.7.24",
+        "sender",
+        "The SPF record of {domain} is invalid ({spf_detail}); the domain's administrator must fix it.",
+        title=("Invalid SPF record", "Ungültiger SPF-Eintrag"),
+        explanation=(
+            "The domain {domain} publishes an SPF record that cannot be evaluated ({spf_detail}).",
+            "Die Domain {domain} veröffentlicht einen SPF-Eintrag, der nicht ausgewertet werden kann ({spf_detail}).",
+        ),
+        remedy=(
+            "The DNS administrator of {domain} must correct the SPF record (RFC 7208).",
+            "Der DNS-Verwalter von {domain} muss den SPF-Eintrag korrigieren (RFC 7208).",
         ),
     ),
     # ---------------------------------------------------------------- the recipient
@@ -649,8 +700,8 @@ _ENTRIES: Final[list[Reason]] = [
         451,
         "4.7.1",
         "none",
-        "Greylisted: this is the first delivery attempt from {client_ip} for this sender and "
-        "recipient; please retry in {delay} seconds.",
+        "Greylisted: mail from {client_ip} for this sender and recipient is delayed on first "
+        "contact; please retry in {delay} seconds.",
         title=("Greylisted (delayed on first attempt)", "Greylisting (beim ersten Versuch verzögert)"),
         explanation=(
             "The first delivery attempt from {client_ip} was deferred by greylisting. Genuine mail "

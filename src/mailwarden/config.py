@@ -11,9 +11,11 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -228,12 +230,176 @@ class DnsConfig(_Section):
         return values
 
 
+FindingAction = Literal["reject", "tempfail", "score", "off"]
+_ACTIONS_TEXT = (
+    '"reject" (the catalog\'s 5xx), "tempfail" (its 4xx twin, e.g. 450 4.7.25), "score" (adds points '
+    'towards `checks.reject_score`) or "off"'
+)
+
+
+@dataclass(frozen=True)
+class FindingPolicy:
+    """A finding's configured action with its points (the options `X` and `X_score` together)."""
+
+    action: FindingAction
+    score: float
+
+
+def _networks(values: list[str]) -> list[str]:
+    for value in values:
+        ipaddress.ip_network(value, strict=False)
+    return values
+
+
+def answer_range(key: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    first, _, last = key.partition("-")
+    low = ipaddress.IPv4Address(first.strip())
+    high = ipaddress.IPv4Address(last.strip()) if last else low
+    if high < low:
+        raise ValueError(f"{key!r}: the range ends before it starts")
+    return low, high
+
+
+class DnsblCode(_Section):
+    meaning: str = Field(description='What the answer means, shown in the reply ("a dynamic address range").')
+    remedy: str = Field("", description="What the sender's administrator should do; empty: the zone's remedy.")
+    weight: float | None = Field(None, description="Weight of this answer; empty: the zone's weight.")
+    action: FindingAction | None = Field(None, description="Action for this answer; empty: the zone's action.")
+
+
 class DnsblZone(_Section):
     zone: str = Field(description="DNS zone of the list, e.g. zen.spamhaus.org (Spamhaus meanings are built in).")
+    kind: Literal["block", "allow"] = Field(
+        "block", description='"block": a listing counts against the client; "allow" (a DNSWL): a listing exempts it.'
+    )
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description='Ask these servers ("host:port") for this zone, e.g. a local rbldnsd mirror; empty: `dns.nameservers`.',
+    )
+    meanings: Literal["", "spamhaus-zen"] = Field(
+        "",
+        description='Built-in answer meanings: "spamhaus-zen" (SBL, CSS, XBL, DROP, PBL); automatic for '
+        "zen.spamhaus.org and *.zen.dq.spamhaus.net.",
+    )
+    weight: float = Field(1.0, description="Weight of a listing (postscreen's dnsbl_sites *N).")
+    action: FindingAction | None = Field(None, description="Action for a listing; empty: `dnsbl.action`.")
+    meaning: str = Field("a listed address", description="Meaning of an answer not in `codes`.")
+    remedy: str = Field(
+        "find and fix the cause of the listing, then ask the list's operator to remove the address.",
+        description="Remedy for an answer without its own.",
+    )
+    codes: dict[str, DnsblCode] = Field(
+        default_factory=dict,
+        description='Answers ("127.0.0.2" or a range "127.0.0.4-127.0.0.7") with their meaning, remedy, weight, action.',
+    )
+
+    @field_validator("codes")
+    @classmethod
+    def _codes(cls, values: dict[str, DnsblCode]) -> dict[str, DnsblCode]:
+        for key in values:
+            answer_range(key)
+        return values
+
+    @field_validator("nameservers")
+    @classmethod
+    def _servers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_hostport(value, default_port=53)
+        return values
 
 
 class DnsblConfig(_Section):
     zones: list[DnsblZone] = Field(default_factory=list, description="Blocklists to query for each client address.")
+    threshold: float = Field(
+        1.0,
+        gt=0,
+        description="The client is refused when the weights of its listings add up to this (postscreen's "
+        'dnsbl_threshold); listings with action "score" add their weight as points instead.',
+    )
+    action: FindingAction = Field("reject", description=f"Default action for a listing: {_ACTIONS_TEXT}.")
+
+
+class RdnsConfig(_Section):
+    no_rdns: FindingAction = Field("reject", description=f"The client address has no PTR record: {_ACTIONS_TEXT}.")
+    no_rdns_score: float = Field(5.0, ge=0, description='Points for no PTR record when its action is "score".')
+    fcrdns_mismatch: FindingAction = Field(
+        "reject", description=f"No PTR name of the client resolves back to its address: {_ACTIONS_TEXT}."
+    )
+    fcrdns_mismatch_score: float = Field(5.0, ge=0, description='Points for an FCrDNS mismatch ("score").')
+    dynamic: FindingAction = Field(
+        "score", description=f"The client's name looks generic (dynamic or end-user address): {_ACTIONS_TEXT}."
+    )
+    dynamic_score: float = Field(5.0, ge=0, description='Points for a generic hostname ("score").')
+    generic_keywords: list[str] = Field(
+        default_factory=lambda: [
+            "dyn", "dynamic", "dsl", "adsl", "vdsl", "xdsl", "dip", "dialup", "dial", "pool", "dhcp",
+            "ppp", "pppoe", "cable", "cust", "customer", "broadband", "ftth", "unassigned",
+        ],
+        description="Words (whole runs of letters, outside the last two labels) that mark a generic hostname.",
+    )  # fmt: skip
+    generic_patterns: list[str] = Field(
+        default_factory=list,
+        description="More regular expressions (searched in the lower-case name) that mark a generic hostname.",
+    )
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients exempt from these checks.")
+
+    @field_validator("generic_patterns")
+    @classmethod
+    def _patterns(cls, values: list[str]) -> list[str]:
+        for value in values:
+            re.compile(value)
+        return values
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
+class HeloConfig(_Section):
+    action: FindingAction = Field("reject", description=f"An invalid HELO/EHLO name: {_ACTIONS_TEXT}.")
+    score: float = Field(5.0, ge=0, description='Points for an invalid HELO name ("score").')
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients exempt from this check.")
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
+class SpfConfig(_Section):
+    fail: Literal["reject", "score", "tag"] = Field(
+        "reject",
+        description='SPF fail: "reject" (550 5.7.23), "score" (points towards `checks.reject_score`) or "tag" '
+        "(only the Authentication-Results header).",
+    )
+    fail_score: float = Field(5.0, ge=0, description='Points for an SPF fail ("score").')
+    permerror: Literal["reject", "tag"] = Field(
+        "tag", description='An invalid SPF record: "reject" (550 5.7.24) or "tag" (only the header).'
+    )
+
+
+class GreylistConfig(_Section):
+    delay: int = Field(300, ge=1, description="Seconds a new (network, sender, recipient) triplet must wait.")
+    retry_window: int = Field(
+        172_800, ge=60, description="Seconds after the first attempt within which a retry counts; later starts over."
+    )
+    expire_days: int = Field(35, ge=1, description="Days a passed triplet stays known without new mail.")
+    ipv4_prefix: int = Field(24, ge=8, le=32, description="Client IPv4 addresses are grouped by this prefix.")
+    ipv6_prefix: int = Field(64, ge=16, le=128, description="Client IPv6 addresses are grouped by this prefix.")
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients never greylisted.")
+    exempt_allowlisted: bool = Field(True, description="Clients on an allowlist zone (DNSWL) are not greylisted.")
+    exempt_known_senders: bool = Field(
+        True, description="A sender that passed greylisting from a client network before is not delayed again."
+    )
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
+class RateLimitConfig(_Section):
+    connections_per_minute: int = Field(
+        60, ge=0, description="New connections per client address per minute; more get 421 4.7.0. 0 = no limit."
+    )
+    messages_per_minute: int = Field(
+        120, ge=0, description="Messages (MAIL commands) per client address per minute; more get 451 4.7.0. 0 = none."
+    )
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients without limits.")
+
+    _exempt = field_validator("exempt_networks")(_networks)
 
 
 class ClamdConfig(_Section):
@@ -381,6 +547,12 @@ class ChecksConfig(_Section):
     timeout: float = Field(
         30.0, gt=0, description="Seconds one check may take; a slower check gives 451 4.3.0, never an accept."
     )
+    reject_score: float = Field(
+        10.0,
+        gt=0,
+        description='Findings configured as action "score" add up (per connection plus per message); at this '
+        "total the finding that reached it is refused with its own reply.",
+    )
 
 
 class LogConfig(_Section):
@@ -394,6 +566,13 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig, description="Where events and mailboxes live.")
     dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolution for the checks.")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="DNS block- and allowlists.")
+    rdns: RdnsConfig = Field(default_factory=RdnsConfig, description="Reverse DNS of the client (check `rdns`).")
+    helo: HeloConfig = Field(default_factory=HeloConfig, description="The HELO/EHLO name (check `helo`).")
+    spf: SpfConfig = Field(default_factory=SpfConfig, description="SPF of the envelope sender (check `spf`).")
+    greylist: GreylistConfig = Field(default_factory=GreylistConfig, description="Greylisting (check `greylist`).")
+    ratelimit: RateLimitConfig = Field(
+        default_factory=RateLimitConfig, description="Connection and message rates (check `ratelimit`)."
+    )
     scan: ScanConfig = Field(default_factory=ScanConfig, description="Content scanners.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="STARTTLS.")
     pop3: Pop3Config = Field(default_factory=Pop3Config, description="The POP3 server.")
@@ -518,10 +697,16 @@ def docs_markdown() -> str:
             continue
         out.append(f"<!-- {info.description} -->")
         section(annotation, name + ".")
-    out.extend(["## [[dnsbl.zones]]", "", "| key | default | meaning |", "|---|---|---|"])
-    for name, info in DnsblZone.model_fields.items():
-        out.append(f"| `{name}` | (required) | {info.description} |")
-    out.append("")
+    for title, model in (("[[dnsbl.zones]]", DnsblZone), ('[dnsbl.zones.codes."ANSWER"]', DnsblCode)):
+        out.extend([f"## {title}", "", "| key | default | meaning |", "|---|---|---|"])
+        for name, info in model.model_fields.items():
+            if info.is_required():
+                shown = "(required)"
+            else:
+                value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+                shown = "(empty)" if value is None else f"`{_toml(value)}`"
+            out.append(f"| `{name}` | {shown} | {info.description} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -532,4 +717,6 @@ def _toml(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     return str(value)

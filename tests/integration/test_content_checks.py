@@ -73,7 +73,7 @@ def content_detail(gateway: Mailwarden) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
-    daemon = Clamd(tmp_path_factory.mktemp("clamd")).start()
+    daemon = Clamd(tmp_path_factory.mktemp("clamd"), stream_max="40M").start()
     try:
         yield daemon
     finally:
@@ -93,8 +93,9 @@ def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rspamd]:
 def gateway(tmp_path_factory: pytest.TempPathFactory, clamd: Clamd, rspamd: Rspamd) -> Iterator[Mailwarden]:
     """clamd over its unix socket, rspamd over TCP; tag at 0.5 so an ordinary newsletter is borderline."""
     overrides = {
+        "smtp": {"max_message_size": 41_943_040},
         "scan": {"budget": 60.0},
-        "scan.clamd": {"address": str(clamd.socket)},
+        "scan.clamd": {"address": str(clamd.socket), "max_stream": 41_943_040},
         "scan.spam": {"engine": "rspamd", "address": rspamd.address, "tag_score": 4.0, "reject_score": 15.0},
     }
     with running(tmp_path_factory.mktemp("mw"), overrides) as instance:
@@ -230,7 +231,7 @@ def test_postfix_bounce_for_the_virus_mail_carries_our_reply_and_ref(gateway: Ma
 
 
 # ---------------------------------------------------------------------------- SpamAssassin
-def test_gtube_is_refused_by_spamassassin_with_550_and_the_score(tmp_path: Path, clamd: Clamd) -> None:
+def test_gtube_is_refused_by_spamassassin_and_a_stopped_spamd_defers(tmp_path: Path, clamd: Clamd) -> None:
     spamd = Spamd(tmp_path / "spamd").start()
     try:
         overrides = {"scan.spam": {"engine": "spamassassin", "address": spamd.address, "timeout": 60.0}}
@@ -241,6 +242,14 @@ def test_gtube_is_refused_by_spamassassin_with_550_and_the_score(tmp_path: Path,
             assert "GTUBE" in text
             code, text = send(gateway, message("hello", body="Hi Bob, lunch at noon?\n"))
             assert code == 250, text
+            spamd.stop()
+            code, text = send(gateway, message("hello again", body="Are you there?\n"))
+            assert code == 451, text
+            assert text.startswith("4.3.0 The spamassassin scanner is temporarily unavailable")
+            assert len(gateway.messages("bob@example.test")) == 1  # only the one accepted before
+            tempfail = last(gateway, "tempfail")
+            assert tempfail["reason"] == "infra.scanner_unavailable"
+            assert "spamassassin" in tempfail["detail"]["errors"]
     finally:
         spamd.stop()
 
@@ -262,3 +271,78 @@ def test_recipient_with_a_different_spam_policy_is_deferred_at_rcpt(gateway: Mai
     assert code == 250, text
     (stored,) = gateway.messages("carol@example.test", "Junk")
     assert b"X-Spam-Flag: YES" in stored
+
+
+# ---------------------------------------------------------------------------- bad input
+def _raw(headers: str, body: bytes) -> bytes:
+    return (
+        "From: alice@sender.test\r\nTo: bob@example.test\r\nMessage-ID: <bad@sender.test>\r\n" + headers + "\r\n\r\n"
+    ).encode() + body
+
+
+def test_malformed_mime_is_judged_not_crashed_on(gateway: Mailwarden) -> None:
+    broken = _raw(
+        'Subject: broken\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="never-seen\r\n',
+        b"--other\r\nContent-Type: application/octet-stream; name*0*=bogus'xx'%ZZ\r\n\r\n\x00\xff\xfe\r\n--other",
+    )
+    code, text = send(gateway, broken)
+    assert code == 250, text
+    assert "content" in content_detail(gateway)
+
+
+def test_broken_base64_is_decoded_as_far_as_possible(gateway: Mailwarden) -> None:
+    import base64
+
+    encoded = base64.b64encode(PE_PROGRAM).decode()
+    encoded = encoded.rstrip("=") + "QQQQQ"  # no padding, and a stray quantum of one character
+    garbled = "\r\n".join(encoded[i : i + 60] + "*!" for i in range(0, len(encoded), 60))
+    body = (
+        "--b1\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n"
+        "--b1\r\nContent-Type: application/pdf; name=report.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        f"{garbled}\r\n--b1--\r\n"
+    ).encode()
+    code, text = send(
+        gateway, _raw("Subject: b64\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1", body)
+    )
+    assert code == 554, text
+    assert "report.pdf is a Windows program (PE executable)" in text
+    assert any("base64" in p for p in last(gateway, "reject")["detail"]["content"]["problems"])
+
+
+def test_thousands_of_nested_multiparts_are_refused_as_too_complex(gateway: Mailwarden) -> None:
+    depth = 5000
+    opening = "".join(f"--n{i}\r\nContent-Type: multipart/mixed; boundary=n{i + 1}\r\n\r\n" for i in range(depth))
+    closing = "".join(f"--n{i}--\r\n" for i in reversed(range(depth)))
+    body = (opening + "--n5000\r\nContent-Type: text/plain\r\n\r\ndeep\r\n" + closing).encode()
+    code, text = send(
+        gateway, _raw("Subject: deep\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=n0", body)
+    )
+    assert code == 554, text
+    assert text.startswith("5.6.0 The message structure cannot be checked: MIME parts nested deeper than 20 levels")
+    assert last(gateway, "reject")["reason"] == "msg.too_complex"
+
+
+def test_twenty_megabyte_attachment_gets_a_verdict_in_bounded_memory(gateway: Mailwarden) -> None:
+    import random
+
+    blob = random.Random(20).randbytes(20 * 1024 * 1024)
+    code, text = send(gateway, message("big", data_bin=blob))
+    assert code == 250, text
+    assert gateway.process is not None
+    status = Path(f"/proc/{gateway.process.pid}/status").read_text()
+    peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    assert peak_kb < 250 * 1024, f"the gateway grew to {peak_kb} kB for a 27 MB message"
+
+
+def test_zip_bomb_is_refused_as_dangerous_without_unpacking_it(gateway: Mailwarden) -> None:
+    buffer = io.BytesIO()
+    chunk = b"\0" * (1024 * 1024)
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("zeros.bin", "w", force_zip64=True) as member,
+    ):
+        for _ in range(1024):  # 1 GiB of zeros, about 1 MB compressed
+            member.write(chunk)
+    code, text = send(gateway, message("bomb", backup_zip=buffer.getvalue()))
+    assert code == 554, text
+    assert "backup.zip/zeros.bin is a compression bomb" in text
