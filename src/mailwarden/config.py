@@ -474,10 +474,28 @@ class ContentConfig(_Section):
         return [value.strip().lower().lstrip(".") for value in values]
 
 
+class AuthConfig(_Section):
+    dkim: bool = Field(True, description="Verify DKIM signatures (the results go into Authentication-Results).")
+    dmarc: bool = Field(True, description="Evaluate the From domain's DMARC policy (needs the `spf` check for SPF).")
+    dmarc_reject: bool = Field(
+        True,
+        description="Refuse (550 5.7.1 msg.dmarc_reject) mail that fails DMARC when the domain publishes p=reject. "
+        "Only a complete evaluation counts: with SPF not checked or a DKIM signature unverifiable, it only tags.",
+    )
+    dmarc_quarantine: bool = Field(
+        True, description="Deliver mail that fails DMARC under p=quarantine into the mailbox's Junk folder."
+    )
+    max_size: int = Field(
+        26_214_400, ge=0, description="Messages larger than this many bytes are not DKIM-verified (noted)."
+    )
+    timeout: float = Field(15.0, gt=0, description="Seconds for DKIM and DMARC together (key and policy lookups).")
+
+
 class ScanConfig(_Section):
     clamd: ClamdConfig = Field(default_factory=ClamdConfig, description="ClamAV's clamd.")
     spam: SpamConfig = Field(default_factory=SpamConfig, description="Spam scoring.")
     content: ContentConfig = Field(default_factory=ContentConfig, description="Attachments and Office macros.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="DKIM and DMARC.")
     budget: float = Field(
         60.0,
         gt=0,
