@@ -65,6 +65,20 @@ def cmd_users(args: argparse.Namespace, config: Config) -> int:
             if not store.remove_mailbox(address):
                 raise StoreError(f"no mailbox {address}; `mailwarden users list` shows the existing ones")
             print(f"removed {address} (its Maildir stays on disk)")
+        elif args.action == "set":
+            from mailwarden.checks.content import parse_setting
+
+            found = store.get_mailbox(address)
+            if found is None:
+                raise StoreError(f"no mailbox {address}; `mailwarden users list` shows the existing ones")
+            settings = dict(found.settings)
+            for item in args.settings:
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item!r}: write settings as NAME=VALUE, e.g. spam_reject=off")
+                settings[name.strip()] = parse_setting(name.strip(), value.strip())
+            store.update_mailbox_settings(address, settings)
+            print(f"settings of {address}: {json.dumps(settings, sort_keys=True)}")
         elif args.action == "passwd":
             if not store.set_password(address, mailboxes.hash_password(_read_password(args))):
                 raise StoreError(f"no mailbox {address}; `mailwarden users list` shows the existing ones")
@@ -174,6 +188,18 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
     return commands.purge(config, args.days)
 
 
+def cmd_explain_bounce(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.explain_bounce(config, args.source, lang=args.lang, fmt=args.format)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.demo(config, args.server)
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailwarden", description="Inbound mail gateway with evidence.")
@@ -190,8 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("serve", cmd_serve, "run the configured services until SIGTERM")
 
     users = command("users", cmd_users, "manage mailboxes")
-    users.add_argument("action", choices=["add", "list", "remove", "passwd"])
+    users.add_argument("action", choices=["add", "list", "remove", "passwd", "set"])
     users.add_argument("address", nargs="?", help="mailbox address (not for list)")
+    users.add_argument(
+        "settings", nargs="*", metavar="NAME=VALUE", help="for set: spam_reject=on|off, macros=reject|tag|off"
+    )
     users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     cfg = command("config", cmd_config, "validate the configuration or print its reference")
@@ -236,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
+
+    bounce = command("explain-bounce", cmd_explain_bounce, "explain a bounce (DSN or pasted text) a sender received")
+    bounce.add_argument("source", metavar="FILE|-", help="the bounce message, or - to read it from standard input")
+    bounce.add_argument("--lang", choices=["en", "de"], default="en")
+    bounce.add_argument("--format", choices=["text", "json"], default="text")
+
+    demo = command("demo", cmd_demo, "play example mails against the running instance, to see real traces")
+    demo.add_argument("--server", metavar="HOST:PORT", help="the SMTP address (default: the first of [smtp] listen)")
     return parser
 
 
@@ -255,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(args.config)
         logging.getLogger().setLevel(config.log.level.upper())
         if args.command == "users" and args.action != "list" and not args.address:
-            parser.error("users add|remove|passwd need an ADDRESS")
+            parser.error("users add|remove|passwd|set need an ADDRESS")
         handler: Handler = args.handler
         return handler(args, config)
     except (ConfigError, StoreError, TimeSpecError, ValueError, ReportError) as exc:

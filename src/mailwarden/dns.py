@@ -242,6 +242,7 @@ class Resolver:
 
     async def _ask(self, name: str, rtype: str) -> Answer[Any]:
         import aiodns
+        from pycares.errno import ARES_EBADNAME
 
         channel, slots = self._channel_for(asyncio.get_running_loop())
         self.stats["queries"] += 1
@@ -252,14 +253,41 @@ class Resolver:
             self.stats["tempfail"] += 1
             raise DnsTempError(name, rtype, f"no answer within {self.timeout:g} seconds") from None
         except aiodns.error.DNSError as exc:
+            if exc.args and exc.args[0] == ARES_EBADNAME:
+                # c-ares refuses names with characters like ':' or '/', which DNS allows (RFC 2181
+                # 11) and SPF macros produce; the rare such name goes through dnspython.
+                return await self._ask_dnspython(name, rtype)
             return self._from_error(name, rtype, exc)
         return self._from_result(name, rtype, result)
+
+    async def _ask_dnspython(self, name: str, rtype: str) -> Answer[Any]:
+        import dns.asyncresolver
+        import dns.exception
+        import dns.nameserver
+        import dns.resolver
+
+        resolver = dns.asyncresolver.Resolver(configure=not self.nameservers)
+        if self.nameservers:
+            servers = [parse_hostport(s) for s in self.nameservers]
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in servers]
+        resolver.lifetime = self.timeout
+        try:
+            answer = await resolver.resolve(name, rtype, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN:
+            return Answer(name, rtype, (), nxdomain=True, ttl=self.negative_ttl)
+        except dns.exception.DNSException as exc:
+            self.stats["tempfail"] += 1
+            raise DnsTempError(name, rtype, str(exc) or type(exc).__name__) from None
+        if answer.rrset is None:
+            return Answer(name, rtype, (), ttl=self.negative_ttl)
+        records = tuple(_dnspython_value(rtype, rdata) for rdata in answer.rrset)
+        return Answer(name, rtype, records, ttl=min(float(answer.rrset.ttl), self.max_ttl))
 
     def _from_error(self, name: str, rtype: str, exc: aiodns.error.DNSError) -> Answer[Any]:
         import pycares.errno as codes
 
         errno = exc.args[0] if exc.args else None
-        if errno in (codes.ARES_ENOTFOUND, codes.ARES_EBADNAME):
+        if errno == codes.ARES_ENOTFOUND:
             return Answer(name, rtype, (), nxdomain=True, ttl=self.negative_ttl)
         if errno == codes.ARES_ENODATA:
             return Answer(name, rtype, (), ttl=self.negative_ttl)
@@ -304,6 +332,16 @@ def _value(rtype: str, data: Any) -> Any:
     if rtype == "NS":
         return str(data.nsdname).rstrip(".")
     return str(data.cname).rstrip(".")
+
+
+def _dnspython_value(rtype: str, rdata: Any) -> Any:
+    if rtype == "MX":
+        return MX(int(rdata.preference), rdata.exchange.to_text(omit_final_dot=True))
+    if rtype == "TXT":
+        return b"".join(rdata.strings)
+    if rtype in ("PTR", "NS", "CNAME"):
+        return rdata.target.to_text(omit_final_dot=True)
+    return str(rdata.address)
 
 
 def _cares_server(value: str) -> str:

@@ -68,6 +68,19 @@ class EventQuery:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class GreylistEntry:
+    """One greylisting triplet: client network, envelope sender, recipient mailbox."""
+
+    network: str
+    sender: str  # "" for the null sender
+    recipient: str
+    first_seen_us: int
+    last_seen_us: int
+    passed_us: int | None = None  # when a retry after the delay was let through
+    attempts: int = 1
+
+
 class _Barrier:
     """A marker in the write queue: resolved once everything queued before it is committed."""
 
@@ -257,6 +270,22 @@ class Store(ABC):
 
     @abstractmethod
     def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool: ...
+
+    # -- greylisting (checks/greylist.py; called off the event loop)
+    @abstractmethod
+    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None: ...
+
+    @abstractmethod
+    def greylist_put(self, entry: GreylistEntry) -> None:
+        """Insert or replace the entry of its triplet."""
+
+    @abstractmethod
+    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
+        """Whether mail from `sender` via `network` passed greylisting (for any recipient) since then."""
+
+    @abstractmethod
+    def greylist_purge(self, before_us: int) -> int:
+        """Forget triplets last seen before then; returns how many."""
 
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path (a point lookup; backends may override)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
-from mailwarden.store.base import BatchWriter, EventQuery, Mailbox, Store, StoreError
+from mailwarden.store.base import BatchWriter, EventQuery, GreylistEntry, Mailbox, Store, StoreError
 
 # Named schema migrations, applied in this order and remembered in the `migrations` table.
 # Append new ones (a unique name per change); never edit or reorder applied ones.
@@ -59,6 +59,19 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     CREATE INDEX events_recipient_domain ON events (substr(recipient, instr(recipient, '@') + 1) COLLATE NOCASE, ts)
         WHERE recipient IS NOT NULL;
     CREATE INDEX events_reason ON events (reason, ts) WHERE reason IS NOT NULL;
+    """,
+    ),
+    (
+        "greylist",
+        """
+    CREATE TABLE greylist (
+        network TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+        first_seen_us INTEGER NOT NULL, last_seen_us INTEGER NOT NULL, passed_us INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (network, sender, recipient)
+    );
+    CREATE INDEX greylist_passed ON greylist (network, sender, passed_us) WHERE passed_us IS NOT NULL;
+    CREATE INDEX greylist_last_seen ON greylist (last_seen_us)
     """,
     ),
 ]
@@ -308,6 +321,46 @@ class SqliteStore(Store):
                 "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
             ).fetchall()
         return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # -- greylisting
+    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
+                " WHERE network = ? AND sender = ? AND recipient = ?",
+                (network, sender, recipient),
+            ).fetchone()
+        return None if row is None else GreylistEntry(network, sender, recipient, *row)
+
+    def greylist_put(self, entry: GreylistEntry) -> None:
+        with self._reading() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO greylist"
+                " (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.network,
+                    entry.sender,
+                    entry.recipient,
+                    entry.first_seen_us,
+                    entry.last_seen_us,
+                    entry.passed_us,
+                    entry.attempts,
+                ),
+            )
+
+    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM greylist WHERE network = ? AND sender = ? AND passed_us IS NOT NULL"
+                " AND last_seen_us >= ? LIMIT 1",
+                (network, sender, since_us),
+            ).fetchone()
+        return row is not None
+
+    def greylist_purge(self, before_us: int) -> int:
+        with self._reading() as conn:
+            return conn.execute("DELETE FROM greylist WHERE last_seen_us < ?", (before_us,)).rowcount
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

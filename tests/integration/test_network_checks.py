@@ -1,0 +1,207 @@
+"""Network and sender checks in the session, against real NSD and rbldnsd on loopback.
+
+Clients connect from different 127.0.0.x addresses (their PTRs and listings are in
+tests/support/dns.py) with sender domains that have a good MX, an IP-literal MX, a null MX, no
+records, and SPF pass/fail/softfail/temperror. Each case checks the reply code, the enhanced
+code, the reason recorded in the events and the key words of the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.dns import CLIENTS, DOMAINS, DnsServers, running_dns
+from tests.support.mailwarden import Mailwarden, running
+from tests.support.smtp import events_of, send
+
+pytestmark = pytest.mark.integration
+
+ALL_CHECKS = ["ratelimit", "dnsbl", "rdns", "helo", "recipients", "sender_domain", "spf", "size"]
+
+
+def checks_config(dns: DnsServers, order: list[str], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    config: dict[str, dict[str, Any]] = {
+        "dns": {"nameservers": [dns.nsd], "timeout": 1.0},
+        "dnsbl": {
+            "zones": [
+                {"zone": "zen.dnsbl.test", "meanings": "spamhaus-zen", "nameservers": [dns.rbldnsd]},
+                {"zone": "list.dnswl.test", "kind": "allow", "nameservers": [dns.rbldnsd]},
+            ]
+        },
+        "rdns": {"dynamic": "reject"},
+        "checks": {"order": order},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+@pytest.fixture(scope="module")
+def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServers]:
+    with running_dns(tmp_path_factory.mktemp("dns")) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, dns: DnsServers) -> Iterator[Mailwarden]:
+    with running(tmp_path_factory.mktemp("mw"), checks_config(dns, ALL_CHECKS)) as instance:
+        yield instance
+
+
+CLEAN = CLIENTS["clean"]
+GOOD_SENDER = f"alice@{DOMAINS['good']}"
+
+REFUSALS = [
+    # (case, client, helo, sender, stage, code, enhanced, reason, key words)
+    (
+        "client listed in the PBL",
+        CLIENTS["pbl"], "mail.pbl.test", GOOD_SENDER, "rcpt", 554, "5.7.1", "client.dnsbl",
+        ["127.0.0.11", "zen.dnsbl.test", "dynamic or end-user address range", "provider's mail server",
+         "query/ip/127.0.0.11"],
+    ),
+    (
+        "client listed in the SBL",
+        CLIENTS["sbl"], "mail.sbl.test", GOOD_SENDER, "rcpt", 554, "5.7.1", "client.dnsbl",
+        ["zen.dnsbl.test", "Spamhaus SBL", "SBL12345"],
+    ),
+    (
+        "client with a generic PTR",
+        CLIENTS["generic"], "mail.isp.test", GOOD_SENDER, "rcpt", 550, "5.7.25", "client.dynamic_rdns",
+        ["127-0-0-13.dyn.isp.test", "generic hostname", "provider's mail server"],
+    ),
+    (
+        "client without PTR",
+        CLIENTS["no_ptr"], "mail.example.org", GOOD_SENDER, "rcpt", 550, "5.7.25", "client.no_rdns",
+        ["127.0.0.14", "no reverse DNS"],
+    ),
+    (
+        "client whose PTR does not resolve back",
+        CLIENTS["fcrdns_mismatch"], "mismatch.isp.test", GOOD_SENDER, "rcpt", 550, "5.7.25",
+        "client.fcrdns_mismatch", ["mismatch.isp.test", "does not resolve back"],
+    ),
+    (
+        "sender domain with an IP address as MX",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['mx_ip_literal']}", "mail", 550, "5.1.8", "sender.mx_ip_literal",
+        ["iplit.test. MX 10 1.2.3.4.", "RFC 5321 section 5.1", "RFC 2181 section 10.3"],
+    ),
+    (
+        "sender domain with a null MX",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['null_mx']}", "mail", 550, "5.7.27", "sender.null_mx",
+        ["nullmx.test", "null MX", "RFC 7505"],
+    ),
+    (
+        "sender domain without any records",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['missing']}", "mail", 550, "5.1.8", "sender.domain_missing",
+        ["missing.test", "no MX, A or AAAA record"],
+    ),
+    (
+        "sender domain whose MX hosts do not resolve",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['no_mail_host']}", "mail", 550, "5.1.8", "sender.no_mail_host",
+        ["ghost.nohost.test", "phantom.nohost.test", "do not resolve"],
+    ),
+    (
+        "sender domain whose DNS fails",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['dns_failure']}", "mail", 450, "4.1.8", "infra.dns_tempfail",
+        ["unserved.example", "Temporary DNS failure"],
+    ),
+    (
+        "SPF fail",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['spf_fail']}", "mail", 550, "5.7.23", "sender.spf_fail",
+        ["spf-fail.test", "127.0.0.10", "-all"],
+    ),
+    (
+        "SPF temperror",
+        CLEAN, "mail.good.test", f"alice@{DOMAINS['spf_temperror']}", "mail", 451, "4.7.24", "sender.spf_temperror",
+        ["spf-temperror.test", "temporarily"],
+    ),
+    (
+        "HELO without a dot",
+        CLEAN, "localhost", GOOD_SENDER, "rcpt", 550, "5.7.1", "helo.invalid", ["localhost", "fully qualified"],
+    ),
+    (
+        "HELO with a bare IP address",
+        CLEAN, "127.0.0.10", GOOD_SENDER, "rcpt", 550, "5.7.1", "helo.invalid", ["[127.0.0.10]", "brackets"],
+    ),
+    (
+        "HELO claiming our own name",
+        CLEAN, "mx.example.test", GOOD_SENDER, "rcpt", 550, "5.7.1", "helo.invalid", ["our own name"],
+    ),
+    (
+        "HELO claiming our own address",
+        CLEAN, "[127.0.0.1]", GOOD_SENDER, "rcpt", 550, "5.7.1", "helo.invalid", ["our own address"],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("client", "helo", "sender", "stage", "code", "enhanced", "reason", "words"),
+    [case[1:] for case in REFUSALS],
+    ids=[case[0] for case in REFUSALS],
+)
+def test_refusal_names_the_cause_with_the_right_codes(
+    gateway: Mailwarden,
+    client: str,
+    helo: str,
+    sender: str,
+    stage: str,
+    code: int,
+    enhanced: str,
+    reason: str,
+    words: list[str],
+) -> None:
+    attempt = send(gateway, client, helo, sender)
+    reply = attempt.last
+    assert (reply.stage, reply.code, reply.enhanced) == (stage, code, enhanced), attempt.replies
+    for word in words:
+        assert word in reply.sentence, (word, reply.sentence)
+    assert reply.ref is not None
+    events = events_of(gateway, reply.ref, "reject" if code >= 500 else "tempfail")
+    (refusal,) = [e for e in events if e["kind"] in ("reject", "tempfail")]
+    assert (refusal["reason"], refusal["smtp_code"], refusal["enhanced_code"]) == (reason, code, enhanced)
+
+
+ACCEPTED = [
+    # (case, client, helo, sender, expected Authentication-Results part)
+    ("clean client, good domain, SPF pass", CLEAN, "mail.good.test", GOOD_SENDER, "spf=pass"),
+    ("domain with only an A record", CLEAN, "mail.good.test", f"bob@{DOMAINS['implicit_mx']}", "spf=pass"),
+    ("SPF softfail is only tagged", CLEAN, "mail.good.test", f"a@{DOMAINS['spf_softfail']}", "spf=softfail"),
+    ("SPF neutral is only tagged", CLEAN, "mail.good.test", f"a@{DOMAINS['spf_neutral']}", "spf=neutral"),
+    ("SPF permerror is only tagged", CLEAN, "mail.good.test", f"a@{DOMAINS['spf_permerror']}", "spf=permerror"),
+    ("the null sender is allowed", CLEAN, "mail.good.test", "", "smtp.helo=mail.good.test"),
+    ("SBL-listed client on the DNSWL", CLIENTS["dnswl"], "mail.dnswl.test", GOOD_SENDER, "spf=pass"),
+    ("a list error is not a listing", CLIENTS["list_error"], "mail.listerror.test", GOOD_SENDER, "spf=pass"),
+]
+
+
+@pytest.mark.parametrize(("client", "helo", "sender", "auth"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_accepted_mail_records_spf_in_authentication_results(
+    gateway: Mailwarden, client: str, helo: str, sender: str, auth: str
+) -> None:
+    before = len(gateway.messages("bob@example.test"))
+    attempt = send(gateway, client, helo, sender)
+    assert attempt.accepted, attempt.replies
+    stored = gateway.messages("bob@example.test")[before:]
+    head = stored[-1].split(b"\r\n\r\n", 1)[0].decode()
+    assert "Authentication-Results: mx.example.test;" in head
+    assert auth in head
+
+
+def test_the_allowlisted_client_is_recorded_as_such(gateway: Mailwarden) -> None:
+    attempt = send(gateway, CLIENTS["dnswl"], "mail.dnswl.test", GOOD_SENDER)
+    assert attempt.accepted
+    ref = attempt.last.text.rsplit("ref=", 1)[1].split()[0]
+    events = events_of(gateway, ref, "accept")
+    (connect,) = [e for e in events if e["kind"] == "connect"]
+    (dnsbl,) = [c for c in connect["detail"]["checks"] if c["check"] == "dnsbl"]
+    assert dnsbl["reason"] == "client.allowlisted"
+    assert dnsbl["detail"]["listings"][0]["meaning"] == "a spam source (Spamhaus SBL)"
+
+
+def test_the_verified_client_name_reaches_the_received_header(gateway: Mailwarden) -> None:
+    before = len(gateway.messages("bob@example.test"))
+    assert send(gateway, CLEAN, "mail.good.test", GOOD_SENDER).accepted
+    stored = gateway.messages("bob@example.test")[before:][-1]
+    assert b"(mail.good.test [127.0.0.10])" in stored.split(b"\r\n\r\n", 1)[0]
