@@ -516,6 +516,33 @@ class Pop3Config(_Section):
     allow_plaintext_auth: bool = Field(
         False, description="Allow USER/PASS and AUTH PLAIN without STLS (tests, trusted networks only)."
     )
+    timeout: float = Field(
+        600.0, gt=0, description="Seconds a logged-in client may stay silent (RFC 1939: at least 10 minutes)."
+    )
+    login_timeout: float = Field(60.0, gt=0, description="Seconds a client may stay silent before it has logged in.")
+    max_connections: int = Field(
+        200, ge=1, description="Simultaneous POP3 connections in total; more get -ERR [SYS/TEMP]."
+    )
+    max_connections_per_ip: int = Field(
+        20, ge=1, description="Simultaneous POP3 connections from one client address; more get -ERR [SYS/TEMP]."
+    )
+    max_command_line: int = Field(
+        255, ge=64, description="Longest command line in octets incl. CRLF (RFC 2449: 255); longer gets -ERR."
+    )
+    max_errors: int = Field(10, ge=1, description="Erroneous commands in one connection before it is closed.")
+    auth_failure_delay: float = Field(
+        1.0, ge=0, description="Seconds before answering a failed login; doubles with each further failure."
+    )
+    auth_failure_delay_max: float = Field(16.0, ge=0, description="Upper bound of that delay in seconds.")
+    auth_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed logins from one address or for one user name within `auth_lock_seconds` that lock "
+        "it: further logins get -ERR [AUTH] until the lock expires.",
+    )
+    auth_lock_seconds: float = Field(
+        900.0, gt=0, description="How long such a lock lasts, and the window in which failures are counted."
+    )
 
     _listen = field_validator("listen")(_check_listen)
 
