@@ -1,6 +1,6 @@
 """Messages per second through the gateway with clamd and rspamd on, against the scanners driven directly.
 
-    .venv/bin/python bench/content_scan.py [--small 400] [--large 60] [--concurrency 8]
+    .venv/bin/python -m bench.content_scan [--small 400] [--large 60] [--concurrency 8]   (from the repository root)
 
 Starts a private clamd (test signatures) and rspamd (network modules off) and a real
 `mailwarden serve` that uses both (plus its attachment/macro inspection). For 10 kB and 1 MB
@@ -28,12 +28,9 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the same fixtures as the tests
-
-import aiosmtplib  # noqa: E402
-
-from tests.support.mailwarden import Mailwarden  # noqa: E402
-from tests.support.scanners import Clamd, Rspamd  # noqa: E402
+import aiosmtplib
+from tests.support.mailwarden import Mailwarden  # the same private servers as the tests
+from tests.support.scanners import Clamd, Rspamd
 
 
 def make_messages(count: int, size: int, seed: int) -> list[bytes]:
