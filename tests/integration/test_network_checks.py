@@ -9,34 +9,16 @@ code, the reason recorded in the events and the key words of the text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.support.dns import CLIENTS, DOMAINS, DnsServers, running_dns
+from tests.support.dns import CLIENTS, DOMAINS, DnsServers, gateway_config, running_dns
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.smtp import events_of, send
 
 pytestmark = pytest.mark.integration
 
 ALL_CHECKS = ["ratelimit", "dnsbl", "rdns", "helo", "recipients", "sender_domain", "spf", "size"]
-
-
-def checks_config(dns: DnsServers, order: list[str], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    config: dict[str, dict[str, Any]] = {
-        "dns": {"nameservers": [dns.nsd], "timeout": 1.0},
-        "dnsbl": {
-            "zones": [
-                {"zone": "zen.dnsbl.test", "meanings": "spamhaus-zen", "nameservers": [dns.rbldnsd]},
-                {"zone": "list.dnswl.test", "kind": "allow", "nameservers": [dns.rbldnsd]},
-            ]
-        },
-        "rdns": {"dynamic": "reject"},
-        "checks": {"order": order},
-    }
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +29,7 @@ def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServers]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, dns: DnsServers) -> Iterator[Mailwarden]:
-    with running(tmp_path_factory.mktemp("mw"), checks_config(dns, ALL_CHECKS)) as instance:
+    with running(tmp_path_factory.mktemp("mw"), gateway_config(dns, ALL_CHECKS)) as instance:
         yield instance
 
 
