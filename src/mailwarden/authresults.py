@@ -45,7 +45,33 @@ def render_spf(result: Mapping[str, Any]) -> list[str]:
     return [" ".join(parts)]
 
 
-RENDERERS: Final[dict[str, Renderer]] = {"spf": render_spf}
+def render_dkim(results: list[Mapping[str, Any]]) -> list[str]:
+    """One `dkim=` entry per signature (RFC 8601 2.7.1), `dkim=none` for an unsigned message."""
+    if not results:
+        return ["dkim=none"]
+    entries = []
+    for result in results:
+        parts = [f"dkim={result.get('result', 'neutral')}"]
+        if result.get("reason"):
+            parts.append(comment(str(result["reason"])))
+        if result.get("domain"):
+            parts.append(f"header.d={value(str(result['domain']))}")
+        if result.get("selector"):
+            parts.append(f"header.s={value(str(result['selector']))}")
+        entries.append(" ".join(parts))
+    return entries
+
+
+def render_dmarc(result: Mapping[str, Any]) -> list[str]:
+    """`dmarc=` with the policy that applied (RFC 7489 11.2) and the From domain."""
+    parts = [f"dmarc={result.get('result', 'none')}"]
+    if result.get("domain"):
+        parts.append(comment(f"p={result.get('policy', 'none')}; {result.get('reason', '')}".rstrip("; ")))
+        parts.append(f"header.from={value(str(result['domain']))}")
+    return [" ".join(parts)]
+
+
+RENDERERS: Final[dict[str, Renderer]] = {"spf": render_spf, "dkim": render_dkim, "dmarc": render_dmarc}
 
 
 def header(authserv_id: str, results: Mapping[str, Any]) -> str | None:

@@ -901,6 +901,66 @@ _ENTRIES: Final[list[Reason]] = [
             "Rechner oder ein Telefon mit POP3 'vom Server löschen'.",
         ),
     ),
+    _r(
+        "access.login_failed",
+        535,
+        "5.7.8",
+        "recipient",
+        "Invalid user name or password.",
+        title=("Mailbox login failed", "Anmeldung am Postfach fehlgeschlagen"),
+        explanation=(
+            "A {protocol} login to the mailbox {recipient} from {client_ip} failed ({problem}).",
+            "Eine {protocol}-Anmeldung am Postfach {recipient} von {client_ip} ist fehlgeschlagen ({problem}).",
+        ),
+        remedy=(
+            "If it was your own mail program, correct the password saved in it. If you do not know "
+            "the address {client_ip}, someone is guessing the password: choose a strong one.",
+            "War es Ihr eigenes Mailprogramm, korrigieren Sie das dort gespeicherte Passwort. Kennen "
+            "Sie die Adresse {client_ip} nicht, versucht jemand das Passwort zu erraten: wählen Sie ein starkes.",
+        ),
+    ),
+    _r(
+        "access.login_locked",
+        454,
+        "4.7.0",
+        "recipient",
+        "Too many failed logins; try again later.",
+        title=("Logins temporarily locked", "Anmeldung vorübergehend gesperrt"),
+        explanation=(
+            "After repeated failed logins ({locked}), logins were refused for a while; this "
+            "attempt to {recipient} from {client_ip} was refused without checking the password.",
+            "Nach wiederholt fehlgeschlagenen Anmeldungen ({locked}) wurden Anmeldungen eine Zeit "
+            "lang abgewiesen; dieser Versuch an {recipient} von {client_ip} wurde ohne Prüfung des "
+            "Passworts abgewiesen.",
+        ),
+        remedy=(
+            "Wait {minutes} minutes, then log in with the correct password; fix the password saved "
+            "in every mail program that fetches this mailbox.",
+            "{minutes} Minuten warten und dann mit dem richtigen Passwort anmelden; das gespeicherte "
+            "Passwort in jedem Mailprogramm korrigieren, das dieses Postfach abruft.",
+        ),
+    ),
+    _r(
+        "access.in_use",
+        450,
+        "4.2.0",
+        "recipient",
+        "The mailbox is in use by another session; try again later.",
+        title=("Mailbox busy", "Postfach belegt"),
+        explanation=(
+            "A {protocol} client at {client_ip} logged in to {recipient} while another session was "
+            "still fetching it, so it was turned away (one POP3 session per mailbox at a time).",
+            "Ein {protocol}-Programm an {client_ip} hat sich an {recipient} angemeldet, während eine "
+            "andere Sitzung das Postfach noch abrief; es wurde deshalb abgewiesen (nur eine "
+            "POP3-Sitzung je Postfach zugleich).",
+        ),
+        remedy=(
+            "Two devices fetch this mailbox: check which other device does, and whether it deletes "
+            "the mail on the server.",
+            "Zwei Geräte rufen dieses Postfach ab: prüfen, welches andere Gerät das tut und ob es die "
+            "Nachrichten auf dem Server löscht.",
+        ),
+    ),
 ]
 
 CATALOG: Final[dict[str, Reason]] = {entry.code: entry for entry in _ENTRIES}

@@ -194,6 +194,18 @@ def cmd_check_sender(args: argparse.Namespace, config: Config) -> int:
     return sendercheck.command(config, args.target, args.format)
 
 
+def cmd_explain_bounce(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.explain_bounce(config, args.source, lang=args.lang, fmt=args.format)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.demo(config, args.server)
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailwarden", description="Inbound mail gateway with evidence.")
@@ -268,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
+
+    bounce = command("explain-bounce", cmd_explain_bounce, "explain a bounce (DSN or pasted text) a sender received")
+    bounce.add_argument("source", metavar="FILE|-", help="the bounce message, or - to read it from standard input")
+    bounce.add_argument("--lang", choices=["en", "de"], default="en")
+    bounce.add_argument("--format", choices=["text", "json"], default="text")
+
+    demo = command("demo", cmd_demo, "play example mails against the running instance, to see real traces")
+    demo.add_argument("--server", metavar="HOST:PORT", help="the SMTP address (default: the first of [smtp] listen)")
     return parser
 
 

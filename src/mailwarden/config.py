@@ -474,10 +474,28 @@ class ContentConfig(_Section):
         return [value.strip().lower().lstrip(".") for value in values]
 
 
+class AuthConfig(_Section):
+    dkim: bool = Field(True, description="Verify DKIM signatures (the results go into Authentication-Results).")
+    dmarc: bool = Field(True, description="Evaluate the From domain's DMARC policy (needs the `spf` check for SPF).")
+    dmarc_reject: bool = Field(
+        True,
+        description="Refuse (550 5.7.1 msg.dmarc_reject) mail that fails DMARC when the domain publishes p=reject. "
+        "Only a complete evaluation counts: with SPF not checked or a DKIM signature unverifiable, it only tags.",
+    )
+    dmarc_quarantine: bool = Field(
+        True, description="Deliver mail that fails DMARC under p=quarantine into the mailbox's Junk folder."
+    )
+    max_size: int = Field(
+        26_214_400, ge=0, description="Messages larger than this many bytes are not DKIM-verified (noted)."
+    )
+    timeout: float = Field(15.0, gt=0, description="Seconds for DKIM and DMARC together (key and policy lookups).")
+
+
 class ScanConfig(_Section):
     clamd: ClamdConfig = Field(default_factory=ClamdConfig, description="ClamAV's clamd.")
     spam: SpamConfig = Field(default_factory=SpamConfig, description="Spam scoring.")
     content: ContentConfig = Field(default_factory=ContentConfig, description="Attachments and Office macros.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="DKIM and DMARC.")
     budget: float = Field(
         60.0,
         gt=0,
@@ -497,6 +515,33 @@ class Pop3Config(_Section):
     listen: list[str] = Field(default_factory=list, description='POP3 addresses as "host:port". Empty: no POP3 server.')
     allow_plaintext_auth: bool = Field(
         False, description="Allow USER/PASS and AUTH PLAIN without STLS (tests, trusted networks only)."
+    )
+    timeout: float = Field(
+        600.0, gt=0, description="Seconds a logged-in client may stay silent (RFC 1939: at least 10 minutes)."
+    )
+    login_timeout: float = Field(60.0, gt=0, description="Seconds a client may stay silent before it has logged in.")
+    max_connections: int = Field(
+        200, ge=1, description="Simultaneous POP3 connections in total; more get -ERR [SYS/TEMP]."
+    )
+    max_connections_per_ip: int = Field(
+        20, ge=1, description="Simultaneous POP3 connections from one client address; more get -ERR [SYS/TEMP]."
+    )
+    max_command_line: int = Field(
+        255, ge=64, description="Longest command line in octets incl. CRLF (RFC 2449: 255); longer gets -ERR."
+    )
+    max_errors: int = Field(10, ge=1, description="Erroneous commands in one connection before it is closed.")
+    auth_failure_delay: float = Field(
+        1.0, ge=0, description="Seconds before answering a failed login; doubles with each further failure."
+    )
+    auth_failure_delay_max: float = Field(16.0, ge=0, description="Upper bound of that delay in seconds.")
+    auth_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed logins from one address or for one user name within `auth_lock_seconds` that lock "
+        "it: further logins get -ERR [AUTH] until the lock expires.",
+    )
+    auth_lock_seconds: float = Field(
+        900.0, gt=0, description="How long such a lock lasts, and the window in which failures are counted."
     )
 
     _listen = field_validator("listen")(_check_listen)

@@ -103,6 +103,7 @@ class Mailwarden:
 
     def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        started_at = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [PYTHON, "-m", "mailwarden", "-c", str(self.config), "serve"],
@@ -115,7 +116,7 @@ class Mailwarden:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mailwarden exited with {self.process.returncode}:\n{self.log.read_text()}")
-            if "mailwarden ready" in self.log.read_text(errors="replace"):
+            if b"mailwarden ready" in self.log.read_bytes()[started_at:]:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"mailwarden not ready after {timeout}s:\n{self.log.read_text()}")

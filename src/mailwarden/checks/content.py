@@ -23,9 +23,15 @@ from typing import Any
 
 from mailwarden.checks.base import Action, Check, CheckContext, Recipient, Services, Transaction, Verdict
 from mailwarden.config import Config
+from mailwarden.dns import Resolver
+from mailwarden.headers import header_fields
 from mailwarden.scan.attachments import ArchiveLimits
 from mailwarden.scan.clamd import ClamdClient, ClamdResult, StreamTooLong
 from mailwarden.scan.content import ContentLimits, ContentReport, inspect_message, locate_virus
+from mailwarden.scan.dkim import DkimResult, txt_lookup
+from mailwarden.scan.dkim import verify as verify_dkim
+from mailwarden.scan.dmarc import DmarcResult
+from mailwarden.scan.dmarc import evaluate as evaluate_dmarc
 from mailwarden.scan.mime import might_carry_files
 from mailwarden.scan.net import ScannerError
 from mailwarden.scan.spam import Envelope, RspamdClient, SpamdClient, SpamResult, SpamScanner
@@ -68,6 +74,12 @@ def parse_setting(name: str, value: str) -> object:
     raise ValueError(f"unknown mailbox setting {name!r}; known: spam_reject, macros")
 
 
+@dataclass(frozen=True)
+class _Auth:
+    dkim: list[DkimResult]
+    dmarc: DmarcResult | None
+
+
 @dataclass
 class _Outcome:
     """What each scanner said (or the error it ended with)."""
@@ -75,6 +87,7 @@ class _Outcome:
     virus: ClamdResult | None = None
     spam: SpamResult | None = None
     report: ContentReport | None = None
+    auth: _Auth | None = None
     errors: dict[str, str] | None = None
     unscanned: dict[str, str] | None = None
 
@@ -93,8 +106,9 @@ def _source(spool: Spool) -> bytes | str:
 class ContentCheck(Check):
     name = "content"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, resolver: Resolver) -> None:
         self.config = config
+        self.resolver = resolver
         scan = config.scan
         self.clamd = (
             ClamdClient(
@@ -125,7 +139,7 @@ class ContentCheck(Check):
 
     @classmethod
     def create(cls, services: Services) -> Check:
-        return cls(services.config)
+        return cls(services.config, services.resolver)
 
     # ------------------------------------------------------------------ RCPT: one policy per transaction
     async def rcpt(self, ctx: CheckContext, recipient: str) -> Verdict | Recipient | None:
@@ -150,6 +164,10 @@ class ContentCheck(Check):
         outcome = await self._scan(ctx, txn, txn.spool)
         if isinstance(outcome, Verdict):
             return outcome
+        if outcome.auth is not None:
+            txn.results["dkim"] = [r.to_dict() for r in outcome.auth.dkim]
+            if outcome.auth.dmarc is not None:
+                txn.results["dmarc"] = outcome.auth.dmarc.to_dict()
         policy = ContentPolicy.of(self.config, txn.recipients[0].settings if txn.recipients else {})
         return await self._decide(txn, txn.spool, outcome, policy)
 
@@ -177,6 +195,8 @@ class ContentCheck(Check):
             jobs["attachments"] = self.workers.run(
                 inspect_message, _source(spool), self.limits, budget=self.config.scan.content.timeout
             )
+        if self.config.scan.auth.dkim or self.config.scan.auth.dmarc:
+            jobs["dkim/dmarc"] = self._authenticate(txn, spool)
         tasks = {name: asyncio.ensure_future(job) for name, job in jobs.items()}
         if not tasks:
             return outcome
@@ -198,6 +218,25 @@ class ContentCheck(Check):
             self._collect(outcome, name, task)
         return outcome
 
+    async def _authenticate(self, txn: Transaction, spool: Spool) -> _Auth:
+        """DKIM signatures, then the From domain's DMARC policy with them and the SPF result."""
+        settings = self.config.scan.auth
+        dkim: list[DkimResult] = []
+        try:
+            async with asyncio.timeout(settings.timeout):
+                if settings.dkim and spool.size <= settings.max_size:
+                    message = spool.content() if spool.in_memory else await asyncio.to_thread(spool.read_all)
+                    dkim = await verify_dkim(message, txt_lookup(self.resolver))
+                elif settings.dkim:
+                    dkim = [DkimResult("neutral", "", "", f"larger than scan.auth.max_size ({settings.max_size})")]
+                dmarc = None
+                if settings.dmarc:
+                    fields = header_fields(spool.head())
+                    dmarc = await evaluate_dmarc(self.resolver, fields, txn.results.get("spf"), dkim)
+        except TimeoutError:
+            dmarc = DmarcResult("temperror", "", reason=f"no answer within {settings.timeout:g}s")
+        return _Auth(dkim, dmarc)
+
     def _collect(self, outcome: _Outcome, name: str, task: asyncio.Future[Any]) -> None:
         error = task.exception()
         if error is None:
@@ -206,6 +245,8 @@ class ContentCheck(Check):
                 outcome.virus = result
             elif isinstance(result, SpamResult):
                 outcome.spam = result
+            elif isinstance(result, _Auth):
+                outcome.auth = result
             else:
                 outcome.report = result
             return
@@ -245,6 +286,11 @@ class ContentCheck(Check):
             return Verdict(Action.REJECT, "msg.macro", values, detail=detail)
         if report is not None and report.structure_exceeded:
             return Verdict(Action.REJECT, "msg.too_complex", {"problem": report.structure_exceeded}, detail=detail)
+        dmarc = outcome.auth.dmarc if outcome.auth is not None else None
+        failed_dmarc = dmarc is not None and dmarc.result == "fail" and dmarc.applied
+        if failed_dmarc and dmarc is not None and dmarc.policy == "reject" and self.config.scan.auth.dmarc_reject:
+            values = {"domain": dmarc.domain, "dmarc_detail": dmarc.reason}
+            return Verdict(Action.REJECT, "msg.dmarc_reject", values, detail=detail)
         spam_limit = self.config.scan.spam.reject_score
         if spam is not None and spam.score >= spam_limit and policy.spam_reject:
             values = {"score": f"{spam.score:g}", "limit": f"{spam_limit:g}", "symbols": spam.top()}
@@ -254,6 +300,14 @@ class ContentCheck(Check):
             return Verdict(Action.TEMPFAIL, "infra.scanner_unavailable", {"scanner": scanners}, detail=detail)
         headers = self._headers(outcome)
         junk = spam is not None and spam.score >= self.config.scan.spam.tag_score
+        if (
+            failed_dmarc
+            and dmarc is not None
+            and dmarc.policy == "quarantine"
+            and self.config.scan.auth.dmarc_quarantine
+        ):
+            headers.append(("X-Mailwarden-Warning", f"DMARC quarantine for {dmarc.domain}: {dmarc.reason}"))
+            junk = True
         if macro is not None and policy.macros == "tag":
             headers.append(("X-Mailwarden-Warning", f"macro in {macro.filename}: {macro.summary}"))
             junk = True
@@ -309,6 +363,10 @@ class ContentCheck(Check):
             }
             if report.problems:
                 detail["content"]["problems"] = report.problems[:20]
+        if outcome.auth is not None:
+            detail["dkim"] = [r.to_dict() for r in outcome.auth.dkim]
+            if outcome.auth.dmarc is not None:
+                detail["dmarc"] = outcome.auth.dmarc.to_dict()
         if outcome.errors:
             detail["errors"] = outcome.errors
         if outcome.unscanned:

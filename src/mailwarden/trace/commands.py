@@ -6,6 +6,7 @@ does not verify), 2 an error the user can fix (raised as an exception the CLI pr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -13,7 +14,8 @@ from typing import BinaryIO
 from mailwarden.catalog import Lang
 from mailwarden.config import Config
 from mailwarden.store import Store
-from mailwarden.trace import listing, report, retention
+from mailwarden.text import printable
+from mailwarden.trace import bounce, listing, report, retention
 from mailwarden.trace.diagnose import not_found, retention_text
 from mailwarden.trace.search import SearchSpec, search
 
@@ -110,4 +112,66 @@ def purge(config: Config, days: int | None) -> int:
     finally:
         store.close()
     print(f"purged {removed} events older than {keep} days")
+    return 0
+
+
+def explain_bounce(config: Config, source: str, *, lang: Lang, fmt: str) -> int:
+    """`mailwarden explain-bounce`: what a bounce says, linked to our trace when it names our ref."""
+    if source == "-":
+        data = sys.stdin.buffer.read(bounce.MAX_INPUT)
+    else:
+        try:
+            data = Path(source).read_bytes()[: bounce.MAX_INPUT]
+        except OSError as exc:
+            raise report.ReportError(f"cannot read {source}: {exc.strerror}") from None
+    found = bounce.parse(data)
+    store = _store(config)
+    try:
+        linked = []
+        for ref in found.refs:
+            addresses = [r.address for r in found.recipients if r.address]
+            made = report.build(store, ref, lang=lang, domains=config.mail.domains)
+            if made.trace is not None:
+                wanted = next((a for a in addresses if made.trace.fate(a) is not None), None)
+                if wanted is not None and wanted != made.diagnosis.recipient:
+                    made = report.build(store, ref, recipient=wanted, lang=lang, domains=config.mail.domains)
+                linked.append(made.diagnosis)
+    finally:
+        store.close()
+    meaning = bounce.code_explanation(found, lang)
+    if fmt == "json":
+        body = {"bounce": found.to_json(), "meaning": meaning, "traces": [d.to_json() for d in linked], "lang": lang}
+        sys.stdout.write(json.dumps(body, ensure_ascii=False, indent=1) + "\n")
+    else:
+        sys.stdout.write(bounce.as_text(found, meaning, linked, lang))
+    return 0 if found.found_anything else 1
+
+
+def demo(config: Config, server: str | None) -> int:
+    """`mailwarden demo`: example mails against the running instance, then how to trace them."""
+    from mailwarden.trace import demo as examples
+
+    host, port = examples.server_address(config, server)
+    if not examples.reachable(host, port):
+        raise report.ReportError(
+            f"nothing listens on {host}:{port}; start mailwarden first (`make run`) or give --server"
+        )
+    store = _store(config)
+    try:
+        played, notes = examples.cases(config, store)
+    finally:
+        store.close()
+    print(f"playing {len(played)} example mails against {host}:{port}:")
+    refs = []
+    for case in played:
+        outcome = examples.play(case, host, port)
+        print(f"  {case.name:20} -> {outcome.code} {printable(outcome.reply, 160)}")
+        if outcome.ref:
+            refs.append(outcome.ref)
+    for note in notes:
+        print(f"  ({note})")
+    print("\nNow look at what happened:")
+    print("  mailwarden trace --since 10m")
+    for ref in refs[:2]:
+        print(f"  mailwarden explain {ref} --lang de")
     return 0

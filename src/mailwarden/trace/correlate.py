@@ -32,7 +32,11 @@ QUEUE_AFTER_US: Final = 7 * 86400 * 1_000_000  # (a queued message may wait up t
 ATTEMPT_BEFORE_US: Final = 2 * 86400 * 1_000_000  # earlier tries of the same sender and recipient
 ATTEMPT_AFTER_US: Final = 5 * 86400 * 1_000_000  # the sender's retries (RFC 5321 4.5.4.1: give up after 4-5 days)
 DOWNSTREAM_KINDS: Final = ("deliver", "retrieve", "delete", "defer", "bounce")
+# Dovecot's mail_log: copies/saves into folders and the IMAP \\Deleted flag do not change a fate.
+MAILBOX_ACTION_KINDS: Final = frozenset({"deliver", "delete"})
+MAILBOX_ACTIONS: Final = frozenset({"copy", "save", "flag", "unflag"})
 _BATCH: Final = 200
+CLOCK_SLACK_US: Final = 60 * 1_000_000  # foreign logs have whole seconds and other nodes' clocks
 
 
 def message_key(event: Event) -> Key | None:
@@ -133,7 +137,9 @@ def _add_downstream(store: Store, groups: dict[Key, dict[int, Event]]) -> None:
                     continue
                 first = min(e.ts for e in events.values())
                 addresses = _addresses(events.values())
-                if event.ts >= first and (event.recipient is None or event.recipient.lower() in addresses):
+                if event.ts >= first - CLOCK_SLACK_US and (
+                    event.recipient is None or event.recipient.lower() in addresses
+                ):
                     events[event.id] = event
 
 
@@ -191,7 +197,8 @@ def _build(key: Key, events: list[Event]) -> MessageTrace:
     events.sort(key=lambda e: (e.ts, e.id or 0))
     fates = _Fates()
     outcome: RecipientFate | None = None
-    for event in events:
+    # Accesses come after the delivery even when a foreign log's whole-second stamp says otherwise.
+    for event in sorted(events, key=lambda e: e.kind in ACCESS_KINDS):
         kind = event.kind
         stage = event.detail.get("stage")
         if kind == "rcpt" and event.recipient:
@@ -210,6 +217,8 @@ def _build(key: Key, events: list[Event]) -> MessageTrace:
         elif kind == "data" and event.detail.get("incomplete"):
             for fate in fates.open():
                 _decide(fate, "tempfailed", event.replace(reason="transaction.abandoned"))
+        elif kind in MAILBOX_ACTION_KINDS and event.detail.get("action") in MAILBOX_ACTIONS:
+            continue  # a client moving or flagging a stored copy: in the timeline, not a new fate
         elif kind == "deliver" and event.recipient:
             fate = fates.get(event.recipient)
             folder = event.detail.get("folder")
@@ -243,7 +252,7 @@ def _record_access(fates: _Fates, event: Event) -> None:
     for fate in fates.by_address.values():
         if wanted not in (fate.address.lower(), (fate.mailbox or "").lower()):
             continue
-        if uid and fate.uid and uid != fate.uid:
+        if isinstance(uid, str) and fate.uid and uid != fate.uid:  # our POP3: the Maildir name (IMAP uids are ints)
             continue
         protocol = str(event.detail.get("protocol") or event.source)
         fate.accesses.append(Access(event.kind, event.ts, event.client_ip, protocol, event))

@@ -211,6 +211,30 @@ PHRASES: Final[dict[str, tuple[str, str]]] = {
     "actor.recipient": ("the recipient", "der Empfänger"),
     "actor.provider": ("we, the mail provider", "wir, der Mail-Anbieter"),
     "actor.none": ("nobody", "niemand"),
+    # ------------------------------------------------------------ explain-bounce
+    "bounce.title": ("Bounce explained", "Fehlermeldung erklärt"),
+    "bounce.reporting": ("Reported by", "Gemeldet von"),
+    "bounce.remote": ("Refused by (remote server)", "Abgelehnt von (entfernter Server)"),
+    "bounce.status": ("Status", "Status"),
+    "bounce.diagnostic": ("Server's reply", "Antwort des Servers"),
+    "bounce.recipient": ("Recipient", "Empfänger"),
+    "bounce.ours": (
+        "This bounce refers to our message {id}; here is what happened to it:",
+        "Diese Fehlermeldung bezieht sich auf unsere Nachricht {id}; das ist mit ihr geschehen:",
+    ),
+    "bounce.unknown_ref": (
+        "The bounce names our reference {refs}, but it is not in our records (older than the retention, or another system).",
+        "Die Fehlermeldung nennt unsere Referenz {refs}, sie ist aber nicht in unseren Daten (älter als die Aufbewahrung oder ein anderes System).",
+    ),
+    "bounce.meaning": ("What the status code means", "Was der Statuscode bedeutet"),
+    "bounce.nothing": (
+        "No status code, diagnostic or reference found. Paste the whole bounce message, including its technical part.",
+        "Kein Statuscode, keine Diagnose und keine Referenz gefunden. Bitte die ganze Fehlermeldung einfügen, auch den technischen Teil.",
+    ),
+    "bounce.full_report": (
+        "Full evidence report: mailwarden explain {id}",
+        "Vollständiger Nachweisbericht: mailwarden explain {id}",
+    ),
     # ------------------------------------------------------------ words
     "word.fetched": ("Fetched", "Abgerufen"),
     "word.deleted": ("Deleted", "Gelöscht"),

@@ -7,6 +7,7 @@ Gateway, POP3 and ingested events are searched alike.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -69,26 +70,69 @@ class SearchSpec:
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}; use one of {', '.join(STATUSES)}")
+        if self.client is not None:
+            try:
+                ipaddress.ip_network(self.client, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"--client-ip {self.client!r} is not an address or network (192.0.2.7, 192.0.2.0/24)"
+                ) from None
         if self.limit < 1 or self.offset < 0:
             raise ValueError("--limit and --page must be at least 1")
 
     def event_query(self) -> EventQuery:
-        fields: dict[str, object] = {}
-        for name, flt in (("sender", self.sender), ("recipient", self.recipient)):
-            if flt is not None:
-                target = {"exact": name, "domain": f"{name}_domain", "contains": f"{name}_contains"}[flt.mode]
-                fields[target] = flt.value
-        return EventQuery(
-            since_us=self.since_us,
-            until_us=self.until_us,
-            ref=self.ref,
-            message_id=self.message_id,
-            queue_id=self.queue_id,
-            client_network=self.client,
-            reason=self.reason,
-            newest_first=True,
-            **fields,  # type: ignore[arg-type]
-        )
+        """The store query for candidate messages: the most selective filter and the time window.
+
+        Filters may match different events of one message (the recipient is named at RCPT, the
+        refusal for its content comes after DATA), so the others are checked on the whole message.
+        """
+        seed: dict[str, object] = {}
+        for name in ("ref", "message_id", "queue_id"):
+            if getattr(self, name) is not None:
+                seed = {name: getattr(self, name)}
+                break
+        else:
+            exact = [
+                (n, f) for n, f in (("recipient", self.recipient), ("sender", self.sender)) if f and f.mode == "exact"
+            ]
+            if exact:
+                seed = {exact[0][0]: exact[0][1].value}
+            elif self.client is not None:
+                seed = {"client_network": self.client}
+            elif self.recipient is not None or self.sender is not None:
+                name, flt = ("recipient", self.recipient) if self.recipient is not None else ("sender", self.sender)
+                assert flt is not None
+                seed = {f"{name}_domain" if flt.mode == "domain" else f"{name}_contains": flt.value}
+            elif self.reason is not None:
+                seed = {"reason": self.reason}
+        return EventQuery(since_us=self.since_us, until_us=self.until_us, newest_first=True, **seed)  # type: ignore[arg-type]
+
+    def matches(self, trace: MessageTrace) -> bool:
+        """Whether the whole message satisfies every filter (any of its events may carry the value)."""
+        events = trace.events
+
+        def any_event(name: str, value: str | None) -> bool:
+            return value is None or any(getattr(e, name) == value for e in events)
+
+        if not (
+            any_event("ref", self.ref)
+            and any_event("message_id", self.message_id)
+            and any_event("queue_id", self.queue_id)
+        ):
+            return False
+        if self.sender is not None and not self.sender.matches(trace.sender):
+            return False
+        if self.recipient is not None and not any(
+            self.recipient.matches(f.address) or self.recipient.matches(f.mailbox) for f in trace.fates
+        ):
+            return False
+        if self.reason is not None and not any(e.reason == self.reason for e in events):
+            return False
+        if self.client is not None:
+            network = ipaddress.ip_network(self.client, strict=False)
+            if not any(_in_network(e.client_ip, network) for e in events):
+                return False
+        return any(self.wants(fate) for fate in trace.fates)
 
     @property
     def is_empty(self) -> bool:
@@ -141,7 +185,7 @@ def search(store: Store, spec: SearchSpec, *, retention_days: int, now: int | No
 
     def flush() -> None:
         for trace in load(store, pending):
-            if any(spec.wants(fate) for fate in trace.fates):
+            if spec.matches(trace):
                 matched.append(trace)
         pending.clear()
 
@@ -164,6 +208,13 @@ def search(store: Store, spec: SearchSpec, *, retention_days: int, now: int | No
     result.retention = retention_note(store, spec.since_us, retention_days, now)
     result.rows = [(trace, fate) for trace in page for fate in trace.fates if spec.wants(fate)]
     return result
+
+
+def _in_network(address: str | None, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address) in network
+    except ValueError:
+        return False
 
 
 def _key(store: Store, event: Event) -> Key | None:

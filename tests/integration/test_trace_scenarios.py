@@ -1,0 +1,223 @@
+"""Issue 7 scenarios end to end: mail played through a real `mailwarden serve`, then traced and
+explained with the real command line, asserting status, reason, who must act and key facts.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailwarden.events import Event, now_us
+from mailwarden.store.sqlite import SqliteStore
+from tests.support.mailwarden import Mailwarden, running
+
+pytestmark = pytest.mark.integration
+
+MESSAGE = b"From: Alice <alice@sender.test>\r\nSubject: offer\r\nMessage-ID: <%s@sender.test>\r\n\r\nHello.\r\n"
+
+
+@pytest.fixture(scope="module")
+def mw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]:
+    overrides = {
+        "smtp": {"max_recipients": 2, "max_message_size": 4096},
+        "mail": {"domains": ["example.test", "example.org"]},
+    }
+    with running(
+        tmp_path_factory.mktemp("trace") / "mw", overrides, users=("bob@example.test", "carol@example.org")
+    ) as instance:
+        yield instance
+
+
+def trace_json(mw: Mailwarden, *args: str) -> list[dict[str, Any]]:
+    result = mw.cli("trace", "--format", "json", *args, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    found: list[dict[str, Any]] = json.loads(result.stdout)
+    return found
+
+
+def explain_json(mw: Mailwarden, trace_id: str, *args: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(mw.cli("explain", trace_id, "--format", "json", *args).stdout)
+    return found
+
+
+def send(
+    mw: Mailwarden, sender: str, recipients: list[str], tag: str, body: bytes | None = None
+) -> dict[str, tuple[int, bytes]]:
+    """One transaction; returns the RCPT replies. DATA is sent when a recipient was accepted."""
+    replies = {}
+    with smtplib.SMTP("127.0.0.1", mw.smtp_port, timeout=60) as client:
+        client.ehlo("mail.sender.test")
+        client.mail(sender)
+        for recipient in recipients:
+            replies[recipient] = client.rcpt(recipient)
+        if any(code == 250 for code, _ in replies.values()):
+            replies["DATA"] = client.data(body if body is not None else MESSAGE % tag.encode())
+    return replies
+
+
+def test_delivered_mail_is_traced_by_recipient_and_time(mw: Mailwarden) -> None:
+    send(mw, "alice@sender.test", ["bob@example.test"], "delivered")
+    (message,) = trace_json(mw, "--to", "bob@example.test", "--since", "10m", "--message-id", "<delivered@sender.test>")
+    (recipient,) = message["recipients"]
+    assert (recipient["status"], recipient["reason"], recipient["smtp_code"]) == ("delivered", "delivered", 250)
+    assert message["sender"] == "alice@sender.test" and message["client_ip"] == "127.0.0.1"
+    assert recipient["folder"] == "INBOX"
+    verdict = explain_json(mw, message["id"])
+    assert (verdict["status"], verdict["responsibility"]) == ("delivered", "none")
+    assert verdict["ref"] == message["ref"] and verdict["evidence"]
+
+
+def test_unknown_recipient_with_a_typo_is_refused_and_the_report_says_did_you_mean(mw: Mailwarden) -> None:
+    replies = send(mw, "alice@sender.test", ["bbo@example.test"], "typo")
+    code, text = replies["bbo@example.test"]
+    assert code == 550
+    ref = text.decode().rsplit("ref=", 1)[1].split()[0]
+    verdict = explain_json(mw, ref, "--lang", "de")
+    assert (verdict["status"], verdict["reason"], verdict["responsibility"]) == (
+        "rejected",
+        "rcpt.unknown_user",
+        "sender",
+    )
+    assert any("Meinten Sie bob@example.test?" in note for note in verdict["notes"])
+    assert verdict["lang"] == "de" and "550 5.1.1" in verdict["summary"]
+
+
+def test_relay_attempt_is_explained_as_relaying_denied(mw: Mailwarden) -> None:
+    send(mw, "spammer@sender.test", ["victim@elsewhere.test"], "relay")
+    (message,) = trace_json(mw, "--to", "victim@elsewhere.test")
+    verdict = explain_json(mw, message["id"])
+    assert (verdict["status"], verdict["reason"], verdict["responsibility"]) == (
+        "rejected",
+        "rcpt.relay_denied",
+        "sender",
+    )
+    assert "elsewhere.test is not a domain we serve" in verdict["summary"]
+
+
+def test_too_big_message_is_refused_after_data_with_the_sizes(mw: Mailwarden) -> None:
+    body = MESSAGE % b"big" + b"x" * 8000 + b"\r\n"
+    replies = send(mw, "alice@sender.test", ["carol@example.org"], "big", body)
+    assert replies["DATA"][0] == 552
+    (message,) = trace_json(mw, "--to", "carol@example.org", "--reason", "msg.too_big")
+    verdict = explain_json(mw, message["id"])
+    assert (verdict["status"], verdict["reason"], verdict["responsibility"]) == ("rejected", "msg.too_big", "sender")
+    assert "4096" in verdict["summary"]
+
+
+def test_temporary_refusal_never_retried_is_the_senders_to_resolve(mw: Mailwarden) -> None:
+    replies = send(mw, "alice@sender.test", ["bob@example.test", "carol@example.org", "bob+x@example.test"], "split")
+    assert replies["bob+x@example.test"][0] == 452  # more than max_recipients: 452 4.5.3, try again
+    (message,) = trace_json(mw, "--to", "bob+x@example.test", "--status", "tempfailed")
+    (deferred,) = [r for r in message["recipients"] if r["address"] == "bob+x@example.test"]
+    assert (deferred["reason"], deferred["later_attempts"]) == ("rcpt.too_many", [])
+    store = SqliteStore(mw.root / "var" / "mailwarden.db")
+    try:
+        from mailwarden.trace.report import build
+
+        later = build(store, message["id"], recipient="bob+x@example.test", now=now_us() + 2 * 3600 * 1_000_000)
+    finally:
+        store.close()
+    assert (later.diagnosis.status, later.diagnosis.responsibility) == ("tempfailed", "sender")
+    assert any("did not try again" in note for note in later.diagnosis.notes)
+    others = {r["address"]: r["status"] for r in message["recipients"]}
+    assert others == {
+        "bob@example.test": "delivered",
+        "carol@example.org": "delivered",
+        "bob+x@example.test": "tempfailed",
+    }
+
+
+def test_nothing_found_explains_what_was_searched_and_the_near_miss(mw: Mailwarden) -> None:
+    send(mw, "alice@sender.test", ["bob@example.test"], "nearmiss")
+    result = mw.cli("trace", "--to", "bob@exmaple.test", "--since", "1h", check=False)
+    assert result.returncode == 1
+    assert "No such message reached us" in result.stdout
+    assert "bob@exmaple.test" in result.stdout and "outgoing queue" in result.stdout
+    assert "Similar address bob@example.test" in result.stdout
+    unknown = mw.cli("explain", "0000000000ZZ", "--format", "json", check=False)
+    assert unknown.returncode == 1 and json.loads(unknown.stdout)["status"] == "not_found"
+
+
+def test_every_report_format_verifies_and_a_tampered_one_does_not(mw: Mailwarden, tmp_path: Path) -> None:
+    send(mw, "alice@sender.test", ["bob@example.test", "nobody@example.test"], "report")
+    (message,) = trace_json(mw, "--message-id", "<report@sender.test>")
+    for fmt in ("text", "html", "json", "pdf"):
+        path = tmp_path / f"report.{fmt}"
+        mw.cli("explain", message["id"], "--recipient", "nobody@example.test", "--format", fmt, "-o", str(path))
+        content = path.read_bytes()
+        assert b"bob@example.test" not in content, f"{fmt}: another recipient of the mail must be masked"
+        checked = mw.cli("verify-report", str(path), check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "OK" in checked.stdout
+    text = (tmp_path / "report.text").read_text()
+    (tmp_path / "forged.text").write_text(text.replace("rcpt.unknown_user stage=rcpt", "delivered stage=rcpt"))
+    forged = mw.cli("verify-report", str(tmp_path / "forged.text"), check=False)
+    assert forged.returncode == 1 and "differs from the store" in forged.stdout
+    (tmp_path / "junk.txt").write_text("not a report\x00\x1b[2J")
+    junk = mw.cli("verify-report", str(tmp_path / "junk.txt"), check=False)
+    assert junk.returncode == 2 and "no mailwarden manifest" in junk.stderr and "Traceback" not in junk.stderr
+
+
+def test_csv_and_table_list_one_row_per_recipient(mw: Mailwarden) -> None:
+    send(mw, "alice@sender.test", ["bob@example.test", "ghost@example.test"], "rows")
+    table = mw.cli("trace", "--message-id", "<rows@sender.test>").stdout
+    assert "bob@example.test" in table and "ghost@example.test" in table and "rejected" in table
+    csv_out = mw.cli("trace", "--message-id", "<rows@sender.test>", "--format", "csv").stdout.splitlines()
+    assert csv_out[0].startswith("id,ref,first_seen") and len(csv_out) == 3
+
+
+def test_serve_purges_events_older_than_the_retention(tmp_path: Path) -> None:
+    instance = Mailwarden(tmp_path / "mw", {"store": {"retention_days": 7}})
+    old = now_us() - 30 * 86400 * 1_000_000
+    store = SqliteStore(instance.root / "var" / "mailwarden.db")
+    store.append(
+        Event(kind="connect", source="gateway", node="test-mx", ts=old, ref="1AAAAAAAAAA0", session="1AAAAAAAAAA0")
+    )
+    store.close()
+    instance.start()
+    try:
+        send(instance, "alice@sender.test", ["nobody@example.test"], "fresh")
+    finally:
+        instance.stop()
+    with sqlite3.connect(instance.root / "var" / "mailwarden.db") as conn:
+        oldest = conn.execute("SELECT min(ts) FROM events").fetchone()[0]
+    assert oldest > old, "the 30-day-old event should have been purged at start"
+    note = instance.cli("trace", "--since", "30d", check=False)
+    assert "kept for 7 days only" in note.stderr
+
+
+def test_delivered_then_expunged_by_a_pop3_client_seen_in_ingested_dovecot_logs(mw: Mailwarden) -> None:
+    """Our delivery joined with Dovecot's own log lines (parsed by the real ingest parser) by Message-ID."""
+    from datetime import UTC, datetime
+
+    from mailwarden.ingest.pipeline import parse_lines
+
+    send(mw, "alice@sender.test", ["bob@example.test"], "dovecot")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        f"{stamp} pop3-login: Info: Login: user=<bob@example.test>, method=PLAIN, rip=127.0.0.7, lip=127.0.0.1, mpid=7463, secured, session=<I3wyyE5hXpx/AAAB>",
+        f"{stamp} pop3(bob@example.test)<7463><I3wyyE5hXpx/AAAB>: Info: expunge: box=INBOX, uid=1, msgid=<dovecot@sender.test>, size=451, from=Alice <alice@sender.test>, subject=offer",
+        f"{stamp} pop3(bob@example.test)<7463><I3wyyE5hXpx/AAAB>: Info: Disconnected: Logged out top=0/0, retr=1/483, del=1/1, size=451",
+    ]
+    store = SqliteStore(mw.root / "var" / "mailwarden.db")
+    try:
+        store.append_many(parse_lines(lines, node="imap1", origin="/var/log/dovecot.log"))
+        store.flush()
+    finally:
+        store.close()
+    (message,) = trace_json(mw, "--to", "bob@example.test", "--message-id", "<dovecot@sender.test>")
+    (recipient,) = message["recipients"]
+    assert (recipient["status"], recipient["reason"]) == ("deleted", "access.deleted")
+    (access,) = recipient["accesses"]
+    assert (access["kind"], access["client_ip"], access["protocol"]) == ("delete", "127.0.0.7", "pop3")
+    assert access["at"].startswith(stamp.replace(" ", "T"))
+    verdict = explain_json(mw, message["id"])
+    assert (verdict["status"], verdict["responsibility"]) == ("deleted", "recipient")
+    assert "127.0.0.7" in verdict["summary"]
+    assert any("/var/log/dovecot.log" in line and "expunge" in line for line in verdict["evidence"])
