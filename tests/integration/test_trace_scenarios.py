@@ -8,6 +8,7 @@ import json
 import smtplib
 import sqlite3
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,39 @@ def test_delivered_then_expunged_by_a_pop3_client_seen_in_ingested_dovecot_logs(
     assert (verdict["status"], verdict["responsibility"]) == ("deleted", "recipient")
     assert "127.0.0.7" in verdict["summary"]
     assert any("/var/log/dovecot.log" in line and "expunge" in line for line in verdict["evidence"])
+
+
+def test_deleted_by_a_device_that_is_not_one_of_the_mailboxs_usual_clients(tmp_path: Path) -> None:
+    """Real POP3: the office PC (127.0.0.5) fetches daily; a phone at 127.0.0.7 deletes the new mail."""
+    from tests.support.net import free_port
+    from tests.support.pop3 import Device, message, wait_events
+    from tests.support.pop3 import send as deliver
+
+    port = free_port()
+    overrides = {"pop3": {"listen": [f"127.0.0.1:{port}"], "allow_plaintext_auth": True}}
+    with running(tmp_path / "mw", overrides) as instance:
+        for _ in range(2):
+            office = Device(port, source="127.0.0.5")
+            office.user("bob@example.test")
+            office.pass_("secret")
+            office.quit()
+        ref = deliver(instance.smtp_port, "bob@example.test", message(77))
+        phone = Device(port, source="127.0.0.7")
+        phone.user("bob@example.test")
+        phone.pass_("secret")
+        phone.retr(1)
+        phone.dele(1)
+        before_quit = now_us()
+        phone.quit()
+        wait_events(instance.events, lambda e: e["source"] == "pop3" and e["kind"] == "delete")
+        (message_json,) = trace_json(instance, "--ref", ref)
+        (recipient,) = message_json["recipients"]
+        assert (recipient["status"], recipient["reason"]) == ("deleted", "access.deleted")
+        deleted = [a for a in recipient["accesses"] if a["kind"] == "delete"]
+        assert [(a["client_ip"], a["protocol"]) for a in deleted] == [("127.0.0.7", "pop3")]
+        verdict = explain_json(instance, ref)
+    assert (verdict["status"], verdict["responsibility"]) == ("deleted", "recipient")
+    assert "127.0.0.7" in verdict["summary"]
+    assert any("another device in your network" in n and "127.0.0.5" in n for n in verdict["notes"])
+    deleted_at = datetime.fromisoformat(deleted[0]["at"])
+    assert abs(deleted_at.timestamp() * 1_000_000 - before_quit) < 60_000_000

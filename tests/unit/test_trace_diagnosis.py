@@ -451,3 +451,26 @@ def test_a_window_older_than_the_retention_is_reported(store: SqliteStore) -> No
     result = search(store, SearchSpec(since_us=T0 - 100 * 24 * HOUR), retention_days=90, now=T0)
     assert result.retention is not None and result.retention.oldest_us == T0
     assert search(store, SearchSpec(since_us=T0 - HOUR), retention_days=90, now=T0).retention is None
+
+
+def test_failed_logins_do_not_make_an_address_a_usual_client(store: SqliteStore) -> None:
+    pop3(store, "login", "", "bob@example.test", T0 - 24 * HOUR, "198.51.100.20", "P1")
+    store.append(
+        Event(
+            kind="login",
+            source="pop3",
+            node="mx1",
+            ts=T0 - HOUR,
+            session="PF",
+            recipient="bob@example.test",
+            client_ip="203.0.113.66",
+            reason="access.login_failed",
+        )
+    )
+    s = Session(store, "1AAAAAAAAAC2", T0)
+    s.mail("alice@sender.test")
+    s.rcpt("bob@example.test")
+    s.deliver(["bob@example.test"])
+    pop3(store, "delete", "1AAAAAAAAAC2", "bob@example.test", T0 + MINUTE, "203.0.113.66", "P2")
+    d = verdict(store, "1AAAAAAAAAC2")
+    assert any("change the mailbox password" in n and "198.51.100.20" in n for n in d.notes)

@@ -25,6 +25,7 @@ from mailwarden.trace.model import Access, MessageTrace, RecipientFate
 from mailwarden.trace.phrases import phrase
 
 USUAL_DAYS: Final = 30
+FAILED_LOGINS: Final = frozenset({"access.login_failed", "access.login_locked", "access.in_use"})
 DAY_US: Final = 86400 * 1_000_000
 
 
@@ -160,7 +161,10 @@ def usual_clients(store: Store, mailbox: str, before_us: int, exclude_session: s
     return Counter(
         e.client_ip
         for e in store.query_events(query)
-        if e.client_ip and (e.session is None or e.session != exclude_session)
+        if e.client_ip
+        and (e.session is None or e.session != exclude_session)
+        and e.reason not in FAILED_LOGINS
+        and e.detail.get("result") != "failed"  # an attacker's attempts are nobody's usual client
     )
 
 
