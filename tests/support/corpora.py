@@ -99,3 +99,47 @@ def crowdsec_cases(directory: str) -> tuple[list[str], list[CrowdsecCase]]:
         if matching:
             cases.append(CrowdsecCase(matching[0], fields))
     return lines, cases
+
+
+@dataclass
+class GrokCase:
+    """One postfix-grok-patterns case: the daemon its pattern is for, the message and the fields."""
+
+    name: str
+    daemon: str
+    data: str
+    results: dict[str, str]
+
+
+def _yaml_scalar(text: str) -> str:
+    text = text.strip()
+    if text.startswith('"'):
+        loaded: str = json.loads(text)
+        return loaded
+    if text.startswith("'"):
+        return text[1:-1].replace("''", "'")
+    return text
+
+
+def grok_cases() -> list[GrokCase]:
+    """The postfix-grok-patterns test cases (a tiny reader for their flat YAML)."""
+    root = corpora_root()
+    assert root is not None
+    cases: list[GrokCase] = []
+    for path in sorted((root / "postfix-grok-patterns" / "test").glob("*.yaml")):
+        pattern = data = ""
+        results: dict[str, str] = {}
+        in_results = False
+        for line in path.read_text().splitlines():
+            if line.startswith("pattern:"):
+                pattern = _yaml_scalar(line[8:]).strip("^$")
+            elif line.startswith("data:"):
+                data = _yaml_scalar(line[5:])
+            elif line.startswith("results:"):
+                in_results = True
+            elif in_results and line.startswith(" ") and ":" in line:
+                key, _, value = line.strip().partition(":")
+                results[key] = _yaml_scalar(value)
+        daemon = pattern.removeprefix("%{POSTFIX_").removesuffix("}").lower().replace("_", "-")
+        cases.append(GrokCase(path.stem, daemon, data, results))
+    return cases

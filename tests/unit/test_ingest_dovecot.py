@@ -57,12 +57,46 @@ def test_pop3_expunge_is_a_deletion_by_the_client_address_of_its_login() -> None
 def test_imap_deleted_flag_is_not_yet_a_deletion_but_the_expunge_is() -> None:
     imap = [e for e in _events(FILE_LOG) if e.detail.get("protocol") == "imap"]
     actions = [(e.kind, e.detail.get("action"), e.reason) for e in imap if e.kind in ("delete", "deliver")]
-    assert actions == [
-        ("deliver", "copy", None),
-        ("delete", "flag", None),
-        ("delete", "expunge", "access.deleted"),
-    ]
+    assert actions == [("deliver", "copy", None), ("delete", "expunge", "access.deleted")]
     assert all(e.client_ip == "198.51.100.9" for e in imap)
+
+
+# Dovecot 2.3.19 with mail_log `save` and the mail_opened exporter (docs/dovecot.md).
+EXPORTER_LOG = """\
+2026-11-28 05:53:03 lmtp(bob@example.test)<17482><oJU8FT9sCmtKRAAAg+zDdQ>: Info: save: box=INBOX, uid=6, msgid=<big@s>, size=3193, from=, subject=x
+2026-11-28 05:53:03 lmtp(bob@example.test)<17482><oJU8FT9sCmtKRAAAg+zDdQ>: Info: msgid=<big@s>: saved mail to INBOX
+2026-11-28 05:53:03 lmtp(full@example.test)<17482><oJU8FT9sCmtKRAAAg+zDdQ:R2>: Info: msgid=<big@s>: save failed to INBOX: Quota exceeded (mailbox for user is full)
+2026-11-28 05:57:22 pop3-login: Info: Login: user=<bob@example.test>, method=PLAIN, rip=127.0.0.5, lip=127.0.0.1, mpid=16547, session=<4GDrtU9h7e1/AAAF>
+2026-11-28 05:57:22 stats: Info: {"event":"mail_opened","hostname":"vm","start_time":"2026-11-28T05:47:22.682192Z","end_time":"2026-11-28T05:47:22.682255Z","categories":["mail","storage","service:pop3","mailbox","maildir"],"fields":{"reason_code":["pop3:cmd_retr"],"duration":34,"user":"bob@example.test","session":"4GDrtU9h7e1/AAAF","mailbox":"INBOX","reason":"access","seq":1,"uid":6,"mail_age_days":0}}
+2026-11-28 05:57:22 stats: Info: {"event":"mail_opened","hostname":"vm","categories":["service:lmtp"],"fields":{"user":"bob@example.test","mailbox":"INBOX","uid":6}}
+""".splitlines()
+
+
+def test_lmtp_delivery_gets_the_uid_of_its_save_line_and_a_quota_failure_is_a_deferral() -> None:
+    saved, failed = [e for e in _events(EXPORTER_LOG) if e.kind in ("deliver", "defer")]
+    assert (saved.recipient, saved.detail["uid"], saved.message_id) == ("bob@example.test", 6, "<big@s>")
+    assert (failed.kind, failed.recipient, failed.reply) == (
+        "defer",
+        "full@example.test",
+        "Quota exceeded (mailbox for user is full)",
+    )
+
+
+def test_mail_opened_by_pop3_is_a_retrieval_with_message_id_and_client_address() -> None:
+    (opened,) = [e for e in _events(EXPORTER_LOG) if e.kind == "retrieve"]
+    assert (opened.recipient, opened.message_id, opened.client_ip, opened.session) == (
+        "bob@example.test",
+        "<big@s>",
+        "127.0.0.5",
+        "4GDrtU9h7e1/AAAF",
+    )
+    assert opened.detail == {
+        "protocol": "pop3",
+        "action": "open",
+        "box": "INBOX",
+        "uid": 6,
+        "reason_code": "pop3:cmd_retr",
+    }
 
 
 def test_logout_carries_the_pop3_and_imap_counts() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from mailwarden.events import Event
 from mailwarden.ingest.framing import Frame
@@ -61,6 +61,10 @@ class Context:
 
 
 Emit = Callable[[Event, "Context | None"], None]
+# Finds an MTA queue file's context by (node, queue id), for filters that log the MTA's queue id.
+QueueLookup = Callable[[str, str], "Context | None"]
+Key = TypeVar("Key")
+AnyContext = TypeVar("AnyContext", bound=Context)
 
 
 class Parser:
@@ -78,14 +82,14 @@ class Parser:
         """Forget state that no line will complete any more (called now and then)."""
 
 
-def bounded_pop(table: dict[object, Context], limit: int) -> None:
+def bounded_pop(table: dict[Key, AnyContext], limit: int) -> None:
     """Keep `table` below `limit` entries by dropping the oldest tenth (insertion order)."""
     if len(table) >= limit:
         for key in list(table)[: max(limit // 10, 1)]:
             del table[key]
 
 
-def expire(table: dict[object, Context], now_us: int, open_for_us: int, closed_for_us: int) -> None:
+def expire(table: dict[Key, AnyContext], now_us: int, open_for_us: int, closed_for_us: int) -> None:
     """Drop contexts closed longer than `closed_for_us` or idle longer than `open_for_us`."""
     stale = [
         key

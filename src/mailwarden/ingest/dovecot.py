@@ -15,17 +15,22 @@ What becomes which event (conventions in docs/ingest.md):
   attempt -> `disconnect`.
 * `Disconnected: Logged out top=0/0, retr=1/483, del=1/3, size=1407` (POP3) or `Logged out in=..
   out=.. deleted=.. expunged=..` (IMAP) -> `logout` with the counts in `detail`.
-* mail_log `expunge:` -> `delete` with reason `access.deleted` (the message is gone). `delete:` is
-  only the IMAP \\Deleted flag (the client may still undelete): `delete` with `detail.action =
-  "flag"` and no reason; `undelete:` the same with "unflag". `copy` and `save` -> `deliver` with
-  `detail.action` and the target `folder`.
+* mail_log `expunge:` -> `delete` with reason `access.deleted`: the message is gone. `delete:`
+  and `undelete:` only set and clear the IMAP \\Deleted flag (the message still exists and the
+  client may take it back), so they make no event; the expunge that may follow is the deletion.
+  `copy` and IMAP `save` (APPEND) -> `deliver` with `detail.action` and the target `folder`.
+* stats `{"event":"mail_opened", ...}` lines (Dovecot 2.3's event exporter, docs/dovecot.md) ->
+  `retrieve` for POP3 RETR/TOP and IMAP FETCH, with `detail.uid`, `box` and `reason_code`; the
+  Message-ID comes from the `save:`/`expunge:` lines of the same mailbox and uid.
 * LMTP/LDA `msgid=<m>: saved mail to INBOX` and Sieve `stored mail into mailbox 'Junk'` ->
-  `deliver` (reason `delivered`, or `delivered.junk` for a Junk/Spam folder); Sieve discard ->
-  `delete` with `detail.action = "discard"`; `save failed` -> `defer`.
+  `deliver` (reason `delivered`, or `delivered.junk` for a Junk/Spam folder) with `detail.uid`
+  from the transaction's mail_log `save:` line; Sieve discard -> `delete` with `detail.action =
+  "discard"`; `save failed` -> `defer`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Final
 
@@ -92,6 +97,8 @@ _MAIL_LOG: Final = re.compile(
     r"(expunge|delete|undelete|copy|save|flag_change)(?: (from|->) (.*?))?: (?=box=|uid=|msgid=)(.*)"
 )
 _MAIL_LOG_FIELDS: Final = re.compile(r", (box|uid|msgid|size|vsize|flags|from|subject)=")
+_MAIL_OPENED: Final = '{"event":"mail_opened"'
+_UID_LIMIT: Final = 500_000
 
 _DELIVERY: Final = re.compile(
     r"(?:(?P<sid>[A-Za-z0-9+/]{16,32}(?::T\d+)?): )?(?P<sieve>sieve: )?msgid=(?P<msgid>.*?): "
@@ -124,6 +131,16 @@ def _split_args(args: str | None) -> tuple[str | None, str | None]:
     return args, None
 
 
+def _fields(text: str) -> dict[str, str]:
+    """mail_log's `box=B, uid=N, msgid=<M>, ...`; the first of each key counts, so a Message-ID or
+    subject forging `, uid=` cannot replace the real uid and mailbox written before it."""
+    parts = _MAIL_LOG_FIELDS.split(", " + text)
+    fields: dict[str, str] = {}
+    for index in range(1, len(parts) - 1, 2):
+        fields.setdefault(parts[index], parts[index + 1])
+    return fields
+
+
 def _angles(text: str) -> tuple[str | None, str | None]:
     """(pid, session) from `<pid><session>`."""
     if not text:
@@ -142,6 +159,10 @@ class DovecotParser(Parser):
         super().__init__(emit)
         # Login sessions by (node, session id), by (node, mail process pid) and by (node, protocol, user).
         self.sessions: dict[object, Context] = {}
+        # LMTP/LDA transactions by (node, session id).
+        self.transactions: dict[object, Context] = {}
+        # (node, user, mailbox, uid) -> Message-ID, from `save:`, `copy` and `expunge:` lines.
+        self.message_ids: dict[tuple[str, str, str, int], str] = {}
 
     def parse(self, frame: Frame) -> bool:
         program = frame.program
@@ -164,8 +185,10 @@ class DovecotParser(Parser):
             return self._mail_process(frame, service, prefix[2], prefix[3], rest)
         if service in _DELIVERY_SERVICES:
             return self._delivery(frame, service, prefix[2], prefix[3], rest)
-        if service in _AUTH_SERVICES or service == "auth-worker":
+        if service in _AUTH_SERVICES:
             return self._auth(frame, service, prefix[2], rest, prefix[3])
+        if service == "stats" and rest.startswith(_MAIL_OPENED):
+            return self._mail_opened(frame, rest)
         return service in _QUIET_SERVICES
 
     # ------------------------------------------------------------------ login processes
@@ -313,26 +336,24 @@ class DovecotParser(Parser):
 
     def _mail_log(self, frame: Frame, context: Context, found: re.Match[str]) -> bool:
         action, direction, other, fields_text = found[1], found[2], found[3], found[4]
-        parts = _MAIL_LOG_FIELDS.split(", " + fields_text)
-        fields: dict[str, str] = {}
-        for index in range(1, len(parts) - 1, 2):
-            fields.setdefault(parts[index], parts[index + 1])
-        detail: dict[str, object] = {
-            "action": {"expunge": "expunge", "delete": "flag", "undelete": "unflag"}.get(action, action)
-        }
+        if action in ("delete", "undelete", "flag_change"):
+            return True  # a flag only (\Deleted set or cleared): the message is still there
+        fields = _fields(fields_text)
         box = fields.get("box")
         uid = to_int(fields.get("uid"))
+        msgid = message_id(fields.get("msgid"))
+        self._remember(frame.node, context.recipient, box, uid, msgid)
+        detail: dict[str, object] = {"action": action}
         if uid is not None:
             detail["uid"] = uid
         if box is not None:
             detail["box"] = box
         if context.session:
             detail["session"] = context.session
-        kind = "delete"
-        reason = None
+        kind, reason = "delete", None
         if action == "expunge":
             reason = "access.deleted"
-        elif action in ("copy", "save"):
+        else:  # copy, save (IMAP APPEND)
             kind = "deliver"
             if direction == "->" and other:  # old form `copy -> Trash: uid=...`
                 detail["folder"] = other
@@ -340,14 +361,12 @@ class DovecotParser(Parser):
                 detail["folder"] = box
                 if other:
                     detail["from_box"] = other
-        elif action == "flag_change":
-            return True
         event = Event(
             kind,
             "dovecot",
             frame.node,
             frame.ts,
-            message_id=message_id(fields.get("msgid")),
+            message_id=msgid,
             size=to_int(fields.get("size")),
             reason=reason,
             detail=detail,
@@ -355,13 +374,43 @@ class DovecotParser(Parser):
         self.emit(event, context)
         return True
 
+    def _remember(self, node: str, user: str | None, box: str | None, uid: int | None, msgid: str | None) -> None:
+        """Note which Message-ID a mailbox uid has (retrievals name only the uid)."""
+        if user is None or box is None or uid is None or msgid is None:
+            return
+        table = self.message_ids
+        if len(table) >= _UID_LIMIT:
+            for key in list(table)[: _UID_LIMIT // 10]:
+                del table[key]
+        table[(node, user, box, uid)] = msgid
+
     # ------------------------------------------------------------------ LMTP / LDA / Sieve
+    def _transaction(self, frame: Frame, session: str | None) -> Context | None:
+        """The LMTP/LDA transaction `session`, whose mail_log `save:` line tells the new uid."""
+        if not session:
+            return None
+        key = (frame.node, session)
+        context = self.transactions.get(key)
+        if context is None:
+            bounded_pop(self.transactions, self.SESSION_LIMIT)
+            context = self.transactions[key] = Context(frame.ts)
+            context.closed_us = frame.ts  # no line ends a transaction; keep it a minute
+        return context
+
     def _delivery(self, frame: Frame, service: str, args: str | None, angles: str, text: str) -> bool:
+        user, _ = _split_args(args)
+        _, session = _angles(angles)
+        if text.startswith("save: "):
+            fields = _fields(text[6:])
+            uid = to_int(fields.get("uid"))
+            self._remember(frame.node, user, fields.get("box"), uid, message_id(fields.get("msgid")))
+            transaction = self._transaction(frame, session)
+            if transaction is not None and uid is not None:
+                transaction.detail = {"uid": uid}
+            return True
         found = _DELIVERY.match(text)
         if found is None:
             return text.startswith(("Connect from", "Disconnect from", "Debug: "))
-        user, _ = _split_args(args)
-        _, session = _angles(angles)
         session = session or found["sid"]
         what = found["what"]
         rest = found["rest"]
@@ -399,7 +448,44 @@ class DovecotParser(Parser):
             reason=reason,
             detail=detail,
         )
-        self.emit(event, None)
+        self.emit(event, self._transaction(frame, session) if kind == "deliver" else None)
+        return True
+
+    # ------------------------------------------------------------------ retrievals (event exporter)
+    def _mail_opened(self, frame: Frame, text: str) -> bool:
+        try:
+            record = json.loads(text)
+            fields = record["fields"]
+            categories = record.get("categories") or []
+            protocol = next(c[8:] for c in categories if isinstance(c, str) and c.startswith("service:"))
+            user, session, box, uid = fields["user"], fields.get("session"), fields.get("mailbox"), fields.get("uid")
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+            return False
+        if protocol not in _MAIL_SERVICES or not isinstance(user, str):
+            return True  # LMTP reading the message it delivers is no retrieval
+        detail: dict[str, object] = {"protocol": protocol, "action": "open"}
+        if isinstance(box, str):
+            detail["box"] = box
+        if isinstance(uid, int):
+            detail["uid"] = uid
+        codes = fields.get("reason_code")
+        if isinstance(codes, list):
+            detail["reason_code"] = ",".join(str(code) for code in codes)
+        remote = fields.get("remote_ip")
+        session = session if isinstance(session, str) else None
+        event = Event(
+            "retrieve",
+            "dovecot",
+            frame.node,
+            frame.ts,
+            session=session,
+            client_ip=remote if isinstance(remote, str) else None,
+            recipient=user,
+            message_id=self.message_ids.get((frame.node, user, str(box), uid)) if isinstance(uid, int) else None,
+            reason="access.retrieved",
+            detail=detail,
+        )
+        self.emit(event, self.sessions.get((frame.node, session)) if session else None)
         return True
 
     # ------------------------------------------------------------------ authentication
@@ -443,3 +529,4 @@ class DovecotParser(Parser):
 
     def evict(self, now_us: int) -> None:
         expire(self.sessions, now_us, open_for_us=86_400_000_000, closed_for_us=60_000_000)
+        expire(self.transactions, now_us, open_for_us=600_000_000, closed_for_us=60_000_000)

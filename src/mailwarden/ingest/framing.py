@@ -95,14 +95,21 @@ class Framer:
             stamp_end = 0
             ts = clock.last_us
         tagged = _TAGGED.match(line, stamp_end)
-        if tagged is not None and not (iso_stamp and tagged[1] is None and tagged[3] is None):
+        if tagged is not None and not (iso_stamp and tagged[3] is None):  # own files: only `host prog[pid]:`
             host = tagged[1]
+            message = line[tagged.end() :]
+            if stamp_end == 0 and (inner := _ISO.match(message)) is not None and not inner[9]:
+                # `host exim[1]: 2021-07-17 23:20:49 ...`: the program's own stamp is the only one
+                placed = clock.local(message[: inner.end(7)], *(int(inner[i]) for i in (1, 2, 3, 5, 6, 7)))
+                if placed is not None:
+                    ts = placed + fraction_us(inner[8])
+                    message = message[inner.end() :]
             return Frame(
                 ts,
                 host or self.default_node,
                 tagged[2],
                 tagged[3],
-                line[tagged.end() :],
+                message,
                 line[tagged.start(2) if host else stamp_end :],
                 iso_stamp,
             )

@@ -17,17 +17,32 @@ from datetime import UTC, tzinfo
 from typing import Final
 
 from mailwarden.events import Event, now_us
+from mailwarden.ingest.amavis import AmavisParser
 from mailwarden.ingest.base import Context, Parser
+from mailwarden.ingest.clamav import ClamavMilterParser
 from mailwarden.ingest.correlate import Holdback
 from mailwarden.ingest.dovecot import SERVICES as DOVECOT_SERVICES
 from mailwarden.ingest.dovecot import DovecotParser
+from mailwarden.ingest.exim import EximParser
 from mailwarden.ingest.framing import Frame, Framer
+from mailwarden.ingest.postfix import PostfixParser
+from mailwarden.ingest.rspamd import RspamdParser
 from mailwarden.ingest.timestamps import Clock
 
 Sink = Callable[[Event], None]
 
 # Formats `--format` accepts; "auto" picks a parser per line by its program name.
-FORMATS: Final = ("auto", "dovecot")
+FORMATS: Final = ("auto", "postfix", "dovecot", "exim", "rspamd", "amavis", "clamav-milter")
+# Program names (the tag before `[pid]:`, lower-cased, before any `/`) and the format they log in.
+_FAMILIES: Final = {
+    "exim": "exim",
+    "exim4": "exim",
+    "rspamd": "rspamd",
+    "amavis": "amavis",
+    "amavisd": "amavis",
+    "amavisd-new": "amavis",
+    "clamav-milter": "clamav-milter",
+}
 
 _UNTAGGED_DOVECOT: Final = re.compile(
     r"(?:(?:Info|Warning|Error|Fatal|Panic|Debug): )?([a-z][a-z0-9_\-]*)(?:\([^)]*\))?(?:<[^<>]*>)*: "
@@ -84,7 +99,17 @@ class Ingester:
         self._line = ""
         self._emitted = False
         self.dovecot = DovecotParser(self._emit)
-        self._parsers: tuple[Parser, ...] = (self.dovecot,)
+        self.postfix = PostfixParser(self._emit)
+        self.exim = EximParser(self._emit)
+        queue_of = self.postfix.known_queue
+        self._parsers: tuple[Parser, ...] = (
+            self.postfix,
+            self.dovecot,
+            self.exim,
+            RspamdParser(self._emit, queue_of),
+            AmavisParser(self._emit, queue_of, self.postfix.link),
+            ClamavMilterParser(self._emit, queue_of),
+        )
         self._by_name: dict[str, Parser] = {parser.source: parser for parser in self._parsers}
         self._routes: dict[str, Parser | None] = {}
         self._forced = self._by_name.get(fmt)
@@ -126,8 +151,12 @@ class Ingester:
             pass
         family = program.split("/", 1)[0].lower()
         parser: Parser | None = None
-        if family.startswith("dovecot") or family in DOVECOT_SERVICES:
+        if family.startswith("postfix"):
+            parser = self.postfix
+        elif family.startswith("dovecot") or family in DOVECOT_SERVICES:
             parser = self.dovecot
+        elif family in _FAMILIES:
+            parser = self._by_name[_FAMILIES[family]]
         if len(self._routes) < 10_000:
             self._routes[program] = parser
         return parser
@@ -136,6 +165,10 @@ class Ingester:
         found = _UNTAGGED_DOVECOT.match(frame.body)
         if found is not None and found[1] in DOVECOT_SERVICES:
             return self.dovecot
+        if frame.message.startswith("#") and "rspamd_task_write_log" in frame.message:  # rspamd's own file
+            return self._by_name["rspamd"]
+        if frame.iso_stamp or frame.message.startswith("H="):  # Exim's own mainlog
+            return self.exim
         return None
 
     def _emit(self, event: Event, context: Context | None) -> None:
