@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dns import DnsServers, running_dns
+from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 
 
@@ -15,3 +17,17 @@ def gateway(tmp_path: Path) -> Iterator[Mailwarden]:
     """A running mailwarden with the local domain example.test and the mailbox bob@example.test."""
     with running(tmp_path / "mw") as instance:
         yield instance
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
+    """A private Dovecot (POP3, IMAP, LMTP) with bob@example.test / secret; its log is kept in tmp_path."""
+    with running_dovecot({"bob@example.test": "secret"}, keep_log_in=tmp_path) as instance:
+        yield instance
+
+
+@pytest.fixture
+def dns_servers(tmp_path: Path) -> Iterator[DnsServers]:
+    """NSD and rbldnsd on loopback with the test zones of tests/support/dns.py."""
+    with running_dns(tmp_path / "dns") as servers:
+        yield servers

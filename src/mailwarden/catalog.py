@@ -121,8 +121,8 @@ _ENTRIES: Final[list[Reason]] = [
         550,
         "5.7.25",
         "sender",
-        "Your server {client_ip} has the generic hostname {client_name}, which looks like a dynamic "
-        "or end-user address; send through your provider's mail server or give the address a "
+        "Your server {client_ip} has the generic hostname {client_name} ({why}), which looks like a "
+        "dynamic or end-user address; send through your provider's mail server or give the address a "
         "proper hostname.",
         title=("Sending server on a dynamic address", "Sendender Server an einer dynamischen Adresse"),
         explanation=(
@@ -181,6 +181,21 @@ _ENTRIES: Final[list[Reason]] = [
             "Der Administrator des Absenders muss PTR-Eintrag von {client_ip} und A/AAAA-Eintrag "
             "von {client_name} in Einklang bringen.",
         ),
+    ),
+    _r(
+        "client.allowlisted",
+        250,
+        "2.0.0",
+        "none",
+        "Your server {client_ip} is on the allowlist {zone}.",
+        title=("Sending server on an allowlist", "Sendender Server auf einer Positivliste"),
+        explanation=(
+            "The server {client_ip} is listed on the allowlist {zone} ({answer}), so blocklists and "
+            "greylisting did not apply to it.",
+            "Der Server {client_ip} steht auf der Positivliste {zone} ({answer}); Sperrlisten und "
+            "Greylisting galten deshalb nicht für ihn.",
+        ),
+        remedy=("Nothing to do.", "Nichts zu tun."),
     ),
     _r(
         "client.too_many_connections",
@@ -331,6 +346,42 @@ _ENTRIES: Final[list[Reason]] = [
             "{domain}, or add {client_ip} to it.",
             "Der Administrator des Absenders muss über einen im SPF-Eintrag von {domain} genannten "
             "Server senden oder {client_ip} dort aufnehmen.",
+        ),
+    ),
+    _r(
+        "sender.spf_temperror",
+        451,
+        "4.7.24",
+        "none",
+        "SPF check of {domain} failed temporarily ({spf_detail}); please try again later.",
+        title=("SPF check failed temporarily", "SPF-Prüfung vorübergehend fehlgeschlagen"),
+        explanation=(
+            "The SPF record of {domain} could not be evaluated because of a temporary DNS error "
+            "({spf_detail}). The message was deferred, not refused; the sending server retries.",
+            "Der SPF-Eintrag von {domain} konnte wegen eines vorübergehenden DNS-Fehlers nicht "
+            "ausgewertet werden ({spf_detail}). Die Nachricht wurde zurückgestellt, nicht abgelehnt; "
+            "der sendende Server versucht es erneut.",
+        ),
+        remedy=(
+            "Nothing, if it happens rarely. Repeated: the DNS servers of {domain} (or ours) answer badly.",
+            "Nichts, wenn es selten auftritt. Bei Häufung antworten die DNS-Server von {domain} "
+            "(oder unsere) fehlerhaft.",
+        ),
+    ),
+    _r(
+        "sender.spf_permerror",
+        550,
+        "5.7.24",
+        "sender",
+        "The SPF record of {domain} is invalid ({spf_detail}); the domain's administrator must fix it.",
+        title=("Invalid SPF record", "Ungültiger SPF-Eintrag"),
+        explanation=(
+            "The domain {domain} publishes an SPF record that cannot be evaluated ({spf_detail}).",
+            "Die Domain {domain} veröffentlicht einen SPF-Eintrag, der nicht ausgewertet werden kann ({spf_detail}).",
+        ),
+        remedy=(
+            "The DNS administrator of {domain} must correct the SPF record (RFC 7208).",
+            "Der DNS-Verwalter von {domain} muss den SPF-Eintrag korrigieren (RFC 7208).",
         ),
     ),
     # ---------------------------------------------------------------- the recipient
@@ -527,6 +578,25 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "msg.too_complex",
+        554,
+        "5.6.0",
+        "sender",
+        "The message structure cannot be checked: {problem}; send it again with fewer nested parts.",
+        title=("Message structure too complex", "Nachrichtenstruktur zu verschachtelt"),
+        explanation=(
+            "The message is built in a way our content checks cannot follow ({problem}). A message "
+            "that cannot be checked is not accepted; the sender received an error message.",
+            "Die Nachricht ist so aufgebaut, dass unsere Inhaltsprüfung ihr nicht folgen kann "
+            "({problem}). Eine Nachricht, die nicht geprüft werden kann, wird nicht angenommen; der "
+            "Absender hat eine Fehlermeldung erhalten.",
+        ),
+        remedy=(
+            "The sender should send the content as ordinary attachments, without messages nested in messages.",
+            "Der Absender sollte den Inhalt als gewöhnliche Anhänge senden, ohne ineinander verschachtelte Nachrichten.",
+        ),
+    ),
+    _r(
         "msg.dmarc_reject",
         550,
         "5.7.1",
@@ -603,14 +673,35 @@ _ENTRIES: Final[list[Reason]] = [
             "auf ein Netzproblem beim Absender.",
         ),
     ),
+    _r(
+        "transaction.abandoned",
+        451,
+        "4.4.2",
+        "sender",
+        "The transaction was not completed; nothing was accepted.",
+        title=("Delivery not completed", "Zustellung nicht abgeschlossen"),
+        explanation=(
+            "The sending server ended the connection before the message was complete, so nothing was "
+            "accepted and no '250' was sent. A working mail server retries automatically.",
+            "Der sendende Server hat die Verbindung beendet, bevor die Nachricht vollständig war; es wurde "
+            "nichts angenommen und kein '250' gesendet. Ein funktionierender Mailserver versucht es "
+            "automatisch erneut.",
+        ),
+        remedy=(
+            "If the message does not arrive, the sender should check the outgoing queue of their mail "
+            "server and send it again.",
+            "Kommt die Nachricht nicht an, sollte der Absender die Warteschlange seines Mailservers prüfen "
+            "und sie erneut senden.",
+        ),
+    ),
     # ---------------------------------------------------------------- policy
     _r(
         "greylisted",
         451,
         "4.7.1",
         "none",
-        "Greylisted: this is the first delivery attempt from {client_ip} for this sender and "
-        "recipient; please retry in {delay} seconds.",
+        "Greylisted: mail from {client_ip} for this sender and recipient is delayed on first "
+        "contact; please retry in {delay} seconds.",
         title=("Greylisted (delayed on first attempt)", "Greylisting (beim ersten Versuch verzögert)"),
         explanation=(
             "The first delivery attempt from {client_ip} was deferred by greylisting. Genuine mail "
@@ -808,6 +899,66 @@ _ENTRIES: Final[list[Reason]] = [
             "or phone set to POP3 'delete from server'.",
             "Das Gerät an {client_ip} suchen, das dieses Postfach abruft, z. B. ein weiterer "
             "Rechner oder ein Telefon mit POP3 'vom Server löschen'.",
+        ),
+    ),
+    _r(
+        "access.login_failed",
+        535,
+        "5.7.8",
+        "recipient",
+        "Invalid user name or password.",
+        title=("Mailbox login failed", "Anmeldung am Postfach fehlgeschlagen"),
+        explanation=(
+            "A {protocol} login to the mailbox {recipient} from {client_ip} failed ({problem}).",
+            "Eine {protocol}-Anmeldung am Postfach {recipient} von {client_ip} ist fehlgeschlagen ({problem}).",
+        ),
+        remedy=(
+            "If it was your own mail program, correct the password saved in it. If you do not know "
+            "the address {client_ip}, someone is guessing the password: choose a strong one.",
+            "War es Ihr eigenes Mailprogramm, korrigieren Sie das dort gespeicherte Passwort. Kennen "
+            "Sie die Adresse {client_ip} nicht, versucht jemand das Passwort zu erraten: wählen Sie ein starkes.",
+        ),
+    ),
+    _r(
+        "access.login_locked",
+        454,
+        "4.7.0",
+        "recipient",
+        "Too many failed logins; try again later.",
+        title=("Logins temporarily locked", "Anmeldung vorübergehend gesperrt"),
+        explanation=(
+            "After repeated failed logins ({locked}), logins were refused for a while; this "
+            "attempt to {recipient} from {client_ip} was refused without checking the password.",
+            "Nach wiederholt fehlgeschlagenen Anmeldungen ({locked}) wurden Anmeldungen eine Zeit "
+            "lang abgewiesen; dieser Versuch an {recipient} von {client_ip} wurde ohne Prüfung des "
+            "Passworts abgewiesen.",
+        ),
+        remedy=(
+            "Wait {minutes} minutes, then log in with the correct password; fix the password saved "
+            "in every mail program that fetches this mailbox.",
+            "{minutes} Minuten warten und dann mit dem richtigen Passwort anmelden; das gespeicherte "
+            "Passwort in jedem Mailprogramm korrigieren, das dieses Postfach abruft.",
+        ),
+    ),
+    _r(
+        "access.in_use",
+        450,
+        "4.2.0",
+        "recipient",
+        "The mailbox is in use by another session; try again later.",
+        title=("Mailbox busy", "Postfach belegt"),
+        explanation=(
+            "A {protocol} client at {client_ip} logged in to {recipient} while another session was "
+            "still fetching it, so it was turned away (one POP3 session per mailbox at a time).",
+            "Ein {protocol}-Programm an {client_ip} hat sich an {recipient} angemeldet, während eine "
+            "andere Sitzung das Postfach noch abrief; es wurde deshalb abgewiesen (nur eine "
+            "POP3-Sitzung je Postfach zugleich).",
+        ),
+        remedy=(
+            "Two devices fetch this mailbox: check which other device does, and whether it deletes "
+            "the mail on the server.",
+            "Zwei Geräte rufen dieses Postfach ab: prüfen, welches andere Gerät das tut und ob es die "
+            "Nachrichten auf dem Server löscht.",
         ),
     ),
 ]

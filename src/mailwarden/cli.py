@@ -15,6 +15,7 @@ from mailwarden.events import Event, us_to_iso
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.text import printable
 from mailwarden.timespec import TimeSpecError, parse_time
+from mailwarden.trace.report import ReportError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -64,6 +65,20 @@ def cmd_users(args: argparse.Namespace, config: Config) -> int:
             if not store.remove_mailbox(address):
                 raise StoreError(f"no mailbox {address}; `mailwarden users list` shows the existing ones")
             print(f"removed {address} (its Maildir stays on disk)")
+        elif args.action == "set":
+            from mailwarden.checks.content import parse_setting
+
+            found = store.get_mailbox(address)
+            if found is None:
+                raise StoreError(f"no mailbox {address}; `mailwarden users list` shows the existing ones")
+            settings = dict(found.settings)
+            for item in args.settings:
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item!r}: write settings as NAME=VALUE, e.g. spam_reject=off")
+                settings[name.strip()] = parse_setting(name.strip(), value.strip())
+            store.update_mailbox_settings(address, settings)
+            print(f"settings of {address}: {json.dumps(settings, sort_keys=True)}")
         elif args.action == "passwd":
             if not store.set_password(address, mailboxes.hash_password(_read_password(args))):
                 raise StoreError(f"no mailbox {address}; `mailwarden users list` shows the existing ones")
@@ -125,6 +140,72 @@ def cmd_events(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+    from mailwarden.trace.search import AddressFilter, SearchSpec
+
+    limit = args.limit
+    spec = SearchSpec(
+        sender=AddressFilter.parse(args.sender) if args.sender else None,
+        recipient=AddressFilter.parse(args.recipient) if args.recipient else None,
+        since_us=parse_time(args.since) if args.since else None,
+        until_us=parse_time(args.until) if args.until else None,
+        ref=args.ref,
+        message_id=args.message_id,
+        queue_id=args.queue_id,
+        client=args.client_ip,
+        status=args.status,
+        reason=args.reason,
+        limit=limit,
+        offset=(args.page - 1) * limit if args.page > 0 else -1,
+    )
+    return commands.trace(config, spec, fmt=args.format, lang=args.lang)
+
+
+def cmd_explain(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.explain(
+        config,
+        args.id,
+        recipient=args.recipient,
+        lang=args.lang,
+        fmt=args.format,
+        redact=not args.no_redact,
+        output=args.output,
+    )
+
+
+def cmd_verify_report(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.verify_report(config, args.file)
+
+
+def cmd_purge(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.purge(config, args.days)
+
+
+def cmd_check_sender(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden import sendercheck
+
+    return sendercheck.command(config, args.target, args.format)
+
+
+def cmd_explain_bounce(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.explain_bounce(config, args.source, lang=args.lang, fmt=args.format)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.trace import commands
+
+    return commands.demo(config, args.server)
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailwarden", description="Inbound mail gateway with evidence.")
@@ -141,8 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("serve", cmd_serve, "run the configured services until SIGTERM")
 
     users = command("users", cmd_users, "manage mailboxes")
-    users.add_argument("action", choices=["add", "list", "remove", "passwd"])
+    users.add_argument("action", choices=["add", "list", "remove", "passwd", "set"])
     users.add_argument("address", nargs="?", help="mailbox address (not for list)")
+    users.add_argument(
+        "settings", nargs="*", metavar="NAME=VALUE", help="for set: spam_reject=on|off, macros=reject|tag|off"
+    )
     users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     cfg = command("config", cmd_config, "validate the configuration or print its reference")
@@ -155,7 +239,64 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--session", help="only this connection")
     events.add_argument("--limit", type=int, help="at most this many events")
     events.add_argument("--format", choices=["table", "json"], default="table")
+
+    trace = command("trace", cmd_trace, "find messages and show what happened to them")
+    trace.add_argument("--from", dest="sender", metavar="A", help="sender: a@b.test, @b.test (domain) or *part*")
+    trace.add_argument("--to", dest="recipient", metavar="A", help="recipient: a@b.test, @b.test (domain) or *part*")
+    trace.add_argument("--since", help="start of the window: 30m, 2h, 7d (ago) or an ISO time (UTC if no offset)")
+    trace.add_argument("--until", help="end of the window: duration ago or ISO time (default: now)")
+    trace.add_argument("--ref", type=_ref, help="the reference from a reply (ref=...)")
+    trace.add_argument("--message-id", help="the Message-ID header, with its <>")
+    trace.add_argument("--queue-id", help="a foreign MTA's queue id (ingested logs)")
+    trace.add_argument("--client-ip", metavar="IP[/N]", help="sending client address or network")
+    trace.add_argument("--status", help="only recipients with this status (rejected, delivered, deleted, ...)")
+    trace.add_argument("--reason", help="only messages decided for this reason code (e.g. rcpt.unknown_user)")
+    trace.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    trace.add_argument("--limit", type=int, default=50, help="messages per page (default 50)")
+    trace.add_argument("--page", type=int, default=1, help="page number, newest first (default 1)")
+    trace.add_argument("--lang", choices=["en", "de"], default="en", help="language of notes and 'nothing found'")
+
+    explain = command("explain", cmd_explain, "evidence report for one message: verdict, timeline, evidence")
+    explain.add_argument("id", metavar="REF|TRACE-ID", help="a ref (from a reply) or a trace id (E123) from `trace`")
+    explain.add_argument("--recipient", help="the recipient to explain (default: the first)")
+    explain.add_argument("--lang", choices=["en", "de"], default="en")
+    explain.add_argument("--format", choices=["text", "html", "json", "pdf"], default="text")
+    explain.add_argument("--no-redact", action="store_true", help="show third parties' addresses (internal use)")
+    explain.add_argument(
+        "-o", "--output", metavar="FILE", help="write the report to FILE (needed for pdf on a terminal)"
+    )
+
+    verify = command("verify-report", cmd_verify_report, "check a report made by `explain` against the store")
+    verify.add_argument("file", metavar="FILE")
+
+    check = command(
+        "check-sender",
+        cmd_check_sender,
+        "check a sending domain or address as the gateway would: MX, reverse DNS, SPF, DNS lists "
+        "(exit status 1 when problems are found)",
+    )
+    check.add_argument("target", metavar="DOMAIN|IP")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+
+    purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
+    purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
+
+    bounce = command("explain-bounce", cmd_explain_bounce, "explain a bounce (DSN or pasted text) a sender received")
+    bounce.add_argument("source", metavar="FILE|-", help="the bounce message, or - to read it from standard input")
+    bounce.add_argument("--lang", choices=["en", "de"], default="en")
+    bounce.add_argument("--format", choices=["text", "json"], default="text")
+
+    demo = command("demo", cmd_demo, "play example mails against the running instance, to see real traces")
+    demo.add_argument("--server", metavar="HOST:PORT", help="the SMTP address (default: the first of [smtp] listen)")
     return parser
+
+
+def _ref(text: str) -> str:
+    from mailwarden.smtp.refs import is_ref, normalize
+
+    if not is_ref(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ref (12 characters like 1BRD52F70000)")
+    return normalize(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,10 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(args.config)
         logging.getLogger().setLevel(config.log.level.upper())
         if args.command == "users" and args.action != "list" and not args.address:
-            parser.error("users add|remove|passwd need an ADDRESS")
+            parser.error("users add|remove|passwd|set need an ADDRESS")
         handler: Handler = args.handler
         return handler(args, config)
-    except (ConfigError, StoreError, TimeSpecError, ValueError) as exc:
+    except (ConfigError, StoreError, TimeSpecError, ValueError, ReportError) as exc:
         print(f"mailwarden: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mailwarden.scan.attachments import DANGEROUS_EXTENSIONS
 
 ENV_VAR = "MAILWARDEN_CONFIG"
 
@@ -181,6 +185,9 @@ class StoreConfig(_Section):
         0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."
     )
     retention_days: int = Field(90, ge=1, description="Events older than this are purged.")
+    purge_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two purges of expired events while `mailwarden serve` runs."
+    )
 
     @field_validator("url")
     @classmethod
@@ -199,6 +206,21 @@ class DnsConfig(_Section):
     timeout: float = Field(
         2.0, gt=0, le=30, description="Seconds per DNS query before it counts as a temporary failure."
     )
+    max_concurrency: int = Field(256, ge=1, description="DNS queries on the wire at once; more wait their turn.")
+    cache_size: int = Field(
+        100_000, ge=0, description="Answers kept in the in-process cache (by their TTL). 0 turns the cache off."
+    )
+    negative_ttl: float = Field(
+        60.0,
+        ge=0,
+        description='Seconds a "no such name" or "no such record" answer is cached (DNSBL misses are most lookups).',
+    )
+    max_ttl: float = Field(86_400.0, gt=0, description="Longest time in seconds an answer is cached, whatever its TTL.")
+    fail_open: bool = Field(
+        False,
+        description="When a check's DNS lookup fails temporarily: false answers 4xx (the sender retries); true "
+        "lets the mail pass that check, logged as a warning and recorded in the event.",
+    )
 
     @field_validator("nameservers")
     @classmethod
@@ -208,26 +230,279 @@ class DnsConfig(_Section):
         return values
 
 
+FindingAction = Literal["reject", "tempfail", "score", "off"]
+_ACTIONS_TEXT = (
+    '"reject" (the catalog\'s 5xx), "tempfail" (its 4xx twin, e.g. 450 4.7.25), "score" (adds points '
+    'towards `checks.reject_score`) or "off"'
+)
+
+
+@dataclass(frozen=True)
+class FindingPolicy:
+    """A finding's configured action with its points (the options `X` and `X_score` together)."""
+
+    action: FindingAction
+    score: float
+
+
+def _networks(values: list[str]) -> list[str]:
+    for value in values:
+        ipaddress.ip_network(value, strict=False)
+    return values
+
+
+def answer_range(key: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    first, _, last = key.partition("-")
+    low = ipaddress.IPv4Address(first.strip())
+    high = ipaddress.IPv4Address(last.strip()) if last else low
+    if high < low:
+        raise ValueError(f"{key!r}: the range ends before it starts")
+    return low, high
+
+
+class DnsblCode(_Section):
+    meaning: str = Field(description='What the answer means, shown in the reply ("a dynamic address range").')
+    remedy: str = Field("", description="What the sender's administrator should do; empty: the zone's remedy.")
+    weight: float | None = Field(None, description="Weight of this answer; empty: the zone's weight.")
+    action: FindingAction | None = Field(None, description="Action for this answer; empty: the zone's action.")
+
+
 class DnsblZone(_Section):
     zone: str = Field(description="DNS zone of the list, e.g. zen.spamhaus.org (Spamhaus meanings are built in).")
+    kind: Literal["block", "allow"] = Field(
+        "block", description='"block": a listing counts against the client; "allow" (a DNSWL): a listing exempts it.'
+    )
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description='Ask these servers ("host:port") for this zone, e.g. a local rbldnsd mirror; empty: `dns.nameservers`.',
+    )
+    meanings: Literal["", "spamhaus-zen"] = Field(
+        "",
+        description='Built-in answer meanings: "spamhaus-zen" (SBL, CSS, XBL, DROP, PBL); automatic for '
+        "zen.spamhaus.org and *.zen.dq.spamhaus.net.",
+    )
+    weight: float = Field(1.0, description="Weight of a listing (postscreen's dnsbl_sites *N).")
+    action: FindingAction | None = Field(None, description="Action for a listing; empty: `dnsbl.action`.")
+    meaning: str = Field("a listed address", description="Meaning of an answer not in `codes`.")
+    remedy: str = Field(
+        "find and fix the cause of the listing, then ask the list's operator to remove the address.",
+        description="Remedy for an answer without its own.",
+    )
+    codes: dict[str, DnsblCode] = Field(
+        default_factory=dict,
+        description='Answers ("127.0.0.2" or a range "127.0.0.4-127.0.0.7") with their meaning, remedy, weight, action.',
+    )
+
+    @field_validator("codes")
+    @classmethod
+    def _codes(cls, values: dict[str, DnsblCode]) -> dict[str, DnsblCode]:
+        for key in values:
+            answer_range(key)
+        return values
+
+    @field_validator("nameservers")
+    @classmethod
+    def _servers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_hostport(value, default_port=53)
+        return values
 
 
 class DnsblConfig(_Section):
     zones: list[DnsblZone] = Field(default_factory=list, description="Blocklists to query for each client address.")
+    threshold: float = Field(
+        1.0,
+        gt=0,
+        description="The client is refused when the weights of its listings add up to this (postscreen's "
+        'dnsbl_threshold); listings with action "score" add their weight as points instead.',
+    )
+    action: FindingAction = Field("reject", description=f"Default action for a listing: {_ACTIONS_TEXT}.")
+
+
+class RdnsConfig(_Section):
+    no_rdns: FindingAction = Field("reject", description=f"The client address has no PTR record: {_ACTIONS_TEXT}.")
+    no_rdns_score: float = Field(5.0, ge=0, description='Points for no PTR record when its action is "score".')
+    fcrdns_mismatch: FindingAction = Field(
+        "reject", description=f"No PTR name of the client resolves back to its address: {_ACTIONS_TEXT}."
+    )
+    fcrdns_mismatch_score: float = Field(5.0, ge=0, description='Points for an FCrDNS mismatch ("score").')
+    dynamic: FindingAction = Field(
+        "score", description=f"The client's name looks generic (dynamic or end-user address): {_ACTIONS_TEXT}."
+    )
+    dynamic_score: float = Field(5.0, ge=0, description='Points for a generic hostname ("score").')
+    generic_keywords: list[str] = Field(
+        default_factory=lambda: [
+            "dyn", "dynamic", "dsl", "adsl", "vdsl", "xdsl", "dip", "dialup", "dial", "pool", "dhcp",
+            "ppp", "pppoe", "cable", "cust", "customer", "broadband", "ftth", "unassigned",
+        ],
+        description="Words (whole runs of letters, outside the last two labels) that mark a generic hostname.",
+    )  # fmt: skip
+    generic_patterns: list[str] = Field(
+        default_factory=list,
+        description="More regular expressions (searched in the lower-case name) that mark a generic hostname.",
+    )
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients exempt from these checks.")
+
+    @field_validator("generic_patterns")
+    @classmethod
+    def _patterns(cls, values: list[str]) -> list[str]:
+        for value in values:
+            re.compile(value)
+        return values
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
+class HeloConfig(_Section):
+    action: FindingAction = Field("reject", description=f"An invalid HELO/EHLO name: {_ACTIONS_TEXT}.")
+    score: float = Field(5.0, ge=0, description='Points for an invalid HELO name ("score").')
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients exempt from this check.")
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
+class SpfConfig(_Section):
+    fail: Literal["reject", "score", "tag"] = Field(
+        "reject",
+        description='SPF fail: "reject" (550 5.7.23), "score" (points towards `checks.reject_score`) or "tag" '
+        "(only the Authentication-Results header).",
+    )
+    fail_score: float = Field(5.0, ge=0, description='Points for an SPF fail ("score").')
+    permerror: Literal["reject", "tag"] = Field(
+        "tag", description='An invalid SPF record: "reject" (550 5.7.24) or "tag" (only the header).'
+    )
+
+
+class GreylistConfig(_Section):
+    delay: int = Field(300, ge=1, description="Seconds a new (network, sender, recipient) triplet must wait.")
+    retry_window: int = Field(
+        172_800, ge=60, description="Seconds after the first attempt within which a retry counts; later starts over."
+    )
+    expire_days: int = Field(35, ge=1, description="Days a passed triplet stays known without new mail.")
+    ipv4_prefix: int = Field(24, ge=8, le=32, description="Client IPv4 addresses are grouped by this prefix.")
+    ipv6_prefix: int = Field(64, ge=16, le=128, description="Client IPv6 addresses are grouped by this prefix.")
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients never greylisted.")
+    exempt_allowlisted: bool = Field(True, description="Clients on an allowlist zone (DNSWL) are not greylisted.")
+    exempt_known_senders: bool = Field(
+        True, description="A sender that passed greylisting from a client network before is not delayed again."
+    )
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
+class RateLimitConfig(_Section):
+    connections_per_minute: int = Field(
+        60, ge=0, description="New connections per client address per minute; more get 421 4.7.0. 0 = no limit."
+    )
+    messages_per_minute: int = Field(
+        120, ge=0, description="Messages (MAIL commands) per client address per minute; more get 451 4.7.0. 0 = none."
+    )
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients without limits.")
+
+    _exempt = field_validator("exempt_networks")(_networks)
 
 
 class ClamdConfig(_Section):
     address: str = Field("", description='clamd as "host:port" or a unix socket path. "" = no virus scanning.')
+    timeout: float = Field(
+        30.0, gt=0, description="Seconds for one scan (connect, stream, answer); slower gives 451 4.3.0."
+    )
+    max_stream: int = Field(
+        26_214_400,
+        ge=1024,
+        description="clamd's StreamMaxLength in bytes (keep them equal). Longer messages are not sent to clamd; "
+        "`oversize` decides what happens to them.",
+    )
+    oversize: Literal["tempfail", "accept"] = Field(
+        "tempfail",
+        description='A message longer than `max_stream`: "tempfail" (451 4.3.0) or "accept" it unscanned (logged, '
+        "and noted in the data event).",
+    )
+    fail_open: bool = Field(
+        False,
+        description="Accept mail unscanned while clamd is unreachable (logged as an error for every message). "
+        "Default: answer 451 4.3.0 so the sender retries.",
+    )
+    pool_size: int = Field(4, ge=0, le=64, description="Idle clamd sessions (IDSESSION) kept open for reuse.")
 
 
 class SpamConfig(_Section):
     engine: Literal["rspamd", "spamassassin"] = Field("rspamd", description="Which spam scanner to ask.")
-    address: str = Field("", description='The scanner as "host:port". "" = no spam scoring.')
+    address: str = Field("", description='The scanner as "host:port" (or a unix socket path). "" = no spam scoring.')
+    timeout: float = Field(20.0, gt=0, description="Seconds for one scan; slower gives 451 4.3.0.")
+    reject_score: float = Field(
+        15.0, description="Refuse (550 5.7.1 msg.spam) at or above this score, unless the mailbox turned refusing off."
+    )
+    tag_score: float = Field(
+        6.0, description="At or above this score: X-Spam-* headers and delivery into the mailbox's Junk folder."
+    )
+    max_size: int = Field(
+        10_485_760, ge=0, description="Messages larger than this many bytes are not scored (noted in the data event)."
+    )
+    fail_open: bool = Field(
+        False, description="Accept mail unscored while the scanner is unreachable (logged). Default: 451 4.3.0."
+    )
+    pool_size: int = Field(4, ge=0, le=64, description="Idle keep-alive connections kept open to rspamd.")
+
+
+class ContentConfig(_Section):
+    macros: Literal["reject", "tag", "off"] = Field(
+        "reject",
+        description='Office documents with suspicious auto-running macros: "reject" (554 5.7.1 msg.macro), '
+        '"tag" (header and Junk folder) or "off". A mailbox may override it (setting `macros`).',
+    )
+    dangerous_attachments: bool = Field(
+        True, description="Refuse attachments that run code (by extension and content, also inside ZIP archives)."
+    )
+    dangerous_extensions: list[str] = Field(
+        default_factory=lambda: sorted(DANGEROUS_EXTENSIONS),
+        description="File name extensions refused as dangerous attachments (lower case, without the dot).",
+    )
+    workers: int = Field(2, ge=1, le=64, description="Worker processes that parse MIME, archives and Office files.")
+    worker_memory_mb: int = Field(1024, ge=128, description="Address-space limit of one worker process in MiB.")
+    timeout: float = Field(30.0, gt=0, description="Seconds a worker may spend on one message; beyond it 451 4.3.0.")
+    max_mime_depth: int = Field(20, ge=2, le=200, description="MIME nesting levels; deeper messages are refused.")
+    max_mime_parts: int = Field(1000, ge=10, description="MIME parts per message; more are refused.")
+    archive_depth: int = Field(3, ge=0, le=10, description="ZIP archives inside ZIP archives that are opened.")
+    archive_total_mb: int = Field(
+        256, ge=1, description="MiB decompressed from the archives of one message at most (zip bomb bound)."
+    )
+
+    @field_validator("dangerous_extensions")
+    @classmethod
+    def _extensions(cls, values: list[str]) -> list[str]:
+        return [value.strip().lower().lstrip(".") for value in values]
+
+
+class AuthConfig(_Section):
+    dkim: bool = Field(True, description="Verify DKIM signatures (the results go into Authentication-Results).")
+    dmarc: bool = Field(True, description="Evaluate the From domain's DMARC policy (needs the `spf` check for SPF).")
+    dmarc_reject: bool = Field(
+        True,
+        description="Refuse (550 5.7.1 msg.dmarc_reject) mail that fails DMARC when the domain publishes p=reject. "
+        "Only a complete evaluation counts: with SPF not checked or a DKIM signature unverifiable, it only tags.",
+    )
+    dmarc_quarantine: bool = Field(
+        True, description="Deliver mail that fails DMARC under p=quarantine into the mailbox's Junk folder."
+    )
+    max_size: int = Field(
+        26_214_400, ge=0, description="Messages larger than this many bytes are not DKIM-verified (noted)."
+    )
+    timeout: float = Field(15.0, gt=0, description="Seconds for DKIM and DMARC together (key and policy lookups).")
 
 
 class ScanConfig(_Section):
     clamd: ClamdConfig = Field(default_factory=ClamdConfig, description="ClamAV's clamd.")
     spam: SpamConfig = Field(default_factory=SpamConfig, description="Spam scoring.")
+    content: ContentConfig = Field(default_factory=ContentConfig, description="Attachments and Office macros.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="DKIM and DMARC.")
+    budget: float = Field(
+        60.0,
+        gt=0,
+        le=540,
+        description="Seconds for all content checks of one message together (they run concurrently, each with "
+        "its own timeout); beyond it 451 4.3.0. RFC 5321 gives the sender 10 minutes.",
+    )
 
 
 class TlsConfig(_Section):
@@ -240,6 +515,33 @@ class Pop3Config(_Section):
     listen: list[str] = Field(default_factory=list, description='POP3 addresses as "host:port". Empty: no POP3 server.')
     allow_plaintext_auth: bool = Field(
         False, description="Allow USER/PASS and AUTH PLAIN without STLS (tests, trusted networks only)."
+    )
+    timeout: float = Field(
+        600.0, gt=0, description="Seconds a logged-in client may stay silent (RFC 1939: at least 10 minutes)."
+    )
+    login_timeout: float = Field(60.0, gt=0, description="Seconds a client may stay silent before it has logged in.")
+    max_connections: int = Field(
+        200, ge=1, description="Simultaneous POP3 connections in total; more get -ERR [SYS/TEMP]."
+    )
+    max_connections_per_ip: int = Field(
+        20, ge=1, description="Simultaneous POP3 connections from one client address; more get -ERR [SYS/TEMP]."
+    )
+    max_command_line: int = Field(
+        255, ge=64, description="Longest command line in octets incl. CRLF (RFC 2449: 255); longer gets -ERR."
+    )
+    max_errors: int = Field(10, ge=1, description="Erroneous commands in one connection before it is closed.")
+    auth_failure_delay: float = Field(
+        1.0, ge=0, description="Seconds before answering a failed login; doubles with each further failure."
+    )
+    auth_failure_delay_max: float = Field(16.0, ge=0, description="Upper bound of that delay in seconds.")
+    auth_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed logins from one address or for one user name within `auth_lock_seconds` that lock "
+        "it: further logins get -ERR [AUTH] until the lock expires.",
+    )
+    auth_lock_seconds: float = Field(
+        900.0, gt=0, description="How long such a lock lasts, and the window in which failures are counted."
     )
 
     _listen = field_validator("listen")(_check_listen)
@@ -257,11 +559,17 @@ class ExplainConfig(_Section):
 
 class ChecksConfig(_Section):
     order: list[str] = Field(
-        default_factory=lambda: ["recipients", "size"],
+        default_factory=lambda: ["recipients", "size", "content"],
         description="Checks to run, in this order, at each SMTP stage they act on.",
     )
     timeout: float = Field(
         30.0, gt=0, description="Seconds one check may take; a slower check gives 451 4.3.0, never an accept."
+    )
+    reject_score: float = Field(
+        10.0,
+        gt=0,
+        description='Findings configured as action "score" add up (per connection plus per message); at this '
+        "total the finding that reached it is refused with its own reply.",
     )
 
 
@@ -276,6 +584,13 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig, description="Where events and mailboxes live.")
     dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolution for the checks.")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="DNS block- and allowlists.")
+    rdns: RdnsConfig = Field(default_factory=RdnsConfig, description="Reverse DNS of the client (check `rdns`).")
+    helo: HeloConfig = Field(default_factory=HeloConfig, description="The HELO/EHLO name (check `helo`).")
+    spf: SpfConfig = Field(default_factory=SpfConfig, description="SPF of the envelope sender (check `spf`).")
+    greylist: GreylistConfig = Field(default_factory=GreylistConfig, description="Greylisting (check `greylist`).")
+    ratelimit: RateLimitConfig = Field(
+        default_factory=RateLimitConfig, description="Connection and message rates (check `ratelimit`)."
+    )
     scan: ScanConfig = Field(default_factory=ScanConfig, description="Content scanners.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="STARTTLS.")
     pop3: Pop3Config = Field(default_factory=Pop3Config, description="The POP3 server.")
@@ -400,10 +715,16 @@ def docs_markdown() -> str:
             continue
         out.append(f"<!-- {info.description} -->")
         section(annotation, name + ".")
-    out.extend(["## [[dnsbl.zones]]", "", "| key | default | meaning |", "|---|---|---|"])
-    for name, info in DnsblZone.model_fields.items():
-        out.append(f"| `{name}` | (required) | {info.description} |")
-    out.append("")
+    for title, model in (("[[dnsbl.zones]]", DnsblZone), ('[dnsbl.zones.codes."ANSWER"]', DnsblCode)):
+        out.extend([f"## {title}", "", "| key | default | meaning |", "|---|---|---|"])
+        for name, info in model.model_fields.items():
+            if info.is_required():
+                shown = "(required)"
+            else:
+                value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+                shown = "(empty)" if value is None else f"`{_toml(value)}`"
+            out.append(f"| `{name}` | {shown} | {info.description} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -414,4 +735,6 @@ def _toml(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     return str(value)

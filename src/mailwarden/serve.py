@@ -11,10 +11,12 @@ from mailwarden import mailboxes
 from mailwarden.checks import build_chain
 from mailwarden.checks.base import Services
 from mailwarden.config import Config
+from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
+from mailwarden.trace.retention import purge_periodically
 
 log = logging.getLogger("mailwarden")
 
@@ -38,24 +40,36 @@ async def run(config: Config) -> None:
             cert, key = config.path(config.tls.cert), config.path(config.tls.key)
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
+        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
         gateway = Gateway(
             config,
             store,
             build_chain(services),
             services,
-            refs=RefGenerator(config.node.name),
+            refs=refs,
             tls_context=tls_context,
         )
         gateway.recover()
         bound = await gateway.start()
-        print(f"mailwarden ready: smtp {' '.join(bound)}", file=sys.stderr, flush=True)
+        roles = [f"smtp {' '.join(bound)}"]
+        pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
+        if pop3 is not None:
+            roles.append(f"pop3 {' '.join(await pop3.start())}")
+        purging = asyncio.create_task(
+            purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
+        )
+        print(f"mailwarden ready: {', '.join(roles)}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+        purging.cancel()
+        if pop3 is not None:
+            await pop3.stop()
         await gateway.stop()
+        services.close()
     finally:
         store.close()
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\udc80-\udcff]")
+# Control characters, line/paragraph separators, BOM, smuggled raw bytes, and bidirectional
+# overrides (which can make a report or log line display something other than what it says).
+_UNSAFE: Final = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ufeff\udc80-\udcff]"
+)
 
 
 def _escape(match: re.Match[str]) -> str:

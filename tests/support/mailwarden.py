@@ -58,6 +58,9 @@ class Mailwarden:
             "mail": {"domains": ["example.test"], "demo_mailbox": ""},
             "store": {"url": "sqlite:///var/mailwarden.db"},
             "tls": {"cert": "var/tls/cert.pem", "key": "var/tls/key.pem"},
+            # Never the machine's resolver (DMARC looks up every From domain): nothing listens on the
+            # discard port, so lookups fail at once as temporary. Tests with DNS set their own server.
+            "dns": {"nameservers": ["127.0.0.1:9"]},
         }
         for name, values in (overrides or {}).items():
             sections.setdefault(name, {}).update(values)
@@ -103,7 +106,7 @@ class Mailwarden:
 
     def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the same log
+        started_at = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [PYTHON, "-m", "mailwarden", "-c", str(self.config), "serve"],
@@ -116,7 +119,7 @@ class Mailwarden:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mailwarden exited with {self.process.returncode}:\n{self.log.read_text()}")
-            if b"mailwarden ready" in self.log.read_bytes()[offset:]:
+            if b"mailwarden ready" in self.log.read_bytes()[started_at:]:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"mailwarden not ready after {timeout}s:\n{self.log.read_text()}")

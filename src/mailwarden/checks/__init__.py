@@ -9,13 +9,29 @@ from typing import Final
 
 from mailwarden.checks.base import Check, Services
 from mailwarden.checks.chain import CheckChain
+from mailwarden.checks.content import ContentCheck
+from mailwarden.checks.dnsbl import DnsblCheck
+from mailwarden.checks.greylist import GreylistCheck
+from mailwarden.checks.helo import HeloCheck
+from mailwarden.checks.ratelimit import RateLimitCheck
+from mailwarden.checks.rdns import RdnsCheck
 from mailwarden.checks.recipients import RecipientsCheck
+from mailwarden.checks.sender_domain import SenderDomainCheck
 from mailwarden.checks.size import SizeCheck
+from mailwarden.checks.spf import SpfCheck
 from mailwarden.config import ConfigError
 
 REGISTRY: Final[dict[str, type[Check]]] = {
+    ContentCheck.name: ContentCheck,
     RecipientsCheck.name: RecipientsCheck,
     SizeCheck.name: SizeCheck,
+    RateLimitCheck.name: RateLimitCheck,
+    DnsblCheck.name: DnsblCheck,
+    RdnsCheck.name: RdnsCheck,
+    HeloCheck.name: HeloCheck,
+    SenderDomainCheck.name: SenderDomainCheck,
+    SpfCheck.name: SpfCheck,
+    GreylistCheck.name: GreylistCheck,
 }
 
 
@@ -28,4 +44,4 @@ def build_chain(services: Services) -> CheckChain:
                 f"key `checks.order`: unknown check {name!r}. Fix: use some of {', '.join(sorted(REGISTRY))}"
             )
         checks.append(cls.create(services))
-    return CheckChain(checks, services.config.checks.timeout)
+    return CheckChain(checks, services.config.checks.timeout, services.config.checks.reject_score)

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mailwarden import catalog
+from mailwarden.dns import Resolver
 
 if TYPE_CHECKING:
-    from mailwarden.config import Config
+    from mailwarden.config import Config, FindingPolicy
     from mailwarden.smtp.spool import Spool
     from mailwarden.store import Store
 
@@ -32,6 +34,7 @@ class Action(StrEnum):
     REJECT = "reject"  # permanent refusal (5xx): only on proof
     TEMPFAIL = "tempfail"  # temporary refusal (4xx): the sender retries
     TAG = "tag"  # accept, but mark (headers, folder)
+    SCORE = "score"  # a finding worth `score` points; refused once the points reach `[checks] reject_score`
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,13 @@ class Verdict:
     enhanced: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # TAG: header fields to add to the accepted mail
     folder: str | None = None  # TAG: deliver into this folder instead of INBOX
+    score: float = 0.0  # SCORE: the points this finding adds
 
     def __post_init__(self) -> None:
         reason = catalog.get(self.reason)  # fails early on a code that is not in the catalog
         code = self.smtp_code or reason.smtp_code
-        if self.action is Action.REJECT and not 500 <= code < 600:
-            raise ValueError(f"a reject needs a 5xx code, {self.reason} has {code}")
+        if self.action in (Action.REJECT, Action.SCORE) and not 500 <= code < 600:
+            raise ValueError(f"a {self.action} needs a 5xx code, {self.reason} has {code}")
         if self.action is Action.TEMPFAIL and not 400 <= code < 500:
             raise ValueError(f"a tempfail needs a 4xx code, {self.reason} has {code}")
 
@@ -60,6 +64,21 @@ class Verdict:
     @classmethod
     def tempfail(cls, reason: str, **values: object) -> Verdict:
         return cls(Action.TEMPFAIL, reason, values)
+
+    @classmethod
+    def as_configured(
+        cls, policy: FindingPolicy, reason: str, detail: Mapping[str, Any], **values: object
+    ) -> Verdict | None:
+        """A finding answered as the operator chose: reject with the catalog's code, tempfail with its
+        4xx twin (550 5.7.25 -> 450 4.7.25), points towards `[checks] reject_score`, or nothing."""
+        if policy.action == "off":
+            return None
+        if policy.action == "score":
+            return cls(Action.SCORE, reason, values, detail, score=policy.score)
+        if policy.action == "tempfail":
+            enhanced = catalog.get(reason).enhanced
+            return cls(Action.TEMPFAIL, reason, values, detail, smtp_code=450, enhanced="4" + enhanced[1:])
+        return cls(Action.REJECT, reason, values, detail)
 
     @property
     def code(self) -> int:
@@ -83,6 +102,7 @@ class SessionInfo:
     esmtp: bool = False
     tls: str | None = None  # TLS version once STARTTLS succeeded
     results: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # SCORE findings of connect and HELO, by check
 
 
 @dataclass
@@ -105,6 +125,7 @@ class Transaction:
     headers: list[tuple[str, str]] = field(default_factory=list)  # added to the accepted mail
     folder: str | None = None  # TAG verdicts may divert delivery (e.g. Junk)
     results: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # SCORE findings of this transaction, by check
 
     @property
     def declared_size(self) -> int | None:
@@ -123,12 +144,24 @@ class Services:
     store: Store
     local_domains: frozenset[str]
 
+    @cached_property
+    def resolver(self) -> Resolver:
+        """The DNS resolver of the session path (`[dns]`); tests may assign their own."""
+        return Resolver.from_config(self.config.dns)
+
+    def close(self) -> None:
+        """Release what was started (pending DNS queries are cancelled)."""
+        resolver = self.__dict__.get("resolver")
+        if isinstance(resolver, Resolver):
+            resolver.close()
+
 
 @dataclass
 class CheckContext:
     services: Services
     session: SessionInfo
     txn: Transaction | None = None
+    resolved: Recipient | None = None  # RCPT: the mailbox an earlier check resolved the address to
 
     @property
     def config(self) -> Config:
@@ -139,6 +172,7 @@ class Check:
     """Base class: override the stage methods the check acts on; the others are skipped."""
 
     name: ClassVar[str]
+    timeout: float | None = None  # seconds; None: `checks.timeout`. Longer for checks with their own budget.
 
     @classmethod
     def create(cls, services: Services) -> Check:

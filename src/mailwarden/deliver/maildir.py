@@ -4,26 +4,41 @@ Layout: ROOT/DOMAIN/LOCALPART/ is a mailbox's Maildir (cur, new, tmp); other fol
 Maildir++ subfolders (ROOT/DOMAIN/LOCALPART/.Junk/). A delivery writes the message once into
 tmp/, fsyncs it, hard-links it into new/ of every recipient, fsyncs those directories and only
 then returns - so "250" is only ever said for mail that is on disk. On any error every link
-made so far is removed again: nothing is left half-delivered.
+made so far is removed again: nothing is left half-delivered. `deliver_many` does this for a
+group of messages at once, so that they share their fsyncs (the gateway's delivery thread,
+`deliver/writer.py`).
+
+Readers (the POP3 server) see a message by its unique name (`uid`, the file name without the
+":2,FLAGS" info part), which never changes: it is what the gateway's `deliver` event records and
+what POP3's UIDL shows. The first reader moves new/ to cur/ (as the Maildir convention asks);
+a message is then found by its uid wherever it is, even after another program renamed it to
+change its flags. `lock` gives one reader at a time exclusive use of a mailbox (an flock, so it
+also holds against other processes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 log = logging.getLogger(__name__)
 
 INBOX = "INBOX"
 SUBDIRS = ("cur", "new", "tmp")
+INFO_SEPARATOR: Final = ":"  # name:2,FLAGS (the Maildir "info" part, absent in new/)
+LOCK_FILE: Final = "mailwarden.lock"
+_ARRIVAL: Final = re.compile(r"^(\d+)\.(?:M(\d+))?")
+_WIRE_SIZE: Final = re.compile(r",W=(\d+)")
 
 
 class MaildirError(OSError):
@@ -42,6 +57,40 @@ class Delivered:
     folder: str
     path: Path
     uid: str  # the Maildir unique name (file name without the ":2,flags" info part)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message as a reader sees it: its stable uid, where it is now, and its size."""
+
+    uid: str
+    path: Path
+    size: int  # octets with CRLF line ends: the Maildir++ ",W=" size when the name has one, else the file size
+
+
+def uid_of(filename: str) -> str:
+    """The unique name of a Maildir file (its name without the info part)."""
+    return filename.partition(INFO_SEPARATOR)[0]
+
+
+def _arrival_key(name: str, mtime_ns: int) -> tuple[int, int, str]:
+    """Delivery order: the time in the unique name (seconds, microseconds), else the file's mtime."""
+    match = _ARRIVAL.match(name)
+    if match is None:
+        return (mtime_ns // 1_000_000_000, (mtime_ns // 1000) % 1_000_000, name)
+    return (int(match.group(1)), int(match.group(2) or 0), name)
+
+
+class MailboxLock:
+    """An exclusive flock on a mailbox, held while a reader works on it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 @dataclass
@@ -221,9 +270,94 @@ class Maildirs:
             job.linked.append(final)
 
     def remove(self, delivered: Sequence[Delivered]) -> None:
-        """Take back a delivery (when its evidence could not be stored)."""
+        """Take back a delivery (when its evidence could not be stored), wherever a reader moved it."""
         for copy in delivered:
-            copy.path.unlink(missing_ok=True)
+            self._unlink(copy.mailbox, copy.folder, copy.uid, copy.path)
+
+    def _unlink(self, mailbox: str, folder: str, uid: str, path: Path) -> bool:
+        """Remove the message `uid`, last seen at `path`; False if it was already gone."""
+        try:
+            path.unlink()
+            return True
+        except FileNotFoundError:  # renamed meanwhile (new -> cur, flags) or removed by someone else
+            pass
+        moved = self.locate(mailbox, uid, folder)
+        if moved is None:
+            return False
+        try:
+            moved.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    # ------------------------------------------------------------------ reading (POP3)
+    def lock(self, mailbox: str) -> MailboxLock | None:
+        """Exclusive use of `mailbox` by one reader; None while another one holds it."""
+        lock_path = self.ensure(mailbox) / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return MailboxLock(fd)
+
+    def messages(self, mailbox: str, folder: str = INBOX) -> list[Stored]:
+        """The folder's messages in delivery order; moves what is in new/ to cur/ (first access)."""
+        directory = self.ensure(mailbox, folder)
+        for entry in os.scandir(directory / "new"):
+            if entry.is_file() and not entry.name.startswith("."):
+                try:
+                    Path(entry.path).rename(directory / "cur" / f"{entry.name}{INFO_SEPARATOR}2,")
+                except FileNotFoundError:  # another reader moved it first
+                    pass
+        found: list[tuple[tuple[int, int, str], Stored]] = []
+        for entry in os.scandir(directory / "cur"):
+            if entry.name.startswith("."):
+                continue
+            try:
+                status = entry.stat()
+            except FileNotFoundError:
+                continue
+            uid = uid_of(entry.name)
+            wire = _WIRE_SIZE.search(uid)
+            size = int(wire.group(1)) if wire else status.st_size
+            found.append((_arrival_key(uid, status.st_mtime_ns), Stored(uid, Path(entry.path), size)))
+        found.sort(key=lambda pair: pair[0])
+        return [stored for _, stored in found]
+
+    def locate(self, mailbox: str, uid: str, folder: str = INBOX) -> Path | None:
+        """Where the message `uid` is now (its info part may have changed), or None if it is gone."""
+        directory = self.folder_dir(mailbox, folder)
+        for sub in ("cur", "new"):
+            try:
+                for entry in os.scandir(directory / sub):
+                    if uid_of(entry.name) == uid:
+                        return Path(entry.path)
+            except FileNotFoundError:
+                continue
+        return None
+
+    def set_flags(self, mailbox: str, stored: Stored, flags: str, folder: str = INBOX) -> Stored | None:
+        """Add Maildir flags (e.g. "S" for seen) to a message in cur/; None if it is gone."""
+        path = stored.path if stored.path.exists() else self.locate(mailbox, stored.uid, folder)
+        if path is None:
+            return None
+        info = path.name.partition(INFO_SEPARATOR)[2]
+        current = info[2:] if info.startswith("2,") else ""
+        merged = "".join(sorted(set(current) | set(flags)))
+        if merged == current and path.parent.name == "cur":
+            return Stored(stored.uid, path, stored.size)
+        target = self.folder_dir(mailbox, folder) / "cur" / f"{stored.uid}{INFO_SEPARATOR}2,{merged}"
+        path.rename(target)
+        return Stored(stored.uid, target, stored.size)
+
+    def expunge(self, mailbox: str, messages: Sequence[Stored], folder: str = INBOX) -> list[Stored]:
+        """Delete `messages` durably; returns those that were still there (the others vanished before)."""
+        removed = [stored for stored in messages if self._unlink(mailbox, folder, stored.uid, stored.path)]
+        if removed:
+            _fsync_dir(self.folder_dir(mailbox, folder) / "cur")
+        return removed
 
     def tmp_dirs(self) -> Iterator[Path]:
         if not self.root.is_dir():

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, BinaryIO
 
+from mailwarden import authresults
 from mailwarden.addresses import EnvelopePath
 from mailwarden.checks.base import (
     Action,
@@ -180,6 +181,8 @@ class Connection:
     ) -> str:
         reply = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
         detail: dict[str, Any] = {"stage": stage, **dict(verdict.detail)}
+        if verdict.values:  # the reply's template values, so the trace can explain it in any language
+            detail["values"] = {k: v if isinstance(v, int | float) else str(v) for k, v in verdict.values.items()}
         if record:
             detail["checks"] = record
         self._event(
@@ -225,7 +228,7 @@ class Connection:
         )
         if result.verdict is None:
             return f"220 {limits.hostname} ESMTP mailwarden", True
-        if result.verdict.reason in ("infra.shutdown", "client.too_many_connections"):
+        if result.verdict.code == 421:  # "closing the transmission channel": answered at once
             return self._refuse(result.verdict, "connect", record=result.record), False
         self.pending = result.verdict  # refuse at RCPT, so the sender's bounce names a recipient
         return f"220 {limits.hostname} ESMTP mailwarden", True
@@ -465,7 +468,8 @@ class Connection:
             f"\t{format_datetime(datetime.now(UTC))}\r\n"
         )
         extra = "".join(f"{name}: {printable(value)}\r\n" for name, value in txn.headers)
-        return (received + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
+        auth = authresults.header(self.config.smtp.hostname, txn.results) or ""
+        return (received + auth + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
 
     # ------------------------------------------------------------------ endings and protocol errors
     def on_protocol_reply(self, reply: str) -> None:

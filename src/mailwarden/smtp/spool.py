@@ -83,6 +83,12 @@ class Spool:
         with open(self.path, "rb") as handle:
             return handle.read(limit)
 
+    def read_all(self) -> bytes:
+        """The whole message as bytes, also when spooled (blocking; call from a worker thread)."""
+        if self.path is None:
+            return self.content()
+        return self.path.read_bytes()
+
     def copy_into(self, target: BinaryIO) -> None:
         """Write the message into an open file (blocking; call from a worker thread)."""
         if self.path is None:

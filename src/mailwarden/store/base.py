@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,12 @@ class Mailbox:
 
 @dataclass(frozen=True)
 class EventQuery:
-    """Filters for reading raw events; every given field must match exactly."""
+    """Filters for reading raw events; every given field must match (all of them together).
+
+    Addresses (`recipient`, `sender`) match without regard to case. The `*_domain` and
+    `*_contains` forms, `client_network` (an address or CIDR network), `reason` and the lists
+    (`ids`, `refs`, `sessions`, `message_ids`, `queue_ids`: any of them) serve the trace.
+    """
 
     since_us: int | None = None
     until_us: int | None = None
@@ -47,6 +53,32 @@ class EventQuery:
     queue_id: str | None = None
     limit: int | None = None
     newest_first: bool = False
+    offset: int = 0
+    ids: Sequence[int] = ()
+    refs: Sequence[str] = ()
+    sessions: Sequence[tuple[str, str]] = ()  # (node, session) pairs
+    message_ids: Sequence[str] = ()
+    queue_ids: Sequence[str] = ()
+    recipients: Sequence[str] = ()
+    recipient_domain: str | None = None
+    recipient_contains: str | None = None
+    sender_domain: str | None = None
+    sender_contains: str | None = None
+    client_network: str | None = None  # "192.0.2.7" or "192.0.2.0/24" or "2001:db8::/32"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class GreylistEntry:
+    """One greylisting triplet: client network, envelope sender, recipient mailbox."""
+
+    network: str
+    sender: str  # "" for the null sender
+    recipient: str
+    first_seen_us: int
+    last_seen_us: int
+    passed_us: int | None = None  # when a retry after the delay was let through
+    attempts: int = 1
 
 
 class _Barrier:
@@ -221,6 +253,22 @@ class Store(ABC):
     def purge_events(self, before_us: int) -> int:
         """Delete events older than `before_us`; return how many went."""
 
+    @abstractmethod
+    def oldest_event_us(self) -> int | None:
+        """The time of the oldest event kept (None when there are none): where the data begins."""
+
+    def iter_events(self, query: EventQuery, batch: int = 500) -> Iterator[Event]:
+        """`query_events` in pages, so a caller can stop early (e.g. once a page of messages is full)."""
+        offset, remaining = query.offset, query.limit
+        while remaining is None or remaining > 0:
+            size = batch if remaining is None else min(batch, remaining)
+            page = self.query_events(dataclasses.replace(query, limit=size, offset=offset))
+            yield from page
+            if len(page) < size:
+                return
+            offset += size
+            remaining = None if remaining is None else remaining - size
+
     # -- mailboxes
     @abstractmethod
     def add_mailbox(self, address: str, password_hash: str) -> Mailbox: ...
@@ -239,6 +287,22 @@ class Store(ABC):
 
     @abstractmethod
     def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool: ...
+
+    # -- greylisting (checks/greylist.py; called off the event loop)
+    @abstractmethod
+    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None: ...
+
+    @abstractmethod
+    def greylist_put(self, entry: GreylistEntry) -> None:
+        """Insert or replace the entry of its triplet."""
+
+    @abstractmethod
+    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
+        """Whether mail from `sender` via `network` passed greylisting (for any recipient) since then."""
+
+    @abstractmethod
+    def greylist_purge(self, before_us: int) -> int:
+        """Forget triplets last seen before then; returns how many."""
 
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path (a point lookup; backends may override)."""

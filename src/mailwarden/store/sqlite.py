@@ -6,6 +6,8 @@ synchronous=FULL, so a committed batch survives a power cut, and group commit ke
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import sqlite3
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
-from mailwarden.store.base import BatchWriter, EventQuery, Mailbox, Store, StoreError
+from mailwarden.store.base import BatchWriter, EventQuery, GreylistEntry, Mailbox, Store, StoreError
 
 # Named schema migrations, applied in this order and remembered in the `migrations` table.
 # Append new ones (a unique name per change); never edit or reorder applied ones.
@@ -46,10 +48,129 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     );
     """,
     ),
+    (
+        # The trace searches addresses without regard to case, by recipient domain and by reason.
+        "0002_trace_search_indexes",
+        """
+    DROP INDEX IF EXISTS events_recipient;
+    DROP INDEX IF EXISTS events_sender;
+    CREATE INDEX events_recipient_nocase ON events (recipient COLLATE NOCASE, ts) WHERE recipient IS NOT NULL;
+    CREATE INDEX events_sender_nocase ON events (sender COLLATE NOCASE, ts) WHERE sender IS NOT NULL;
+    CREATE INDEX events_recipient_domain ON events (substr(recipient, instr(recipient, '@') + 1) COLLATE NOCASE, ts)
+        WHERE recipient IS NOT NULL;
+    CREATE INDEX events_reason ON events (reason, ts) WHERE reason IS NOT NULL;
+    """,
+    ),
+    (
+        "greylist",
+        """
+    CREATE TABLE greylist (
+        network TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+        first_seen_us INTEGER NOT NULL, last_seen_us INTEGER NOT NULL, passed_us INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (network, sender, recipient)
+    );
+    CREATE INDEX greylist_passed ON greylist (network, sender, passed_us) WHERE passed_us IS NOT NULL;
+    CREATE INDEX greylist_last_seen ON greylist (last_seen_us)
+    """,
+    ),
 ]
 
 _INSERT = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
 _SELECT = f"SELECT id, {', '.join(FIELDS)} FROM events"
+_PURGE_SLICE: Final = 20_000
+_EXACT: Final = ("ref", "session", "node", "source", "message_id", "client_ip", "queue_id", "reason")
+_DOMAIN_OF: Final = "substr({0}, instr({0}, '@') + 1)"
+
+
+def _in(column: str, values: Sequence[Any], clauses: list[str], params: list[Any]) -> None:
+    clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+    params.extend(values)
+
+
+def _where(query: EventQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause for `query`, written so that each filter can use its index."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.since_us is not None:
+        clauses.append("ts >= ?")
+        params.append(query.since_us)
+    if query.until_us is not None:
+        clauses.append("ts < ?")
+        params.append(query.until_us)
+    if query.kinds:
+        _in("kind", query.kinds, clauses, params)
+    for name in _EXACT:
+        value = getattr(query, name)
+        if value is not None:
+            clauses.append(f"{name} = ?")
+            params.append(value)
+    for name in ("recipient", "sender"):
+        value = getattr(query, name)
+        if value is not None:
+            clauses.append(f"{name} = ? COLLATE NOCASE")
+            params.append(value)
+        domain = getattr(query, f"{name}_domain")
+        if domain is not None:
+            clauses.append(f"{name} IS NOT NULL AND {_DOMAIN_OF.format(name)} = ? COLLATE NOCASE")
+            params.append(domain.lstrip("@"))
+        contains = getattr(query, f"{name}_contains")
+        if contains is not None:
+            clauses.append(f"instr(lower({name}), ?) > 0")
+            params.append(contains.lower())
+    if query.ids:
+        _in("id", query.ids, clauses, params)
+    if query.refs:
+        _in("ref", query.refs, clauses, params)
+    if query.message_ids:
+        _in("message_id", query.message_ids, clauses, params)
+    if query.queue_ids:
+        _in("queue_id", query.queue_ids, clauses, params)
+    if query.recipients:
+        clauses.append(f"recipient COLLATE NOCASE IN ({', '.join('?' for _ in query.recipients)})")
+        params.extend(query.recipients)
+    if query.sessions:
+        pairs = " OR ".join("(node = ? AND session = ?)" for _ in query.sessions)
+        clauses.append(f"({pairs})")
+        for node, session in query.sessions:
+            params.extend([node, session])
+    if query.client_network is not None:
+        _network_clause(query.client_network, clauses, params)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _network_clause(text: str, clauses: list[str], params: list[Any]) -> None:
+    """A single address matches exactly; a network by a text-prefix range (index) plus an exact test."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise StoreError(f"{text!r} is not an IP address or network (e.g. 192.0.2.7 or 192.0.2.0/24)") from None
+    if network.num_addresses == 1:
+        clauses.append("client_ip = ?")
+        params.append(str(network.network_address))
+        return
+    if network.version == 4:
+        whole_octets = network.prefixlen // 8
+        prefix = ".".join(str(network.network_address).split(".")[:whole_octets])
+        if prefix:
+            clauses.append("client_ip >= ? AND client_ip < ?")
+            params.extend([prefix + ".", prefix + "/"])  # "/" sorts right after "."
+    clauses.append("mw_ip_in(client_ip, ?)")
+    params.append(str(network))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text)
+
+
+def _ip_in(address: str | None, network: str) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address) in _parsed_network(network)
+    except ValueError:
+        return False
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -57,6 +178,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.create_function("mw_ip_in", 2, _ip_in, deterministic=True)
     return conn
 
 
@@ -127,37 +249,33 @@ class SqliteStore(Store):
             self._writer.flush()
 
     def query_events(self, query: EventQuery) -> list[Event]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if query.since_us is not None:
-            clauses.append("ts >= ?")
-            params.append(query.since_us)
-        if query.until_us is not None:
-            clauses.append("ts < ?")
-            params.append(query.until_us)
-        if query.kinds:
-            clauses.append(f"kind IN ({', '.join('?' for _ in query.kinds)})")
-            params.extend(query.kinds)
-        for name in ("ref", "session", "node", "source", "message_id", "recipient", "sender", "client_ip", "queue_id"):
-            value = getattr(query, name)
-            if value is not None:
-                clauses.append(f"{name} = ?")
-                params.append(value)
-        sql = _SELECT
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
+        where, params = _where(query)
+        sql = _SELECT + where
         sql += " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
+        if query.limit is not None or query.offset:
+            sql += " LIMIT ? OFFSET ?"
+            params.extend([query.limit if query.limit is not None else -1, query.offset])
         with self._reading() as conn:
             rows = conn.execute(sql, params).fetchall()
         return [Event.from_row(tuple(row[1:]), event_id=row[0]) for row in rows]
 
     def purge_events(self, before_us: int) -> int:
+        """Delete in slices, so the gateway's mailbox lookups (same connection) never wait long."""
+        total = 0
+        while True:
+            with self._reading() as conn:
+                cursor = conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? LIMIT ?)",
+                    (before_us, _PURGE_SLICE),
+                )
+                total += cursor.rowcount
+            if cursor.rowcount < _PURGE_SLICE:
+                return total
+
+    def oldest_event_us(self) -> int | None:
         with self._reading() as conn:
-            cursor = conn.execute("DELETE FROM events WHERE ts < ?", (before_us,))
-            return cursor.rowcount
+            row = conn.execute("SELECT min(ts) FROM events").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     # -- mailboxes
     def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
@@ -203,6 +321,46 @@ class SqliteStore(Store):
                 "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
             ).fetchall()
         return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # -- greylisting
+    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
+                " WHERE network = ? AND sender = ? AND recipient = ?",
+                (network, sender, recipient),
+            ).fetchone()
+        return None if row is None else GreylistEntry(network, sender, recipient, *row)
+
+    def greylist_put(self, entry: GreylistEntry) -> None:
+        with self._reading() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO greylist"
+                " (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.network,
+                    entry.sender,
+                    entry.recipient,
+                    entry.first_seen_us,
+                    entry.last_seen_us,
+                    entry.passed_us,
+                    entry.attempts,
+                ),
+            )
+
+    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM greylist WHERE network = ? AND sender = ? AND passed_us IS NOT NULL"
+                " AND last_seen_us >= ? LIMIT 1",
+                (network, sender, since_us),
+            ).fetchone()
+        return row is not None
+
+    def greylist_purge(self, before_us: int) -> int:
+        with self._reading() as conn:
+            return conn.execute("DELETE FROM greylist WHERE last_seen_us < ?", (before_us,)).rowcount
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

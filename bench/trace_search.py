@@ -1,0 +1,348 @@
+"""Trace search latency on a 10-million-event SQLite store, against zgrep over the same events as logs.
+
+    .venv/bin/python bench/trace_search.py [--dir /tmp/mailwarden-bench] [--events 10000000] [--runs 20]
+
+Generates (once; reused on later runs) a store with ~1.4 M messages over 30 days: most of them
+spam refused at RCPT, some greylisted, a fifth delivered and then fetched (and mostly deleted)
+over POP3 - plus the same events as daily gzip-compressed log files, one line per event. Then it
+times typical support queries through the real trace code (search + correlation of a page of
+50 messages) and the same questions answered with zgrep, and prints p50/p95 and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mailwarden.events import FIELDS, us_to_iso
+from mailwarden.smtp.refs import encode
+from mailwarden.store.sqlite import SqliteStore
+from mailwarden.trace.search import AddressFilter, SearchSpec, search
+
+DAY_US = 86400 * 1_000_000
+DAYS = 30
+START_US = 1_800_000_000_000_000
+INSERT = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
+
+
+class World:
+    """The population: our mailboxes, spam targets, sending servers."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.domains = [f"customer{n}.example" for n in range(500)]
+        self.mailboxes = [f"user{n}@{self.domains[n % 500]}" for n in range(20_000)]
+        self.spam_ips = [
+            f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            for _ in range(100_000)
+        ]
+        self.good_ips = [f"198.51.{n // 250}.{n % 250 + 1}" for n in range(2_000)]
+        self.pop_ips = [f"203.0.{n // 250}.{n % 250 + 1}" for n in range(5_000)]
+
+
+def row(ts: int, kind: str, ref: str, client_ip: str, **f: Any) -> tuple[Any, ...]:
+    detail = f.pop("detail", None)
+    values = {
+        "ts": ts,
+        "node": "mx1",
+        "source": f.pop("source", "gateway"),
+        "kind": kind,
+        "session": f.pop("session", ref),
+        "ref": ref,
+        "client_ip": client_ip,
+        **f,
+    }
+    values["detail"] = json.dumps(detail, separators=(",", ":")) if detail else None
+    return tuple(values.get(name) for name in FIELDS)
+
+
+def messages(world: World, total_events: int) -> Iterator[list[tuple[Any, ...]]]:
+    rng = world.rng
+    produced, serial = 0, 0
+    while produced < total_events:
+        serial += 1
+        ts = START_US + int(rng.random() * DAYS * DAY_US)
+        ref = encode((ts // 1_000_000 - 1_704_067_200) << 29 | serial % (1 << 29))
+        kind = rng.random()
+        rows: list[tuple[Any, ...]] = []
+        if kind < 0.70:  # spam, refused at RCPT (unknown users, blocklisted clients)
+            ip = rng.choice(world.spam_ips)
+            sender = f"{rng.choice(['info', 'sales', 'x', 'promo'])}{rng.randint(1, 99999)}@spam{rng.randint(1, 5000)}.example"
+            rows += [
+                row(ts, "connect", ref, ip, detail={"port": 40000}),
+                row(ts + 50, "helo", ref, ip, helo=f"host{rng.randint(1, 9999)}"),
+            ]
+            rows.append(row(ts + 100, "mail", ref, ip, sender=sender))
+            for n in range(rng.randint(1, 3)):
+                target = (
+                    rng.choice(world.mailboxes)
+                    if rng.random() < 0.5
+                    else f"nobody{rng.randint(1, 10**6)}@{rng.choice(world.domains)}"
+                )
+                reason = rng.choice(["rcpt.unknown_user", "client.dnsbl", "client.dynamic_rdns"])
+                reply = f"550 5.7.1 refused ({reason}) ref={ref}"
+                rows.append(
+                    row(
+                        ts + 200 + n,
+                        "reject",
+                        ref,
+                        ip,
+                        sender=sender,
+                        recipient=target,
+                        smtp_code=550,
+                        enhanced_code="5.7.1",
+                        reply=reply,
+                        reason=reason,
+                        detail={"stage": "rcpt"},
+                    )
+                )
+        elif kind < 0.80:  # greylisted first attempt
+            ip = rng.choice(world.good_ips)
+            sender = f"news{rng.randint(1, 999)}@sender{rng.randint(1, 900)}.example"
+            target = rng.choice(world.mailboxes)
+            rows += [
+                row(ts, "connect", ref, ip),
+                row(ts + 50, "helo", ref, ip, helo="mail.sender.example"),
+                row(ts + 100, "mail", ref, ip, sender=sender),
+            ]
+            rows.append(
+                row(
+                    ts + 200,
+                    "tempfail",
+                    ref,
+                    ip,
+                    sender=sender,
+                    recipient=target,
+                    smtp_code=451,
+                    enhanced_code="4.7.1",
+                    reply=f"451 4.7.1 Greylisted ref={ref}",
+                    reason="greylisted",
+                    detail={"stage": "rcpt"},
+                )
+            )
+        else:  # delivered, later fetched over POP3 and mostly deleted
+            ip = rng.choice(world.good_ips)
+            sender = f"person{rng.randint(1, 99999)}@sender{rng.randint(1, 900)}.example"
+            target = rng.choice(world.mailboxes)
+            msgid = f"<{serial}.{rng.randint(1, 10**9)}@sender.example>"
+            uid = f"{ts // 1_000_000}.M{serial}P1.mx1,S=4000"
+            rows += [
+                row(ts, "connect", ref, ip),
+                row(ts + 50, "helo", ref, ip, helo="mail.sender.example"),
+                row(ts + 100, "mail", ref, ip, sender=sender),
+            ]
+            rows.append(row(ts + 150, "rcpt", ref, ip, sender=sender, recipient=target, detail={"mailbox": target}))
+            rows.append(row(ts + 300, "data", ref, ip, sender=sender, size=4000, message_id=msgid))
+            rows.append(
+                row(
+                    ts + 400,
+                    "deliver",
+                    ref,
+                    ip,
+                    sender=sender,
+                    recipient=target,
+                    message_id=msgid,
+                    reason="delivered",
+                    detail={"mailbox": target, "folder": "INBOX", "uid": uid},
+                )
+            )
+            rows.append(
+                row(
+                    ts + 410,
+                    "accept",
+                    ref,
+                    ip,
+                    sender=sender,
+                    message_id=msgid,
+                    smtp_code=250,
+                    enhanced_code="2.0.0",
+                    reply=f"250 2.0.0 Message accepted ref={ref}",
+                    reason="delivered",
+                )
+            )
+            rows.append(row(ts + 500, "disconnect", ref, ip))
+            fetch = ts + rng.randint(60, 3 * 3600) * 1_000_000
+            pop_ip = rng.choice(world.pop_ips)
+            session = f"P{serial}"
+            rows.append(
+                row(
+                    fetch,
+                    "retrieve",
+                    ref,
+                    pop_ip,
+                    source="pop3",
+                    session=session,
+                    recipient=target,
+                    detail={"uid": uid},
+                )
+            )
+            if rng.random() < 0.8:
+                rows.append(
+                    row(
+                        fetch + 1000,
+                        "delete",
+                        ref,
+                        pop_ip,
+                        source="pop3",
+                        session=session,
+                        recipient=target,
+                        detail={"uid": uid},
+                    )
+                )
+        if kind < 0.80:
+            rows.append(row(ts + 900, "disconnect", ref, ip))
+        produced += len(rows)
+        yield rows
+
+
+def log_line(values: tuple[Any, ...]) -> str:
+    e = dict(zip(FIELDS, values, strict=True))
+    parts = [
+        us_to_iso(e["ts"]),
+        "mx1",
+        f"mailwarden/{e['source']}:",
+        e["kind"],
+        f"ref={e['ref']}",
+        f"client={e['client_ip']}",
+    ]
+    for name in ("helo", "sender", "recipient", "message_id", "reason"):
+        if e[name] is not None:
+            parts.append(f"{name}=<{e[name]}>" if name in ("sender", "recipient") else f"{name}={e[name]}")
+    if e["reply"]:
+        parts.append(f'reply="{e["reply"]}"')
+    return " ".join(parts) + "\n"
+
+
+def generate(directory: Path, total: int) -> None:
+    db_path = directory / "events.db"
+    SqliteStore(db_path).close()  # the schema with every migration (indexes included)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-2000000")  # 2 GB: index pages stay in memory while 10 M rows go in
+    logs = {day: gzip.open(directory / f"mail.log.{day:02d}.gz", "wt", compresslevel=6) for day in range(DAYS)}  # noqa: SIM115
+    batch: list[tuple[Any, ...]] = []
+    started, written = time.monotonic(), 0
+    for rows in messages(World(random.Random(7)), total):
+        batch.extend(rows)
+        for values in rows:
+            logs[min((values[0] - START_US) // DAY_US, DAYS - 1)].write(log_line(values))
+        if len(batch) >= 200_000:
+            conn.execute("BEGIN")
+            conn.executemany(INSERT, batch)
+            conn.execute("COMMIT")
+            written += len(batch)
+            batch.clear()
+            print(f"  {written:,} events, {written / (time.monotonic() - started):,.0f}/s", file=sys.stderr, flush=True)
+    conn.execute("BEGIN")
+    conn.executemany(INSERT, batch)
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    for handle in logs.values():
+        handle.close()
+    (directory / "complete").write_text(str(total))
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def zgrep(pattern: str, files: list[Path]) -> None:
+    subprocess.run(["zgrep", "-hF", pattern, *map(str, files)], stdout=subprocess.DEVNULL, check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", default="/tmp/mailwarden-bench", help="where the store and logs live (reused)")
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=20, help="queries per kind against the store")
+    parser.add_argument("--grep-runs", type=int, default=3, help="zgrep runs per kind (each reads the logs)")
+    args = parser.parse_args()
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / "complete"
+    if not marker.exists() or marker.read_text() != str(args.events):
+        print(f"generating {args.events:,} events in {directory} (once) ...", file=sys.stderr)
+        generate(directory, args.events)
+    store = SqliteStore(directory / "events.db")
+    conn = sqlite3.connect(directory / "events.db")
+    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    rng = random.Random(11)
+    max_id = conn.execute("SELECT max(id) FROM events").fetchone()[0]
+
+    def sample(kind: str, column: str) -> list[tuple[Any, int]]:
+        found: list[tuple[Any, int]] = []
+        while len(found) < args.runs:
+            hit = conn.execute(
+                f"SELECT {column}, ts FROM events WHERE id >= ? AND kind = ? AND {column} IS NOT NULL LIMIT 1",
+                (rng.randint(1, max_id), kind),
+            ).fetchone()
+            if hit:
+                found.append((hit[0], hit[1]))
+        return found
+
+    all_logs = sorted(directory.glob("mail.log.*.gz"))
+
+    def window_logs(ts: int) -> list[Path]:
+        last = min((ts - START_US) // DAY_US, DAYS - 1)
+        return [directory / f"mail.log.{d:02d}.gz" for d in range(max(0, last - 6), last + 1)]
+
+    cases: list[
+        tuple[
+            str, list[tuple[Any, int]], Callable[[Any, int], SearchSpec], Callable[[Any, int], tuple[str, list[Path]]]
+        ]
+    ] = [
+        (
+            "recipient + 7-day window",
+            sample("deliver", "recipient"),
+            lambda v, ts: SearchSpec(
+                recipient=AddressFilter("exact", v), since_us=ts - 7 * DAY_US + DAY_US // 2, until_us=ts + DAY_US // 2
+            ),
+            lambda v, ts: (f"recipient=<{v}>", window_logs(ts)),
+        ),
+        ("ref", sample("deliver", "ref"), lambda v, ts: SearchSpec(ref=v), lambda v, ts: (f"ref={v}", all_logs)),
+        (
+            "message-id",
+            sample("data", "message_id"),
+            lambda v, ts: SearchSpec(message_id=v),
+            lambda v, ts: (f"message_id={v}", all_logs),
+        ),
+        (
+            "client address",
+            sample("reject", "client_ip"),
+            lambda v, ts: SearchSpec(client=v),
+            lambda v, ts: (f"client={v} ", all_logs),
+        ),
+    ]
+    size_mb = (directory / "events.db").stat().st_size / 1e6
+    logs_mb = sum(p.stat().st_size for p in all_logs) / 1e6
+    print(
+        f"store: {total:,} events, {size_mb:,.0f} MB SQLite; logs: {len(all_logs)} daily gzip files, {logs_mb:,.0f} MB"
+    )
+    print(f"{'query':26} {'trace p50':>10} {'trace p95':>10} {'zgrep p50':>10} {'zgrep p95':>10} {'ratio p50':>10}")
+    for name, values, spec_of, grep_of in cases:
+        ours = [timed(lambda v=v, ts=ts, f=spec_of: search(store, f(v, ts), retention_days=3650)) for v, ts in values]
+        theirs = [timed(lambda v=v, ts=ts, f=grep_of: zgrep(*f(v, ts))) for v, ts in values[: args.grep_runs]]
+        p50, p95, g50, g95 = percentile(ours, 50), percentile(ours, 95), percentile(theirs, 50), percentile(theirs, 95)
+        print(f"{name:26} {p50:8.1f}ms {p95:8.1f}ms {g50:8.0f}ms {g95:8.0f}ms {g50 / p50:9.0f}x")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""What every log parser shares: the correlation contexts, the emitter and value helpers.
+
+A parser turns one framed line into at most one `Event` (a line can never yield two, so no
+stranger-controlled text can make up an extra event). Facts that only later or earlier lines
+tell (the Message-ID of a queue file, the client address of a POP3 session) live in a
+`Context`; an event is bound to its context when it is emitted and its missing fields are
+filled in when it is released, a moment later (see `correlate.py`), so lines logged out of
+order by different processes still end up in one message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from mailwarden.events import Event
+from mailwarden.ingest.framing import Frame
+
+# The fields a context may fill in, in the order they are filled.
+FILLABLE: Final = ("session", "message_id", "client_ip", "client_name", "helo", "sender", "recipient", "size")
+
+
+class Context:
+    """Facts about a session, queue file or mailbox access, gathered from several lines.
+
+    `parent` is consulted for fields this context does not know (a queue file's client
+    comes from the SMTP session that created it).
+    """
+
+    __slots__ = (*FILLABLE, "closed_us", "detail", "parent", "seen_us")
+
+    def __init__(self, seen_us: int, parent: Context | None = None) -> None:
+        self.session: str | None = None
+        self.message_id: str | None = None
+        self.client_ip: str | None = None
+        self.client_name: str | None = None
+        self.helo: str | None = None
+        self.sender: str | None = None
+        self.recipient: str | None = None
+        self.size: int | None = None
+        self.parent = parent
+        self.seen_us = seen_us  # the last time a line touched it, for eviction
+        self.closed_us: int | None = None  # when its last line (`removed`, `disconnect`) was seen
+        self.detail: dict[str, object] | None = None  # facts copied into the detail of bound events
+
+    def fill(self, event: Event) -> None:
+        context: Context | None = self
+        depth = 0
+        while context is not None and depth < 4:
+            for name in FILLABLE:
+                if getattr(event, name) is None:
+                    value = getattr(context, name)
+                    if value is not None:
+                        setattr(event, name, value)
+            if context.detail:
+                for key, value in context.detail.items():
+                    event.detail.setdefault(key, value)
+            context = context.parent
+            depth += 1
+
+
+Emit = Callable[[Event, "Context | None"], None]
+# Finds an MTA queue file's context by (node, queue id), for filters that log the MTA's queue id.
+QueueLookup = Callable[[str, str], "Context | None"]
+Key = TypeVar("Key")
+AnyContext = TypeVar("AnyContext", bound=Context)
+
+
+class Parser:
+    """One source's parser. `parse` returns False for a line it does not understand."""
+
+    source: str = ""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+
+    def parse(self, frame: Frame) -> bool:
+        raise NotImplementedError
+
+    def evict(self, now_us: int) -> None:
+        """Forget state that no line will complete any more (called now and then)."""
+
+
+def bounded_pop(table: dict[Key, AnyContext], limit: int) -> None:
+    """Keep `table` below `limit` entries by dropping the oldest tenth (insertion order)."""
+    if len(table) >= limit:
+        for key in list(table)[: max(limit // 10, 1)]:
+            del table[key]
+
+
+def expire(table: dict[Key, AnyContext], now_us: int, open_for_us: int, closed_for_us: int) -> None:
+    """Drop contexts closed longer than `closed_for_us` or idle longer than `open_for_us`."""
+    stale = [
+        key
+        for key, context in table.items()
+        if (context.closed_us is not None and now_us - context.closed_us > closed_for_us)
+        or now_us - context.seen_us > open_for_us
+    ]
+    for key in stale:
+        del table[key]
+
+
+# An address as mail systems log it inside <...>: anything but angle brackets, or quoted
+# strings in which anything goes. A forged `x>, status=sent (` must come quoted, so it stays
+# inside the address instead of ending it early.
+ADDRESS: Final = r'(?:[^"<>]|"(?:[^"\\]|\\.)*")*'
+
+_BRACKETED: Final = re.compile(r"<(" + ADDRESS + r")>")
+
+
+def bare_address(value: str | None) -> str | None:
+    """`<a@b>` or `a@b` as `a@b`; the null sender `<>` as "" (it is a real value: bounces)."""
+    if value is None:
+        return None
+    found = _BRACKETED.fullmatch(value)
+    return found[1] if found else value
+
+
+def message_id(value: str | None) -> str | None:
+    """A Message-ID in the form events keep it: with angle brackets; None when empty."""
+    if not value:
+        return None
+    value = value.strip()
+    if not value or value == "<>":
+        return None
+    if not value.startswith("<"):
+        value = "<" + value
+    if not value.endswith(">") and not value.endswith("..."):
+        value += ">"
+    return value
+
+
+def to_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

@@ -1,0 +1,125 @@
+"""Splitting a log line into its frame: time, host, program, pid and the message.
+
+Shapes understood (mixed freely within one input):
+
+* classic syslog: `Dec 18 15:46:00 host postfix/smtpd[24784]: message` (day space-padded or not)
+* RFC 3339 syslog: `2024-08-26T01:33:38.572449+00:00 host postfix/smtpd[60203]: message`
+* Exim's and Dovecot's own files: `2026-11-28 04:40:54 [+0100] ...` (local time, no host, no tag)
+* Dovecot's file with its default stamp: `Jan 29 09:33:58 pop3-login: Info: ...` (no host)
+* daemontools' TAI64N: `@400000004c91b044077a9e94 imap-login: Info: ...`
+* no stamp at all: `mail.example.com exim[3751842]: 2021-07-17 23:20:49 ...`
+
+A line with a host field but no tag, or without any recognisable shape, still gets a frame with
+`program` None; the dispatcher decides what it is (an Exim mainlog line, a Dovecot file line, or
+unknown).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from mailwarden.ingest.timestamps import MONTHS, Clock, fraction_us, tai64n_us
+
+_CLASSIC: Final = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? +")
+_ISO: Final = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)([T ])(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(?:(Z|[+-]\d\d:?\d\d)| ([+-]\d{4}))? +"
+)
+_TAI64N: Final = re.compile(r"@[0-9a-f]{24} +")
+# An optional host, then a syslog tag `program[pid]: `. The host excludes characters of tags
+# and of Dovecot prefixes (`lmtp(6903):`), so `pop3-login: Info: ...` is a tag without a host.
+_TAGGED: Final = re.compile(r"(?:([^\s:\[\]()<>=]+) +)?([A-Za-z][\w.\-/]*)(?:\[(\d+)\])?: ?")
+_HOST_ONLY: Final = re.compile(r"([A-Za-z0-9][\w.\-]*) +(?=\S)")
+
+
+class Frame:
+    """One line's frame. `message` follows the tag; `body` is everything after the stamp and host."""
+
+    __slots__ = ("body", "iso_stamp", "message", "node", "pid", "program", "ts")
+
+    def __init__(
+        self, ts: int, node: str, program: str | None, pid: str | None, message: str, body: str, iso_stamp: bool
+    ) -> None:
+        self.ts = ts
+        self.node = node
+        self.program = program
+        self.pid = pid
+        self.message = message
+        self.body = body
+        self.iso_stamp = iso_stamp  # a `YYYY-MM-DD HH:MM:SS` file stamp (Exim/Dovecot/rspamd own files)
+
+
+class Framer:
+    """Frames the lines of one input stream; `default_node` names lines that carry no host."""
+
+    __slots__ = ("clock", "default_node")
+
+    def __init__(self, clock: Clock, default_node: str) -> None:
+        self.clock = clock
+        self.default_node = default_node
+
+    def frame(self, line: str) -> Frame | None:
+        """The frame of `line`, or None when its time stamp is impossible (like `Feb 30`)."""
+        clock = self.clock
+        iso_stamp = False
+        first = line[:1]
+        match_ = _CLASSIC.match(line) if "A" <= first <= "Z" else None
+        if match_ is not None:
+            month = MONTHS.get(match_[1])
+            if month is None:
+                return None
+            stamp_end = match_.end()
+            ts = clock.classic(
+                line[: match_.end(5)], month, int(match_[2]), int(match_[3]), int(match_[4]), int(match_[5])
+            )
+            if ts is None:
+                return None
+            ts += fraction_us(match_[6])
+        elif "0" <= first <= "9" and (match_ := _ISO.match(line)) is not None:
+            stamp_end = match_.end()
+            fields = (int(match_[1]), int(match_[2]), int(match_[3]), int(match_[5]), int(match_[6]), int(match_[7]))
+            offset = match_[9] or match_[10]
+            if offset:
+                ts = clock.absolute(line[: match_.end(7)] + offset, *fields, offset)
+            else:
+                ts = clock.local(line[: match_.end(7)], *fields)
+                iso_stamp = match_[4] == " "
+            if ts is None:
+                return None
+            ts += fraction_us(match_[8])
+        elif first == "@" and (match_ := _TAI64N.match(line)) is not None:
+            stamp_end = match_.end()
+            ts = tai64n_us(line[:stamp_end].rstrip())
+            clock.seen(ts)
+        else:
+            stamp_end = 0
+            ts = clock.last_us
+        tagged = _TAGGED.match(line, stamp_end)
+        if tagged is not None and not (iso_stamp and tagged[3] is None):  # own files: only `host prog[pid]:`
+            host = tagged[1]
+            message = line[tagged.end() :]
+            if stamp_end == 0 and (inner := _ISO.match(message)) is not None and not inner[9]:
+                # `host exim[1]: 2021-07-17 23:20:49 ...`: the program's own stamp is the only one
+                placed = clock.local(message[: inner.end(7)], *(int(inner[i]) for i in (1, 2, 3, 5, 6, 7)))
+                if placed is not None:
+                    ts = placed + fraction_us(inner[8])
+                    message = message[inner.end() :]
+            return Frame(
+                ts,
+                host or self.default_node,
+                tagged[2],
+                tagged[3],
+                message,
+                line[tagged.start(2) if host else stamp_end :],
+                iso_stamp,
+            )
+        if iso_stamp or stamp_end == 0:
+            # Exim/Dovecot/rspamd own files have no host; unstamped lines have nothing to go on.
+            rest = line[stamp_end:]
+            return Frame(ts, self.default_node, None, None, rest, rest, iso_stamp)
+        hosted = _HOST_ONLY.match(line, stamp_end)
+        if hosted is not None:
+            rest = line[hosted.end() :]
+            return Frame(ts, hosted[1], None, None, rest, rest, iso_stamp)
+        rest = line[stamp_end:]
+        return Frame(ts, self.default_node, None, None, rest, rest, iso_stamp)

@@ -1,0 +1,872 @@
+"""Postfix: smtpd and postscreen sessions, the queue file's life, every delivery agent, bounces.
+
+Programs are named `postfix/DAEMON`, with multi-instance and master.cf service names in front
+(`postfix-in/smtpd`, `postfix/submission/smtpd`): the daemon is the last part of the name, and
+delivery lines are recognised by their shape (`QID: to=<...>, relay=...`), whatever the service.
+
+Correlation (docs/ingest.md has the conventions):
+
+* An smtpd session runs from `connect from` to `disconnect from` in one process; its id is
+  `PROGRAM[PID]@START` (START = the connect time in epoch seconds). NOQUEUE rejects, SASL failures
+  and the queue files it creates carry it.
+* A queue file lives from its first line (`client=`, pickup's `uid=`) to qmgr's `removed`; its
+  Message-ID (cleanup), sender and size (qmgr) and its session's client fill every event of that
+  queue id. Postfix reuses short queue ids later, so a new life starts at the next `client=`.
+* `status=sent (250 ... queued as NEWQID)` and smtpd's `orig_queue_id=` link a content filter's
+  re-injected copy to the original; `sender non-delivery notification: CHILD` links a bounce.
+
+Values a stranger controls (HELO, addresses, reply texts, headers) are parsed with anchored
+patterns: addresses may contain `>` only inside quotes, the key=value tail of a reject is taken
+where the echo at the start of the reply agrees with it, and a line yields at most one event.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, NamedTuple
+
+from mailwarden.events import Event
+from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id, to_int
+from mailwarden.ingest.framing import Frame
+from mailwarden.ingest.reasons import classify, dnsbl_zone
+
+_SHORT_QID: Final = r"[0-9A-F]{6,21}"
+_LONG_QID: Final = r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{6,16}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{1,12}"
+_QID_PREFIX: Final = re.compile(rf"({_SHORT_QID}|{_LONG_QID}): ")
+_QID: Final = re.compile(rf"(?:{_SHORT_QID}|{_LONG_QID})")
+_CLIENT: Final = r"([^\s\[\]]*)\[([^\]\s]*)\](?::(\d+))?"
+_CLIENT_AT: Final = re.compile(_CLIENT)
+
+_REJECT: Final = re.compile(
+    r"(reject|reject_warning|milter-reject|milter-discard|milter-hold|discard|hold|filter|redirect|warn): (\S+) from "
+    + _CLIENT
+    + r": "
+)
+_REPLY: Final = re.compile(r"(?:(\d{3})[ -])?(?:(\d\.\d{1,3}\.\d{1,3}) )?")
+_TAIL_START: Final = re.compile(r"; (?=from=<|to=<|proto=|helo=<)")
+_TAIL: Final = re.compile(
+    rf"; (?:from=<(?P<from>{ADDRESS})>,? ?)?(?:to=<(?P<to>{ADDRESS})>,? ?)?"
+    r"(?:proto=(?P<proto>[A-Za-z0-9]+),? ?)?(?:helo=(?:<(?P<helo>.*)>|(?P<bare_helo>[^\s<>]*)))?"
+)
+_DELIVERY: Final = re.compile(
+    rf"to=(?:<(?P<to>{ADDRESS})>|(?P<bare>[^\s<>,]+)), (?:orig_to=(?:<(?P<orig>{ADDRESS})>|(?P<orig_bare>[^\s<>,]+)), )?"
+    r"relay=(?P<relay>[^\s,]+), (?:conn_use=\d+, )?delay=(?P<delay>[\d.]+), delays=(?P<delays>[\d./]+), "
+    r"(?:tls=[^\s,]+, )?dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z-]+)(?: \((?P<text>.*)\))?"
+)
+_SAID: Final = re.compile(r"(?:.*? said: )?(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")
+_QUEUED_AS: Final = re.compile(r"queued as ([0-9A-Za-z]{5,24})\b")
+_LMTP_SESSION: Final = re.compile(r"> ([A-Za-z0-9+/]{16,32}(?::[TR]\d+)*) Saved")
+_SMTPD_CLIENT: Final = re.compile(
+    _CLIENT + r"(?:, sasl_method=([^\s,]+))?(?:, sasl_username=(.*?))?(?:, sasl_sender=.*?)?"
+    r"(?:, orig_queue_id=([0-9A-Za-z]+))?(?:, orig_client=" + _CLIENT + ")?$"
+)
+_QMGR_FROM: Final = re.compile(
+    rf"from=<(?P<from>{ADDRESS})>, (?:size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+)|status=(?P<status>\w+))"
+)
+_PICKUP: Final = re.compile(rf"(?:uid=(?P<uid>\d+) )?from=<(?P<from>{ADDRESS})>")
+_NOTIFICATION: Final = re.compile(r"(sender|postmaster) (non-delivery|delivery status|delay) notification: (\S+)")
+_HEADER_CHECK: Final = re.compile(
+    r"([a-z][a-z_-]*): (header|body|mime-header|nested-header) (?P<what>.*) from (?P<client>\S+?); "
+    rf"from=<(?P<from>{ADDRESS})>(?: to=<(?P<to>{ADDRESS})>)?(?: proto=\S+)?(?: helo=<(?P<helo>.*?)>)?(?:: (?P<text>.*))?"
+)
+_PROXY: Final = re.compile(r"(proxy-accept|proxy-reject): (\S+?): ")
+_SASL_FAILED: Final = re.compile(_CLIENT + r": SASL (\S+) authentication failed: ?(.*?)(?:, sasl_username=(.*))?")
+_SESSION_END: Final = re.compile(
+    r"(lost connection|timeout|too many errors|improper command pipelining|bare <LF> received) after (\S+)(?: \((\d+) bytes\))? from "
+    + _CLIENT
+)
+_PS_ADDR: Final = r"\[([^\]]+)\]:(\d+)"
+_PS_CONNECT: Final = re.compile(r"CONNECT from " + _PS_ADDR + r" to \[([^\]]+)\]:(\d+)")
+_PS_VERDICT: Final = re.compile(
+    r"(PASS NEW|PASS OLD|WHITELISTED|ALLOWLISTED|BLACKLISTED|DENYLISTED|WHITELIST VETO|ALLOWLIST VETO|DISCONNECT) "
+    + _PS_ADDR
+)
+_PS_TEST: Final = re.compile(
+    r"(PREGREET \d+ after [\d.]+|HANGUP after [\d.]+|DNSBL rank \d+|COMMAND (?:TIME|COUNT|LENGTH) LIMIT"
+    r"|COMMAND PIPELINING|NON-SMTP COMMAND|BARE NEWLINE) (?:from|for) " + _PS_ADDR + r"(.*)"
+)
+_PS_AFTER: Final = re.compile(r" after (\S+?)(?:: (.*))?$", re.DOTALL)
+_LIMIT: Final = re.compile(
+    r"([A-Za-z ]+? rate|Connection count) limit exceeded: (\d+) from " + _CLIENT + r" for service (\S+)"
+)
+_UNVERIFIED: Final = re.compile(r"hostname (\S+) does not resolve to address ([^\s:]+(?::[0-9a-fA-F:]*)?)(?:$|: )")
+_PS_REJECT: Final = re.compile(r"(\S+) from " + _PS_ADDR + r": ")
+_DNSBLOG: Final = re.compile(r"addr (\S+) listed by domain (\S+) as (\S+)")
+_LEVEL_PREFIXES: Final = ("warning: ", "error: ", "fatal: ", "panic: ")
+
+# Lines that say nothing about a message: start-up, statistics, TLS set-up and the like.
+_QUIET: Final = (
+    "daemon started",
+    "reload ",
+    "terminating on signal",
+    "starting the Postfix",
+    "stopping the Postfix",
+    "refreshing the Postfix",
+    "statistics:",
+    "Anonymous TLS",
+    "Trusted TLS",
+    "Untrusted TLS",
+    "Verified TLS",
+    "SSL_accept error",
+    "SSL_connect error",
+    "discarding EHLO keywords",
+    "cache ",
+    "connect to ",
+    "Deleted: ",
+    "Requeued: ",
+    "Placed on hold: ",
+    "Released from hold: ",
+    "setting up TLS",
+    "initializing the server-side TLS",
+    "skipped, still being delivered",
+    "sender non-delivery",
+    "dict_",
+    "table ",
+    "certificate verification failed",
+    "Untrusted TLS",
+    "Trusted TLS",
+    "Verified TLS",
+)
+_QUEUE_QUIET: Final = (
+    "host ",
+    "lost connection with",
+    "conversation with",
+    "enabling PIX",
+    "Trusted TLS",
+    "Untrusted TLS",
+    "Verified TLS",
+    "Anonymous TLS",
+    "resent-message-id=",
+    "released from hold",
+    "requeued",
+    "skipped, still being delivered",
+    "sender=",
+    "SASL authentication failed",
+    "refused to talk to me",
+)
+
+_CLOSED_GRACE_US: Final = 60_000_000  # lines of a removed queue file still arriving (out of order)
+_QUEUE_LIMIT: Final = 500_000
+_SESSION_LIMIT: Final = 100_000
+
+
+def _client_name(name: str) -> str | None:
+    return None if name in ("", "unknown") else name
+
+
+def _kind_for(code: int | None, enhanced: str | None) -> str:
+    if code is not None:
+        return "tempfail" if 400 <= code < 500 else "reject"
+    return "tempfail" if enhanced and enhanced.startswith("4") else "reject"
+
+
+def _tail(text: str, client: tuple[str, str]) -> tuple[int, re.Match[str]] | None:
+    """The key=value tail of a reject (`; from=<> to=<> proto= helo=<>`) and where it starts.
+
+    The reply before it may echo a stranger's value (`<HELO>: Helo command rejected`), which can
+    itself look like a tail; the tail is the first candidate whose values agree with that echo.
+    """
+    first: tuple[int, re.Match[str]] | None = None
+    reply_start = _REPLY.match(text).end()  # type: ignore[union-attr]  # all its parts are optional
+    echoes = text.startswith("<", reply_start)
+    for start in _TAIL_START.finditer(text):
+        found = _TAIL.fullmatch(text, start.start())
+        if found is None:
+            continue
+        if not echoes:
+            return start.start(), found
+        if first is None:
+            first = (start.start(), found)
+        reply = text[reply_start : start.start()]
+        values = (found["from"], found["to"], found["helo"], client[0], f"{client[0]}[{client[1]}]")
+        if any(value and reply.startswith(f"<{value}>") for value in values):
+            return start.start(), found
+    return first
+
+
+class _Refusal(NamedTuple):
+    """A reply text split into its code, enhanced code, text and the key=value tail after it."""
+
+    text: str
+    code: int | None
+    enhanced: str | None
+    sender: str | None
+    recipient: str | None
+    helo: str | None
+    proto: str | None
+    zone: str | None
+
+    @classmethod
+    def parse(cls, text: str, client: tuple[str, str]) -> _Refusal:
+        sender = recipient = helo = proto = None
+        tail = _tail(text, client)
+        if tail is not None:
+            cut, values = tail
+            text, sender, recipient, proto = text[:cut], values["from"], values["to"], values["proto"]
+            helo = values["helo"] if values["helo"] is not None else values["bare_helo"] or None
+        reply = _REPLY.match(text)
+        code = to_int(reply[1]) if reply else None
+        enhanced = reply[2] if reply else None
+        return cls(text, code, enhanced, sender, recipient, helo, proto, dnsbl_zone(text))
+
+    @property
+    def kind(self) -> str:
+        return _kind_for(self.code, self.enhanced)
+
+    @property
+    def reason(self) -> str | None:
+        return classify(self.text, self.enhanced)
+
+
+class _Queue(Context):
+    """A queue file's life: its Message-ID, sender, size, client and links to other queue files."""
+
+    __slots__ = ("accepted", "qid")
+
+    def __init__(self, seen_us: int, qid: str, parent: Context | None = None) -> None:
+        super().__init__(seen_us, parent)
+        self.qid = qid
+        self.accepted = False
+
+
+class PostfixParser(Parser):
+    source = "postfix"
+
+    def __init__(self, emit: Emit) -> None:
+        super().__init__(emit)
+        self.sessions: dict[object, Context] = {}  # (node, pid) and (node, pid, ip, port) for postscreen
+        self.queues: dict[tuple[str, str], _Queue] = {}  # (node, queue id)
+        self.links: dict[tuple[str, str], Context] = {}  # (node, next queue id) -> the queue that handed it on
+        self._daemons = {
+            "smtpd": self._smtpd,
+            "postscreen": self._postscreen,
+            "dnsblog": self._dnsblog,
+            "cleanup": self._queue_line,
+            "qmgr": self._queue_line,
+            "nqmgr": self._queue_line,
+            "pickup": self._queue_line,
+            "bounce": self._queue_line,
+            "postsuper": self._postsuper,
+        }
+        for daemon in ("tlsproxy", "anvil", "scache", "tlsmgr", "master", "postfix-script", "verify", "postlogd"):
+            self._daemons[daemon] = self._quiet
+
+    def parse(self, frame: Frame) -> bool:
+        program = frame.program or "postfix"
+        daemon = program.rsplit("/", 1)[-1]
+        handler = self._daemons.get(daemon, self._queue_line)
+        return handler(frame, program, frame.message)
+
+    # ------------------------------------------------------------------ queue files
+    def queue(self, node: str, qid: str, ts: int, *, new_life: bool = False) -> _Queue:
+        """The record of queue id `qid`; a new one if it is unknown, or removed and `new_life`."""
+        key = (node, qid)
+        record = self.queues.get(key)
+        if record is not None and (
+            record.closed_us is None or (not new_life and ts - record.closed_us <= _CLOSED_GRACE_US)
+        ):
+            record.seen_us = ts
+            return record
+        bounded_pop(self.queues, _QUEUE_LIMIT)
+        record = self.queues[key] = _Queue(ts, qid, self.links.pop(key, None))
+        return record
+
+    def known_queue(self, node: str, qid: str) -> _Queue | None:
+        """The record of `qid`, for other sources (amavis, rspamd, clamav-milter) naming Postfix's queue id."""
+        return self.queues.get((node, qid))
+
+    def _queue_line(self, frame: Frame, program: str, text: str) -> bool:
+        found = _QID_PREFIX.match(text)
+        if found is None:
+            if text.startswith("warning: ") and (found := _QID_PREFIX.match(text, 9)) is not None:
+                return self._queue_warning(frame, found[1], text[found.end() :])
+            return self._no_queue_line(frame, program, text)
+        qid = found[1]
+        rest = text[found.end() :]
+        if rest.startswith("to=") or rest.startswith("to=<"):
+            return self._delivery(frame, qid, rest)
+        if rest.startswith("message-id="):
+            record = self.queue(frame.node, qid, frame.ts)
+            record.message_id = message_id(rest[11:]) or record.message_id
+            if record.accepted:
+                return True
+            record.accepted = True
+            self.emit(Event("accept", "postfix", frame.node, frame.ts, queue_id=qid), record)
+            return True
+        if rest.startswith("from=<"):
+            return self._qmgr_from(frame, qid, rest)
+        if rest == "removed":
+            record = self.queue(frame.node, qid, frame.ts)
+            record.closed_us = frame.ts
+            return True
+        if rest.startswith(("uid=", "from=")):
+            pickup = _PICKUP.match(rest)
+            if pickup is None:
+                return False
+            record = self.queue(frame.node, qid, frame.ts, new_life=True)
+            record.sender = pickup["from"]
+            record.detail = {"uid": int(pickup["uid"])} if pickup["uid"] else None
+            return True
+        notification = _NOTIFICATION.match(rest)
+        if notification is not None:
+            return self._notification(frame, qid, notification)
+        if rest.startswith(
+            (
+                "milter-",
+                "reject:",
+                "discard:",
+                "hold:",
+                "warning: header",
+                "info: header",
+                "prepend:",
+                "replace:",
+                "redirect:",
+                "filter:",
+                "bcc:",
+                "strip:",
+            )
+        ):
+            header = _HEADER_CHECK.match(rest)
+            if header is not None:
+                return self._header_check(frame, qid, header)
+            return self._reject(frame, program, rest, qid)
+        if rest.startswith(_QUEUE_QUIET):
+            self.queue(frame.node, qid, frame.ts)
+            return True
+        return False
+
+    def _queue_warning(self, frame: Frame, qid: str, rest: str) -> bool:
+        """`warning: QID: ... -- message not accepted, try again later`: cleanup gave a 4xx."""
+        if "message not accepted, try again later" not in rest:
+            return False
+        record = self.queue(frame.node, qid, frame.ts)
+        event = Event(
+            "tempfail",
+            "postfix",
+            frame.node,
+            frame.ts,
+            queue_id=qid,
+            reply=rest,
+            reason="infra.storage" if "space" in rest else None,
+        )
+        self.emit(event, record)
+        return True
+
+    def _qmgr_from(self, frame: Frame, qid: str, rest: str) -> bool:
+        found = _QMGR_FROM.match(rest)
+        if found is None:
+            return False
+        record = self.queue(frame.node, qid, frame.ts)
+        record.sender = found["from"]
+        if found["size"]:
+            record.size = int(found["size"])
+            return True
+        if found["status"] == "expired":
+            event = Event(
+                "bounce",
+                "postfix",
+                frame.node,
+                frame.ts,
+                queue_id=qid,
+                reply="returned to sender: message expired in the queue",
+                detail={"status": "expired"},
+            )
+            self.emit(event, record)
+        return True
+
+    def _delivery(self, frame: Frame, qid: str, rest: str) -> bool:
+        found = _DELIVERY.fullmatch(rest)
+        if found is None:
+            return False
+        status = found["status"]
+        if status.startswith(("deliverable", "undeliverable")):
+            return True  # an address verification probe, not a message
+        record = self.queue(frame.node, qid, frame.ts)
+        kind = {"sent": "deliver", "deferred": "defer", "bounced": "bounce", "expired": "bounce"}.get(status, "defer")
+        text = found["text"]
+        dsn = found["dsn"]
+        code: int | None = None
+        enhanced = dsn
+        if text:
+            said = _SAID.match(text)
+            if said is not None:
+                code = int(said[1])
+        detail: dict[str, object] = {"relay": found["relay"], "delay": float(found["delay"]), "status": status}
+        orig = found["orig"] if found["orig"] is not None else found["orig_bare"]
+        if orig:
+            detail["orig_to"] = orig
+        if text:
+            queued = _QUEUED_AS.findall(text)
+            if queued and kind == "deliver":
+                detail["next_queue_id"] = queued[-1]
+                self.link(frame.node, queued[-1], record)
+            lmtp = _LMTP_SESSION.search(text)
+            if lmtp is not None:
+                detail["downstream_session"] = lmtp[1]
+        event = Event(
+            kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            queue_id=qid,
+            recipient=found["to"] if found["to"] is not None else found["bare"],
+            smtp_code=code,
+            enhanced_code=enhanced,
+            reply=text,
+            reason="delivered" if kind == "deliver" else classify(text, enhanced),
+            detail=detail,
+        )
+        self.emit(event, record)
+        return True
+
+    def link(self, node: str, next_qid: str, record: Context) -> None:
+        """`next_qid` (a content filter's re-injection) continues `record`'s message."""
+        existing = self.queues.get((node, next_qid))
+        if existing is not None and existing.closed_us is None:
+            existing.parent = existing.parent or record
+            return
+        if len(self.links) >= _QUEUE_LIMIT:
+            self.links.clear()
+        self.links[(node, next_qid)] = record
+
+    def _notification(self, frame: Frame, qid: str, found: re.Match[str]) -> bool:
+        record = self.queue(frame.node, qid, frame.ts)
+        child = self.queue(frame.node, found[3], frame.ts, new_life=True)
+        notice = found[2]
+        child.detail = {"notification_of": qid}
+        kind = {"non-delivery": "bounce", "delay": "defer"}.get(notice, "deliver")
+        event = Event(
+            kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            queue_id=qid,
+            reply=f"{found[1]} {notice} notification",
+            detail={"notification_queue_id": found[3], "notification": notice, "to": found[1]},
+        )
+        self.emit(event, record)
+        return True
+
+    def _header_check(self, frame: Frame, qid: str, found: re.Match[str]) -> bool:
+        action = found[1]
+        record = self.queue(frame.node, qid, frame.ts)
+        if action not in ("reject", "discard", "hold", "warning", "info", "milter-reject", "milter-discard"):
+            return True  # a header rewritten, redirected, filtered: the message goes on
+        text = found["text"] or ""
+        reply = _REPLY.match(text)
+        code = to_int(reply[1]) if reply else None
+        enhanced = reply[2] if reply else None
+        kind = {"warning": "check", "info": "check", "hold": "defer"}.get(action) or _kind_for(code, enhanced)
+        detail: dict[str, object] = {"action": action, "check": found[2], "match": found["what"]}
+        event = Event(
+            kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            queue_id=qid,
+            sender=found["from"],
+            recipient=found["to"],
+            helo=found["helo"],
+            smtp_code=code,
+            enhanced_code=enhanced,
+            reply=text or None,
+            reason=classify(text, enhanced) if kind in ("reject", "tempfail") else None,
+            detail=detail,
+        )
+        self.emit(event, record)
+        return True
+
+    def _postsuper(self, frame: Frame, program: str, text: str) -> bool:
+        found = _QID_PREFIX.match(text)
+        if found is None:
+            return text.startswith(_QUIET) or self._no_queue_line(frame, program, text)
+        qid, rest = found[1], text[found.end() :]
+        record = self.queue(frame.node, qid, frame.ts)
+        if rest == "removed":
+            record.closed_us = frame.ts
+            event = Event(
+                "delete",
+                "postfix",
+                frame.node,
+                frame.ts,
+                queue_id=qid,
+                reply="removed from the queue by the administrator",
+                detail={"action": "postsuper"},
+            )
+        elif rest == "placed on hold":
+            event = Event(
+                "defer",
+                "postfix",
+                frame.node,
+                frame.ts,
+                queue_id=qid,
+                reply="placed on hold",
+                detail={"action": "hold"},
+            )
+        else:
+            return rest.startswith(("released from hold", "requeued"))
+        self.emit(event, record)
+        return True
+
+    # ------------------------------------------------------------------ smtpd sessions
+    def _session(self, frame: Frame, program: str, name: str | None = None, ip: str | None = None) -> Context:
+        key = (frame.node, frame.pid)
+        context = self.sessions.get(key)
+        if context is None or context.closed_us is not None:
+            context = self._new_session(frame, program, key)
+            if ip is not None:
+                context.client_ip, context.client_name = ip, _client_name(name or "")
+        context.seen_us = frame.ts
+        return context
+
+    def _new_session(self, frame: Frame, program: str, key: object) -> Context:
+        bounded_pop(self.sessions, _SESSION_LIMIT)
+        context = self.sessions[key] = Context(frame.ts)
+        context.session = f"{program}[{frame.pid}]@{frame.ts // 1_000_000}"
+        return context
+
+    def _smtpd(self, frame: Frame, program: str, text: str) -> bool:
+        if text.startswith("connect from "):
+            found = _CLIENT_AT.match(text, 13)
+            if found is None:
+                return False
+            context = self._new_session(frame, program, (frame.node, frame.pid))
+            context.client_ip, context.client_name = found[2], _client_name(found[1])
+            port: dict[str, object] = {"port": int(found[3])} if found[3] else {}
+            self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=port), context)
+            return True
+        if text.startswith("disconnect from "):
+            found = _CLIENT_AT.match(text, 16)
+            if found is None:
+                return False
+            context = self._session(frame, program, found[1], found[2])
+            context.closed_us = frame.ts
+            detail: dict[str, object] = {}
+            commands = text[found.end() :].strip()
+            if commands:
+                detail["commands"] = commands
+            if context.detail:
+                detail.update(context.detail)
+            self.emit(Event("disconnect", "postfix", frame.node, frame.ts, detail=detail), context)
+            return True
+        queued = _QID_PREFIX.match(text)
+        if queued is not None and text.startswith("client=", queued.end()):
+            return self._smtpd_client(frame, program, queued[1], text[queued.end() + 7 :])
+        if text.startswith("NOQUEUE: "):
+            return self._reject(frame, program, text[9:], None)
+        if queued is not None:
+            return self._reject(frame, program, text[queued.end() :], queued[1])
+        if text.startswith("proxy-"):
+            return self._reject(frame, program, text, None)
+        ended = _SESSION_END.match(text)
+        if ended is not None:
+            return self._session_problem(frame, program, text, ended)
+        if text.startswith("warning: "):
+            return self._smtpd_warning(frame, program, text[9:])
+        return text.startswith(_QUIET)
+
+    def _session_problem(self, frame: Frame, program: str, text: str, found: re.Match[str]) -> bool:
+        """`lost connection after DATA (N bytes) from ...`, `timeout after ...`: the client went away
+        (a `disconnect`); `improper command pipelining` and bare LF are protocol findings (a `check`)."""
+        context = self._session(frame, program, found[4], found[5])
+        what = found[1]
+        detail: dict[str, object] = {"stage": found[2], "problem": what}
+        if found[3]:
+            detail["bytes"] = int(found[3])
+        kind = "disconnect"
+        if what in ("improper command pipelining", "bare <LF> received"):
+            kind = "check"
+            detail.update(check="smtp", result="fail")
+        event = Event(
+            kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            client_ip=found[5] or None,
+            client_name=_client_name(found[4]),
+            reply=text[: found.start(4) - 6] if kind == "disconnect" else text,
+            reason="protocol.violation" if kind == "check" else None,
+            detail=detail,
+        )
+        self.emit(event, context)
+        return True
+
+    def _smtpd_client(self, frame: Frame, program: str, qid: str, rest: str) -> bool:
+        found = _SMTPD_CLIENT.match(rest)
+        if found is None:
+            return False
+        session = self._session(frame, program, found[1], found[2])
+        record = self.queue(frame.node, qid, frame.ts, new_life=True)
+        record.parent = record.parent or session
+        detail: dict[str, object] = {}
+        if found[5]:
+            detail["sasl_username"] = found[5]
+        if found[6]:
+            parent = self.queues.get((frame.node, found[6]))
+            if parent is not None:
+                record.parent = parent
+            detail["orig_queue_id"] = found[6]
+        if found[8] is not None:  # XFORWARD from a content filter: the real client
+            record.client_ip, record.client_name = found[8], _client_name(found[7])
+            detail["via"] = f"{found[1]}[{found[2]}]"
+        else:
+            record.client_ip, record.client_name = found[2], _client_name(found[1])
+        record.session = session.session
+        record.detail = detail or None
+        return True
+
+    def _reject(self, frame: Frame, program: str, text: str, qid: str | None) -> bool:
+        """NOQUEUE and queue-id rejects, milter verdicts, before-queue proxy verdicts (`text` after the id)."""
+        proxy = _PROXY.match(text)
+        if proxy is not None:
+            return self._proxy(frame, program, text, qid, proxy)
+        found = _REJECT.match(text)
+        if found is None:
+            ended = _SESSION_END.match(text)  # `NOQUEUE: lost connection after CONNECT from ...`
+            return ended is not None and self._session_problem(frame, program, text, ended)
+        action, stage, name, ip = found[1], found[2], found[3], found[4]
+        if action in ("filter", "redirect", "warn"):
+            return True
+        refusal = _Refusal.parse(text[found.end() :], (name, ip))
+        detail: dict[str, object] = {"stage": stage}
+        if action != "reject":
+            detail["action"] = action
+        if refusal.proto:
+            detail["proto"] = refusal.proto
+        if refusal.zone:
+            detail["zone"] = refusal.zone
+        context: Context
+        if qid is not None:
+            context = self.queue(frame.node, qid, frame.ts)
+        else:
+            context = self._session(frame, program, name, ip)
+            if refusal.helo and context.helo is None:
+                context.helo = refusal.helo
+        event = Event(
+            "check" if action == "reject_warning" else refusal.kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            queue_id=qid,
+            client_ip=ip or None,
+            client_name=_client_name(name),
+            helo=refusal.helo,
+            sender=refusal.sender,
+            recipient=refusal.recipient,
+            smtp_code=refusal.code,
+            enhanced_code=refusal.enhanced,
+            reply=refusal.text or None,
+            reason=refusal.reason,
+            detail=detail,
+        )
+        self.emit(event, context)
+        return True
+
+    def _proxy(self, frame: Frame, program: str, text: str, qid: str | None, found: re.Match[str]) -> bool:
+        refusal = _Refusal.parse(text[found.end() :], ("", ""))
+        accepted = found[1] == "proxy-accept"
+        detail: dict[str, object] = {"stage": found[2], "action": found[1]}
+        queued = _QUEUED_AS.findall(refusal.text)
+        if queued:
+            detail["next_queue_id"] = queued[-1]
+        event = Event(
+            "accept" if accepted else refusal.kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            queue_id=qid,
+            helo=refusal.helo,
+            sender=refusal.sender,
+            recipient=refusal.recipient,
+            smtp_code=refusal.code,
+            enhanced_code=refusal.enhanced,
+            reply=refusal.text.strip() or None,
+            reason=None if accepted else refusal.reason,
+            detail=detail,
+        )
+        self.emit(event, self._session(frame, program))
+        return True
+
+    def _smtpd_warning(self, frame: Frame, program: str, text: str) -> bool:
+        failed = _SASL_FAILED.fullmatch(text)
+        if failed is not None:
+            context = self._session(frame, program, failed[1], failed[2])
+            detail: dict[str, object] = {"result": "failed", "protocol": "smtp", "method": failed[4]}
+            event = Event(
+                "login",
+                "postfix",
+                frame.node,
+                frame.ts,
+                client_ip=failed[2],
+                client_name=_client_name(failed[1]),
+                recipient=failed[6] or None,
+                reply=failed[5] or None,
+                detail=detail,
+            )
+            self.emit(event, context)
+            return True
+        if text.startswith(("non-SMTP command from ", "Illegal address syntax from ")):
+            found = _CLIENT_AT.search(text)
+            if found is None:
+                return False
+            context = self._session(frame, program, found[1], found[2])
+            command = text[found.end() :].lstrip(": ")
+            event = Event(
+                "reject",
+                "postfix",
+                frame.node,
+                frame.ts,
+                client_ip=found[2],
+                client_name=_client_name(found[1]),
+                reply=text,
+                reason="protocol.violation",
+                detail={"command": command} if command else {},
+            )
+            self.emit(event, context)
+            return True
+        limited = _LIMIT.match(text)
+        if limited is not None:  # anvil: Postfix answered 421 4.7.0 and closed
+            context = self._session(frame, program, limited[3], limited[4])
+            reason = "client.too_many_connections" if limited[1].startswith("Connection") else "rate_limited"
+            event = Event(
+                "tempfail",
+                "postfix",
+                frame.node,
+                frame.ts,
+                client_ip=limited[4],
+                client_name=_client_name(limited[3]),
+                smtp_code=421,
+                enhanced_code="4.7.0",
+                reply=text,
+                reason=reason,
+                detail={"limit": limited[1], "count": int(limited[2]), "service": limited[6]},
+            )
+            self.emit(event, context)
+            return True
+        unverified = _UNVERIFIED.match(text)
+        if unverified is not None:  # forward-confirmed rDNS failed: the client shows as unknown[ip]
+            context = self._session(frame, program, None, unverified[2])
+            event = Event(
+                "check",
+                "postfix",
+                frame.node,
+                frame.ts,
+                client_ip=unverified[2],
+                reason="client.fcrdns_mismatch",
+                detail={"check": "fcrdns", "result": "fail", "hostname": unverified[1]},
+            )
+            self.emit(event, context)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ postscreen and dnsblog
+    def _postscreen(self, frame: Frame, program: str, text: str) -> bool:
+        connect = _PS_CONNECT.match(text)
+        if connect is not None:
+            key = (frame.node, frame.pid, connect[1], connect[2])
+            context = self._new_session(frame, program, key)
+            context.session = f"{program}[{frame.pid}]:{connect[1]}:{connect[2]}@{frame.ts // 1_000_000}"
+            context.client_ip = connect[1]
+            detail = {"port": int(connect[2]), "server": f"{connect[3]}:{connect[4]}"}
+            self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=detail), context)
+            return True
+        verdict = _PS_VERDICT.match(text)
+        if verdict is not None:
+            context = self._postscreen_session(frame, program, verdict[2], verdict[3])
+            if verdict[1] == "DISCONNECT":
+                context.closed_us = frame.ts
+                self.emit(Event("disconnect", "postfix", frame.node, frame.ts), context)
+                return True
+            denied = verdict[1] in ("BLACKLISTED", "DENYLISTED")
+            detail = {"check": "postscreen", "result": "fail" if denied else "pass", "verdict": verdict[1]}
+            self.emit(Event("check", "postfix", frame.node, frame.ts, detail=detail), context)
+            return True
+        test = _PS_TEST.match(text)
+        if test is not None:
+            context = self._postscreen_session(frame, program, test[2], test[3])
+            name = test[1]
+            reason = "client.dnsbl" if name.startswith("DNSBL") else "protocol.violation"
+            detail = {"check": "postscreen", "result": "fail", "verdict": name}
+            after = _PS_AFTER.match(test[4])
+            if after is not None:
+                detail["stage"] = after[1]
+                if after[2]:
+                    detail["data"] = after[2]
+            elif test[4]:
+                detail["data"] = test[4].lstrip(": ")
+            if name.startswith("HANGUP"):
+                detail["result"] = "hangup"
+            self.emit(Event("check", "postfix", frame.node, frame.ts, reason=reason, detail=detail), context)
+            return True
+        if text.startswith("NOQUEUE: reject: "):
+            return self._postscreen_reject(frame, program, text[17:])
+        return text.startswith(_QUIET) or (text.startswith("warning: ") and self._quiet_warning(text))
+
+    def _postscreen_session(self, frame: Frame, program: str, ip: str, port: str) -> Context:
+        key = (frame.node, frame.pid, ip, port)
+        context = self.sessions.get(key)
+        if context is None:
+            context = self._new_session(frame, program, key)
+            context.session = f"{program}[{frame.pid}]:{ip}:{port}@{frame.ts // 1_000_000}"
+            context.client_ip = ip
+        context.seen_us = frame.ts
+        return context
+
+    def _postscreen_reject(self, frame: Frame, program: str, text: str) -> bool:
+        found = _PS_REJECT.match(text)
+        if found is None:
+            return False
+        context = self._postscreen_session(frame, program, found[2], found[3])
+        refusal = _Refusal.parse(text[found.end() :], (found[2], found[2]))
+        detail: dict[str, object] = {"stage": found[1], "check": "postscreen"}
+        if refusal.zone:
+            detail["zone"] = refusal.zone
+        event = Event(
+            refusal.kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            client_ip=found[2],
+            helo=refusal.helo,
+            sender=refusal.sender,
+            recipient=refusal.recipient,
+            smtp_code=refusal.code,
+            enhanced_code=refusal.enhanced,
+            reply=refusal.text or None,
+            reason=refusal.reason,
+            detail=detail,
+        )
+        self.emit(event, context)
+        return True
+
+    def _dnsblog(self, frame: Frame, program: str, text: str) -> bool:
+        found = _DNSBLOG.match(text)
+        if found is None:
+            return text.startswith(_QUIET)
+        detail = {"check": "dnsbl", "result": "listed", "zone": found[2].lower(), "answer": found[3]}
+        event = Event(
+            "check", "postfix", frame.node, frame.ts, client_ip=found[1], reason="client.dnsbl", detail=detail
+        )
+        self.emit(event, None)
+        return True
+
+    # ------------------------------------------------------------------ everything else
+    def _quiet(self, frame: Frame, program: str, text: str) -> bool:
+        """Daemons that never speak of a message (TLS proxy, statistics, the master)."""
+        return not text.startswith(_LEVEL_PREFIXES) or self._quiet_warning(text)
+
+    def _no_queue_line(self, frame: Frame, program: str, text: str) -> bool:
+        if text.startswith(_QUIET):
+            return True
+        if text.startswith("warning: "):
+            return self._quiet_warning(text)
+        return False
+
+    @staticmethod
+    def _quiet_warning(text: str) -> bool:
+        """Operational warnings that concern no message or session (they stay unknown otherwise)."""
+        return text.startswith(("warning: dict_", "warning: database ", "warning: getpeername"))
+
+    def evict(self, now_us: int) -> None:
+        expire(self.sessions, now_us, open_for_us=3_600_000_000, closed_for_us=60_000_000)
+        expire(self.queues, now_us, open_for_us=10 * 86_400_000_000, closed_for_us=_CLOSED_GRACE_US)

@@ -1,0 +1,76 @@
+"""Mapping the reply texts of foreign mail systems to reason codes of our catalog.
+
+Only where the text says clearly what happened (a DNSBL listing, an unknown user, relaying
+refused, a virus ...); anything else keeps `reason` empty and the original text in `reply`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# Tried in this order (the first that matches wins: "JunkMail rejected - ... is in an RBL" is a
+# DNSBL listing); the group name is the catalog code with '.' as '__'.
+_PATTERNS: Final = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        r"(?P<client__dnsbl>blocked using|listed (?:by|in|on|at) |is in an? (?:RBL|DNSBL|blacklist|blocklist)"
+        r"|\bRBL\b|\bDNSBL\b|spamhaus|spamcop|barracuda)",
+        r"(?P<rcpt__unknown_user>user unknown|unknown user|no such user|user doesn't exist|mailbox unavailable"
+        r"|user not found|recipient unknown|invalid recipient|address rejected: undeliverable"
+        r"|unknown in (?:local|virtual|relay) (?:recipient|alias|mailbox))",
+        r"(?P<rcpt__relay_denied>relay access denied|relay not permitted|relaying denied|unable to relay"
+        r"|not permitted to relay)",
+        r"(?P<rcpt__mailbox_full>quota exceeded|mailbox (?:is )?full|over quota|disk quota|insufficient storage)",
+        r"(?P<msg__virus>virus|infected|malware|\bclamav\b)",
+        r"(?P<msg__spam>\bspam\b|spamassassin|junkmail|\bUBE\b|content rejected|gtube)",
+        r"(?P<greylisted>greylist|graylist|try (?:again )?later|come back later)",
+        r"(?P<helo__invalid>helo command rejected|invalid helo|helo/ehlo)",
+        r"(?P<client__no_rdns>cannot find your (?:reverse )?hostname|reverse (?:hostname|dns)|no ptr"
+        r"|client host rejected: cannot find)",
+        r"(?P<sender__domain_missing>sender address rejected: domain not found|unrouteable address"
+        r"|sender domain (?:must exist|not found))",
+        r"(?P<sender__spf_fail>\bspf\b)",
+        r"(?P<msg__dmarc_reject>\bdmarc\b)",
+        r"(?P<msg__too_big>message size exceeds|message file too big|too large|size limit)",
+        r"(?P<client__too_many_connections>too many connections)",
+        r"(?P<rate_limited>rate ?limit|too many messages|too many recipients from)",
+    )
+)
+
+# Enhanced status codes that name the cause on their own (RFC 3463).
+_BY_ENHANCED: Final = {
+    "5.1.1": "rcpt.unknown_user",
+    "5.1.10": "rcpt.unknown_user",
+    "5.2.2": "rcpt.mailbox_full",
+    "4.2.2": "rcpt.mailbox_full",
+    "5.3.4": "msg.too_big",
+    "5.2.3": "msg.too_big",
+    "4.7.25": "client.no_rdns",
+    "5.7.25": "client.no_rdns",
+    "5.7.23": "sender.spf_fail",
+    "5.7.27": "sender.null_mx",
+    "5.7.26": "msg.dmarc_reject",
+}
+
+_ZONE: Final = re.compile(
+    r"(?:blocked using|listed by domain|listed (?:in|on|at)) ([A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9])", re.IGNORECASE
+)
+
+
+def classify(text: str | None, enhanced: str | None = None) -> str | None:
+    """The catalog code a refusal or failure text stands for, or None when it is not clear."""
+    if text:
+        for pattern in _PATTERNS:
+            found = pattern.search(text)
+            if found is not None and found.lastgroup is not None:
+                return found.lastgroup.replace("__", ".")
+    if enhanced:
+        return _BY_ENHANCED.get(enhanced)
+    return None
+
+
+def dnsbl_zone(text: str) -> str | None:
+    """The DNSBL zone a refusal text names (`... blocked using zen.spamhaus.org`), if any."""
+    found = _ZONE.search(text)
+    return found[1].lower() if found else None

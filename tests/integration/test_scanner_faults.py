@@ -1,0 +1,112 @@
+"""Scanner faults defer the mail (451 4.3.0), lose nothing and leave the gateway serving.
+
+A scanner that dies in the middle of a stream and one that is too slow are
+all the same to the sender: a temporary failure with our sentence and ref, then a retry that
+succeeds once the scanner is back.
+"""
+
+from __future__ import annotations
+
+import random
+import smtplib
+import subprocess
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.support.mailwarden import Mailwarden, running
+from tests.support.scanners import Clamd, Rspamd
+
+pytestmark = pytest.mark.integration
+
+
+def mail(subject: str, attachment: bytes | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = "alice@sender.test"
+    message["To"] = "bob@example.test"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{subject.replace(' ', '-')}@sender.test>"
+    message.set_content("Hello Bob.\n")
+    if attachment is not None:
+        message.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="data.bin")
+    return message.as_bytes()
+
+
+def send(gateway: Mailwarden, raw: bytes) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=180) as client:
+        client.ehlo("client.sender.test")
+        client.mail("alice@sender.test")
+        assert client.rcpt("bob@example.test")[0] == 250
+        code, text = client.data(raw)
+    return code, " ".join(text.decode().split())
+
+
+def assert_deferred_and_nothing_kept(gateway: Mailwarden, code: int, text: str, scanner: str) -> None:
+    assert code == 451, text
+    assert text.startswith(f"4.3.0 The {scanner} scanner is temporarily unavailable; please try again later. ref=")
+    tempfail = [e for e in gateway.events() if e["kind"] == "tempfail"][-1]
+    assert tempfail["reason"] == "infra.scanner_unavailable"
+    assert scanner in tempfail["detail"]["errors"]
+    assert gateway.messages("bob@example.test") == []
+    assert gateway.messages("bob@example.test", "Junk") == []
+    assert gateway.process is not None and gateway.process.poll() is None
+
+
+def stream_stuck_in(port: int, timeout: float = 60.0) -> None:
+    """Wait until bytes of a stream sit unread in the (stopped) scanner's receive queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["ss", "-tnH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True
+        ).stdout
+        if any(line.split()[0].isdigit() and int(line.split()[0]) > 0 for line in out.splitlines() if line.strip()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the message never reached the scanner")
+
+
+def test_clamd_killed_in_the_middle_of_a_stream_defers_and_the_retry_succeeds(tmp_path: Path) -> None:
+    clamd = Clamd(tmp_path / "clamd", stream_max="40M").start()
+    try:
+        overrides = {
+            "smtp": {"max_message_size": 41_943_040},
+            "scan.clamd": {"address": clamd.address, "max_stream": 41_943_040},
+        }
+        with running(tmp_path / "mw", overrides) as gateway:
+            raw = mail("big", random.Random(1).randbytes(16 * 1024 * 1024))
+            clamd.pause()  # it accepts the connection but reads nothing: the stream stalls half-way
+            result: list[tuple[int, str]] = []
+            sender = threading.Thread(target=lambda: result.append(send(gateway, raw)))
+            sender.start()
+            stream_stuck_in(clamd.port)
+            clamd.kill()
+            sender.join(timeout=180)
+            (reply,) = result
+            assert_deferred_and_nothing_kept(gateway, *reply, scanner="clamd")
+
+            clamd.start()
+            code, text = send(gateway, raw)
+            assert code == 250, text
+            assert len(gateway.messages("bob@example.test")) == 1
+    finally:
+        clamd.stop()
+
+
+def test_rspamd_slower_than_the_timeout_defers_and_the_gateway_keeps_serving(tmp_path: Path) -> None:
+    rspamd = Rspamd(tmp_path / "rspamd").start()
+    try:
+        overrides = {"scan.spam": {"engine": "rspamd", "address": rspamd.address, "timeout": 2.0}}
+        with running(tmp_path / "mw", overrides) as gateway:
+            rspamd.pause()
+            code, text = send(gateway, mail("rspamd slow"))
+            assert_deferred_and_nothing_kept(gateway, code, text, scanner="rspamd")
+            tempfail = [e for e in gateway.events() if e["kind"] == "tempfail"][-1]
+            assert "did not answer within 2s" in tempfail["detail"]["errors"]["rspamd"]
+            rspamd.resume()
+            code, text = send(gateway, mail("rspamd back"))
+            assert code == 250, text
+    finally:
+        rspamd.stop()

@@ -1,0 +1,111 @@
+"""Reports: stranger-controlled text never injects markup or formulas; third parties stay masked."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from mailwarden.events import Event
+from mailwarden.store.sqlite import SqliteStore
+from mailwarden.trace import listing, report
+from mailwarden.trace.search import SearchSpec, search
+
+T0 = 1_800_000_000_000_000
+HOSTILE_HELO = "<script>alert(1)</script>"
+
+
+def _store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "events.db")
+    common = {
+        "source": "gateway",
+        "node": "mx1",
+        "ref": "1AAAAAAAAAA0",
+        "session": "1AAAAAAAAAA0",
+        "client_ip": "192.0.2.1",
+    }
+    sender = '=HYPERLINK("http://x")@evil.test'
+    store.append_many(
+        [
+            Event(kind="connect", ts=T0, **common),
+            Event(kind="helo", ts=T0 + 1, helo=HOSTILE_HELO, **common),
+            Event(kind="mail", ts=T0 + 2, helo=HOSTILE_HELO, sender=sender, **common),
+            Event(
+                kind="rcpt",
+                ts=T0 + 3,
+                sender=sender,
+                recipient="bob@example.test",
+                detail={"mailbox": "bob@example.test"},
+                **common,
+            ),
+            Event(
+                kind="rcpt",
+                ts=T0 + 4,
+                sender=sender,
+                recipient="carol@example.test",
+                detail={"mailbox": "carol@example.test"},
+                **common,
+            ),
+            Event(kind="data", ts=T0 + 5, sender=sender, size=10, message_id="<x\u202e\x1b[2J@evil.test>", **common),
+            Event(
+                kind="reject",
+                ts=T0 + 6,
+                sender=sender,
+                smtp_code=554,
+                enhanced_code="5.7.1",
+                reply="554 5.7.1 Virus <img src=x onerror=alert(2)> found; carol@example.test was a recipient ref=1AAAAAAAAAA0",
+                reason="msg.virus",
+                detail={"stage": "data", "values": {"virus": "<b>Evil</b> \u2603", "where": "the attachment a.exe"}},
+                **common,
+            ),
+        ]
+    )
+    store.flush()
+    return store
+
+
+def test_html_report_escapes_every_stranger_controlled_value(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        page = report.as_html(report.build(store, "1AAAAAAAAAA0", recipient="bob@example.test", now=T0 + 10))
+    finally:
+        store.close()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img" not in page and "<b>Evil" not in page
+    assert "\x1b" not in page and "\u202e" not in page
+
+
+def test_a_report_for_one_recipient_masks_the_other_recipients(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        made = report.build(store, "1AAAAAAAAAA0", recipient="bob@example.test", now=T0 + 10)
+        text = report.as_text(made)
+        open_text = report.as_text(
+            report.build(store, "1AAAAAAAAAA0", recipient="bob@example.test", redact=False, now=T0 + 10)
+        )
+    finally:
+        store.close()
+    assert "carol@example.test" not in text and "c***@e***.test" in text
+    assert "bob@example.test" in text
+    assert "carol@example.test" in open_text
+    assert made.diagnosis.status == "rejected" and made.diagnosis.reason == "msg.virus"
+
+
+def test_pdf_report_renders_any_text_offline(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        pdf = report.as_pdf(report.build(store, "1AAAAAAAAAA0", lang="de", now=T0 + 10))
+    finally:
+        store.close()
+    assert pdf.startswith(b"%PDF") and report.MANIFEST_MARK.encode() in pdf
+
+
+def test_csv_output_cannot_smuggle_a_spreadsheet_formula(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        result = search(store, SearchSpec(), retention_days=3650, now=T0)
+    finally:
+        store.close()
+    rows = list(csv.DictReader(io.StringIO(listing.as_csv(result))))
+    assert len(rows) == 2
+    assert all(row["sender"].startswith("'=HYPERLINK(") for row in rows)
