@@ -167,7 +167,8 @@ class Maildirs:
         now = time.time()
         seconds = int(now)
         micros = int((now - seconds) * 1_000_000)
-        return f"{seconds}.M{micros}P{os.getpid()}Q{next(self._counter)}.{self._host},S={size}"
+        # microseconds zero-padded: within a second, name order is delivery order
+        return f"{seconds}.M{micros:06d}P{os.getpid()}Q{next(self._counter)}.{self._host},S={size}"
 
     def deliver(self, targets: Sequence[Target], write: Callable[[BinaryIO], None]) -> list[Delivered]:
         """Write one message for all `targets` durably; blocking. Raises MaildirError."""
