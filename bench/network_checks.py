@@ -1,6 +1,6 @@
 """DNS lookups/s (cold and warm cache) and the gateway's msgs/s with the network checks on vs off.
 
-    .venv/bin/python bench/network_checks.py [--names 20000] [--messages 600] [--concurrency 20]
+    .venv/bin/python -m bench.network_checks [--names 20000] [--messages 600] [--concurrency 20]
 
 Starts NSD and rbldnsd on loopback (tests/support/dns.py) with the test zones plus `--names`
 extra names, then:
@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/support
 
 import aiosmtplib
 import dns.asyncresolver

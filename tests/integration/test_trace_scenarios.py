@@ -274,6 +274,7 @@ def test_the_real_bounce_a_postfix_sender_gets_is_linked_back_to_our_trace(mw: M
         postfix.submit("alice@sender.test", ["bbo@example.test"], mail)
         postfix.wait_delivered(1)
         (raw,) = postfix.delivered()
+        maillog = postfix.log_text().splitlines()
     path = tmp_path / "bounce.eml"
     path.write_bytes(raw)
     answer = json.loads(mw.cli("explain-bounce", str(path), "--format", "json").stdout)
@@ -287,3 +288,19 @@ def test_the_real_bounce_a_postfix_sender_gets_is_linked_back_to_our_trace(mw: M
     assert any("bob@example.test" in note for note in linked["notes"])
     text = mw.cli("explain-bounce", "-", "--lang", "de", input=raw.decode("utf-8", "replace")).stdout
     assert "bezieht sich auf unsere Nachricht" in text
+
+    # The sender's side, from its real Postfix log through the ingest parser: the same refusal, bounced.
+    from mailwarden.ingest.pipeline import parse_lines
+
+    store = SqliteStore(mw.root / "var" / "mailwarden.db")
+    try:
+        store.append_many(parse_lines(maillog, node="mta", origin="maillog"))
+        store.flush()
+    finally:
+        store.close()
+    (ours,) = trace_json(mw, "--ref", linked["ref"])[0]["recipients"]
+    (queued,) = trace_json(mw, "--message-id", "<dsn-1@sender.test>", "--from", "alice@sender.test")
+    (theirs,) = queued["recipients"]
+    assert (ours["status"], theirs["status"], theirs["address"]) == ("rejected", "bounced", "bbo@example.test")
+    assert queued["queue_id"] and queued["events"][0]["source"] == "postfix"
+    assert f"ref={linked['ref']}" in " ".join(e["reply"] or "" for e in queued["events"])

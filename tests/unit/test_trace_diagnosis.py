@@ -493,7 +493,6 @@ Nov 28 04:44:18 mta postfix/smtpd[6917]: disconnect from unknown[192.0.2.99] ehl
 
 
 def test_ingested_postfix_log_is_traced_per_queue_id_and_noqueue_session(store: SqliteStore) -> None:
-    pytest.importorskip("mailwarden.ingest.postfix", reason="the Postfix parser has not landed yet")
     from mailwarden.ingest.pipeline import parse_lines
 
     store.add_mailbox("bob@dest.test", "x")
