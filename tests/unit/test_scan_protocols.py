@@ -85,7 +85,7 @@ def test_clamd_silent_past_the_timeout_and_clamd_down_are_scanner_errors(tmp_pat
     async def run() -> None:
         server, address = await serve(handler)
         async with server:
-            with pytest.raises(ScannerError, match="did not answer within 0.3s"):
+            with pytest.raises(ScannerError, match=r"did not answer within 0\.3s"):
                 await ClamdClient(address, timeout=0.3, max_stream=1 << 20).scan(spool(tmp_path))
         with pytest.raises(ScannerError, match="cannot connect"):
             await ClamdClient(address, timeout=2, max_stream=1 << 20).scan(spool(tmp_path))
