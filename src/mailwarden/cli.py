@@ -202,6 +202,12 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
     return commands.purge(config, args.days)
 
 
+def cmd_check_sender(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden import sendercheck
+
+    return sendercheck.command(config, args.target, args.format)
+
+
 def cmd_explain_bounce(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.trace import commands
 
@@ -295,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = command("verify-report", cmd_verify_report, "check a report made by `explain` against the store")
     verify.add_argument("file", metavar="FILE")
+
+    check = command(
+        "check-sender",
+        cmd_check_sender,
+        "check a sending domain or address as the gateway would: MX, reverse DNS, SPF, DNS lists "
+        "(exit status 1 when problems are found)",
+    )
+    check.add_argument("target", metavar="DOMAIN|IP")
+    check.add_argument("--format", choices=["text", "json"], default="text")
 
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")

@@ -9,34 +9,16 @@ code, the reason recorded in the events and the key words of the text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.support.dns import CLIENTS, DOMAINS, DnsServers, running_dns
+from tests.support.dns import CLIENTS, DOMAINS, DnsServers, gateway_config, running_dns
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.smtp import events_of, send
 
 pytestmark = pytest.mark.integration
 
 ALL_CHECKS = ["ratelimit", "dnsbl", "rdns", "helo", "recipients", "sender_domain", "spf", "size"]
-
-
-def checks_config(dns: DnsServers, order: list[str], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    config: dict[str, dict[str, Any]] = {
-        "dns": {"nameservers": [dns.nsd], "timeout": 1.0},
-        "dnsbl": {
-            "zones": [
-                {"zone": "zen.dnsbl.test", "meanings": "spamhaus-zen", "nameservers": [dns.rbldnsd]},
-                {"zone": "list.dnswl.test", "kind": "allow", "nameservers": [dns.rbldnsd]},
-            ]
-        },
-        "rdns": {"dynamic": "reject"},
-        "checks": {"order": order},
-    }
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +29,7 @@ def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServers]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, dns: DnsServers) -> Iterator[Mailwarden]:
-    with running(tmp_path_factory.mktemp("mw"), checks_config(dns, ALL_CHECKS)) as instance:
+    with running(tmp_path_factory.mktemp("mw"), gateway_config(dns, ALL_CHECKS)) as instance:
         yield instance
 
 
@@ -205,3 +187,55 @@ def test_the_verified_client_name_reaches_the_received_header(gateway: Mailwarde
     assert send(gateway, CLEAN, "mail.good.test", GOOD_SENDER).accepted
     stored = gateway.messages("bob@example.test")[before:][-1]
     assert b"(mail.good.test [127.0.0.10])" in stored.split(b"\r\n\r\n", 1)[0]
+
+
+def check_sender(gateway: Mailwarden, *args: str) -> tuple[int, str]:
+    done = gateway.cli("check-sender", *args, check=False)
+    assert not done.stderr.strip() or "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout
+
+
+def test_check_sender_reports_a_good_domain_with_its_mail_hosts(gateway: Mailwarden) -> None:
+    status, text = check_sender(gateway, DOMAINS["good"])
+    assert status == 0
+    for words in (
+        "MX records:",
+        "10 mail.good.test.  ->  127.0.0.10",
+        "SPF record: v=spf1 ip4:127.0.0.0/24 -all",
+        "Forward-confirmed: yes, mail.good.test resolves back to 127.0.0.10",
+        "SPF for this host: pass",
+        "Listed on: none",
+        "no problems found",
+    ):
+        assert words in text, (words, text)
+
+
+def test_check_sender_explains_an_ip_literal_mx_as_the_gateway_would(gateway: Mailwarden) -> None:
+    status, text = check_sender(gateway, DOMAINS["mx_ip_literal"])
+    assert status == 1
+    assert "an IP address written as a hostname" in text
+    assert "550 5.1.8 The MX record of the sender domain iplit.test is iplit.test. MX 10 1.2.3.4." in text
+    assert "What to do: The sender's DNS administrator must change the MX record" in text
+
+
+def test_check_sender_json_for_a_listed_address(gateway: Mailwarden) -> None:
+    import json
+
+    status, out = check_sender(gateway, CLIENTS["pbl"], "--format", "json")
+    report = json.loads(out)
+    assert status == 1 and report["ok"] is False
+    assert report["confirmed_name"] == "mail.pbl.test"
+    (listing,) = report["dnsbl"]["listings"]
+    assert listing["zone"] == "zen.dnsbl.test" and "PBL" in listing["meaning"]
+    assert [f["reason"] for f in report["findings"]] == ["client.dnsbl"]
+
+
+def test_check_sender_flags_a_domain_whose_spf_excludes_its_own_mx(gateway: Mailwarden) -> None:
+    import json
+
+    status, out = check_sender(gateway, DOMAINS["spf_fail"], "--format", "json")
+    report = json.loads(out)
+    assert status == 1
+    (host,) = report["hosts"]
+    assert host["spf"]["result"] == "fail" and host["spf"]["record"] == "v=spf1 ip4:192.0.2.0/24 -all"
+    assert report["findings"][0]["reason"] == "sender.spf_fail"

@@ -258,3 +258,49 @@ def test_deleted_by_a_device_that_is_not_one_of_the_mailboxs_usual_clients(tmp_p
     assert any("another device in your network" in n and "127.0.0.5" in n for n in verdict["notes"])
     deleted_at = datetime.fromisoformat(deleted[0]["at"])
     assert abs(deleted_at.timestamp() * 1_000_000 - before_quit) < 60_000_000
+
+
+def test_the_real_bounce_a_postfix_sender_gets_is_linked_back_to_our_trace(mw: Mailwarden, tmp_path: Path) -> None:
+    """The sender's own Postfix relays to us, gets our 550 with ref, writes a DSN; explain-bounce answers it."""
+    from email.message import EmailMessage
+
+    from tests.support.postfix import running_postfix
+
+    with running_postfix(relayhost=f"127.0.0.1:{mw.smtp_port}", local_domains=["sender.test"]) as postfix:
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "alice@sender.test", "bbo@example.test", "invoice"
+        mail["Message-ID"] = "<dsn-1@sender.test>"
+        mail.set_content("Hello Bob\n")
+        postfix.submit("alice@sender.test", ["bbo@example.test"], mail)
+        postfix.wait_delivered(1)
+        (raw,) = postfix.delivered()
+        maillog = postfix.log_text().splitlines()
+    path = tmp_path / "bounce.eml"
+    path.write_bytes(raw)
+    answer = json.loads(mw.cli("explain-bounce", str(path), "--format", "json").stdout)
+    assert answer["bounce"]["enhanced_code"] == "5.1.1" and answer["bounce"]["reporting_mta"] == "mta.example.test"
+    (linked,) = answer["traces"]
+    assert (linked["status"], linked["reason"], linked["recipient"]) == (
+        "rejected",
+        "rcpt.unknown_user",
+        "bbo@example.test",
+    )
+    assert any("bob@example.test" in note for note in linked["notes"])
+    text = mw.cli("explain-bounce", "-", "--lang", "de", input=raw.decode("utf-8", "replace")).stdout
+    assert "bezieht sich auf unsere Nachricht" in text
+
+    # The sender's side, from its real Postfix log through the ingest parser: the same refusal, bounced.
+    from mailwarden.ingest.pipeline import parse_lines
+
+    store = SqliteStore(mw.root / "var" / "mailwarden.db")
+    try:
+        store.append_many(parse_lines(maillog, node="mta", origin="maillog"))
+        store.flush()
+    finally:
+        store.close()
+    (ours,) = trace_json(mw, "--ref", linked["ref"])[0]["recipients"]
+    (queued,) = trace_json(mw, "--message-id", "<dsn-1@sender.test>", "--from", "alice@sender.test")
+    (theirs,) = queued["recipients"]
+    assert (ours["status"], theirs["status"], theirs["address"]) == ("rejected", "bounced", "bbo@example.test")
+    assert queued["queue_id"] and queued["events"][0]["source"] == "postfix"
+    assert f"ref={linked['ref']}" in " ".join(e["reply"] or "" for e in queued["events"])

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import dns.message
 import dns.query
@@ -128,6 +128,24 @@ DNSWL_LIST: Final = """\
 
 TEST_ZONES: Final[dict[str, str]] = {"test": TEST_ZONE, "0.0.127.in-addr.arpa": REVERSE_ZONE}
 TEST_LISTS: Final[dict[str, str]] = {"zen.dnsbl.test": ZEN_LIST, "list.dnswl.test": DNSWL_LIST}
+
+
+def gateway_config(servers: DnsServers, order: list[str], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mailwarden config sections for these servers: the test lists, `checks.order`, plus `sections`."""
+    config: dict[str, dict[str, Any]] = {
+        "dns": {"nameservers": [servers.nsd], "timeout": 1.0},
+        "dnsbl": {
+            "zones": [
+                {"zone": "zen.dnsbl.test", "meanings": "spamhaus-zen", "nameservers": [servers.rbldnsd]},
+                {"zone": "list.dnswl.test", "kind": "allow", "nameservers": [servers.rbldnsd]},
+            ]
+        },
+        "rdns": {"dynamic": "reject"},
+        "checks": {"order": order},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
 
 
 def free_udp_tcp_port() -> int:

@@ -58,6 +58,9 @@ class Mailwarden:
             "mail": {"domains": ["example.test"], "demo_mailbox": ""},
             "store": {"url": "sqlite:///var/mailwarden.db"},
             "tls": {"cert": "var/tls/cert.pem", "key": "var/tls/key.pem"},
+            # Never the machine's resolver (DMARC looks up every From domain): nothing listens on the
+            # discard port, so lookups fail at once as temporary. Tests with DNS set their own server.
+            "dns": {"nameservers": ["127.0.0.1:9"]},
         }
         for name, values in (overrides or {}).items():
             sections.setdefault(name, {}).update(values)

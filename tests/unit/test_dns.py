@@ -9,26 +9,7 @@ from typing import Any
 import pytest
 
 from mailwarden.dns import MX, Answer, DnsTempError, Resolver, dnsbl_name, reverse_name, valid_name
-
-
-class ScriptedResolver(Resolver):
-    """A resolver whose wire is a script: name -> answer or exception; counts what went out."""
-
-    def __init__(self, script: dict[tuple[str, str], Any], **kwargs: Any) -> None:
-        super().__init__(["127.0.0.1:53"], **kwargs)
-        self.script = script
-        self.asked: list[tuple[str, str]] = []
-        self.gate: asyncio.Event | None = None
-
-    async def _ask(self, name: str, rtype: str) -> Answer[Any]:
-        self.asked.append((name, rtype))
-        if self.gate is not None:
-            await self.gate.wait()
-        outcome = self.script[(name, rtype)]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        result: Answer[Any] = outcome
-        return result
+from tests.support.fakedns import ScriptedResolver
 
 
 def run(coro: Any) -> Any:

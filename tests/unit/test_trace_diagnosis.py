@@ -474,3 +474,40 @@ def test_failed_logins_do_not_make_an_address_a_usual_client(store: SqliteStore)
     pop3(store, "delete", "1AAAAAAAAAC2", "bob@example.test", T0 + MINUTE, "203.0.113.66", "P2")
     d = verdict(store, "1AAAAAAAAAC2")
     assert any("change the mailbox password" in n and "198.51.100.20" in n for n in d.notes)
+
+
+# Postfix lines as the recipes captured them (shared/recipes/README.md, section 1).
+POSTFIX_LOG = """\
+Nov 28 04:43:17 mta postfix/smtpd[19314]: connect from localhost[127.0.0.1]
+Nov 28 04:43:17 mta postfix/smtpd[19314]: A59FE214716: client=localhost[127.0.0.1]
+Nov 28 04:43:17 mta postfix/cleanup[19438]: A59FE214716: message-id=<pf1@sender.test>
+Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: from=<alice@sender.test>, size=430, nrcpt=2 (queue active)
+Nov 28 04:43:17 mta postfix/smtpd[19314]: disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6
+Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<reject-me@dest.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.02, delays=0.01/0.01/0/0.01, dsn=5.7.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.7.1 <reject-me@dest.test>: Recipient address rejected: test policy says no (in reply to RCPT TO command))
+Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<bob@dest.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.02, delays=0.01/0.01/0/0.01, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as TEST1)
+Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: removed
+Nov 28 04:44:17 mta postfix/smtpd[6917]: connect from unknown[192.0.2.99]
+Nov 28 04:44:18 mta postfix/smtpd[6917]: NOQUEUE: reject: RCPT from unknown[192.0.2.99]: 550 5.1.1 <bbo@dest.test>: Recipient address rejected: User unknown in virtual mailbox table; from=<alice@sender.test> to=<bbo@dest.test> proto=ESMTP helo=<client.test>
+Nov 28 04:44:18 mta postfix/smtpd[6917]: disconnect from unknown[192.0.2.99] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4
+"""
+
+
+def test_ingested_postfix_log_is_traced_per_queue_id_and_noqueue_session(store: SqliteStore) -> None:
+    from mailwarden.ingest.pipeline import parse_lines
+
+    store.add_mailbox("bob@dest.test", "x")
+    store.append_many(parse_lines(POSTFIX_LOG.splitlines(), node="mta", origin="/var/log/mail.log", reference_us=T0))
+    store.flush()
+    queued = search(store, SearchSpec(queue_id="A59FE214716"), retention_days=3650, now=T0)
+    (trace,) = queued.messages
+    assert (trace.client_ip, trace.message_id, trace.sender) == ("127.0.0.1", "<pf1@sender.test>", "alice@sender.test")
+    assert {f.address: f.status for f in trace.recipients} == {
+        "reject-me@dest.test": "bounced",
+        "bob@dest.test": "delivered",
+    }
+    noqueue = search(store, SearchSpec(recipient=AddressFilter.parse("bbo@dest.test")), retention_days=3650, now=T0)
+    (refused,) = noqueue.messages
+    d = diagnose(store, refused, domains=("dest.test",), now=T0)
+    assert (d.status, d.reason, d.responsibility) == ("rejected", "rcpt.unknown_user", "sender")
+    assert any("Did you mean bob@dest.test?" in n for n in d.notes)
+    assert any("/var/log/mail.log:" in line and "NOQUEUE: reject" in line for line in d.evidence)

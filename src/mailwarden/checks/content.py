@@ -27,7 +27,7 @@ from mailwarden.dns import Resolver
 from mailwarden.headers import header_fields
 from mailwarden.scan.attachments import ArchiveLimits
 from mailwarden.scan.clamd import ClamdClient, ClamdResult, StreamTooLong
-from mailwarden.scan.content import ContentLimits, ContentReport, inspect_message, locate_virus
+from mailwarden.scan.content import ContentLimits, ContentReport, inspect_message, locate_virus, triage
 from mailwarden.scan.dkim import DkimResult, txt_lookup
 from mailwarden.scan.dkim import verify as verify_dkim
 from mailwarden.scan.dmarc import DmarcResult
@@ -41,6 +41,7 @@ from mailwarden.smtp.spool import Spool
 log = logging.getLogger(__name__)
 
 JUNK = "Junk"
+TRIAGE_LIMIT = 256 * 1024  # bytes: up to this size the MIME walk and magic check run on the loop (< 1 ms)
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,7 @@ class ContentCheck(Check):
             else:
                 outcome.skip(self.spam.engine, f"larger than scan.spam.max_size ({self.config.scan.spam.max_size})")
         if self.inspect_files and might_carry_files(spool.head()):
-            jobs["attachments"] = self.workers.run(
-                inspect_message, _source(spool), self.limits, budget=self.config.scan.content.timeout
-            )
+            jobs["attachments"] = self._inspect(spool)
         if self.config.scan.auth.dkim or self.config.scan.auth.dmarc:
             jobs["dkim/dmarc"] = self._authenticate(txn, spool)
         tasks = {name: asyncio.ensure_future(job) for name, job in jobs.items()}
@@ -218,20 +217,32 @@ class ContentCheck(Check):
             self._collect(outcome, name, task)
         return outcome
 
+    async def _inspect(self, spool: Spool) -> ContentReport:
+        """Small messages get a cheap first pass here; the heavy parsing always runs in a worker."""
+        if spool.in_memory and spool.size <= TRIAGE_LIMIT:
+            quick = triage(spool.content(), self.limits)
+            if quick is not None:
+                return quick
+        full: ContentReport = await self.workers.run(
+            inspect_message, _source(spool), self.limits, budget=self.config.scan.content.timeout
+        )
+        return full
+
     async def _authenticate(self, txn: Transaction, spool: Spool) -> _Auth:
         """DKIM signatures, then the From domain's DMARC policy with them and the SPF result."""
         settings = self.config.scan.auth
         dkim: list[DkimResult] = []
         try:
             async with asyncio.timeout(settings.timeout):
-                if settings.dkim and spool.size <= settings.max_size:
+                fields = header_fields(spool.head())
+                signed = any(name.lower() == "dkim-signature" for name, _ in fields)
+                if settings.dkim and signed and spool.size <= settings.max_size:
                     message = spool.content() if spool.in_memory else await asyncio.to_thread(spool.read_all)
                     dkim = await verify_dkim(message, txt_lookup(self.resolver))
-                elif settings.dkim:
+                elif settings.dkim and signed:
                     dkim = [DkimResult("neutral", "", "", f"larger than scan.auth.max_size ({settings.max_size})")]
                 dmarc = None
                 if settings.dmarc:
-                    fields = header_fields(spool.head())
                     dmarc = await evaluate_dmarc(self.resolver, fields, txn.results.get("spf"), dkim)
         except TimeoutError:
             dmarc = DmarcResult("temperror", "", reason=f"no answer within {settings.timeout:g}s")

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from mailwarden.checks.base import Action, Check, CheckContext, Services, Verdict
 from mailwarden.checks.dnsfail import dns_failure
-from mailwarden.config import DnsblCode, DnsblZone, FindingAction, answer_range
+from mailwarden.config import DnsblCode, DnsblConfig, DnsblZone, FindingAction, answer_range
 from mailwarden.dns import DnsTempError, Resolver, dnsbl_name
 from mailwarden.text import printable
 
@@ -169,9 +169,8 @@ async def inspect(zones: list[ZoneQuery], ip: str) -> DnsblReport:
     return report
 
 
-def build_zones(services: Services) -> list[ZoneQuery]:
-    dnsbl = services.config.dnsbl
-    return [ZoneQuery(zone, services.resolver, dnsbl.action) for zone in dnsbl.zones]
+def build_zones(config: DnsblConfig, resolver: Resolver) -> list[ZoneQuery]:
+    return [ZoneQuery(zone, resolver, config.action) for zone in config.zones]
 
 
 class DnsblCheck(Check):
@@ -183,7 +182,7 @@ class DnsblCheck(Check):
 
     @classmethod
     def create(cls, services: Services) -> Check:
-        return cls(build_zones(services), services.config.dnsbl.threshold)
+        return cls(build_zones(services.config.dnsbl, services.resolver), services.config.dnsbl.threshold)
 
     async def connect(self, ctx: CheckContext) -> Verdict | None:
         ip = ctx.session.client_ip

@@ -1,0 +1,1 @@
+"""Benchmarks (see README.md); run each from the repository root."""

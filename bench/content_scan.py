@@ -1,0 +1,153 @@
+"""Messages per second through the gateway with clamd and rspamd on, against the scanners driven directly.
+
+    .venv/bin/python -m bench.content_scan [--small 400] [--large 60] [--concurrency 8]   (from the repository root)
+
+Starts a private clamd (test signatures) and rspamd (network modules off) and a real
+`mailwarden serve` that uses both (plus its attachment/macro inspection). For 10 kB and 1 MB
+messages (text plus one attachment), it measures:
+
+- direct: each message sent to clamd (INSTREAM) and rspamd (POST /checkv2) concurrently, as the
+  gateway does, over raw protocol clients in a loop - the scanners' own cost;
+- gateway: the same messages over SMTP (one transaction per message, `concurrency` connections
+  each sending its share), i.e. scanners plus SMTP, spooling, MIME/attachment inspection, the
+  fsynced Maildir delivery and the event store.
+
+and prints msgs/s for both and the gateway's overhead ((direct rate / gateway rate) - 1). All
+processes share this machine's cores, so the figures are relative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import struct
+import sys
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+from tests.support.mailwarden import Mailwarden  # the same private servers as the tests
+from tests.support.scanners import Clamd, Rspamd
+
+
+def make_messages(count: int, size: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    messages = []
+    for number in range(count):
+        mail = EmailMessage()
+        mail["From"] = "Alice <alice@sender.test>"
+        mail["To"] = "bob@example.test"
+        mail["Subject"] = f"Report {number}"
+        mail["Message-ID"] = f"<bench-{seed}-{number}@sender.test>"
+        mail["Date"] = "Sat, 28 Nov 2026 09:00:00 +0000"
+        mail.set_content("Hello Bob,\n\nthe report is attached.\n\nAlice\n" * 5)
+        attachment = rng.randbytes(max(size * 3 // 4 - 600, 100))
+        mail.add_attachment(attachment, maintype="application", subtype="pdf", filename=f"report-{number}.pdf")
+        messages.append(mail.as_bytes().replace(b"\n", b"\r\n"))
+    return messages
+
+
+async def clamd_instream(socket_path: str, message: bytes) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(socket_path)
+    writer.write(b"zINSTREAM\0")
+    for start in range(0, len(message), 65536):
+        piece = message[start : start + 65536]
+        writer.write(struct.pack("!L", len(piece)) + piece)
+    writer.write(b"\0\0\0\0")
+    await writer.drain()
+    answer = await reader.readuntil(b"\0")
+    writer.close()
+    return answer
+
+
+async def rspamd_check(port: int, message: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /checkv2 HTTP/1.1\r\nHost: rspamd\r\nConnection: close\r\nContent-Length: {len(message)}\r\n"
+        "IP: 127.0.0.1\r\nHelo: client.sender.test\r\nFrom: alice@sender.test\r\nRcpt: bob@example.test\r\n\r\n"
+    )
+    writer.write(head.encode() + message)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+async def direct(clamd: Clamd, rspamd: Rspamd, messages: list[bytes], concurrency: int) -> float:
+    queue = list(messages)
+
+    async def worker() -> None:
+        while queue:
+            message = queue.pop()
+            found, scored = await asyncio.gather(
+                clamd_instream(str(clamd.socket), message), rspamd_check(rspamd.port, message)
+            )
+            assert b"OK" in found and b'"score"' in scored, (found, scored[:200])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(messages) / (time.perf_counter() - started)
+
+
+async def through_gateway(port: int, messages: list[bytes], concurrency: int) -> float:
+    queue = list(messages)
+
+    async def worker() -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=300, start_tls=False) as client:
+            while queue:
+                message = queue.pop()
+                errors, reply = await client.sendmail("alice@sender.test", ["bob@example.test"], message)
+                assert not errors and reply.startswith("2.0.0"), reply
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(messages) / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=400, help="10 kB messages per run")
+    parser.add_argument("--large", type=int, default=60, help="1 MB messages per run")
+    parser.add_argument("--concurrency", type=int, default=8, help="parallel connections/scans")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mailwarden-bench-scan-"))
+    clamd = Clamd(root / "clamd").start()
+    rspamd = Rspamd(root / "rspamd").start()
+    gateway = Mailwarden(
+        root / "mw",
+        {
+            "scan.clamd": {"address": str(clamd.socket)},
+            "scan.spam": {"engine": "rspamd", "address": rspamd.address},
+            "log": {"level": "warning"},
+            "scan.auth": {"dkim": False, "dmarc": False},  # no DNS server here; the scanners are measured
+        },
+    )
+    try:
+        gateway.add_user("bob@example.test")
+        gateway.start()
+        print(f"clamd + rspamd, {args.concurrency} concurrent; messages/s (higher is better)")
+        print(f"{'size':>6} {'count':>6} {'direct':>10} {'gateway':>10} {'overhead':>9}")
+        for label, size, count in (("10 kB", 10_000, args.small), ("1 MB", 1_000_000, args.large)):
+            warm = make_messages(10, size, seed=1)
+            asyncio.run(direct(clamd, rspamd, warm, args.concurrency))
+            asyncio.run(through_gateway(gateway.smtp_port, warm, args.concurrency))
+            messages = make_messages(count, size, seed=2)
+            direct_rate = asyncio.run(direct(clamd, rspamd, messages, args.concurrency))
+            gateway_rate = asyncio.run(through_gateway(gateway.smtp_port, messages, args.concurrency))
+            overhead = direct_rate / gateway_rate - 1
+            print(f"{label:>6} {count:>6} {direct_rate:>10.1f} {gateway_rate:>10.1f} {overhead:>+8.0%}")
+    finally:
+        gateway.stop()
+        rspamd.stop()
+        clamd.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
