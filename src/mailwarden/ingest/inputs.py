@@ -10,18 +10,22 @@ that were open when the previous run stopped.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from mailwarden.ingest.framing import Framer
 from mailwarden.ingest.pipeline import Ingester, Stream
 from mailwarden.ingest.progress import Progress
-from mailwarden.ingest.sources import decode, fingerprint, fingerprint_of, open_binary, rotation_order, skip
+from mailwarden.ingest.sources import decode, fingerprint, fingerprint_of, open_binary, rotated_series, skip
+from mailwarden.ingest.timestamps import Clock
 from mailwarden.store import Position, Store
 
 log = logging.getLogger(__name__)
@@ -124,8 +128,18 @@ def feed_handle(
     return offset
 
 
+# One line of an import: its input, where its events are stored up to, its offset and length,
+# its text, and whether it only rebuilds state (read again before the resume position).
+_ImportLine = tuple[Stream, "_Reading | None", int, int, str, bool]
+
+
 class Importer:
-    """`mailwarden ingest PATH ...`: files oldest first, each continued where an earlier run stopped."""
+    """`mailwarden ingest PATH ...`: files oldest first, each continued where an earlier run stopped.
+
+    Several series (say `mail.log*` of one host and `dovecot.log*` of another) are read side by
+    side in time order, so that lines of one message logged on different hosts meet in the
+    ingester as they would in one syslog file.
+    """
 
     def __init__(
         self,
@@ -147,43 +161,71 @@ class Importer:
         self.skipped: list[str] = []
 
     def run(self, paths: list[str]) -> None:
-        for path in rotation_order(paths):
+        series = [self._series(files) for files in rotated_series(paths)]
+        timed = [self._timed(index, lines) for index, lines in enumerate(series)]
+        lines = series[0] if len(series) == 1 else (line for *_, line in heapq.merge(*timed))
+        ingester, progress, positions = self.ingester, self.progress, self.positions
+        for count, (stream, reading, offset, length, text, replay) in enumerate(lines):
+            if replay:
+                ingester.replay(stream, text, offset)
+            else:
+                ingester.feed(stream, text, offset)
+            if reading is not None:
+                reading.offset = offset + length
+            if progress is not None:
+                progress.advance(length)
+            if count & 0x3FFF == 0:
+                positions.maybe_checkpoint()
+        ingester.finish()
+        positions.checkpoint()
+        if progress is not None:
+            progress.close()
+
+    def _timed(self, index: int, lines: Iterator[_ImportLine]) -> Iterator[tuple[int, int, int, _ImportLine]]:
+        """Lines with their time (framed once more, by a clock of their own) for merging series."""
+        clocks: dict[int, Framer] = {}
+        for sequence, line in enumerate(lines):
+            stream = line[0]
+            framer = clocks.get(id(stream))
+            if framer is None:
+                clocks.clear()
+                framer = clocks[id(stream)] = Framer(
+                    Clock(stream.framer.clock.zone, stream.framer.clock.last_us), stream.framer.default_node
+                )
+            frame = framer.frame(line[4])
+            yield (frame.ts if frame is not None else framer.clock.last_us, index, sequence, line)
+
+    def _series(self, files: list[str]) -> Iterator[_ImportLine]:
+        for path in files:
             if path == "-":
                 stream = self.ingester.stream("stdin")
-                feed_handle(self.ingester, stream, sys.stdin.buffer, start=0, resume_at=0, limit=self.max_line)
+                offset = 0
+                for raw in sys.stdin.buffer:
+                    yield stream, None, offset, len(raw), decode(raw, self.max_line), False
+                    offset += len(raw)
             else:
-                self._file(Path(path))
-        self.ingester.finish()
-        self.positions.checkpoint()
-        if self.progress is not None:
-            self.progress.close()
+                yield from self._file(Path(path))
 
-    def _file(self, path: Path) -> None:
+    def _file(self, path: Path) -> Iterator[_ImportLine]:
+        name = str(path)
         try:
-            print_name = str(path)
             fp = fingerprint(path)
             if fp is None:
                 return
             resume = 0 if self.reimport else self.positions.resume_offset(fp)
             with open_binary(path) as handle:
-                stream = self.ingester.stream(print_name, int(path.stat().st_mtime * 1_000_000))
-                reading = self.positions.reading(fp, print_name, resume)
+                stream = self.ingester.stream(name, int(path.stat().st_mtime * 1_000_000))
+                reading = self.positions.reading(fp, name, resume)
                 start = max(resume - self.warmup_bytes, 0)
                 if resume:
-                    self.skipped.append(f"{print_name}: continued at byte {resume:,}")
+                    self.skipped.append(f"{name}: continued at byte {resume:,}")
                 if self.progress is not None and start:
                     self.progress.advance(start)
-                feed_handle(
-                    self.ingester,
-                    stream,
-                    handle,
-                    start=start,
-                    resume_at=resume,
-                    limit=self.max_line,
-                    positions=self.positions,
-                    reading=reading,
-                    progress=self.progress,
-                )
+                offset = skip(handle, start) if start else 0
+                limit = self.max_line
+                for raw in handle:
+                    yield stream, reading, offset, len(raw), decode(raw, limit), offset < resume
+                    offset += len(raw)
         except (OSError, EOFError) as exc:  # unreadable, or a truncated .gz
             raise OSError(f"cannot read {path}: {exc}") from exc
 

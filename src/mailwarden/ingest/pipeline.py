@@ -19,7 +19,7 @@ from typing import Final
 from mailwarden.config import INGEST_FORMATS
 from mailwarden.events import Event, now_us
 from mailwarden.ingest.amavis import AmavisParser
-from mailwarden.ingest.base import Context, Parser
+from mailwarden.ingest.base import Context, Handoffs, Parser
 from mailwarden.ingest.clamav import ClamavMilterParser
 from mailwarden.ingest.correlate import Holdback
 from mailwarden.ingest.dovecot import SERVICES as DOVECOT_SERVICES
@@ -104,8 +104,9 @@ class Ingester:
         self._line = ""
         self._emitted = False
         self._replaying = False
-        self.dovecot = DovecotParser(self._emit)
-        self.postfix = PostfixParser(self._emit)
+        handoffs = Handoffs()
+        self.dovecot = DovecotParser(self._emit, handoffs)
+        self.postfix = PostfixParser(self._emit, handoffs)
         self.exim = EximParser(self._emit)
         queue_of = self.postfix.known_queue
         self._parsers: tuple[Parser, ...] = (

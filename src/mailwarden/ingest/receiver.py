@@ -41,7 +41,7 @@ def to_line(message: str) -> str:
     else:
         while (element := _SD_ELEMENT.match(rest)) is not None:
             rest = rest[element.end() :]
-    rest = rest.removeprefix(" ").removeprefix("\ufeff")
+    rest = rest.lstrip(" ").removeprefix("\ufeff").lstrip(" ")  # rsyslog's %msg% keeps the space after the tag
     tag = "" if app == "-" else app + ("" if procid == "-" else f"[{procid}]") + ": "
     if stamp == "-":
         return f"{host} {tag}{rest}"
@@ -76,6 +76,8 @@ async def _serve_stream(
                 data = first + await asyncio.wait_for(reader.readuntil(b"\n"), _TCP_IDLE_S)
             deliver(origin, to_line(data[:max_line].decode("utf-8", "backslashreplace")))
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError, ValueError):
+        return
+    except asyncio.CancelledError:  # the receiver is stopping; the peer reconnects to the next one
         return
     finally:
         writer.close()

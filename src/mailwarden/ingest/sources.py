@@ -25,21 +25,30 @@ _NUMBERED: Final = re.compile(r"^(?P<base>.*?)\.(?P<n>\d{1,4})(?:\.gz)?$")
 _DATED: Final = re.compile(r"^(?P<base>.*?)-(?P<date>\d{8}(?:\d{2})?)(?:\.gz)?$")
 
 
+def _rotation_key(path: str) -> tuple[str, int, int]:
+    """(the series' base name, 1 for the current file, age order) of a log file name."""
+    if path == "-":
+        return ("\uffff", 0, 0)
+    numbered = _NUMBERED.match(path)
+    if numbered is not None:
+        return (numbered["base"], 0, -int(numbered["n"]))
+    dated = _DATED.match(path)
+    if dated is not None:
+        return (dated["base"], 0, int(dated["date"][:8]) - 100_000_000)
+    return (path.removesuffix(".gz"), 1, 0)
+
+
 def rotation_order(paths: list[str]) -> list[str]:
     """`paths` with each rotated series oldest first: `x.log.3.gz, x.log.2.gz, x.log.1, x.log`."""
+    return sorted(paths, key=_rotation_key)
 
-    def key(path: str) -> tuple[str, int, int]:
-        if path == "-":
-            return ("\uffff", 0, 0)
-        numbered = _NUMBERED.match(path)
-        if numbered is not None:
-            return (numbered["base"], 0, -int(numbered["n"]))
-        dated = _DATED.match(path)
-        if dated is not None:
-            return (dated["base"], 0, int(dated["date"][:8]) - 100_000_000)
-        return (path.removesuffix(".gz"), 1, 0)
 
-    return sorted(paths, key=key)
+def rotated_series(paths: list[str]) -> list[list[str]]:
+    """`paths` grouped into rotated series (`mail.log*`, `dovecot.log*`, ...), each oldest first."""
+    series: dict[str, list[str]] = {}
+    for path in rotation_order(paths):
+        series.setdefault(_rotation_key(path)[0], []).append(path)
+    return list(series.values())
 
 
 def open_binary(path: Path) -> IO[bytes]:
