@@ -511,6 +511,37 @@ class TlsConfig(_Section):
     enabled: bool = Field(True, description="Offer STARTTLS.")
 
 
+class DeliveryConfig(_Section):
+    mode: Literal["maildir", "lmtp", "smtp"] = Field(
+        "maildir",
+        description='Where accepted mail goes: "maildir" = our own Maildirs under `mail.maildir_root`; '
+        '"lmtp" or "smtp" = proxy mode: handed to `downstream` (Dovecot\'s LMTP, another MTA) during the '
+        "SMTP session, and the sender gets 250 only after the downstream accepted it (no local queue).",
+    )
+    downstream: str = Field(
+        "",
+        description='Proxy mode: the downstream server as "host:port" or a unix socket path '
+        '(e.g. "/run/dovecot/lmtp"). Required unless `mode` is "maildir".',
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to connect to the downstream and get its greeting; slower gives 451 4.4.1."
+    )
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds to wait for each downstream reply (the one after the message included); "
+        "slower gives 451 4.4.1 (infra.downstream).",
+    )
+
+    @model_validator(mode="after")
+    def _needs_downstream(self) -> DeliveryConfig:
+        if self.mode != "maildir" and not self.downstream:
+            raise ValueError(f'mode "{self.mode}" needs `downstream` (e.g. "127.0.0.1:24" or "/run/dovecot/lmtp")')
+        if self.downstream and not self.downstream.startswith("/"):
+            parse_hostport(self.downstream)
+        return self
+
+
 class Pop3Config(_Section):
     listen: list[str] = Field(default_factory=list, description='POP3 addresses as "host:port". Empty: no POP3 server.')
     allow_plaintext_auth: bool = Field(
@@ -659,6 +690,9 @@ class Config(_Section):
     )
     scan: ScanConfig = Field(default_factory=ScanConfig, description="Content scanners.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="STARTTLS.")
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig, description="Local Maildir delivery or proxy mode (LMTP/SMTP downstream)."
+    )
     pop3: Pop3Config = Field(default_factory=Pop3Config, description="The POP3 server.")
     web: WebConfig = Field(default_factory=WebConfig, description="The web tracking center.")
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Public explanations of refusals.")
