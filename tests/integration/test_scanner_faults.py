@@ -154,5 +154,5 @@ def test_scans_past_the_overall_budget_defer_the_mail(tmp_path: Path) -> None:
             assert code == 451, text
             assert text.startswith("4.3.0 The rspamd scanner is temporarily unavailable")
             tempfail = [e for e in gateway.events() if e["kind"] == "tempfail"][-1]
-            assert tempfail["detail"]["problem"] == "rspamd did not finish within the budget of 2s"
+            assert tempfail["detail"]["errors"] == {"rspamd": "did not finish within the budget of 2s"}
             assert gateway.messages("bob@example.test") == []
