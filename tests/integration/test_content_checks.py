@@ -365,3 +365,15 @@ def test_zip_bomb_is_refused_as_dangerous_without_unpacking_it(gateway: Mailward
     code, text = send(gateway, message("bomb", backup_zip=buffer.getvalue()))
     assert code == 554, text
     assert "backup.zip/zeros.bin is a compression bomb" in text
+
+
+def test_a_mailbox_that_tags_macros_gets_the_document_in_junk_with_a_warning(gateway: Mailwarden) -> None:
+    gateway.add_user("dave@example.test")
+    gateway.cli("users", "set", "dave@example.test", "macros=tag")
+    mail = message("macro for dave")
+    mail.add_attachment(office.word_docm(), maintype="application", subtype="octet-stream", filename="Plan.docm")
+    code, text = send(gateway, mail, rcpt="dave@example.test")
+    assert code == 250, text
+    (stored,) = gateway.messages("dave@example.test", "Junk")
+    head = " ".join(stored.split(b"\r\n\r\n", 1)[0].decode().split())
+    assert "X-Mailwarden-Warning: macro in Plan.docm: AutoOpen, Workbook_Open runs automatically" in head
