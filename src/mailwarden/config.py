@@ -423,7 +423,7 @@ class ClamdConfig(_Section):
         description="Accept mail unscanned while clamd is unreachable (logged as an error for every message). "
         "Default: answer 451 4.3.0 so the sender retries.",
     )
-    pool_size: int = Field(4, ge=0, le=64, description="Idle clamd sessions (IDSESSION) kept open for reuse.")
+    pool_size: int = Field(16, ge=0, le=256, description="Idle clamd sessions (IDSESSION) kept open for reuse.")
 
 
 class SpamConfig(_Section):
@@ -442,7 +442,7 @@ class SpamConfig(_Section):
     fail_open: bool = Field(
         False, description="Accept mail unscored while the scanner is unreachable (logged). Default: 451 4.3.0."
     )
-    pool_size: int = Field(4, ge=0, le=64, description="Idle keep-alive connections kept open to rspamd.")
+    pool_size: int = Field(16, ge=0, le=256, description="Idle keep-alive connections kept open to rspamd.")
 
 
 class ContentConfig(_Section):
