@@ -50,6 +50,11 @@ REFUSALS = [
         ["zen.dnsbl.test", "Spamhaus SBL", "SBL12345"],
     ),
     (
+        "client listed in the PBL, sending for a domain without records: the client is the cause",
+        CLIENTS["pbl"], "mail.pbl.test", f"alice@{DOMAINS['missing']}", "rcpt", 554, "5.7.1", "client.dnsbl",
+        ["127.0.0.11", "zen.dnsbl.test", "provider's mail server"],
+    ),
+    (
         "client with a generic PTR",
         CLIENTS["generic"], "mail.isp.test", GOOD_SENDER, "rcpt", 550, "5.7.25", "client.dynamic_rdns",
         ["127-0-0-13.dyn.isp.test", "generic hostname", "provider's mail server"],

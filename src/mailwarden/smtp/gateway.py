@@ -258,7 +258,9 @@ class Connection:
         ref = self.session.id if self._first_ref_free else self.gateway.refs.new()
         self._first_ref_free = False
         self.txn = Transaction(ref=ref, sender=sender, mail_options=list(options))
-        result = await self.gateway.chain.run(Stage.MAIL, self._ctx())
+        # A client already refused at connect/HELO gets that refusal at RCPT; judging its sender too
+        # would answer with a lesser reason (and cost DNS lookups) first.
+        result = ChainResult() if self.pending is not None else await self.gateway.chain.run(Stage.MAIL, self._ctx())
         if result.verdict is not None:
             reply = self._refuse(result.verdict, "mail", record=result.record)
             self.txn = None
