@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -604,6 +604,72 @@ class ChecksConfig(_Section):
     )
 
 
+IngestFormat = Literal["auto", "postfix", "dovecot", "exim", "rspamd", "amavis", "clamav-milter"]
+INGEST_FORMATS: tuple[str, ...] = get_args(IngestFormat)
+SyslogTransport = Literal["udp", "tcp"]
+SYSLOG_TRANSPORTS: tuple[SyslogTransport, ...] = ("udp", "tcp")
+
+
+class IngestConfig(_Section):
+    files: list[str] = Field(
+        default_factory=list,
+        description="Log files `mailwarden serve` follows like `tail -F` (rotation and truncation are noticed; "
+        "the reading position is kept in the store, so a restart neither repeats nor skips lines). "
+        "Empty: no files are followed.",
+    )
+    syslog_listen: list[str] = Field(
+        default_factory=list,
+        description='Addresses ("host:port") on which `mailwarden serve` receives syslog messages (RFC 5424 and '
+        "RFC 3164) from rsyslog or syslog-ng, on UDP and TCP (octet-counted or newline-separated). "
+        "Empty: no receiver.",
+    )
+    syslog_protocols: list[SyslogTransport] = Field(
+        default_factory=lambda: list(SYSLOG_TRANSPORTS), description="Transports the syslog receiver listens on."
+    )
+    format: IngestFormat = Field(
+        "auto",
+        description='Log format of the followed files and received messages: "auto" picks the parser per line '
+        "by its program name (postfix/..., dovecot, exim, rspamd, amavis, clamav-milter).",
+    )
+    node: str = Field(
+        "",
+        description="Node name for lines that carry no host field (Dovecot's and Exim's own log files). "
+        '"" = the [node] name.',
+    )
+    timezone: str = Field(
+        "",
+        description="Time zone of log stamps written without an offset (classic syslog, Exim's and Dovecot's "
+        'files), as an IANA name like "Europe/Berlin" or "UTC". "" = the system\'s zone.',
+    )
+    holdback: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Seconds (of log time) an event waits for the lines that complete it, so that lines "
+        "written out of order by different processes still join one message.",
+    )
+    warmup_bytes: int = Field(
+        16_777_216,
+        ge=0,
+        description="On resuming a followed file, this many bytes before the saved position are read again "
+        "(without storing events) to rebuild sessions and queue files that span the restart.",
+    )
+    max_line: int = Field(
+        65_536, ge=1024, description="Longest log line or syslog message in bytes; longer ones are cut to this."
+    )
+
+    _listen = field_validator("syslog_listen")(_check_listen)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value:
+            from mailwarden.ingest.timestamps import local_zone
+
+            local_zone(value)
+        return value
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level (stderr).")
 
@@ -632,6 +698,9 @@ class Config(_Section):
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Public explanations of refusals.")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="The decision chain.")
     log: LogConfig = Field(default_factory=LogConfig, description="Daemon logging.")
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig, description="Reading the logs of other mail systems (Postfix, Dovecot, ...)."
+    )
 
     # Where relative paths are anchored; not a TOML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True, description="")
