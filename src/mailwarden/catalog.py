@@ -478,6 +478,25 @@ _ENTRIES: Final[list[Reason]] = [
             "Nichts zu tun; der Absender wiederholt automatisch.",
         ),
     ),
+    _r(
+        "rcpt.downstream_refused",
+        550,
+        "5.0.0",
+        "provider",
+        "The mailbox server refused the message for {recipient}: {reply}",
+        title=("Refused by the mailbox server", "Vom Postfachserver abgelehnt"),
+        explanation=(
+            "Our gateway accepted the message for checking, but the mailbox server behind it refused "
+            "it for {recipient} ({reply}). The sending server was told during delivery.",
+            "Unser Gateway hat die Nachricht zur Prüfung angenommen, aber der Postfachserver dahinter "
+            "hat sie für {recipient} abgelehnt ({reply}). Der sendende Server wurde bei der Zustellung "
+            "informiert.",
+        ),
+        remedy=(
+            "Our team checks why the mailbox server refused it; the reply above names the cause.",
+            "Unser Team prüft, warum der Postfachserver ablehnte; die Antwort oben nennt die Ursache.",
+        ),
+    ),
     # ---------------------------------------------------------------- the message
     _r(
         "msg.too_big",

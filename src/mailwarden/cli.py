@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mailwarden import __version__
-from mailwarden.config import ENV_VAR, Config, ConfigError, docs_markdown, load
+from mailwarden.config import ENV_VAR, INGEST_FORMATS, Config, ConfigError, docs_markdown, load
 from mailwarden.events import Event, us_to_iso
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.text import printable
@@ -140,6 +140,20 @@ def cmd_events(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.ingest import commands
+
+    return commands.ingest(
+        config,
+        args.paths,
+        follow=args.follow,
+        fmt=args.format,
+        node=args.node,
+        reimport=args.reimport,
+        progress=args.progress,
+    )
+
+
 def cmd_trace(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.trace import commands
     from mailwarden.trace.search import AddressFilter, SearchSpec
@@ -239,6 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--session", help="only this connection")
     events.add_argument("--limit", type=int, help="at most this many events")
     events.add_argument("--format", choices=["table", "json"], default="table")
+
+    ingest = command("ingest", cmd_ingest, "read logs of Postfix, Dovecot, Exim, ... into events")
+    ingest.add_argument(
+        "paths", nargs="+", metavar="PATH|-", help="log files (plain or .gz, rotated series welcome) or - for stdin"
+    )
+    ingest.add_argument("--follow", action="store_true", help="keep reading new lines like tail -F until interrupted")
+    ingest.add_argument(
+        "--format", choices=INGEST_FORMATS, default=None, help="parser for every line (default: [ingest] format, auto)"
+    )
+    ingest.add_argument(
+        "--node", help="node name for lines without a host field (default: [ingest] node or [node] name)"
+    )
+    ingest.add_argument("--reimport", action="store_true", help="read files from the start even if imported before")
+    ingest.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress line on stderr (default: on a terminal)",
+    )
 
     trace = command("trace", cmd_trace, "find messages and show what happened to them")
     trace.add_argument("--from", dest="sender", metavar="A", help="sender: a@b.test, @b.test (domain) or *part*")

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -423,7 +423,7 @@ class ClamdConfig(_Section):
         description="Accept mail unscanned while clamd is unreachable (logged as an error for every message). "
         "Default: answer 451 4.3.0 so the sender retries.",
     )
-    pool_size: int = Field(4, ge=0, le=64, description="Idle clamd sessions (IDSESSION) kept open for reuse.")
+    pool_size: int = Field(16, ge=0, le=256, description="Idle clamd sessions (IDSESSION) kept open for reuse.")
 
 
 class SpamConfig(_Section):
@@ -442,7 +442,7 @@ class SpamConfig(_Section):
     fail_open: bool = Field(
         False, description="Accept mail unscored while the scanner is unreachable (logged). Default: 451 4.3.0."
     )
-    pool_size: int = Field(4, ge=0, le=64, description="Idle keep-alive connections kept open to rspamd.")
+    pool_size: int = Field(16, ge=0, le=256, description="Idle keep-alive connections kept open to rspamd.")
 
 
 class ContentConfig(_Section):
@@ -511,6 +511,37 @@ class TlsConfig(_Section):
     enabled: bool = Field(True, description="Offer STARTTLS.")
 
 
+class DeliveryConfig(_Section):
+    mode: Literal["maildir", "lmtp", "smtp"] = Field(
+        "maildir",
+        description='Where accepted mail goes: "maildir" = our own Maildirs under `mail.maildir_root`; '
+        '"lmtp" or "smtp" = proxy mode: handed to `downstream` (Dovecot\'s LMTP, another MTA) during the '
+        "SMTP session, and the sender gets 250 only after the downstream accepted it (no local queue).",
+    )
+    downstream: str = Field(
+        "",
+        description='Proxy mode: the downstream server as "host:port" or a unix socket path '
+        '(e.g. "/run/dovecot/lmtp"). Required unless `mode` is "maildir".',
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to connect to the downstream and get its greeting; slower gives 451 4.4.1."
+    )
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds to wait for each downstream reply (the one after the message included); "
+        "slower gives 451 4.4.1 (infra.downstream).",
+    )
+
+    @model_validator(mode="after")
+    def _needs_downstream(self) -> DeliveryConfig:
+        if self.mode != "maildir" and not self.downstream:
+            raise ValueError(f'mode "{self.mode}" needs `downstream` (e.g. "127.0.0.1:24" or "/run/dovecot/lmtp")')
+        if self.downstream and not self.downstream.startswith("/"):
+            parse_hostport(self.downstream)
+        return self
+
+
 class Pop3Config(_Section):
     listen: list[str] = Field(default_factory=list, description='POP3 addresses as "host:port". Empty: no POP3 server.')
     allow_plaintext_auth: bool = Field(
@@ -573,6 +604,72 @@ class ChecksConfig(_Section):
     )
 
 
+IngestFormat = Literal["auto", "postfix", "dovecot", "exim", "rspamd", "amavis", "clamav-milter"]
+INGEST_FORMATS: tuple[str, ...] = get_args(IngestFormat)
+SyslogTransport = Literal["udp", "tcp"]
+SYSLOG_TRANSPORTS: tuple[SyslogTransport, ...] = ("udp", "tcp")
+
+
+class IngestConfig(_Section):
+    files: list[str] = Field(
+        default_factory=list,
+        description="Log files `mailwarden serve` follows like `tail -F` (rotation and truncation are noticed; "
+        "the reading position is kept in the store, so a restart neither repeats nor skips lines). "
+        "Empty: no files are followed.",
+    )
+    syslog_listen: list[str] = Field(
+        default_factory=list,
+        description='Addresses ("host:port") on which `mailwarden serve` receives syslog messages (RFC 5424 and '
+        "RFC 3164) from rsyslog or syslog-ng, on UDP and TCP (octet-counted or newline-separated). "
+        "Empty: no receiver.",
+    )
+    syslog_protocols: list[SyslogTransport] = Field(
+        default_factory=lambda: list(SYSLOG_TRANSPORTS), description="Transports the syslog receiver listens on."
+    )
+    format: IngestFormat = Field(
+        "auto",
+        description='Log format of the followed files and received messages: "auto" picks the parser per line '
+        "by its program name (postfix/..., dovecot, exim, rspamd, amavis, clamav-milter).",
+    )
+    node: str = Field(
+        "",
+        description="Node name for lines that carry no host field (Dovecot's and Exim's own log files). "
+        '"" = the [node] name.',
+    )
+    timezone: str = Field(
+        "",
+        description="Time zone of log stamps written without an offset (classic syslog, Exim's and Dovecot's "
+        'files), as an IANA name like "Europe/Berlin" or "UTC". "" = the system\'s zone.',
+    )
+    holdback: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Seconds (of log time) an event waits for the lines that complete it, so that lines "
+        "written out of order by different processes still join one message.",
+    )
+    warmup_bytes: int = Field(
+        16_777_216,
+        ge=0,
+        description="On resuming a followed file, this many bytes before the saved position are read again "
+        "(without storing events) to rebuild sessions and queue files that span the restart.",
+    )
+    max_line: int = Field(
+        65_536, ge=1024, description="Longest log line or syslog message in bytes; longer ones are cut to this."
+    )
+
+    _listen = field_validator("syslog_listen")(_check_listen)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value:
+            from mailwarden.ingest.timestamps import local_zone
+
+            local_zone(value)
+        return value
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level (stderr).")
 
@@ -593,11 +690,17 @@ class Config(_Section):
     )
     scan: ScanConfig = Field(default_factory=ScanConfig, description="Content scanners.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="STARTTLS.")
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig, description="Local Maildir delivery or proxy mode (LMTP/SMTP downstream)."
+    )
     pop3: Pop3Config = Field(default_factory=Pop3Config, description="The POP3 server.")
     web: WebConfig = Field(default_factory=WebConfig, description="The web tracking center.")
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Public explanations of refusals.")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="The decision chain.")
     log: LogConfig = Field(default_factory=LogConfig, description="Daemon logging.")
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig, description="Reading the logs of other mail systems (Postfix, Dovecot, ...)."
+    )
 
     # Where relative paths are anchored; not a TOML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True, description="")

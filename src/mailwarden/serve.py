@@ -11,6 +11,8 @@ from mailwarden import mailboxes
 from mailwarden.checks import build_chain
 from mailwarden.checks.base import Services
 from mailwarden.config import Config
+from mailwarden.ingest.service import start_role as start_ingest
+from mailwarden.ingest.service import stop_role as stop_ingest
 from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
@@ -55,6 +57,9 @@ async def run(config: Config) -> None:
         pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
         if pop3 is not None:
             roles.append(f"pop3 {' '.join(await pop3.start())}")
+        ingest = await start_ingest(config, store)
+        if ingest is not None:
+            roles.append(f"ingest {' '.join(ingest[2])}")
         purging = asyncio.create_task(
             purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
         )
@@ -66,6 +71,7 @@ async def run(config: Config) -> None:
         await stop.wait()
         log.info("shutting down")
         purging.cancel()
+        await stop_ingest(ingest)
         if pop3 is not None:
             await pop3.stop()
         await gateway.stop()

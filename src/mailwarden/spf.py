@@ -8,7 +8,7 @@ nameservers of the session path, and a DNS failure is a temperror, as RFC 7208 2
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Final
 
 import spftrace
@@ -92,7 +92,7 @@ class SpfResult:
     explanation: str | None = None  # the domain's exp= text for a fail
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {key: value for key, value in vars(self).items() if value is not None}
 
     @property
     def detail(self) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.dns import CLIENTS, DOMAINS, DnsServers, gateway_config, running_dns
 from tests.support.mailwarden import Mailwarden, running
-from tests.support.smtp import events_of, send
+from tests.support.smtp import events_of, send, stored_message
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,11 @@ REFUSALS = [
         "client listed in the SBL",
         CLIENTS["sbl"], "mail.sbl.test", GOOD_SENDER, "rcpt", 554, "5.7.1", "client.dnsbl",
         ["zen.dnsbl.test", "Spamhaus SBL", "SBL12345"],
+    ),
+    (
+        "client listed in the PBL, sending for a domain without records: the client is the cause",
+        CLIENTS["pbl"], "mail.pbl.test", f"alice@{DOMAINS['missing']}", "rcpt", 554, "5.7.1", "client.dnsbl",
+        ["127.0.0.11", "zen.dnsbl.test", "provider's mail server"],
     ),
     (
         "client with a generic PTR",
@@ -162,11 +167,9 @@ ACCEPTED = [
 def test_accepted_mail_records_spf_in_authentication_results(
     gateway: Mailwarden, client: str, helo: str, sender: str, auth: str
 ) -> None:
-    before = len(gateway.messages("bob@example.test"))
     attempt = send(gateway, client, helo, sender)
     assert attempt.accepted, attempt.replies
-    stored = gateway.messages("bob@example.test")[before:]
-    head = stored[-1].split(b"\r\n\r\n", 1)[0].decode()
+    head = stored_message(gateway, attempt).split(b"\r\n\r\n", 1)[0].decode()
     assert "Authentication-Results: mx.example.test;" in head
     assert auth in head
 
@@ -174,7 +177,8 @@ def test_accepted_mail_records_spf_in_authentication_results(
 def test_the_allowlisted_client_is_recorded_as_such(gateway: Mailwarden) -> None:
     attempt = send(gateway, CLIENTS["dnswl"], "mail.dnswl.test", GOOD_SENDER)
     assert attempt.accepted
-    ref = attempt.last.text.rsplit("ref=", 1)[1].split()[0]
+    ref = attempt.last.ref
+    assert ref is not None
     events = events_of(gateway, ref, "accept")
     (connect,) = [e for e in events if e["kind"] == "connect"]
     (dnsbl,) = [c for c in connect["detail"]["checks"] if c["check"] == "dnsbl"]
@@ -183,9 +187,7 @@ def test_the_allowlisted_client_is_recorded_as_such(gateway: Mailwarden) -> None
 
 
 def test_the_verified_client_name_reaches_the_received_header(gateway: Mailwarden) -> None:
-    before = len(gateway.messages("bob@example.test"))
-    assert send(gateway, CLEAN, "mail.good.test", GOOD_SENDER).accepted
-    stored = gateway.messages("bob@example.test")[before:][-1]
+    stored = stored_message(gateway, send(gateway, CLEAN, "mail.good.test", GOOD_SENDER))
     assert b"(mail.good.test [127.0.0.10])" in stored.split(b"\r\n\r\n", 1)[0]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.dns import CLIENTS, DOMAINS, gateway_config, running_dns
 from tests.support.mailwarden import Mailwarden, running
-from tests.support.smtp import events_of, send
+from tests.support.smtp import events_of, send, stored_message
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,8 @@ def test_dns_stopped_mid_test_makes_every_dns_check_answer_4xx(tmp_path_factory:
         attempt = send(fail_open, CLIENTS["clean"], "mail.good.test", f"a@{DOMAINS['spf_neutral']}")
         assert attempt.accepted, attempt.replies
         assert "fail_open is on" in fail_open.log.read_text()
-        ref = attempt.last.text.rsplit("ref=", 1)[1].split()[0]
+        ref = attempt.last.ref
+        assert ref is not None
         (mail,) = [e for e in events_of(fail_open, ref, "accept") if e["kind"] == "mail"]
         (spf,) = [c for c in mail["detail"]["checks"] if c["check"] == "spf"]
         assert spf["reason"] == "infra.dns_tempfail" and spf["detail"]["fail_open"] is True
@@ -79,9 +80,9 @@ def test_greylisting_defers_the_first_attempt_and_accepts_the_retry(limited: Mai
     time.sleep(1.5)  # the configured delay (1 s) has passed
     retry = send(limited, "127.0.0.41", "mail.example.org", "ann@example.org")  # same /24
     assert retry.accepted, retry.replies
-    stored = limited.messages("bob@example.test")[-1]
-    assert b"X-Greylist: delayed " in stored
-    ref = retry.last.text.rsplit("ref=", 1)[1].split()[0]
+    assert b"X-Greylist: delayed " in stored_message(limited, retry)
+    ref = retry.last.ref
+    assert ref is not None
     (rcpt,) = [e for e in events_of(limited, ref, "accept") if e["kind"] == "rcpt"]
     (greylist,) = [c for c in rcpt["detail"]["checks"] if c["check"] == "greylist"]
     assert greylist["reason"] == "greylisted" and greylist["detail"]["passed"] is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -110,3 +111,48 @@ def test_rspamd_slower_than_the_timeout_defers_and_the_gateway_keeps_serving(tmp
             assert code == 250, text
     finally:
         rspamd.stop()
+
+
+@pytest.mark.parametrize(("oversize", "code"), [("tempfail", 451), ("accept", 250)])
+def test_message_over_clamds_stream_limit_is_handled_as_configured(tmp_path: Path, oversize: str, code: int) -> None:
+    clamd = Clamd(tmp_path / "clamd", stream_max="1M").start()
+    try:
+        overrides = {"scan.clamd": {"address": clamd.address, "max_stream": 1_048_576, "oversize": oversize}}
+        with running(tmp_path / "mw", overrides) as gateway:
+            reply = send(gateway, mail("too long for clamd", random.Random(3).randbytes(1_500_000)))
+            assert reply[0] == code, reply
+            data = [e for e in gateway.events() if e["kind"] == "data"][-1]
+            (entry,) = [c for c in data["detail"]["checks"] if c["check"] == "content"]
+            if oversize == "accept":
+                assert "exceed clamd's stream limit" in entry["detail"]["unscanned"]["clamd"]
+                assert len(gateway.messages("bob@example.test")) == 1
+            else:
+                assert "exceed clamd's stream limit" in entry["detail"]["errors"]["clamd"]
+    finally:
+        clamd.stop()
+
+
+def test_unreachable_clamd_fails_open_only_when_configured_and_says_so_loudly(tmp_path: Path) -> None:
+    overrides = {"scan.clamd": {"address": "127.0.0.1:9", "fail_open": True}}
+    with running(tmp_path / "mw", overrides) as gateway:
+        code, text = send(gateway, mail("unscanned"))
+        assert code == 250, text
+        assert "ACCEPTING MAIL UNSCANNED" in gateway.log.read_text()
+        data = [e for e in gateway.events() if e["kind"] == "data"][-1]
+        (entry,) = [c for c in data["detail"]["checks"] if c["check"] == "content"]
+        assert entry["detail"]["unscanned"]["clamd"].startswith("failed open: cannot connect to 127.0.0.1:9")
+
+
+def test_scans_past_the_overall_budget_defer_the_mail(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # listens, never reads: a scanner that hangs
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        overrides = {"scan": {"budget": 2.0}, "scan.spam": {"address": address, "timeout": 60.0}}
+        with running(tmp_path / "mw", overrides) as gateway:
+            code, text = send(gateway, mail("budget"))
+            assert code == 451, text
+            assert text.startswith("4.3.0 The rspamd scanner is temporarily unavailable")
+            tempfail = [e for e in gateway.events() if e["kind"] == "tempfail"][-1]
+            assert tempfail["detail"]["errors"] == {"rspamd": "did not finish within the budget of 2s"}
+            assert gateway.messages("bob@example.test") == []

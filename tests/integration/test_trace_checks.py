@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_network_checks import ALL_CHECKS, checks_config
-from tests.support.dns import CLIENTS, DOMAINS, DnsServers, running_dns
+from tests.integration.test_network_checks import ALL_CHECKS
+from tests.support.dns import CLIENTS, DOMAINS, DnsServers, gateway_config, running_dns
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.scanners import EICAR, GTUBE, Clamd, Rspamd
 from tests.support.smtp import events_of, send
@@ -36,7 +36,7 @@ def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServers]:
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory, dns: DnsServers) -> Iterator[Mailwarden]:
-    with running(tmp_path_factory.mktemp("mw"), checks_config(dns, ALL_CHECKS)) as instance:
+    with running(tmp_path_factory.mktemp("mw"), gateway_config(dns, ALL_CHECKS)) as instance:
         yield instance
 
 

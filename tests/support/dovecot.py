@@ -136,12 +136,9 @@ class Dovecot:
         mail = self.root / "mail"
         mail.mkdir()
         shutil.chown(mail, MAIL_USER, MAIL_GROUP)
-        quotas = quota_bytes or {}
-        lines = []
-        for user, password in users.items():
-            extra = f"userdb_quota_rule=*:storage={quotas[user]}B" if user in quotas else ""
-            lines.append(f"{user}:{{PLAIN}}{password}::::::{extra}")
-        (self.root / "users").write_text("\n".join(lines) + "\n")
+        self.users = dict(users)
+        self.quota_bytes = dict(quota_bytes or {})
+        self._write_users()
         self.config_path.write_text(
             _CONFIG.format(
                 root=self.root,
@@ -157,6 +154,34 @@ class Dovecot:
             )
             + extra_config
         )
+
+    def _write_users(self) -> None:
+        lines = []
+        for user, password in self.users.items():
+            quota = self.quota_bytes.get(user)
+            extra = f"userdb_quota_rule=*:storage={quota}B" if quota is not None else ""
+            lines.append(f"{user}:{{PLAIN}}{password}::::::{extra}")
+        users_file = self.root / "users"
+        previous = int(users_file.stat().st_mtime) if users_file.exists() else 0
+        users_file.write_text("\n".join(lines) + "\n")
+        mtime = max(int(time.time()), previous + 1)  # Dovecot notices a changed mtime (in seconds)
+        os.utime(users_file, (mtime, mtime))
+
+    def set_quota(self, user: str, quota_bytes: int, timeout: float = 30.0) -> None:
+        """Change a user's storage quota while Dovecot runs; returns once Dovecot uses the new one."""
+        self.quota_bytes[user] = quota_bytes
+        self._write_users()
+        wanted = f"*:storage={quota_bytes}B"
+        deadline = time.monotonic() + timeout
+        while True:  # Dovecot looks at a changed passwd-file at most about once a second
+            lookup = subprocess.run(
+                ["doveadm", "-c", str(self.config_path), "user", user], capture_output=True, text=True, timeout=30
+            )
+            if wanted in lookup.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Dovecot still has the old quota of {user}:\n{lookup.stdout}{lookup.stderr}")
+            time.sleep(0.2)
 
     @property
     def lmtp_address(self) -> str:

@@ -77,6 +77,15 @@ def send(
     return attempt
 
 
+def stored_message(gateway: Mailwarden, attempt: Attempt, mailbox: str = "bob@example.test") -> bytes:
+    """The message an accepted attempt delivered, found by the ref of its 250 reply."""
+    ref = attempt.last.ref
+    assert attempt.accepted and ref is not None, attempt.replies
+    marker = f"X-Mailwarden-Ref: {ref}\r\n".encode()
+    (message,) = [m for m in gateway.messages(mailbox) if marker in m]
+    return message
+
+
 def events_of(gateway: Mailwarden, ref: str, kind: str, timeout: float = 30.0) -> list[dict[str, Any]]:
     """The events of a transaction once the one of `kind` is committed (the writer batches)."""
     deadline = time.monotonic() + timeout

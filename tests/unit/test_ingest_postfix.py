@@ -33,7 +33,7 @@ def _of(events: list[Event], queue_id: str) -> list[Event]:
 
 def test_every_event_of_a_queue_file_knows_its_message_id_sender_size_and_client() -> None:
     events = _of(_events(RELAY_LOG), "A59FE214716")
-    assert [e.kind for e in events] == ["accept", "bounce", "deliver", "bounce"]
+    assert [e.kind for e in events] == ["accept", "bounce", "deliver", "check"]
     for event in events:
         assert event.message_id == "<pf1@sender.test>"
         assert event.sender == "alice@sender.test"
@@ -58,7 +58,7 @@ def test_the_bounce_notification_is_linked_both_ways() -> None:
     events = _events(RELAY_LOG)
     notice = next(e for e in events if e.detail.get("notification") == "non-delivery")
     assert (notice.kind, notice.queue_id, notice.detail["notification_queue_id"]) == (
-        "bounce",
+        "check",
         "A59FE214716",
         "A987F214719",
     )

@@ -226,3 +226,9 @@ def test_the_sliding_window_counts_the_last_minute() -> None:
     assert [counter.hit("a", 60.0 + i) for i in range(3)] == [1, 2, 3]
     assert counter.hit("a", 150.0) <= 4  # half of the previous minute still counts
     assert counter.hit("a", 400.0) == 1
+
+
+def test_a_sender_domain_that_cannot_exist_is_missing_without_asking_dns() -> None:
+    resolver = ScriptedResolver({})
+    report = asyncio.run(inspect_domain(resolver, "x" * 64 + ".example"))
+    assert report.problem == "sender.domain_missing" and resolver.asked == []

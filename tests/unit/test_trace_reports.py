@@ -6,6 +6,8 @@ import csv
 import io
 from pathlib import Path
 
+import pytest
+
 from mailwarden.events import Event
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace import listing, report
@@ -109,3 +111,26 @@ def test_csv_output_cannot_smuggle_a_spreadsheet_formula(tmp_path: Path) -> None
     rows = list(csv.DictReader(io.StringIO(listing.as_csv(result))))
     assert len(rows) == 2
     assert all(row["sender"].startswith("'=HYPERLINK(") for row in rows)
+
+
+def test_explaining_a_session_without_a_message_names_what_it_was(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "events.db")
+    store.append(
+        Event(
+            kind="login",
+            source="pop3",
+            node="mx1",
+            ts=T0,
+            ref="1AAAAAAAAAP0",
+            session="1AAAAAAAAAP0",
+            recipient="bob@example.test",
+            client_ip="203.0.113.5",
+            reason="access.login_failed",
+        )
+    )
+    store.flush()
+    try:
+        with pytest.raises(report.ReportError, match=r"without a message \(pop3 login \(access.login_failed\)\)"):
+            report.build(store, "1AAAAAAAAAP0", now=T0)
+    finally:
+        store.close()

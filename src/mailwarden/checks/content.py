@@ -41,6 +41,7 @@ from mailwarden.smtp.spool import Spool
 log = logging.getLogger(__name__)
 
 JUNK = "Junk"
+LOCATE_BUDGET = 10.0  # seconds to name the infected attachment after the budget; else "the message"
 TRIAGE_LIMIT = 256 * 1024  # bytes: up to this size the MIME walk and magic check run on the loop (< 1 ms)
 
 
@@ -136,7 +137,7 @@ class ContentCheck(Check):
         )
         self.inspect_files = content.dangerous_attachments or content.macros != "off"
         self.workers = WorkerPool(content.workers, content.worker_memory_mb)
-        self.timeout = scan.budget + 10.0  # the budget is enforced here, with a precise reply
+        self.timeout = scan.budget + LOCATE_BUDGET + 5.0  # the budget is enforced here, with a precise reply
 
     @classmethod
     def create(cls, services: Services) -> Check:
@@ -163,8 +164,6 @@ class ContentCheck(Check):
         txn = ctx.txn
         assert txn is not None and txn.spool is not None
         outcome = await self._scan(ctx, txn, txn.spool)
-        if isinstance(outcome, Verdict):
-            return outcome
         if outcome.auth is not None:
             txn.results["dkim"] = [r.to_dict() for r in outcome.auth.dkim]
             if outcome.auth.dmarc is not None:
@@ -172,7 +171,7 @@ class ContentCheck(Check):
         policy = ContentPolicy.of(self.config, txn.recipients[0].settings if txn.recipients else {})
         return await self._decide(txn, txn.spool, outcome, policy)
 
-    async def _scan(self, ctx: CheckContext, txn: Transaction, spool: Spool) -> _Outcome | Verdict:
+    async def _scan(self, ctx: CheckContext, txn: Transaction, spool: Spool) -> _Outcome:
         jobs: dict[str, Awaitable[Any]] = {}
         outcome = _Outcome()
         if self.clamd is not None:
@@ -204,17 +203,13 @@ class ContentCheck(Check):
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-            late = sorted(name for name, task in tasks.items() if task in pending)
-            problem = f"{', '.join(late)} did not finish within the budget of {self.config.scan.budget:g}s"
-            log.error("content scan of %s: %s", txn.ref, problem)
-            return Verdict(
-                Action.TEMPFAIL,
-                "infra.scanner_unavailable",
-                {"scanner": " and ".join(late)},
-                detail={"problem": problem},
-            )
         for name, task in tasks.items():
-            self._collect(outcome, name, task)
+            if task in pending:  # a finding of the others may still be proof enough to refuse
+                problem = f"did not finish within the budget of {self.config.scan.budget:g}s"
+                log.error("content scan of %s: %s %s", txn.ref, name, problem)
+                outcome.error(name, problem)
+            else:
+                self._collect(outcome, name, task)
         return outcome
 
     async def _inspect(self, spool: Spool) -> ContentReport:
@@ -341,7 +336,7 @@ class ContentCheck(Check):
                 self.limits,
                 self.clamd.address,
                 self.config.scan.clamd.timeout,
-                budget=self.config.scan.content.timeout,
+                budget=LOCATE_BUDGET,
             )
         except (TimeoutError, WorkerError) as exc:
             log.warning("could not tell which attachment carries the virus: %s", exc)

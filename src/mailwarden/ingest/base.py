@@ -18,7 +18,17 @@ from mailwarden.events import Event
 from mailwarden.ingest.framing import Frame
 
 # The fields a context may fill in, in the order they are filled.
-FILLABLE: Final = ("session", "message_id", "client_ip", "client_name", "helo", "sender", "recipient", "size")
+FILLABLE: Final = (
+    "session",
+    "queue_id",
+    "message_id",
+    "client_ip",
+    "client_name",
+    "helo",
+    "sender",
+    "recipient",
+    "size",
+)
 
 
 class Context:
@@ -32,6 +42,7 @@ class Context:
 
     def __init__(self, seen_us: int, parent: Context | None = None) -> None:
         self.session: str | None = None
+        self.queue_id: str | None = None
         self.message_id: str | None = None
         self.client_ip: str | None = None
         self.client_name: str | None = None
@@ -65,6 +76,27 @@ Emit = Callable[[Event, "Context | None"], None]
 QueueLookup = Callable[[str, str], "Context | None"]
 Key = TypeVar("Key")
 AnyContext = TypeVar("AnyContext", bound=Context)
+
+
+class Handoffs:
+    """Deliveries handed from an MTA to a mailbox server by LMTP, keyed by the server's session id.
+
+    Postfix logs Dovecot's LMTP reply (`250 2.0.0 <rcpt> SESSION Saved`), Dovecot logs the same
+    SESSION with its `saved mail` line: whichever comes first makes the context, and Dovecot's
+    delivery event gets Postfix's queue id from it, so both are one message in the trace.
+    """
+
+    LIMIT: Final = 100_000
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, Context] = {}
+
+    def to(self, session: str, seen_us: int = 0) -> Context:
+        context = self._by_session.get(session)
+        if context is None:
+            bounded_pop(self._by_session, self.LIMIT)
+            context = self._by_session[session] = Context(seen_us)
+        return context
 
 
 class Parser:

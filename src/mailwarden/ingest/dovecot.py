@@ -35,7 +35,7 @@ import re
 from typing import Final
 
 from mailwarden.events import Event
-from mailwarden.ingest.base import Context, Emit, Parser, bounded_pop, expire, message_id, to_int
+from mailwarden.ingest.base import Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
 from mailwarden.ingest.framing import Frame
 
 _LEVEL: Final = r"(?:(?:Info|Warning|Error|Fatal|Panic|Debug): )?"
@@ -155,8 +155,9 @@ class DovecotParser(Parser):
     source = "dovecot"
     SESSION_LIMIT: Final = 100_000
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
         super().__init__(emit)
+        self.handoffs = handoffs
         # Login sessions by (node, session id), by (node, mail process pid) and by (node, protocol, user).
         self.sessions: dict[object, Context] = {}
         # LMTP/LDA transactions by (node, session id).
@@ -393,7 +394,8 @@ class DovecotParser(Parser):
         context = self.transactions.get(key)
         if context is None:
             bounded_pop(self.transactions, self.SESSION_LIMIT)
-            context = self.transactions[key] = Context(frame.ts)
+            # The MTA's side of the hand-off (its queue id) is found under the same session id.
+            context = self.transactions[key] = Context(frame.ts, self.handoffs.to(session, frame.ts))
             context.closed_us = frame.ts  # no line ends a transaction; keep it a minute
         return context
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from typing import Final
 
+from mailwarden.config import INGEST_FORMATS
 from mailwarden.events import Event, now_us
 from mailwarden.ingest.amavis import AmavisParser
-from mailwarden.ingest.base import Context, Parser
+from mailwarden.ingest.base import Context, Handoffs, Parser
 from mailwarden.ingest.clamav import ClamavMilterParser
 from mailwarden.ingest.correlate import Holdback
 from mailwarden.ingest.dovecot import SERVICES as DOVECOT_SERVICES
@@ -32,7 +33,7 @@ from mailwarden.ingest.timestamps import Clock
 Sink = Callable[[Event], None]
 
 # Formats `--format` accepts; "auto" picks a parser per line by its program name.
-FORMATS: Final = ("auto", "postfix", "dovecot", "exim", "rspamd", "amavis", "clamav-milter")
+FORMATS: Final = INGEST_FORMATS
 # Program names (the tag before `[pid]:`, lower-cased, before any `/`) and the format they log in.
 _FAMILIES: Final = {
     "exim": "exim",
@@ -49,6 +50,10 @@ _UNTAGGED_DOVECOT: Final = re.compile(
 )
 _PROGRAM_SAFE: Final = re.compile(r"[^\w.\-/]")
 _EVICT_EVERY: Final = 50_000
+
+
+class IngestError(ValueError):
+    """Something the user can fix: a missing file, an unknown format; the message says what."""
 
 
 @dataclass
@@ -87,7 +92,7 @@ class Ingester:
         holdback_s: float = 2.0,
     ) -> None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            raise IngestError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.fmt = fmt
         self.default_node = default_node
         self.zone = zone
@@ -98,8 +103,10 @@ class Ingester:
         self._offset = 0
         self._line = ""
         self._emitted = False
-        self.dovecot = DovecotParser(self._emit)
-        self.postfix = PostfixParser(self._emit)
+        self._replaying = False
+        handoffs = Handoffs()
+        self.dovecot = DovecotParser(self._emit, handoffs)
+        self.postfix = PostfixParser(self._emit, handoffs)
         self.exim = EximParser(self._emit)
         queue_of = self.postfix.known_queue
         self._parsers: tuple[Parser, ...] = (
@@ -141,6 +148,17 @@ class Ingester:
             for each in self._parsers:
                 each.evict(frame.ts)
 
+    def replay(self, stream: Stream, line: str, offset: int) -> None:
+        """Parse a line already stored by an earlier run: rebuild sessions and queue files, emit nothing."""
+        stats = self.stats
+        self.stats = Stats()
+        self._replaying = True
+        try:
+            self.feed(stream, line, offset)
+        finally:
+            self._replaying = False
+            self.stats = stats
+
     def _route(self, frame: Frame) -> Parser | None:
         program = frame.program
         if program is None:
@@ -172,7 +190,7 @@ class Ingester:
         return None
 
     def _emit(self, event: Event, context: Context | None) -> None:
-        if self._emitted:  # a parser bug; one line is one event at most
+        if self._emitted or self._replaying:  # one line is one event at most; replayed lines are stored
             return
         self._emitted = True
         event.evidence = f"{self._origin}:{self._offset}: {self._line}"

@@ -26,7 +26,7 @@ import re
 from typing import Final, NamedTuple
 
 from mailwarden.events import Event
-from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id, to_int
+from mailwarden.ingest.base import ADDRESS, Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
 
@@ -92,6 +92,7 @@ _LIMIT: Final = re.compile(
 _UNVERIFIED: Final = re.compile(r"hostname (\S+) does not resolve to address ([^\s:]+(?::[0-9a-fA-F:]*)?)(?:$|: )")
 _PS_REJECT: Final = re.compile(r"(\S+) from " + _PS_ADDR + r": ")
 _DNSBLOG: Final = re.compile(r"addr (\S+) listed by domain (\S+) as (\S+)")
+_SMTPD_SHAPES: Final = ("connect from ", "disconnect from ", "NOQUEUE: ", "proxy-", "warning: ")
 _LEVEL_PREFIXES: Final = ("warning: ", "error: ", "fatal: ", "panic: ")
 
 # Lines that say nothing about a message: start-up, statistics, TLS set-up and the like.
@@ -232,8 +233,9 @@ class _Queue(Context):
 class PostfixParser(Parser):
     source = "postfix"
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
         super().__init__(emit)
+        self.handoffs = handoffs
         self.sessions: dict[object, Context] = {}  # (node, pid) and (node, pid, ip, port) for postscreen
         self.queues: dict[tuple[str, str], _Queue] = {}  # (node, queue id)
         self.links: dict[tuple[str, str], Context] = {}  # (node, next queue id) -> the queue that handed it on
@@ -254,8 +256,24 @@ class PostfixParser(Parser):
     def parse(self, frame: Frame) -> bool:
         program = frame.program or "postfix"
         daemon = program.rsplit("/", 1)[-1]
-        handler = self._daemons.get(daemon, self._queue_line)
+        handler = self._daemons.get(daemon, self._by_shape)
         return handler(frame, program, frame.message)
+
+    def _by_shape(self, frame: Frame, program: str, text: str) -> bool:
+        """A delivery agent, or a line whose daemon name got lost (rsyslog's RFC 5424 APP-NAME stops
+        at the `/` of `postfix/smtpd` unless parser.PermitSlashInProgramName is on): go by its shape."""
+        queued = _QID_PREFIX.match(text)
+        if queued is not None:
+            if text.startswith("client=", queued.end()):
+                return self._smtpd(frame, program, text)
+            return self._queue_line(frame, program, text)
+        if text.startswith(_SMTPD_SHAPES) or _SESSION_END.match(text) is not None:
+            return self._smtpd(frame, program, text)
+        if text[:1].isupper() and self._postscreen(frame, program, text):
+            return True
+        if text.startswith("addr "):
+            return self._dnsblog(frame, program, text)
+        return self._no_queue_line(frame, program, text)
 
     # ------------------------------------------------------------------ queue files
     def queue(self, node: str, qid: str, ts: int, *, new_life: bool = False) -> _Queue:
@@ -403,6 +421,7 @@ class PostfixParser(Parser):
             lmtp = _LMTP_SESSION.search(text)
             if lmtp is not None:
                 detail["downstream_session"] = lmtp[1]
+                self.handoffs.to(lmtp[1]).queue_id = qid
         event = Event(
             kind,
             "postfix",
@@ -434,15 +453,16 @@ class PostfixParser(Parser):
         child = self.queue(frame.node, found[3], frame.ts, new_life=True)
         notice = found[2]
         child.detail = {"notification_of": qid}
-        kind = {"non-delivery": "bounce", "delay": "defer"}.get(notice, "deliver")
+        # A `check`, not a `bounce`: the recipients' fates are in their own delivery lines; this
+        # line only records that a notice went back to the sender (and which queue file carries it).
         event = Event(
-            kind,
+            "check",
             "postfix",
             frame.node,
             frame.ts,
             queue_id=qid,
             reply=f"{found[1]} {notice} notification",
-            detail={"notification_queue_id": found[3], "notification": notice, "to": found[1]},
+            detail={"check": "notification", "notification_queue_id": found[3], "notification": notice, "to": found[1]},
         )
         self.emit(event, record)
         return True
@@ -519,10 +539,17 @@ class PostfixParser(Parser):
         context.seen_us = frame.ts
         return context
 
-    def _new_session(self, frame: Frame, program: str, key: object) -> Context:
+    def _new_session(self, frame: Frame, program: str, key: object, name: str | None = None) -> Context:
+        """A session whose id is `name` (default `PROGRAM[PID]@START`), with `-2`, `-3` ... when one
+        process starts several sessions within a second (the ids stay the same on every reading)."""
         bounded_pop(self.sessions, _SESSION_LIMIT)
+        previous = self.sessions.get(key)
         context = self.sessions[key] = Context(frame.ts)
-        context.session = f"{program}[{frame.pid}]@{frame.ts // 1_000_000}"
+        base = name or f"{program}[{frame.pid}]@{frame.ts // 1_000_000}"
+        if previous is not None and previous.session is not None and previous.session.partition("-")[0] == base:
+            suffix = previous.session.partition("-")[2]
+            base = f"{base}-{int(suffix) + 1 if suffix.isdigit() else 2}"
+        context.session = base
         return context
 
     def _smtpd(self, frame: Frame, program: str, text: str) -> bool:
@@ -764,8 +791,8 @@ class PostfixParser(Parser):
         connect = _PS_CONNECT.match(text)
         if connect is not None:
             key = (frame.node, frame.pid, connect[1], connect[2])
-            context = self._new_session(frame, program, key)
-            context.session = f"{program}[{frame.pid}]:{connect[1]}:{connect[2]}@{frame.ts // 1_000_000}"
+            name = f"{program}[{frame.pid}]:{connect[1]}:{connect[2]}@{frame.ts // 1_000_000}"
+            context = self._new_session(frame, program, key, name)
             context.client_ip = connect[1]
             detail = {"port": int(connect[2]), "server": f"{connect[3]}:{connect[4]}"}
             self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=detail), context)
@@ -806,8 +833,9 @@ class PostfixParser(Parser):
         key = (frame.node, frame.pid, ip, port)
         context = self.sessions.get(key)
         if context is None:
-            context = self._new_session(frame, program, key)
-            context.session = f"{program}[{frame.pid}]:{ip}:{port}@{frame.ts // 1_000_000}"
+            context = self._new_session(
+                frame, program, key, f"{program}[{frame.pid}]:{ip}:{port}@{frame.ts // 1_000_000}"
+            )
             context.client_ip = ip
         context.seen_us = frame.ts
         return context

@@ -20,7 +20,6 @@ from mailwarden.smtp import refs
 
 CHUNK: Final = 1024 * 1024  # bytes read and sent at a time
 HEAD_BYTES: Final = 64 * 1024  # enough for any sane header block
-MAX_PENDING: Final = 1024 * 1024  # longest stretch of a line held back while waiting for its end
 REF_HEADER: Final = "X-Mailwarden-Ref"
 
 
@@ -89,38 +88,6 @@ def uidl_of(uid: str) -> str:
     if 0 < len(uid) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in uid):
         return uid
     return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:64]
-
-
-class DotStuffer:
-    """Stored bytes -> POP3 multi-line data: CRLF line ends, a leading "." doubled, "." at the end."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._line_start = True
-
-    def feed(self, data: bytes) -> bytes:
-        data = self._pending + data
-        cut = data.rfind(b"\n") + 1
-        if cut == 0 and len(data) >= MAX_PENDING:  # a very long line: pass its middle through
-            cut = len(data) - 1 if data.endswith(b"\r") else len(data)
-        self._pending = data[cut:]
-        return self._convert(data[:cut])
-
-    def finish(self) -> bytes:
-        out = self._convert(self._pending)
-        self._pending = b""
-        if not self._line_start:
-            out += b"\r\n"
-        return out + b".\r\n"
-
-    def _convert(self, block: bytes) -> bytes:
-        if not block:
-            return b""
-        text = block.replace(b"\r\n", b"\n").replace(b"\n.", b"\n..")
-        if self._line_start and text.startswith(b"."):
-            text = b"." + text
-        self._line_start = text.endswith(b"\n")
-        return text.replace(b"\n", b"\r\n")
 
 
 def read_head(maildirs: Maildirs, mailbox: str, entry: Entry) -> bytes | None:

@@ -21,10 +21,10 @@ from typing import Any, BinaryIO, Final, cast
 
 from mailwarden.addresses import AddressError, normalize_mailbox
 from mailwarden.deliver.maildir import MailboxLock
+from mailwarden.dotstuff import DotStuffer
 from mailwarden.events import Event
 from mailwarden.pop3.maildrop import (
     CHUNK,
-    DotStuffer,
     Entry,
     Identity,
     Maildrop,

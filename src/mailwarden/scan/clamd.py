@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from mailwarden.config import parse_hostport
-from mailwarden.scan.net import CHUNK, Connection, Pool, ScannerError, chunks
+from mailwarden.scan.net import Connection, Pool, ScannerError, chunks, send_message
 from mailwarden.smtp.spool import Spool
 
 _REPLY: Final = re.compile(r"^(?:\d+: )?(?:stream|instream\(\S+\)): (?:(.+) FOUND|OK)$")
@@ -89,28 +89,9 @@ class ClamdClient:
         raise AssertionError("unreachable")
 
     async def _instream(self, connection: Connection, spool: Spool) -> ClamdResult:
-        writer = connection.writer
-        writer.write(b"zINSTREAM\0")
-        source = spool.content() if spool.in_memory else spool.open()
-        try:
-            for frame in frames(chunks(source)):
-                writer.write(frame)
-                if writer.transport.get_write_buffer_size() > 4 * CHUNK:
-                    await writer.drain()
-            await writer.drain()
-        finally:
-            if not isinstance(source, bytes):
-                source.close()
+        await send_message(connection.writer, b"zINSTREAM\0", spool, frames)
         answer = await connection.reader.readuntil(b"\0")
         return parse(answer[:-1].decode("utf-8", "replace").strip())
-
-    async def ping(self) -> bool:
-        try:
-            connection = await self.pool.connect()
-        except ScannerError:
-            return False
-        connection.close()
-        return True
 
     def close(self) -> None:
         self.pool.close()

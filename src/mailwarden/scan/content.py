@@ -121,8 +121,7 @@ def _inspect(buffer: Buffer, limits: ContentLimits, *, light: bool) -> ContentRe
     report.parts = walk.parts
     for problem in walk.problems:
         report.note(problem)
-    if any("MIME parts" in p for p in walk.problems):
-        report.structure_exceeded = next(p for p in walk.problems if "MIME parts" in p)
+    report.structure_exceeded = walk.exceeded
     return report
 
 

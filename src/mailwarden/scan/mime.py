@@ -58,10 +58,15 @@ class Walk:
     max_parts: int
     parts: int = 0
     problems: list[str] = field(default_factory=list)
+    exceeded: str | None = None  # the first structure limit that was hit: parts beyond it were not seen
 
     def note(self, problem: str) -> None:
         if problem not in self.problems:
             self.problems.append(problem)
+
+    def limit_hit(self, problem: str) -> None:
+        self.exceeded = self.exceeded or problem
+        self.note(problem)
 
     def leaves(self) -> Iterator[Leaf]:
         yield from self._entity(0, len(self.buffer), 0)
@@ -69,12 +74,12 @@ class Walk:
     def _entity(self, start: int, end: int, depth: int) -> Iterator[Leaf]:
         self.parts += 1
         if self.parts > self.max_parts:
-            self.note(f"more than {self.max_parts} MIME parts")
+            self.limit_hit(f"more than {self.max_parts} MIME parts")
             return
         header, body_start = self._header(start, end)
         content_type = header.get_content_type()
         if depth >= self.max_depth and (content_type.startswith("multipart/") or content_type == "message/rfc822"):
-            self.note(f"MIME parts nested deeper than {self.max_depth} levels")
+            self.limit_hit(f"MIME parts nested deeper than {self.max_depth} levels")
             return
         if content_type.startswith("multipart/"):
             boundary = header.get_param("boundary")

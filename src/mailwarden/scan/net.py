@@ -8,11 +8,12 @@ therefore retried once on a fresh one. A fresh connection that fails means the s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
 from mailwarden.config import parse_hostport
+from mailwarden.smtp.spool import Spool
 
 CHUNK: Final = 64 * 1024
 
@@ -88,3 +89,22 @@ def chunks(source: bytes | BinaryIO, size: int = CHUNK) -> Iterator[bytes | memo
         return
     while piece := source.read(size):
         yield piece
+
+
+Framing = Callable[[Iterable[bytes | memoryview]], Iterable[bytes | memoryview]]
+
+
+async def send_message(writer: asyncio.StreamWriter, head: bytes, spool: Spool, framing: Framing | None = None) -> None:
+    """`head`, then the message from the spool chunk by chunk (optionally framed), never all in memory."""
+    writer.write(head)
+    source = spool.content() if spool.in_memory else spool.open()
+    try:
+        pieces = chunks(source)
+        for piece in framing(pieces) if framing is not None else pieces:
+            writer.write(piece)
+            if writer.transport.get_write_buffer_size() > 4 * CHUNK:
+                await writer.drain()
+        await writer.drain()
+    finally:
+        if not isinstance(source, bytes):
+            source.close()

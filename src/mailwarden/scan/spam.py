@@ -14,9 +14,9 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Final, Protocol
+from typing import Any, Final, Protocol
 
-from mailwarden.scan.net import CHUNK, Connection, Pool, ScannerError, chunks
+from mailwarden.scan.net import Connection, Pool, ScannerError, send_message
 from mailwarden.smtp.spool import Spool
 from mailwarden.text import ascii_printable
 
@@ -67,25 +67,6 @@ class SpamScanner(Protocol):
     def close(self) -> None: ...
 
 
-def _source(spool: Spool) -> bytes | BinaryIO:
-    return spool.content() if spool.in_memory else spool.open()
-
-
-async def _send_body(connection: Connection, head: bytes, spool: Spool) -> None:
-    writer = connection.writer
-    writer.write(head)
-    source = _source(spool)
-    try:
-        for piece in chunks(source):
-            writer.write(piece)
-            if writer.transport.get_write_buffer_size() > 4 * CHUNK:
-                await writer.drain()
-        await writer.drain()
-    finally:
-        if not isinstance(source, bytes):
-            source.close()
-
-
 def _header_value(value: str) -> str:
     return ascii_printable(value, 500)
 
@@ -117,7 +98,7 @@ class RspamdClient:
                 for attempt in (1, 2):
                     connection = await self.pool.acquire()
                     try:
-                        await _send_body(connection, head.encode("ascii"), spool)
+                        await send_message(connection.writer, head.encode("ascii"), spool)
                         status, keep_alive, body = await _read_http(connection)
                     except (ConnectionError, asyncio.IncompleteReadError, EOFError) as exc:
                         connection.close()
@@ -197,7 +178,7 @@ class SpamdClient:
             async with asyncio.timeout(self.timeout):
                 connection = await self.pool.connect()
                 try:
-                    await _send_body(connection, head, spool)
+                    await send_message(connection.writer, head, spool)
                     if connection.writer.can_write_eof():
                         connection.writer.write_eof()
                     answer = await connection.reader.read(1024 * 1024)

@@ -32,6 +32,14 @@ from mailwarden.checks.base import (
 )
 from mailwarden.checks.chain import ChainResult, CheckChain
 from mailwarden.config import Config, parse_hostport
+from mailwarden.deliver.downstream import (
+    Downstream,
+    DownstreamError,
+    already_delivered,
+    decide,
+    earlier_deliveries,
+    verdict_for,
+)
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
 from mailwarden.deliver.writer import DeliveryThread
 from mailwarden.events import Event
@@ -67,6 +75,9 @@ class Gateway:
         self.tls_context = tls_context
         self.maildirs = Maildirs(config.path(config.mail.maildir_root))
         self.delivery = DeliveryThread(self.maildirs)
+        self.downstream = (
+            Downstream(config.delivery, config.smtp.hostname) if config.delivery.mode != "maildir" else None
+        )
         self.spool_dir = config.path(config.mail.spool_dir)
         self.node = config.node.name
         self.active = 0
@@ -266,7 +277,9 @@ class Connection:
         ref = self.session.id if self._first_ref_free else self.gateway.refs.new()
         self._first_ref_free = False
         self.txn = Transaction(ref=ref, sender=path.mailbox, mail_options=options)
-        result = await self.gateway.chain.run(Stage.MAIL, self._ctx())
+        # A client already refused at connect/HELO gets that refusal at RCPT; judging its sender too
+        # would answer with a lesser reason (and cost DNS lookups) first.
+        result = ChainResult() if self.pending is not None else await self.gateway.chain.run(Stage.MAIL, self._ctx())
         if result.verdict is not None:
             reply = self._refuse(result.verdict, "mail", record=result.record)
             self.txn = None
@@ -387,6 +400,8 @@ class Connection:
 
     async def _deliver(self, txn: Transaction, spool: Spool, msgid: str | None) -> str:
         gateway = self.gateway
+        if gateway.downstream is not None:
+            return await self._deliver_downstream(gateway.downstream, txn, spool, msgid)
         folder = txn.folder or "INBOX"
         targets: list[Target] = []
         for recipient in txn.recipients:
@@ -434,6 +449,88 @@ class Connection:
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()
+
+    async def _deliver_downstream(
+        self, downstream: Downstream, txn: Transaction, spool: Spool, msgid: str | None
+    ) -> str:
+        """Proxy mode: the downstream's answers become ours (deliver/downstream.py), each one an event."""
+        prefix = self._trace_headers(txn)
+        if txn.folder and txn.folder != "INBOX":  # LMTP cannot name a folder: a Sieve rule files by this header
+            prefix += f"X-Mailwarden-Folder: {ascii_printable(txn.folder, 100)}\r\n".encode()
+        options = {o.upper() for o in txn.mail_options}
+        mailboxes = list(dict.fromkeys(r.mailbox for r in txn.recipients))
+        earlier = await asyncio.to_thread(earlier_deliveries, self.gateway.store, msgid, txn.sender or "", mailboxes)
+        outcomes = [already_delivered(m, earlier[m]) for m in mailboxes if m in earlier]
+        try:
+            if len(outcomes) < len(mailboxes):
+                outcomes += await downstream.deliver(
+                    txn.sender or "",
+                    [m for m in mailboxes if m not in earlier],
+                    prefix,
+                    spool.open,
+                    smtputf8="SMTPUTF8" in options,
+                    eightbit="BODY=8BITMIME" in options,
+                )
+        except DownstreamError as exc:
+            log.warning("downstream delivery of %s failed: %s", txn.ref, exc.problem)
+            return self._refuse(Verdict.tempfail("infra.downstream", problem=exc.problem), "data")
+        verdict = decide(outcomes)
+        refused = [o for o in outcomes if not o.reply.accepted]
+        if verdict is not None:
+            reply = replies.for_verdict(verdict, txn.ref, self.config.explain.url, utf8=True)
+        else:
+            report = "".join(f"; refused by the mailbox server for {o.mailbox}: {o.reply.line}" for o in refused)
+            delivered = len(outcomes) - len(refused)
+            reply = replies.plain(
+                250, "2.0.0", f"Message delivered for {delivered} recipient(s){report} ref={txn.ref}", utf8=True
+            )
+        size = len(prefix) + spool.size
+        by_mailbox = {o.mailbox: o for o in outcomes}
+        for recipient in txn.recipients:
+            outcome = by_mailbox[recipient.mailbox]
+            detail = {
+                "mailbox": recipient.mailbox,
+                "downstream": downstream.label,
+                "downstream_reply": outcome.reply.line,
+                "downstream_stage": outcome.stage,
+            }
+            if outcome.reply.accepted:
+                self._event(
+                    "deliver",
+                    recipient=recipient.address,
+                    message_id=msgid,
+                    size=size,
+                    reason="delivered",
+                    detail=detail,
+                )
+                continue
+            refusal = verdict_for(outcome)
+            self._event(
+                "tempfail" if refusal.action is Action.TEMPFAIL else "reject",
+                recipient=recipient.address,
+                message_id=msgid,
+                smtp_code=reply.code,
+                enhanced_code=reply.enhanced,
+                reply=reply.line,
+                reason=refusal.reason,
+                detail=detail,
+            )
+        if verdict is None:
+            self._event(
+                "accept",
+                smtp_code=250,
+                enhanced_code="2.0.0",
+                reply=reply.line,
+                message_id=msgid,
+                size=size,
+                reason="delivered",
+                detail={"recipients": [r.address for r in txn.recipients], "downstream": downstream.label},
+            )
+        try:
+            await self.gateway.store.durable()
+        except StoreError as exc:  # the downstream has the mail: it cannot be taken back, the events are retried
+            log.error("evidence for %s not yet stored (%s); the downstream already answered", txn.ref, exc)
+        return self._own(reply.wire())
 
     @staticmethod
     def _folder(recipient: Recipient, transaction_folder: str) -> str:

@@ -6,7 +6,7 @@ implements the same `Store` interface later. Nothing outside `store/` writes SQL
 
 from __future__ import annotations
 
-from mailwarden.store.base import EventQuery, Mailbox, Store, StoreError
+from mailwarden.store.base import EventQuery, Mailbox, Position, Store, StoreError
 
 
 def open_store(url: str, *, base_dir: str | None = None, batch_interval: float = 0.05) -> Store:
@@ -24,4 +24,4 @@ def open_store(url: str, *, base_dir: str | None = None, batch_interval: float =
     raise StoreError(f"unsupported store url {url!r}: use sqlite:///relative/path or sqlite:////absolute/path")
 
 
-__all__ = ["EventQuery", "Mailbox", "Store", "StoreError", "open_store"]
+__all__ = ["EventQuery", "Mailbox", "Position", "Store", "StoreError", "open_store"]

@@ -81,6 +81,18 @@ class GreylistEntry:
     attempts: int = 1
 
 
+@dataclass(frozen=True)
+class Position:
+    """A named reading position (a log follower's file and offset) kept in the store.
+
+    It is committed in the same transaction as the events queued before it, so after a crash
+    the position never runs ahead of the stored events (no gap) nor lags behind them (no duplicates).
+    """
+
+    name: str
+    value: str
+
+
 class _Barrier:
     """A marker in the write queue: resolved once everything queued before it (and its own events) is committed.
 
@@ -139,11 +151,12 @@ class BatchWriter:
     MAX_BATCH = 5000
     MAX_RETRY_ROWS = 200_000
 
-    def __init__(self, write_batch: Callable[[list[Event]], None], interval: float, name: str) -> None:
+    def __init__(self, write_batch: Callable[[list[Event], list[Position]], None], interval: float, name: str) -> None:
         self._write_batch = write_batch
         self._interval = interval
-        self._queue: queue.SimpleQueue[Event | _Barrier | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Event | Position | _Barrier | None] = queue.SimpleQueue()
         self._retry: list[Event] = []
+        self._retry_positions: dict[str, Position] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -153,6 +166,9 @@ class BatchWriter:
     def put_many(self, events: Iterable[Event]) -> None:
         for event in events:
             self._queue.put(event)
+
+    def put_position(self, position: Position) -> None:
+        self._queue.put(position)
 
     async def durable(self, events: Sequence[Event] = ()) -> None:
         loop = asyncio.get_running_loop()
@@ -176,7 +192,7 @@ class BatchWriter:
             first = self._queue.get()
             if first is None:
                 break
-            items: list[Event | _Barrier] = [first]
+            items: list[Event | Position | _Barrier] = [first]
             deadline = time.monotonic() + self._interval
             urgent = isinstance(first, _Barrier)
             while len(items) < self.MAX_BATCH:
@@ -195,26 +211,31 @@ class BatchWriter:
                 urgent = urgent or isinstance(item, _Barrier)
             self._commit(items)
 
-    def _commit(self, items: list[Event | _Barrier]) -> None:
+    def _commit(self, items: list[Event | Position | _Barrier]) -> None:
         events = list(self._retry)  # everything to write, in queue order
         queued = list(self._retry)  # what is kept for a retry if the write fails
+        positions = dict(self._retry_positions)
         barriers: list[_Barrier] = []
         for item in items:
             if isinstance(item, Event):
                 events.append(item)
                 queued.append(item)
+            elif isinstance(item, Position):
+                positions[item.name] = item
             else:
                 events.extend(item.events)
                 barriers.append(item)
         error: BaseException | None = None
-        if events:
+        if events or positions:
             try:
-                self._write_batch(events)
+                self._write_batch(events, list(positions.values()))
                 self._retry = []
+                self._retry_positions = {}
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
                 log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
                 self._retry = queued[-self.MAX_RETRY_ROWS :]
+                self._retry_positions = positions
                 if len(queued) > self.MAX_RETRY_ROWS:
                     log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
@@ -248,6 +269,14 @@ class Store(ABC):
     @abstractmethod
     def query_events(self, query: EventQuery) -> list[Event]:
         """Read events matching `query`, oldest first unless `newest_first`."""
+
+    @abstractmethod
+    def save_position(self, position: Position) -> None:
+        """Queue a reading position; it is committed together with the events queued before it."""
+
+    @abstractmethod
+    def load_position(self, name: str) -> str | None:
+        """The committed value of the position `name`, or None."""
 
     @abstractmethod
     def purge_events(self, before_us: int) -> int:

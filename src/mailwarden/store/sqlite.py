@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
-from mailwarden.store.base import BatchWriter, EventQuery, GreylistEntry, Mailbox, Store, StoreError
+from mailwarden.store.base import BatchWriter, EventQuery, GreylistEntry, Mailbox, Position, Store, StoreError
 
 # Named schema migrations, applied in this order and remembered in the `migrations` table.
 # Append new ones (a unique name per change); never edit or reorder applied ones.
@@ -72,6 +72,13 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     );
     CREATE INDEX greylist_passed ON greylist (network, sender, passed_us) WHERE passed_us IS NOT NULL;
     CREATE INDEX greylist_last_seen ON greylist (last_seen_us)
+    """,
+    ),
+    (
+        # Reading positions of log followers and imports (ingest/), committed with their events.
+        "ingest_positions",
+        """
+    CREATE TABLE positions (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_us INTEGER NOT NULL);
     """,
     ),
 ]
@@ -242,12 +249,18 @@ class SqliteStore(Store):
             self._writer = BatchWriter(self._write_batch, self._batch_interval, f"store-writer:{self.path.name}")
         return self._writer
 
-    def _write_batch(self, events: list[Event]) -> None:
+    def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
         assert self._writer_conn is not None
         conn = self._writer_conn
         conn.execute("BEGIN")
         try:
             conn.executemany(_INSERT, [event.to_row() for event in events])
+            if positions:
+                conn.executemany(
+                    "INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
+                    [(position.name, position.value, now_us()) for position in positions],
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -258,6 +271,14 @@ class SqliteStore(Store):
 
     async def durable(self, events: Sequence[Event] = ()) -> None:
         await self._writer_started().durable(events)
+
+    def save_position(self, position: Position) -> None:
+        self._writer_started().put_position(position)
+
+    def load_position(self, name: str) -> str | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM positions WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
 
     def flush(self) -> None:
         if self._writer is not None:

@@ -107,11 +107,14 @@ def load(store: Store, seeds: dict[Key, int]) -> list[MessageTrace]:
 def _add_connections(store: Store, groups: dict[Key, dict[int, Event]]) -> None:
     """Connect, HELO/TLS and disconnect of each message's connection (recorded under its first ref)."""
     owners: dict[tuple[str, str], list[Key]] = {}
+    loaded: set[tuple[str, str]] = set()  # the first transaction's ref is the session's: already here
     for key, events in groups.items():
         for event in events.values():
             if event.session and event.kind not in ACCESS_KINDS and event.source != "pop3":
                 owners.setdefault((event.node, event.session), []).append(key)
-    pairs = list(owners)
+                if event.kind == "connect":
+                    loaded.add((event.node, event.session))
+    pairs = [pair for pair in owners if pair not in loaded]
     for chunk in _chunks(pairs):
         query = EventQuery(sessions=chunk, kinds=("connect", "helo", "disconnect"))
         for event in store.query_events(query):

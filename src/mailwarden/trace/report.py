@@ -96,6 +96,14 @@ def build(
             not_found(store, SearchSpec(), lang=lang, trace_id=printable(trace_id, 40)), None, generated_us=current
         )
     trace = traces[0]
+    if not trace.fates:
+        seen = ", ".join(
+            sorted({f"{e.source} {e.kind}" + (f" ({e.reason})" if e.reason else "") for e in trace.events})
+        )
+        raise ReportError(
+            f"{trace.id} is a connection or mailbox session without a message ({seen}); "
+            f"`mailwarden events --ref {trace.id}` shows its events"
+        )
     link_attempts(store, trace)
     fate = trace.fate(recipient)
     if recipient is not None and fate is None:

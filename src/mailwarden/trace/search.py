@@ -134,12 +134,6 @@ class SearchSpec:
                 return False
         return any(self.wants(fate) for fate in trace.fates)
 
-    @property
-    def is_empty(self) -> bool:
-        return not any(
-            (self.sender, self.recipient, self.ref, self.message_id, self.queue_id, self.client, self.reason)
-        )
-
     def wants(self, fate: RecipientFate) -> bool:
         """Whether a recipient's row belongs in the result (status and recipient filters)."""
         if self.status is not None and fate.status != self.status:

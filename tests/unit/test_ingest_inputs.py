@@ -1,0 +1,236 @@
+"""Reading logs: rotated archives in order, resuming without duplicates, following across rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailwarden.events import Event
+from mailwarden.ingest.inputs import Follower, Importer, Positions
+from mailwarden.ingest.pipeline import Ingester
+from mailwarden.ingest.receiver import SyslogReceiver, to_line
+from mailwarden.ingest.sources import rotation_order
+from mailwarden.store import EventQuery, Store
+from mailwarden.store.sqlite import SqliteStore
+from tests.support.net import free_port
+
+
+def _login(n: int, host: str = "mx") -> str:
+    return (
+        f"Nov 28 04:{n // 60 % 60:02d}:{n % 60:02d} {host} dovecot: pop3-login: Login: user=<u{n}@x.test>, "
+        f"method=PLAIN, rip=192.0.2.{n % 250 + 1}, lip=127.0.0.1, mpid={n}, session=<S{n}>\n"
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = SqliteStore(tmp_path / "store.db")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _users(store: Store) -> list[str]:
+    store.flush()
+    return [str(e.recipient) for e in store.query_events(EventQuery(kinds=("login",)))]
+
+
+def _import(store: Store, paths: list[Path], **options: bool) -> Ingester:
+    ingester = Ingester(store.append, default_node="t", holdback_s=0)
+    Importer(store, ingester, warmup_bytes=1 << 20, **options).run([str(p) for p in paths])
+    store.flush()
+    return ingester
+
+
+def test_rotated_series_are_read_oldest_first() -> None:
+    names = [
+        "mail.log",
+        "mail.log.1",
+        "mail.log.3.gz",
+        "mail.log.2.gz",
+        "dovecot.log-20240102.gz",
+        "dovecot.log",
+        "dovecot.log-20240101",
+    ]
+    assert rotation_order(names) == [
+        "dovecot.log-20240101",
+        "dovecot.log-20240102.gz",
+        "dovecot.log",
+        "mail.log.3.gz",
+        "mail.log.2.gz",
+        "mail.log.1",
+        "mail.log",
+    ]
+
+
+def test_gzip_and_plain_archives_import_once_and_continue_where_they_stopped(store: Store, tmp_path: Path) -> None:
+    old = tmp_path / "mail.log.2.gz"
+    old.write_bytes(gzip.compress("".join(_login(n) for n in range(0, 5)).encode()))
+    current = tmp_path / "mail.log"
+    current.write_text("".join(_login(n) for n in range(5, 10)))
+    _import(store, [current, old])
+    assert _users(store) == [f"u{n}@x.test" for n in range(10)]
+    again = _import(store, [current, old])
+    assert again.stats.events == 0
+    with current.open("a") as handle:
+        handle.write(_login(10) + _login(11))
+    _import(store, [current, old])
+    assert _users(store) == [f"u{n}@x.test" for n in range(12)]
+
+
+def test_a_renamed_and_compressed_file_is_recognised_by_its_content(store: Store, tmp_path: Path) -> None:
+    current = tmp_path / "mail.log"
+    current.write_text("".join(_login(n) for n in range(3)))
+    _import(store, [current])
+    rotated = tmp_path / "mail.log.1.gz"
+    rotated.write_bytes(gzip.compress(current.read_bytes() + _login(3).encode()))
+    current.unlink()
+    _import(store, [rotated])
+    assert _users(store) == [f"u{n}@x.test" for n in range(4)]
+
+
+def test_reimport_reads_again_from_the_start(store: Store, tmp_path: Path) -> None:
+    current = tmp_path / "mail.log"
+    current.write_text(_login(1))
+    _import(store, [current])
+    _import(store, [current], reimport=True)
+    assert _users(store) == ["u1@x.test", "u1@x.test"]
+
+
+def _follower(store: Store, path: Path) -> tuple[Follower, Ingester, Positions]:
+    ingester = Ingester(store.append, default_node="t", holdback_s=0)
+    positions = Positions(store, ingester)
+    return Follower(path, ingester, positions, warmup_bytes=1 << 20, max_line=65536), ingester, positions
+
+
+def _stop(follower: Follower, ingester: Ingester, positions: Positions) -> None:
+    """What the service does when it stops: release held events, checkpoint, commit."""
+    ingester.finish()
+    positions.checkpoint(follower.checkpoint_values())
+    follower.close()
+    assert positions.store is not None
+    positions.store.flush()
+
+
+def test_following_survives_rotation_truncation_and_a_partial_last_line(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "mail.log"
+    path.write_text(_login(0) + _login(1))
+    follower, ingester, positions = _follower(store, path)
+    follower.poll()
+    with path.open("a") as handle:
+        handle.write(_login(2)[:30])  # the writer is in the middle of a line
+    follower.poll()
+    with path.open("a") as handle:
+        handle.write(_login(2)[30:])
+    follower.poll()
+    path.rename(tmp_path / "mail.log.1")  # logrotate: rename, then a new file
+    with (tmp_path / "mail.log.1").open("a") as handle:
+        handle.write(_login(3))  # written to the old file before the daemon reopened its log
+    path.write_text(_login(4))
+    follower.poll()
+    follower.poll()
+    path.write_text("")  # copytruncate
+    follower.poll()
+    path.write_text(_login(5))
+    follower.poll()
+    _stop(follower, ingester, positions)
+    assert _users(store) == [f"u{n}@x.test" for n in range(6)]
+
+
+def test_a_restarted_follower_resumes_without_duplicates_or_gaps(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "mail.log"
+    path.write_text(_login(0) + _login(1))
+    first = _follower(store, path)
+    first[0].poll()
+    _stop(*first)
+    with path.open("a") as handle:
+        handle.write(_login(2))
+    path.rename(tmp_path / "mail.log.1")  # rotated while mailwarden was down
+    path.write_text(_login(3))
+    second = _follower(store, path)
+    second[0].poll()
+    _stop(*second)
+    assert _users(store) == [f"u{n}@x.test" for n in range(4)]
+
+
+def test_a_resumed_follower_still_knows_the_sessions_opened_before_the_restart(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "mail.log"
+    path.write_text(_login(7))
+    first = _follower(store, path)
+    first[0].poll()
+    _stop(*first)
+    with path.open("a") as handle:
+        handle.write(
+            "Nov 28 04:00:08 mx dovecot: pop3(u7@x.test)<7><S7>: expunge: box=INBOX, uid=1, msgid=<m@x>, size=5\n"
+        )
+    second = _follower(store, path)
+    second[0].poll()
+    _stop(*second)
+    store.flush()
+    (deleted,) = store.query_events(EventQuery(kinds=("delete",)))
+    assert deleted.client_ip == "192.0.2.8"
+
+
+def test_received_syslog_messages_become_log_lines() -> None:
+    assert to_line("<22>Nov 28 04:38:56 vm postfix/smtp[2215]: D935121045F: removed\n") == (
+        "Nov 28 04:38:56 vm postfix/smtp[2215]: D935121045F: removed"
+    )
+    assert to_line('<22>1 2026-11-28T04:38:55.718141+00:00 vm postfix 2156 - [x@1 a="b\\]"] starting') == (
+        "2026-11-28T04:38:55.718141+00:00 vm postfix[2156]: starting"
+    )
+    assert to_line("<22>1 2026-11-28T04:38:55Z vm dovecot - - - \ufeffpop3-login: Login") == (
+        "2026-11-28T04:38:55Z vm dovecot: pop3-login: Login"
+    )
+
+
+def test_a_line_feed_inside_a_message_cannot_make_a_second_line() -> None:
+    line = to_line("<22>Nov 28 04:38:56 vm postfix/smtpd[1]: x\nNov 28 04:38:56 vm postfix/smtp[2]: forged")
+    assert "\n" not in line and "#012" in line
+
+
+def test_the_receiver_takes_udp_and_tcp_in_both_framings() -> None:
+    received: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        receiver = SyslogReceiver(lambda origin, line: received.append((origin, line)))
+        port = free_port()
+        await receiver.start([("127.0.0.1", port)], ["udp", "tcp"])
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.sendto(b"<22>Nov 28 04:00:00 a postfix/qmgr[1]: udp message", ("127.0.0.1", port))
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            message = b"<22>1 2026-11-28T04:00:00Z b postfix 7 - - octet counted"
+            writer.write(str(len(message)).encode() + b" " + message + b"<22>Nov 28 04:00:01 c dovecot: line framed\n")
+            await writer.drain()
+            writer.close()
+            for _ in range(200):
+                if len(received) >= 3:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await receiver.stop()
+
+    asyncio.run(scenario())
+    assert sorted(line for _, line in received) == [
+        "2026-11-28T04:00:00Z b postfix[7]: octet counted",
+        "Nov 28 04:00:00 a postfix/qmgr[1]: udp message",
+        "Nov 28 04:00:01 c dovecot: line framed",
+    ]
+    assert {origin.split(":")[0] for origin, _ in received} == {"syslog-udp", "syslog-tcp"}
+
+
+def test_every_event_names_its_file_and_offset(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "mail.log"
+    path.write_text(_login(0) + _login(1))
+    _import(store, [path])
+    events: list[Event] = store.query_events(EventQuery())
+    assert [e.evidence for e in events] == [
+        f"{path}:0: {_login(0).rstrip()}",
+        f"{path}:{len(_login(0))}: {_login(1).rstrip()}",
+    ]
