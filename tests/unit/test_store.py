@@ -20,7 +20,7 @@ import pytest
 from mailwarden.events import Event
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store import sqlite as sqlite_store
-from mailwarden.store.base import BatchWriter
+from mailwarden.store.base import BatchWriter, Position
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ class FlakyDisk:
         self.failures = failures
         self.written: list[str] = []
 
-    def __call__(self, events: list[Event]) -> None:
+    def __call__(self, events: list[Event], positions: list[Position]) -> None:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("disk I/O error")
