@@ -349,6 +349,7 @@ class ContentCheck(Check):
             detail["clamd"] = {"virus": outcome.virus.virus, "reply": outcome.virus.reply}
         if outcome.spam is not None:
             detail["spam"] = outcome.spam.detail()
+            detail["score"] = outcome.spam.score  # a scalar, for the trace's explanation of delivered.junk
         report = outcome.report
         if report is not None:
             detail["content"] = {
