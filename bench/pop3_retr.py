@@ -29,10 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from mailwarden.deliver.maildir import Maildirs, Target  # noqa: E402
 from tests.support.dovecot import MAIL_GROUP, MAIL_USER, running_dovecot  # noqa: E402
 from tests.support.mailwarden import Mailwarden  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
+
+from mailwarden.deliver.maildir import Maildirs, Target  # noqa: E402
 
 USER, PASSWORD = "bench@example.test", "secret"
 
