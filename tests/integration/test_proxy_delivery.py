@@ -23,7 +23,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mailwarden
     root = tmp_path_factory.mktemp("proxy")
     with running_dovecot(USERS, quota_bytes={"full@example.test": 100}, keep_log_in=root) as dovecot:
         overrides = {"delivery": {"mode": "lmtp", "downstream": dovecot.lmtp_address, "timeout": 30}}
-        with running(root / "mx", overrides, users=tuple(USERS)) as mw:
+        with running(root / "mx", overrides, users=(*USERS, "ghost@example.test")) as mw:
             yield mw, dovecot
 
 
@@ -64,6 +64,19 @@ def test_a_recipient_over_quota_alone_gets_dovecots_permanent_refusal_with_our_r
     assert refusal["reason"] == "rcpt.mailbox_full" and refusal["recipient"] == "full@example.test"
     assert refusal["detail"]["downstream_reply"].startswith("552 5.2.2 <full@example.test> Quota exceeded")
     assert refusal["detail"]["downstream_stage"] == "data"
+
+
+def test_a_mailbox_dovecot_does_not_know_is_refused_as_unknown_with_dovecots_words_in_the_event(
+    stack: tuple[Mailwarden, Dovecot],
+) -> None:
+    mw, _ = stack
+    code, text = transaction(mw, ["ghost@example.test"], message(46, "ghost@example.test"))
+    assert code == 550 and text.startswith("5.1.1 The mailbox ghost@example.test does not exist here")
+    ref = text.rpartition("ref=")[2]
+    (refusal,) = wait_events(mw.events, lambda e: e["kind"] == "reject" and e["ref"] == ref)
+    assert refusal["reason"] == "rcpt.unknown_user"
+    assert refusal["detail"]["downstream_stage"] == "rcpt"
+    assert "User doesn't exist" in refusal["detail"]["downstream_reply"]
 
 
 def test_one_recipient_saved_and_one_refused_gives_250_that_names_the_refused_one(
