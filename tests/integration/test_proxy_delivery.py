@@ -12,6 +12,7 @@ import pytest
 from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.pop3 import message, wait_events
+from tests.support.postfix import running_postfix
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +139,19 @@ def test_a_deferred_recipient_defers_the_message_and_the_retry_reaches_only_it_s
                 lambda e: e["kind"] == "deliver" and e["ref"] == last_ref and e["recipient"] == "bob@example.test",
             )
             assert bob["detail"]["downstream_stage"] == "earlier"
+
+
+def test_smtp_mode_hands_the_message_to_another_mta_and_passes_on_its_refusal(tmp_path: Path) -> None:
+    with running_postfix(local_domains=["example.test"], settings={"message_size_limit": "200000"}) as postfix:
+        overrides = {"delivery": {"mode": "smtp", "downstream": f"127.0.0.1:{postfix.smtp_port}"}}
+        with running(tmp_path / "mx", overrides) as mw:
+            code, text = transaction(mw, ["bob@example.test"], message(47))
+            assert code == 250
+            ref = text.rpartition("ref=")[2]
+            (deliver,) = wait_events(mw.events, lambda e: e["kind"] == "deliver" and e["ref"] == ref)
+            assert deliver["detail"]["downstream_reply"].startswith("250 2.0.0 Ok: queued as ")
+            (delivered,) = postfix.wait_delivered(1)
+            assert delivered["Message-ID"] == "<m47@sender.test>" and delivered["X-Mailwarden-Ref"] == ref
+            code, text = transaction(mw, ["bob@example.test"], message(48, body=(b"x" * 998 + b"\r\n") * 300))
+            assert code == 552
+            assert text.startswith("5.3.4 The mailbox server refused the message for bob@example.test: 552 5.3.4")

@@ -430,18 +430,7 @@ class Connection:
             )
             for recipient in txn.recipients
         ]
-        evidence.append(
-            self._new_event(
-                "accept",
-                smtp_code=250,
-                enhanced_code="2.0.0",
-                reply=reply.line,
-                message_id=msgid,
-                size=size,
-                reason="delivered",
-                detail={"recipients": [r.address for r in txn.recipients]},
-            )
-        )
+        evidence.append(self._accept_event(txn, reply, msgid, size))
         try:  # the delivery's evidence is committed with everything before it, or not at all
             await gateway.store.durable(evidence)
         except StoreError as exc:  # the evidence is not safe: take the mail back, let the sender retry
@@ -449,6 +438,20 @@ class Connection:
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()
+
+    def _accept_event(
+        self, txn: Transaction, reply: replies.Reply, msgid: str | None, size: int, **detail: Any
+    ) -> Event:
+        return self._new_event(
+            "accept",
+            smtp_code=250,
+            enhanced_code="2.0.0",
+            reply=reply.line,
+            message_id=msgid,
+            size=size,
+            reason="delivered",
+            detail={"recipients": [r.address for r in txn.recipients], **detail},
+        )
 
     async def _deliver_downstream(
         self, downstream: Downstream, txn: Transaction, spool: Spool, msgid: str | None
@@ -516,16 +519,7 @@ class Connection:
                 detail=detail,
             )
         if verdict is None:
-            self._event(
-                "accept",
-                smtp_code=250,
-                enhanced_code="2.0.0",
-                reply=reply.line,
-                message_id=msgid,
-                size=size,
-                reason="delivered",
-                detail={"recipients": [r.address for r in txn.recipients], "downstream": downstream.label},
-            )
+            self.gateway.store.append(self._accept_event(txn, reply, msgid, size, downstream=downstream.label))
         try:
             await self.gateway.store.durable()
         except StoreError as exc:  # the downstream has the mail: it cannot be taken back, the events are retried
