@@ -178,8 +178,20 @@ def might_carry_files(head: bytes) -> bool:
 
 
 def decode(buffer: Buffer, leaf: Leaf, limit: int) -> tuple[bytes, str | None]:
-    """The leaf's body with its transfer encoding undone, at most `limit` bytes; plus a problem, if any."""
-    raw = buffer[leaf.start : min(leaf.end, leaf.start + limit * 2)]
+    """The leaf's body with its transfer encoding undone, at most `limit` bytes; plus a problem, if any.
+
+    When `limit` is far below the part's size only its head is decoded: base64 cut mid-line is
+    then not a problem of the sender's.
+    """
+    end = min(leaf.end, leaf.start + limit * 3 // 2)  # base64 with line breaks is about 1.37 times longer
+    raw = buffer[leaf.start : end]
+    if leaf.encoding == "base64" and end < leaf.end:
+        head = raw[: raw.rfind(b"\n") + 1] or raw  # whole lines: almost always whole quanta too
+        try:
+            return binascii.a2b_base64(head)[:limit], None
+        except binascii.Error:
+            cleaned = _NOT_BASE64.sub(b"", head)
+            return binascii.a2b_base64(cleaned[: len(cleaned) - len(cleaned) % 4])[:limit], None
     if leaf.encoding == "base64":
         try:
             return binascii.a2b_base64(raw)[:limit], None
