@@ -148,12 +148,12 @@ class EximParser(Parser):
             if name in fields and not (name == "T" and flag == "<="):
                 detail[key] = fields[name]
         if flag == "<=":
-            context.sender = "" if address == "<>" else address.strip("<>")
-            context.message_id = message_id(fields.get("id"))
+            context["sender"] = "" if address == "<>" else address.strip("<>")
+            context["message_id"] = message_id(fields.get("id"))
             if fields.get("S", "").isdigit():
-                context.size = int(fields["S"])
+                context["size"] = int(fields["S"])
             if host is not None:
-                context.client_name, context.helo, context.client_ip = host[1], host[2], host[3]
+                context["client_name"], context["helo"], context["client_ip"] = host[1], host[2], host[3]
             if flag == "<=" and "R" in fields:
                 detail = {"bounce_of": fields["R"]}
             self.emit(Event("accept", "exim", frame.node, frame.ts, queue_id=exim_id, detail=detail), context)
