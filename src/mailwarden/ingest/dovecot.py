@@ -132,7 +132,6 @@ _MAIL_LOG: Final = re.compile(
 )
 _MAIL_LOG_FIELDS: Final = re.compile(r", (box|uid|msgid|size|vsize|flags|from|subject)=")
 _MAIL_OPENED: Final = '{"event":"mail_opened"'
-_UID_LIMIT: Final = 500_000
 
 _DELIVERY: Final = re.compile(
     r"(?:(?P<sid>[A-Za-z0-9+/]{16,32}(?::T\d+)?): )?(?P<sieve>sieve: )?msgid=(?P<msgid>.*?): "
@@ -187,7 +186,9 @@ def _angles(text: str) -> tuple[str | None, str | None]:
 
 class DovecotParser(Parser):
     source = "dovecot"
-    SESSION_LIMIT: Final = 100_000
+    # Bounds on the state kept (memory): the oldest entries go first when a table is full.
+    SESSION_LIMIT = 100_000
+    UID_LIMIT = 500_000
 
     def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
         super().__init__(emit)
@@ -412,8 +413,8 @@ class DovecotParser(Parser):
         if user is None or box is None or uid is None or msgid is None:
             return
         table = self.message_ids
-        if len(table) >= _UID_LIMIT:
-            for key in list(table)[: _UID_LIMIT // 10]:
+        if len(table) >= self.UID_LIMIT:
+            for key in list(table)[: self.UID_LIMIT // 10]:
                 del table[key]
         table[(node, user, box, uid)] = msgid
 

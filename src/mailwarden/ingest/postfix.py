@@ -149,8 +149,6 @@ _QUEUE_QUIET: Final = (
 )
 
 _CLOSED_GRACE_US: Final = 60_000_000  # lines of a removed queue file still arriving (out of order)
-_QUEUE_LIMIT: Final = 500_000
-_SESSION_LIMIT: Final = 100_000
 
 
 def _client_name(name: str) -> str | None:
@@ -240,6 +238,9 @@ class _Queue(Context):
 
 class PostfixParser(Parser):
     source = "postfix"
+    # Bounds on the state kept (memory): the oldest entries go first when a table is full.
+    QUEUE_LIMIT = 500_000
+    SESSION_LIMIT = 100_000
 
     def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
         super().__init__(emit)
@@ -297,7 +298,7 @@ class PostfixParser(Parser):
         ):
             record.seen_us = ts
             return record
-        bounded_pop(self.queues, _QUEUE_LIMIT)
+        bounded_pop(self.queues, self.QUEUE_LIMIT)
         record = self.queues[key] = _Queue(ts, qid, self.links.pop(key, None))
         return record
 
@@ -457,7 +458,7 @@ class PostfixParser(Parser):
             if existing.parent is None:
                 existing.parent = record
             return
-        if len(self.links) >= _QUEUE_LIMIT:
+        if len(self.links) >= self.QUEUE_LIMIT:
             self.links.clear()
         self.links[(node, next_qid)] = record
 
@@ -555,7 +556,7 @@ class PostfixParser(Parser):
     def _new_session(self, frame: Frame, program: str, key: object, name: str | None = None) -> Context:
         """A session whose id is `name` (default `PROGRAM[PID]@START`), with `-2`, `-3` ... when one
         process starts several sessions within a second (the ids stay the same on every reading)."""
-        bounded_pop(self.sessions, _SESSION_LIMIT)
+        bounded_pop(self.sessions, self.SESSION_LIMIT)
         previous = self.sessions.get(key)
         context = self.sessions[key] = Context(frame.ts)
         base = name or f"{program}[{frame.pid}]@{frame.ts // 1_000_000}"
