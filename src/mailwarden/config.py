@@ -486,7 +486,10 @@ class AuthConfig(_Section):
         True, description="Deliver mail that fails DMARC under p=quarantine into the mailbox's Junk folder."
     )
     max_size: int = Field(
-        26_214_400, ge=0, description="Messages larger than this many bytes are not DKIM-verified (noted)."
+        10_485_760,
+        ge=0,
+        description="Messages larger than this many bytes are not DKIM-verified (noted; DMARC then only tags): "
+        "verification needs the whole message in memory.",
     )
     timeout: float = Field(15.0, gt=0, description="Seconds for DKIM and DMARC together (key and policy lookups).")
 

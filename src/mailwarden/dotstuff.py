@@ -37,8 +37,9 @@ class DotStuffer:
     def _convert(self, block: bytes) -> bytes:
         if not block:
             return b""
+        dot = b"." if self._line_start and block.startswith(b".") else b""
+        self._line_start = block.endswith(b"\n")
+        if block.count(b"\n") == block.count(b"\r\n"):  # already CRLF (what the gateway stores): one pass
+            return dot + block.replace(b"\r\n.", b"\r\n..")
         text = block.replace(b"\r\n", b"\n").replace(b"\n.", b"\n..")
-        if self._line_start and text.startswith(b"."):
-            text = b"." + text
-        self._line_start = text.endswith(b"\n")
-        return text.replace(b"\n", b"\r\n")
+        return dot + text.replace(b"\n", b"\r\n")

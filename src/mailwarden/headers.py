@@ -11,6 +11,7 @@ from email.header import decode_header, make_header
 from typing import Final
 
 _FIELD: Final = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*)$")
+_BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 
 
 def header_fields(head: bytes, limit: int = 1000) -> list[tuple[str, str]]:
@@ -18,7 +19,8 @@ def header_fields(head: bytes, limit: int = 1000) -> list[tuple[str, str]]:
     fields: list[tuple[str, str]] = []
     name: bytes | None = None
     value: list[bytes] = []
-    for line in re.split(rb"\r?\n", head):
+    end = _BLANK_LINE.search(head)  # only the header block is split into lines, not the body
+    for line in re.split(rb"\r?\n", head[: end.end()] if end else head):
         if line[:1] in (b" ", b"\t") and name is not None:
             value.append(line)
             continue

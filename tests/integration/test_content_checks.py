@@ -7,7 +7,9 @@ clean one in INBOX. The Office fixtures are built by tests/support/office.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import re
 import smtplib
 import zipfile
@@ -18,10 +20,12 @@ from typing import Any
 
 import pytest
 
+from mailwarden.scan.clamd import ClamdClient
+from mailwarden.smtp.spool import Spool
 from tests.support import office
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.postfix import running_postfix
-from tests.support.scanners import EICAR, GTUBE, Clamd, Rspamd, Spamd
+from tests.support.scanners import CLAM_TESTFILES, EICAR, GTUBE, Clamd, Rspamd, Spamd
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +126,24 @@ def test_zipped_eicar_is_refused_naming_the_archive(gateway: Mailwarden) -> None
     assert "in the attachment invoice.zip" in text
 
 
+def test_the_md5_signature_of_clam_exe_catches_every_clamav_testfile(clamd: Clamd) -> None:
+    async def scan_all() -> dict[str, str | None]:
+        client = ClamdClient(str(clamd.socket), timeout=60, max_stream=1 << 30)
+        found = {}
+        for path in sorted(CLAM_TESTFILES.iterdir()):
+            holder = Spool(clamd.root, 1 << 30, 1 << 30)
+            holder.write(path.read_bytes())
+            found[path.name] = (await client.scan(holder)).virus
+        client.close()
+        return found
+
+    found = asyncio.run(scan_all())
+    assert len(found) == 44
+    assert {name for name, virus in found.items() if not (virus or "").startswith("ClamAV-Test-File")} == set()
+
+
 def test_clam_exe_from_clamav_testfiles_in_a_packed_variant_is_refused(gateway: Mailwarden) -> None:
-    packed = Path("/usr/share/clamav-testfiles/clam.7z").read_bytes()
+    packed = (CLAM_TESTFILES / "clam.7z").read_bytes()
     code, text = send(gateway, message("packed", tools_7z=packed))
     assert code == 554
     assert "ClamAV-Test-File" in text
@@ -201,6 +221,8 @@ def test_borderline_mail_is_delivered_into_junk_with_spam_headers(gateway: Mailw
     deliver = last(gateway, "deliver")
     assert deliver["reason"] == "delivered.junk"
     assert deliver["detail"]["folder"] == "Junk"
+    explained = json.loads(gateway.cli("explain", deliver["ref"], "--format", "json").stdout)
+    assert explained["reason"] == "delivered.junk"
 
 
 def test_clean_mail_with_attachment_is_delivered_into_inbox_with_scan_headers(gateway: Mailwarden) -> None:
@@ -346,3 +368,15 @@ def test_zip_bomb_is_refused_as_dangerous_without_unpacking_it(gateway: Mailward
     code, text = send(gateway, message("bomb", backup_zip=buffer.getvalue()))
     assert code == 554, text
     assert "backup.zip/zeros.bin is a compression bomb" in text
+
+
+def test_a_mailbox_that_tags_macros_gets_the_document_in_junk_with_a_warning(gateway: Mailwarden) -> None:
+    gateway.add_user("dave@example.test")
+    gateway.cli("users", "set", "dave@example.test", "macros=tag")
+    mail = message("macro for dave")
+    mail.add_attachment(office.word_docm(), maintype="application", subtype="octet-stream", filename="Plan.docm")
+    code, text = send(gateway, mail, rcpt="dave@example.test")
+    assert code == 250, text
+    (stored,) = gateway.messages("dave@example.test", "Junk")
+    head = " ".join(stored.split(b"\r\n\r\n", 1)[0].decode().split())
+    assert "X-Mailwarden-Warning: macro in Plan.docm: AutoOpen, Workbook_Open runs automatically" in head

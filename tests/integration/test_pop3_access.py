@@ -8,6 +8,7 @@ and over which protocol, joined to the delivery by its ref and Maildir uid.
 from __future__ import annotations
 
 import base64
+import json
 import poplib
 import ssl
 from collections.abc import Iterator
@@ -83,6 +84,13 @@ def test_device_a_fetches_and_deletes_device_b_finds_nothing_and_the_events_prov
     logout_a = next(e for e in by_kind(events, "pop3", "logout") if e["client_ip"] == "127.0.0.5")
     assert logout_a["detail"]["retrieved"] == 1 and logout_a["detail"]["deleted"] == 1
     assert delete["session"] == logout_a["session"] == retrieve["session"]
+    (traced,) = json.loads(mx.cli("trace", "--ref", ref, "--format", "json").stdout)
+    (recipient,) = traced["recipients"]
+    assert recipient["status"] == "deleted"
+    assert [(a["kind"], a["client_ip"], a["protocol"]) for a in recipient["accesses"]] == [
+        ("retrieve", "127.0.0.5", "pop3"),
+        ("delete", "127.0.0.5", "pop3"),
+    ]
 
 
 def test_uidl_is_the_same_in_every_session_and_after_a_restart(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.pop3 import message, wait_events
+from tests.support.postfix import running_postfix
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mailwarden
     root = tmp_path_factory.mktemp("proxy")
     with running_dovecot(USERS, quota_bytes={"full@example.test": 100}, keep_log_in=root) as dovecot:
         overrides = {"delivery": {"mode": "lmtp", "downstream": dovecot.lmtp_address, "timeout": 30}}
-        with running(root / "mx", overrides, users=tuple(USERS)) as mw:
+        with running(root / "mx", overrides, users=(*USERS, "ghost@example.test")) as mw:
             yield mw, dovecot
 
 
@@ -64,6 +65,19 @@ def test_a_recipient_over_quota_alone_gets_dovecots_permanent_refusal_with_our_r
     assert refusal["reason"] == "rcpt.mailbox_full" and refusal["recipient"] == "full@example.test"
     assert refusal["detail"]["downstream_reply"].startswith("552 5.2.2 <full@example.test> Quota exceeded")
     assert refusal["detail"]["downstream_stage"] == "data"
+
+
+def test_a_mailbox_dovecot_does_not_know_is_refused_as_unknown_with_dovecots_words_in_the_event(
+    stack: tuple[Mailwarden, Dovecot],
+) -> None:
+    mw, _ = stack
+    code, text = transaction(mw, ["ghost@example.test"], message(46, "ghost@example.test"))
+    assert code == 550 and text.startswith("5.1.1 The mailbox ghost@example.test does not exist here")
+    ref = text.rpartition("ref=")[2]
+    (refusal,) = wait_events(mw.events, lambda e: e["kind"] == "reject" and e["ref"] == ref)
+    assert refusal["reason"] == "rcpt.unknown_user"
+    assert refusal["detail"]["downstream_stage"] == "rcpt"
+    assert "User doesn't exist" in refusal["detail"]["downstream_reply"]
 
 
 def test_one_recipient_saved_and_one_refused_gives_250_that_names_the_refused_one(
@@ -125,3 +139,19 @@ def test_a_deferred_recipient_defers_the_message_and_the_retry_reaches_only_it_s
                 lambda e: e["kind"] == "deliver" and e["ref"] == last_ref and e["recipient"] == "bob@example.test",
             )
             assert bob["detail"]["downstream_stage"] == "earlier"
+
+
+def test_smtp_mode_hands_the_message_to_another_mta_and_passes_on_its_refusal(tmp_path: Path) -> None:
+    with running_postfix(local_domains=["example.test"], settings={"message_size_limit": "200000"}) as postfix:
+        overrides = {"delivery": {"mode": "smtp", "downstream": f"127.0.0.1:{postfix.smtp_port}"}}
+        with running(tmp_path / "mx", overrides) as mw:
+            code, text = transaction(mw, ["bob@example.test"], message(47))
+            assert code == 250
+            ref = text.rpartition("ref=")[2]
+            (deliver,) = wait_events(mw.events, lambda e: e["kind"] == "deliver" and e["ref"] == ref)
+            assert deliver["detail"]["downstream_reply"].startswith("250 2.0.0 Ok: queued as ")
+            (delivered,) = postfix.wait_delivered(1)
+            assert delivered["Message-ID"] == "<m47@sender.test>" and delivered["X-Mailwarden-Ref"] == ref
+            code, text = transaction(mw, ["bob@example.test"], message(48, body=(b"x" * 998 + b"\r\n") * 300))
+            assert code == 552
+            assert text.startswith("5.3.4 The mailbox server refused the message for bob@example.test: 552 5.3.4")

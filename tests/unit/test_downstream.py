@@ -8,6 +8,7 @@ import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ class Script:
 
 
 @asynccontextmanager
-async def fake_server(script: Script) -> AsyncIterator[int]:
+async def fake_server(script: Script, unix_path: str | None = None) -> AsyncIterator[int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def say(line: str | None) -> bool:
             if line is None:
@@ -70,7 +71,10 @@ async def fake_server(script: Script) -> AsyncIterator[int]:
             writer.close()
 
     port = free_port()
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    if unix_path is not None:
+        server = await asyncio.start_unix_server(handle, unix_path)
+    else:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
     try:
         yield port
     finally:
@@ -180,3 +184,17 @@ def test_reply_texts_from_the_downstream_cannot_forge_lines() -> None:
     script = Script(after_data=["250 2.0.0 saved \x1b[31m"])
     (outcome,) = asyncio.run(deliver(script, ["bob@example.test"]))
     assert outcome.reply.text == "2.0.0 saved \\x1b[31m"
+
+
+def test_the_downstream_may_be_a_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "lmtp")
+    script = Script(after_data=["250 2.0.0 <bob@example.test> Saved"])
+
+    async def run() -> list[Outcome]:
+        async with fake_server(script, unix_path=path):
+            settings = DeliveryConfig(mode="lmtp", downstream=path)
+            return await Downstream(settings, "mx.example.test").deliver("", ["bob@example.test"], b"", opener())
+
+    (outcome,) = asyncio.run(run())
+    assert outcome.reply.accepted
+    assert script.commands[1] == "MAIL FROM:<>"

@@ -62,6 +62,7 @@ def test_the_delivery_ref_is_the_first_x_mailwarden_ref_and_a_forged_one_below_i
     )
     identity = identity_of(head)
     assert (identity.message_id, identity.ref) == ("<a@b>", "0A1B2C3D4E5F")
+    assert identity_of(b"Subject: x\r\nMessage-ID: <last@b>\r\n\r\nMessage-ID: <body@b>\r\n").message_id == "<last@b>"
     assert identity_of(b"X-Mailwarden-Ref: not a ref\r\n\r\n").ref is None
     assert identity_of(b"no header at all").message_id is None
 

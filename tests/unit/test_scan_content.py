@@ -206,3 +206,13 @@ def test_plain_text_mail_skips_the_file_inspection_and_small_mail_is_triaged_in_
     assert triage(mail(a_pdf=b"%PDF-1.4"), LIMITS) is not None
     assert triage(mail(a_zip=zipped(a_txt=b"x")), LIMITS) is None  # archives go to a worker
     assert triage(mail(a_docm=office.word_docm()), LIMITS) is None
+
+
+def test_the_light_pass_sees_magic_bytes_in_the_head_of_large_attachments() -> None:
+    iso = b"\0" * 0x8001 + b"CD001" + bytes(range(256)) * 2000  # ~550 kB: only its head is decoded
+    report = triage(mail(photos_img_pdf=iso), LIMITS)
+    assert report is not None
+    assert [(d.filename, d.filetype) for d in report.dangerous] == [("photos.img.pdf", "disk image (ISO 9660)")]
+    assert report.problems == []
+    big_zip = zipped(data_bin=bytes(range(256)) * 4000)
+    assert triage(mail(big_zip=big_zip), LIMITS) is None

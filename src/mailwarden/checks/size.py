@@ -1,7 +1,9 @@
-"""Message size: refuse early on the SIZE a client declares at MAIL, and after DATA on the real size.
+"""Message size: refuse at MAIL FROM when the SIZE a client declares is over the limit.
 
-The DATA reader stops keeping bytes once the limit is passed (so a huge message costs no disk)
-but reads on to the final dot, so the reply comes at the right moment (RFC 5321 4.2.5).
+This spares both sides the transfer (RFC 1870). The real size is enforced by the gateway
+itself after DATA (552 5.3.4): the DATA reader stops keeping bytes past `smtp.max_message_size`
+(so a huge message costs no disk) but reads on to the final dot, so the reply comes at the
+right moment (RFC 5321 4.2.5) - and no configuration of checks can accept a truncated message.
 """
 
 from __future__ import annotations
@@ -18,12 +20,4 @@ class SizeCheck(Check):
         limit = ctx.config.smtp.max_message_size
         if declared is not None and declared > limit:
             return Verdict.reject("msg.too_big", size=declared, limit=limit)
-        return None
-
-    async def data(self, ctx: CheckContext) -> Verdict | None:
-        assert ctx.txn is not None and ctx.txn.spool is not None
-        spool = ctx.txn.spool
-        limit = ctx.config.smtp.max_message_size
-        if spool.overflowed or spool.size > limit:
-            return Verdict.reject("msg.too_big", size=spool.received, limit=limit)
         return None

@@ -4,7 +4,9 @@ Layout: ROOT/DOMAIN/LOCALPART/ is a mailbox's Maildir (cur, new, tmp); other fol
 Maildir++ subfolders (ROOT/DOMAIN/LOCALPART/.Junk/). A delivery writes the message once into
 tmp/, fsyncs it, hard-links it into new/ of every recipient, fsyncs those directories and only
 then returns - so "250" is only ever said for mail that is on disk. On any error every link
-made so far is removed again: nothing is left half-delivered.
+made so far is removed again: nothing is left half-delivered. `deliver_many` does this for a
+group of messages at once, so that they share their fsyncs (the gateway's delivery thread,
+`deliver/writer.py`).
 
 Readers (the POP3 server) see a message by its unique name (`uid`, the file name without the
 ":2,FLAGS" info part), which never changes: it is what the gateway's `deliver` event records and
@@ -16,6 +18,7 @@ also holds against other processes).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -24,7 +27,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -90,6 +93,30 @@ class MailboxLock:
             self._fd = None
 
 
+@dataclass
+class _Job:
+    """One message on its way into one or more Maildirs (see `Maildirs.deliver_many`)."""
+
+    targets: list[Target]
+    write: Callable[[BinaryIO], None]
+    dirs: list[Path] = field(default_factory=list)
+    provisional: Path | None = None
+    handle: BinaryIO | None = None
+    size: int = 0
+    name: str = ""
+    linked: list[Path] = field(default_factory=list)
+    error: MaildirError | None = None
+
+    @property
+    def new_dirs(self) -> set[Path]:
+        return {d / "new" for d in self.dirs}
+
+    def outcome(self) -> list[Delivered] | MaildirError:
+        if self.error is not None:
+            return self.error
+        return [Delivered(t.mailbox, t.folder, p, self.name) for t, p in zip(self.targets, self.linked, strict=True)]
+
+
 def _safe_host() -> str:
     return socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
 
@@ -109,6 +136,7 @@ class Maildirs:
         self.root = root
         self._host = _safe_host()
         self._counter = itertools.count()
+        self._ensured: set[Path] = set()  # folders known to exist: saves three mkdir calls per delivery
 
     def mailbox_dir(self, mailbox: str) -> Path:
         local, _, domain = mailbox.rpartition("@")
@@ -126,47 +154,121 @@ class Maildirs:
 
     def ensure(self, mailbox: str, folder: str = INBOX) -> Path:
         directory = self.folder_dir(mailbox, folder)
+        if directory in self._ensured:
+            return directory
         for sub in SUBDIRS:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         if folder != INBOX:
             (directory / "maildirfolder").touch(exist_ok=True)
+        self._ensured.add(directory)
         return directory
 
     def unique_name(self, size: int) -> str:
         now = time.time()
         seconds = int(now)
         micros = int((now - seconds) * 1_000_000)
-        return f"{seconds}.M{micros}P{os.getpid()}Q{next(self._counter)}.{self._host},S={size}"
+        # microseconds zero-padded: within a second, name order is delivery order
+        return f"{seconds}.M{micros:06d}P{os.getpid()}Q{next(self._counter)}.{self._host},S={size}"
 
     def deliver(self, targets: Sequence[Target], write: Callable[[BinaryIO], None]) -> list[Delivered]:
-        """Write one message for all `targets` durably; blocking (run it in a worker thread)."""
+        """Write one message for all `targets` durably; blocking. Raises MaildirError."""
         if not targets:
             return []
-        dirs = [self.ensure(t.mailbox, t.folder) for t in targets]
-        tmp_dir = dirs[0] / "tmp"
-        provisional = tmp_dir / f"{time.time_ns()}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
-        linked: list[Path] = []
-        try:
-            with open(provisional, "xb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-                size = handle.tell()
-            name = self.unique_name(size)
-            for directory in dirs:
-                final = directory / "new" / name
-                os.link(provisional, final)
-                linked.append(final)
-            for directory in {d / "new" for d in dirs}:
+        (outcome,) = self.deliver_many([(targets, write)])
+        if isinstance(outcome, MaildirError):
+            raise outcome
+        return outcome
+
+    def deliver_many(
+        self, messages: Sequence[tuple[Sequence[Target], Callable[[BinaryIO], None]]]
+    ) -> list[list[Delivered] | MaildirError]:
+        """Write several messages durably at once (group commit); blocking. One outcome per message.
+
+        `write` writes a whole message into the handle it is given (it may be called twice: a
+        folder removed behind our back is created again). All files are written first and then
+        fsynced, all links made and then each new/ directory fsynced once: on a journaling file
+        system the first fsync commits the journal for the whole group, so the group costs about
+        two journal commits instead of two per message. A message that fails is taken back
+        completely; the others are not affected.
+        """
+        if not all(targets for targets, _ in messages):
+            raise ValueError("deliver_many: every message needs at least one target")
+        jobs = [_Job(list(targets), write) for targets, write in messages]
+        for job in jobs:
+            self._run_step(job, self._write_tmp)
+        for job in jobs:
+            self._run_step(job, self._sync_tmp)
+        for job in jobs:
+            self._run_step(job, self._link)
+        for directory in {d for job in jobs if job.error is None for d in job.new_dirs}:
+            try:
                 _fsync_dir(directory)
-            provisional.unlink()
-            _fsync_dir(tmp_dir)
-        except OSError as exc:
-            for path in linked:
-                path.unlink(missing_ok=True)
-            provisional.unlink(missing_ok=True)
-            raise MaildirError(exc.errno, f"delivery failed: {exc.strerror or exc}") from exc
-        return [Delivered(t.mailbox, t.folder, path, name) for t, path in zip(targets, linked, strict=True)]
+            except OSError as exc:
+                for job in jobs:
+                    if job.error is None and directory in job.new_dirs:
+                        self._fail(job, exc)
+        for job in jobs:  # the tmp/ name is only scaffolding: its removal need not be durable
+            if job.provisional is not None and job.error is None:
+                with contextlib.suppress(OSError):
+                    job.provisional.unlink()
+        return [job.outcome() for job in jobs]
+
+    def _run_step(self, job: _Job, step: Callable[[_Job], None]) -> None:
+        if job.error is not None:
+            return
+        try:
+            step(job)
+        except BaseException as exc:
+            self._fail(job, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        """Take a message back completely: its links, its tmp file; remember why."""
+        for path in job.linked:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if job.handle is not None:
+            with contextlib.suppress(OSError):
+                job.handle.close()
+        if job.provisional is not None:
+            with contextlib.suppress(OSError):
+                job.provisional.unlink()
+        if isinstance(exc, MaildirError):
+            job.error = exc
+        elif isinstance(exc, OSError):
+            job.error = MaildirError(exc.errno, f"delivery failed: {exc.strerror or exc}")
+        else:
+            job.error = MaildirError(f"delivery failed: {type(exc).__name__}: {exc}")
+
+    def _write_tmp(self, job: _Job) -> None:
+        try:
+            self._open_and_write(job)
+        except FileNotFoundError:  # a cached folder was removed behind our back: create it again
+            self._ensured.clear()
+            self._open_and_write(job)
+
+    def _open_and_write(self, job: _Job) -> None:
+        job.dirs = [self.ensure(t.mailbox, t.folder) for t in job.targets]
+        job.provisional = job.dirs[0] / "tmp" / f"{time.time_ns()}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
+        job.handle = open(job.provisional, "xb")  # noqa: SIM115 - closed in _sync_tmp or _fail
+        job.write(job.handle)
+        job.handle.flush()
+
+    def _sync_tmp(self, job: _Job) -> None:
+        assert job.handle is not None
+        os.fsync(job.handle.fileno())
+        job.size = job.handle.tell()
+        job.handle.close()
+        job.handle = None
+
+    def _link(self, job: _Job) -> None:
+        assert job.provisional is not None
+        job.name = self.unique_name(job.size)
+        for directory in job.dirs:
+            final = directory / "new" / job.name
+            os.link(job.provisional, final)
+            job.linked.append(final)
 
     def remove(self, delivered: Sequence[Delivered]) -> None:
         """Take back a delivery (when its evidence could not be stored), wherever a reader moved it."""

@@ -96,11 +96,11 @@ class Pop3Session:
         self._counted = False
 
     # ------------------------------------------------------------------ evidence
-    def _event(self, kind: str, **fields: Any) -> Event:
+    def _new_event(self, kind: str, **fields: Any) -> Event:
         detail: dict[str, Any] = {"protocol": PROTOCOL, "port": self.client_port, "tls": self.tls}
         detail.update(fields.pop("detail", {}))
         fields.setdefault("ref", self.id)
-        event = Event(
+        return Event(
             kind=kind,
             source=PROTOCOL,
             node=self.server.node,
@@ -109,12 +109,17 @@ class Pop3Session:
             detail=detail,
             **fields,
         )
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        """Record an event (queued; committed with the next batch)."""
+        event = self._new_event(kind, **fields)
         self.server.store.append(event)
         return event
 
-    def _message_event(self, kind: str, entry: Entry, identity: Identity, **detail: Any) -> None:
+    def _message_event(self, kind: str, entry: Entry, identity: Identity, **detail: Any) -> Event:
+        """A retrieve or delete event for one message (not yet recorded)."""
         assert self.mailbox is not None
-        self._event(
+        return self._new_event(
             kind,
             recipient=self.mailbox,
             ref=identity.ref,
@@ -547,7 +552,7 @@ class Pop3Session:
         detail: dict[str, Any] = {"command": "RETR" if top is None else "TOP"}
         if top is not None:
             detail["lines"] = top
-        self._message_event("retrieve", entry, entry.identity, **detail)
+        self.server.store.append(self._message_event("retrieve", entry, entry.identity, **detail))
 
     async def _stream(self, handle: BinaryIO, chunk: bytes, status: str, encoder: DotStuffer) -> int:
         """Send a whole message chunk by chunk (a big one never sits in memory at once); returns its octets."""
@@ -599,11 +604,13 @@ class Pop3Session:
                     continue
                 entry.identity = identity_of(head)
             present.append(entry)
-        for entry in present:
-            assert entry.identity is not None
+        deletions = [
             self._message_event("delete", entry, entry.identity, retrieved=entry.retrieved)
-        try:
-            await store.durable()
+            for entry in present
+            if entry.identity is not None
+        ]
+        try:  # the deletions are on record before any file goes, or nothing goes
+            await store.durable(deletions)
         except StoreError as exc:
             log.error("pop3: deletions in %s not recorded (%s): nothing deleted", self.mailbox, exc)
             self.end_reason = "quit, deletion not recorded"
@@ -615,7 +622,7 @@ class Pop3Session:
         failed = [e for e in present if e.stored.uid not in removed_uids]
         for entry in failed:
             assert entry.identity is not None
-            self._message_event("delete", entry, entry.identity, failed=True)
+            store.append(self._message_event("delete", entry, entry.identity, failed=True))
         await self._mark_seen()
         if failed:
             return f"-ERR [SYS/TEMP] {len(failed)} message(s) could not be deleted; {len(removed)} deleted"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import mmap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from mailwarden.scan import attachments, macros
@@ -22,6 +22,9 @@ from mailwarden.scan.mime import Buffer, Leaf, Walk, decode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+HEAD_BYTES = 40 * 1024  # decoded bytes the magic checks need (an ISO 9660 marker sits at 36 kB)
+TRIAGE_PARTS = 100  # parts the light pass looks at before it leaves the message to a worker
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,18 @@ def inspect_message(source: bytes | str, limits: ContentLimits) -> ContentReport
     return _mapped(source, lambda buffer: _inspect(buffer, limits, light=False))
 
 
-def triage(message: bytes, limits: ContentLimits) -> ContentReport | None:
-    """The cheap part alone (MIME walk, names, magic bytes) for a small message, on the caller's thread.
+def triage(source: bytes | str, limits: ContentLimits) -> ContentReport | None:
+    """The cheap part alone, on the caller's thread: MIME walk, names, and the magic bytes of each file.
 
-    None when an Office document or an archive needs the heavy parsers: then the message goes to
-    a worker process. Most mail carries neither, and a pipe round trip to a worker costs several
-    times what this pass costs for a message of a few kilobytes.
+    Only the head of each file is decoded (`HEAD_BYTES`: enough for every magic number we look
+    for), and at most `TRIAGE_PARTS` parts are looked at. None when an Office document or an
+    archive needs the heavy parsers, or the structure needs the full walk: then the message goes
+    to a worker process. Most mail needs neither, and a round trip to a worker costs several times
+    what this pass costs.
     """
+    light_limits = replace(limits, max_parts=min(limits.max_parts, TRIAGE_PARTS), part_size=HEAD_BYTES)
     try:
-        return _inspect(message, limits, light=True)
+        return _mapped(source, lambda buffer: _inspect(buffer, light_limits, light=True))
     except _NeedsWorker:
         return None
 
@@ -118,11 +124,12 @@ def _inspect(buffer: Buffer, limits: ContentLimits, *, light: bool) -> ContentRe
         if problem:
             report.note(f"{label}: {problem}")
         _inspect_file(report, label, data, 0, limits, budget, light=light)
+    if light and walk.exceeded:
+        raise _NeedsWorker(walk.exceeded)  # the full walk gives the verdict, with the real limits
     report.parts = walk.parts
     for problem in walk.problems:
         report.note(problem)
-    if any("MIME parts" in p for p in walk.problems):
-        report.structure_exceeded = next(p for p in walk.problems if "MIME parts" in p)
+    report.structure_exceeded = walk.exceeded
     return report
 
 

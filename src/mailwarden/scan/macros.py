@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 OLE_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -111,14 +111,10 @@ def inspect(filename: str, data: bytes) -> MacroReport | None:
         data, kind = plain, office_kind(plain) or kind
         note = f"decrypted with the default password {DEFAULT_PASSWORD!r}"
     sheets = _macro_sheets(data) if kind == "ooxml" else []
-    vba = _vba(filename, data)
     if sheets:
         return MacroReport(filename, True, "Excel 4 macro sheet", "A", (sheets[0],), note)
-    if vba is None:
-        return None
-    return (
-        vba if note is None else MacroReport(vba.filename, vba.suspicious, vba.summary, vba.flags, vba.keywords, note)
-    )
+    vba = _vba(filename, data)
+    return vba if vba is None or note is None else replace(vba, note=note)
 
 
 def _vba(filename: str, data: bytes) -> MacroReport | None:

@@ -58,10 +58,15 @@ class Walk:
     max_parts: int
     parts: int = 0
     problems: list[str] = field(default_factory=list)
+    exceeded: str | None = None  # the first structure limit that was hit: parts beyond it were not seen
 
     def note(self, problem: str) -> None:
         if problem not in self.problems:
             self.problems.append(problem)
+
+    def limit_hit(self, problem: str) -> None:
+        self.exceeded = self.exceeded or problem
+        self.note(problem)
 
     def leaves(self) -> Iterator[Leaf]:
         yield from self._entity(0, len(self.buffer), 0)
@@ -69,12 +74,12 @@ class Walk:
     def _entity(self, start: int, end: int, depth: int) -> Iterator[Leaf]:
         self.parts += 1
         if self.parts > self.max_parts:
-            self.note(f"more than {self.max_parts} MIME parts")
+            self.limit_hit(f"more than {self.max_parts} MIME parts")
             return
         header, body_start = self._header(start, end)
         content_type = header.get_content_type()
         if depth >= self.max_depth and (content_type.startswith("multipart/") or content_type == "message/rfc822"):
-            self.note(f"MIME parts nested deeper than {self.max_depth} levels")
+            self.limit_hit(f"MIME parts nested deeper than {self.max_depth} levels")
             return
         if content_type.startswith("multipart/"):
             boundary = header.get_param("boundary")
@@ -173,8 +178,20 @@ def might_carry_files(head: bytes) -> bool:
 
 
 def decode(buffer: Buffer, leaf: Leaf, limit: int) -> tuple[bytes, str | None]:
-    """The leaf's body with its transfer encoding undone, at most `limit` bytes; plus a problem, if any."""
-    raw = buffer[leaf.start : min(leaf.end, leaf.start + limit * 2)]
+    """The leaf's body with its transfer encoding undone, at most `limit` bytes; plus a problem, if any.
+
+    When `limit` is far below the part's size only its head is decoded: base64 cut mid-line is
+    then not a problem of the sender's.
+    """
+    end = min(leaf.end, leaf.start + limit * 3 // 2)  # base64 with line breaks is about 1.37 times longer
+    raw = buffer[leaf.start : end]
+    if leaf.encoding == "base64" and end < leaf.end:
+        head = raw[: raw.rfind(b"\n") + 1] or raw  # whole lines: almost always whole quanta too
+        try:
+            return binascii.a2b_base64(head)[:limit], None
+        except binascii.Error:
+            cleaned = _NOT_BASE64.sub(b"", head)
+            return binascii.a2b_base64(cleaned[: len(cleaned) - len(cleaned) % 4])[:limit], None
     if leaf.encoding == "base64":
         try:
             return binascii.a2b_base64(raw)[:limit], None

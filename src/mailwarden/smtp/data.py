@@ -28,7 +28,6 @@ class DataDecoder:
         self._skip = 2
         self._normalize = normalize_bare_newlines
         self._max_run = max_line_length + 1  # a line's bytes before LF: its text and the CR
-        self._long_run = re.compile(rb"[^\n]{%d}" % (self._max_run + 1))
         self._line_len = 0  # bytes of the current line so far, across chunks
         self.done = False
         self.leftover = b""  # bytes after the end marker (pipelined commands)
@@ -75,7 +74,8 @@ class DataDecoder:
         if not data:
             return data
         self._track_line_length(data)
-        if _BARE.search(data) is not None:
+        pairs = data.count(b"\r\n")
+        if data.count(b"\n") != pairs or data.count(b"\r") != pairs:  # three C scans, no regex: the common case
             fixed = _BARE.sub(b"\r\n", data)
             self.bare_newlines += len(fixed) - len(data)
             if self._normalize:
@@ -86,13 +86,16 @@ class DataDecoder:
         """A line longer than the limit (not counting its CRLF) sets `line_too_long`."""
         if self.line_too_long:
             return
-        first = data.find(b"\n")
-        if first < 0:
+        last = data.rfind(b"\n")
+        if last < 0:
             self._line_len += len(data)
-        elif self._line_len + first > self._max_run or self._long_run.search(data, first, data.rfind(b"\n")):
-            self.line_too_long = True
-            return
         else:
-            self._line_len = len(data) - data.rfind(b"\n") - 1
+            first = data.find(b"\n")
+            if self._line_len + first > self._max_run or (
+                last - first > self._max_run and max(map(len, data[first + 1 : last].split(b"\n"))) > self._max_run
+            ):
+                self.line_too_long = True
+                return
+            self._line_len = len(data) - last - 1
         if self._line_len > self._max_run:
             self.line_too_long = True

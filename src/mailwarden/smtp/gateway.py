@@ -13,11 +13,13 @@ import logging
 import ssl
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, BinaryIO
 
 from mailwarden import authresults
+from mailwarden.addresses import EnvelopePath
 from mailwarden.checks.base import (
     Action,
     CheckContext,
@@ -39,6 +41,7 @@ from mailwarden.deliver.downstream import (
     verdict_for,
 )
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
+from mailwarden.deliver.writer import DeliveryThread
 from mailwarden.events import Event
 from mailwarden.headers import header_fields, message_id
 from mailwarden.smtp import replies
@@ -71,6 +74,7 @@ class Gateway:
         self.refs = refs
         self.tls_context = tls_context
         self.maildirs = Maildirs(config.path(config.mail.maildir_root))
+        self.delivery = DeliveryThread(self.maildirs)
         self.downstream = (
             Downstream(config.delivery, config.smtp.hostname) if config.delivery.mode != "maildir" else None
         )
@@ -81,6 +85,7 @@ class Gateway:
         self.connections: set[GatewaySMTP] = set()
         self.shutting_down = False
         self._servers: list[asyncio.AbstractServer] = []
+        self._finishing: set[asyncio.Task[str]] = set()
 
     def protocol(self) -> GatewaySMTP:
         return GatewaySMTP(Connection(self), tls_context=self.tls_context)
@@ -102,6 +107,13 @@ class Gateway:
             bound.extend(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
         return bound
 
+    def finish_soon(self, work: Coroutine[Any, Any, str]) -> asyncio.Task[str]:
+        """Run the end of a transaction (decide, deliver, record) to completion, even if its client goes away."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop listening, let running transactions finish for `grace` seconds, then hang up."""
         self.shutting_down = True
@@ -112,8 +124,11 @@ class Gateway:
             await asyncio.sleep(0.05)
         for protocol in list(self.connections):
             protocol._hang_up(protocol.conn.shutdown_reply())
+        if self._finishing:  # accepted messages are delivered and recorded before we exit
+            await asyncio.wait(set(self._finishing))
         for server in self._servers:
             await server.wait_closed()
+        self.delivery.close()
 
 
 class Connection:
@@ -143,11 +158,11 @@ class Connection:
     def _ctx(self) -> CheckContext:
         return CheckContext(self.gateway.services, self.session, self.txn)
 
-    def _event(self, kind: str, **fields: Any) -> Event:
+    def _new_event(self, kind: str, **fields: Any) -> Event:
         fields.setdefault("ref", self.ref)
         if self.txn is not None:
             fields.setdefault("sender", self.txn.sender)
-        event = Event(
+        return Event(
             kind=kind,
             source="gateway",
             node=self.gateway.node,
@@ -157,6 +172,10 @@ class Connection:
             helo=self.session.helo,
             **fields,
         )
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        """Record an event (queued; committed with the next batch)."""
+        event = self._new_event(kind, **fields)
         self.gateway.store.append(event)
         return event
 
@@ -248,16 +267,16 @@ class Connection:
         return True
 
     # ------------------------------------------------------------------ MAIL and RCPT
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def on_mail(self, path: EnvelopePath) -> str:
         if self.txn is not None:
             return "503 5.5.1 Error: nested MAIL command"
-        sender = "" if address == "<>" else address
-        problem = self._address_problem(sender, options)
+        options = path.options
+        problem = self._utf8_problem(path.mailbox, options)
         if problem is not None:
             return problem
         ref = self.session.id if self._first_ref_free else self.gateway.refs.new()
         self._first_ref_free = False
-        self.txn = Transaction(ref=ref, sender=sender, mail_options=list(options))
+        self.txn = Transaction(ref=ref, sender=path.mailbox, mail_options=options)
         # A client already refused at connect/HELO gets that refusal at RCPT; judging its sender too
         # would answer with a lesser reason (and cost DNS lookups) first.
         result = ChainResult() if self.pending is not None else await self.gateway.chain.run(Stage.MAIL, self._ctx())
@@ -266,19 +285,18 @@ class Connection:
             self.txn = None
             return reply
         self._apply_tags(result)
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
         detail: dict[str, Any] = {"options": options} if options else {}
         if result.record:
             detail["checks"] = result.record
         self._event("mail", detail=detail)
         return self._own("250 2.1.0 Sender OK")
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def on_rcpt(self, path: EnvelopePath) -> str:
         txn = self.txn
         if txn is None:
             return "503 5.5.1 Error: need MAIL command"
-        problem = self._address_problem(address, txn.mail_options)
+        address = path.mailbox
+        problem = self._utf8_problem(address, txn.mail_options)
         if problem is not None:
             return problem
         if len(txn.recipients) >= self.config.smtp.max_recipients:
@@ -296,16 +314,14 @@ class Connection:
         assert result.recipient is not None
         self._apply_tags(result)
         txn.recipients.append(result.recipient)
-        envelope.rcpt_tos.append(address)
         detail: dict[str, Any] = {"mailbox": result.recipient.mailbox}
         if result.record:
             detail["checks"] = result.record
         self._event("rcpt", recipient=address, detail=detail)
         return self._own("250 2.1.5 Recipient OK")
 
-    def _address_problem(self, address: str, mail_options: list[str]) -> str | None:
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in address):
-            return "501 5.5.2 Error: the address is not valid UTF-8"
+    @staticmethod
+    def _utf8_problem(address: str, mail_options: list[str]) -> str | None:
         if not address.isascii() and "SMTPUTF8" not in (o.upper() for o in mail_options):
             return "553 5.6.7 Error: a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"
         return None
@@ -360,13 +376,15 @@ class Connection:
             data_detail["bare_newlines"] = bare_newlines
         verdict: Verdict | None = None
         record: list[dict[str, Any]] = []
-        if line_too_long:
+        if spool.overflowed:  # the spool kept nothing past the limit: never deliver a truncated message
+            verdict = Verdict.reject("msg.too_big", size=spool.received, limit=self.config.smtp.max_message_size)
+        elif line_too_long:
             verdict = Verdict.reject(
                 "protocol.violation",
                 problem=f"a line in the message is longer than {self.config.smtp.max_line_length} bytes",
             )
         elif bare_newlines and self.config.smtp.bare_newline == "reject":
-            verdict = Verdict.reject("protocol.bare_lf")
+            verdict = Verdict(Action.REJECT, "protocol.bare_lf", detail={"bare_newlines": bare_newlines})
         else:
             result = await self.gateway.chain.run(Stage.DATA, self._ctx())
             verdict, record = result.verdict, result.record
@@ -387,7 +405,7 @@ class Connection:
         folder = txn.folder or "INBOX"
         targets: list[Target] = []
         for recipient in txn.recipients:
-            target = Target(recipient.mailbox, recipient.folder if recipient.folder != "INBOX" else folder)
+            target = Target(recipient.mailbox, self._folder(recipient, folder))
             if target not in targets:
                 targets.append(target)
         prefix = self._trace_headers(txn)
@@ -397,7 +415,7 @@ class Connection:
             spool.copy_into(handle)
 
         try:
-            delivered = await asyncio.to_thread(gateway.maildirs.deliver, targets, write)
+            delivered = await gateway.delivery.deliver(targets, write)
         except MaildirError as exc:
             log.error("delivery of %s failed: %s", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem=str(exc)), "data")
@@ -405,26 +423,35 @@ class Connection:
             250, "2.0.0", f"Message accepted and stored for {len(txn.recipients)} recipient(s) ref={txn.ref}"
         )
         by_mailbox = {(d.mailbox, d.folder): d for d in delivered}
-        for recipient in txn.recipients:
-            copy = by_mailbox[(recipient.mailbox, recipient.folder if recipient.folder != "INBOX" else folder)]
-            self._delivery_event(recipient, copy, msgid, len(prefix) + spool.size)
-        self._event(
-            "accept",
-            smtp_code=250,
-            enhanced_code="2.0.0",
-            reply=reply.line,
-            message_id=msgid,
-            size=len(prefix) + spool.size,
-            reason="delivered",
-            detail={"recipients": [r.address for r in txn.recipients]},
-        )
-        try:
-            await gateway.store.durable()
+        size = len(prefix) + spool.size
+        evidence = [
+            self._delivery_event(
+                recipient, by_mailbox[(recipient.mailbox, self._folder(recipient, folder))], msgid, size
+            )
+            for recipient in txn.recipients
+        ]
+        evidence.append(self._accept_event(txn, reply, msgid, size))
+        try:  # the delivery's evidence is committed with everything before it, or not at all
+            await gateway.store.durable(evidence)
         except StoreError as exc:  # the evidence is not safe: take the mail back, let the sender retry
             gateway.maildirs.remove(delivered)
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()
+
+    def _accept_event(
+        self, txn: Transaction, reply: replies.Reply, msgid: str | None, size: int, **detail: Any
+    ) -> Event:
+        return self._new_event(
+            "accept",
+            smtp_code=250,
+            enhanced_code="2.0.0",
+            reply=reply.line,
+            message_id=msgid,
+            size=size,
+            reason="delivered",
+            detail={"recipients": [r.address for r in txn.recipients], **detail},
+        )
 
     async def _deliver_downstream(
         self, downstream: Downstream, txn: Transaction, spool: Spool, msgid: str | None
@@ -492,24 +519,20 @@ class Connection:
                 detail=detail,
             )
         if verdict is None:
-            self._event(
-                "accept",
-                smtp_code=250,
-                enhanced_code="2.0.0",
-                reply=reply.line,
-                message_id=msgid,
-                size=size,
-                reason="delivered",
-                detail={"recipients": [r.address for r in txn.recipients], "downstream": downstream.label},
-            )
+            self.gateway.store.append(self._accept_event(txn, reply, msgid, size, downstream=downstream.label))
         try:
             await self.gateway.store.durable()
         except StoreError as exc:  # the downstream has the mail: it cannot be taken back, the events are retried
             log.error("evidence for %s not yet stored (%s); the downstream already answered", txn.ref, exc)
         return self._own(reply.wire())
 
-    def _delivery_event(self, recipient: Recipient, copy: Delivered, msgid: str | None, size: int) -> None:
-        self._event(
+    @staticmethod
+    def _folder(recipient: Recipient, transaction_folder: str) -> str:
+        """A recipient's own folder (from its check) wins over the transaction's (from a TAG)."""
+        return recipient.folder if recipient.folder != "INBOX" else transaction_folder
+
+    def _delivery_event(self, recipient: Recipient, copy: Delivered, msgid: str | None, size: int) -> Event:
+        return self._new_event(
             "deliver",
             recipient=recipient.address,
             message_id=msgid,
@@ -564,6 +587,16 @@ class Connection:
             detail={"stage": "data" if in_data else "command", "seconds": seconds},
         )
         return f"{reply.code} {reply.enhanced} {self.config.smtp.hostname} {reply.text}"
+
+    def on_proxy_refused(self, peer_ip: str, peer_port: int, problem: str) -> str:
+        """A connection without a usable PROXY header (smtp.proxy_protocol): recorded, answered 421, closed."""
+        self._started = time.monotonic()
+        self.session = SessionInfo(
+            id=self.gateway.refs.new(), node=self.gateway.node, client_ip=peer_ip, client_port=peer_port
+        )
+        reply = f"421 4.7.0 {self.config.smtp.hostname} Error: {printable(problem, 200)}; closing ref={self.ref}"
+        self.on_protocol_reply(reply)
+        return reply
 
     def on_non_smtp(self, verb: str) -> str:
         reply = (

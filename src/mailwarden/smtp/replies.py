@@ -16,6 +16,7 @@ from mailwarden.checks.base import Verdict
 from mailwarden.text import ascii_printable, printable
 
 MAX_TEXT: Final = 400  # characters of text per reply line, well inside 512 octets
+MAX_TEXT_OCTETS: Final = 480  # ... and octets, for UTF-8 text: "550-5.7.1 " + text + CRLF stays under 512
 
 _HAS_ENHANCED: Final = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _CODE: Final = re.compile(r"^([245])(\d\d)([ -])(.*)$", re.S)
@@ -66,7 +67,11 @@ class Reply:
 
     def wire(self) -> str:
         """The reply as sent, continuation lines joined with CRLF (push adds the final CRLF)."""
-        parts = textwrap.wrap(self.text, MAX_TEXT, break_long_words=True, break_on_hyphens=False) or [""]
+        parts = [
+            piece
+            for part in textwrap.wrap(self.text, MAX_TEXT, break_long_words=True, break_on_hyphens=False) or [""]
+            for piece in _split_octets(part, MAX_TEXT_OCTETS)
+        ]
         lines = [f"{self.code}-{self.enhanced} {part}" for part in parts[:-1]]
         lines.append(f"{self.code} {self.enhanced} {parts[-1]}")
         return "\r\n".join(lines)
@@ -75,6 +80,17 @@ class Reply:
     def line(self) -> str:
         """The reply on one line, as recorded in events."""
         return f"{self.code} {self.enhanced} {self.text}"
+
+
+def _split_octets(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` octets of UTF-8 (a line of multi-byte characters is longer in octets)."""
+    pieces: list[str] = []
+    while len(text.encode("utf-8")) > limit:
+        cut = len(text.encode("utf-8")[:limit].decode("utf-8", "ignore"))
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    return pieces
 
 
 def for_verdict(verdict: Verdict, ref: str, explain_url: str, *, utf8: bool) -> Reply:

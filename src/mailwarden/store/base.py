@@ -94,13 +94,18 @@ class Position:
 
 
 class _Barrier:
-    """A marker in the write queue: resolved once everything queued before it is committed."""
+    """A marker in the write queue: resolved once everything queued before it (and its own events) is committed.
 
-    __slots__ = ("future", "loop")
+    Its own `events` are written in the same transaction but, unlike queued events, are not kept
+    for a retry when the write fails: the caller learns of the failure and records what it did instead.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any) -> None:
+    __slots__ = ("events", "future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any, events: Sequence[Event] = ()) -> None:
         self.loop = loop
         self.future = future
+        self.events = events
 
     def resolve(self, error: BaseException | None) -> None:
         if self.loop is None:  # a threading.Event-style waiter from synchronous code
@@ -165,10 +170,10 @@ class BatchWriter:
     def put_position(self, position: Position) -> None:
         self._queue.put(position)
 
-    async def durable(self) -> None:
+    async def durable(self, events: Sequence[Event] = ()) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Barrier(loop, future))
+        self._queue.put(_Barrier(loop, future, events))
         await future
 
     def flush(self) -> None:
@@ -207,10 +212,19 @@ class BatchWriter:
             self._commit(items)
 
     def _commit(self, items: list[Event | Position | _Barrier]) -> None:
-        events = self._retry + [item for item in items if isinstance(item, Event)]
+        events = list(self._retry)  # everything to write, in queue order
+        queued = list(self._retry)  # what is kept for a retry if the write fails
         positions = dict(self._retry_positions)
-        positions.update((item.name, item) for item in items if isinstance(item, Position))
-        barriers = [item for item in items if isinstance(item, _Barrier)]
+        barriers: list[_Barrier] = []
+        for item in items:
+            if isinstance(item, Event):
+                events.append(item)
+                queued.append(item)
+            elif isinstance(item, Position):
+                positions[item.name] = item
+            else:
+                events.extend(item.events)
+                barriers.append(item)
         error: BaseException | None = None
         if events or positions:
             try:
@@ -218,12 +232,12 @@ class BatchWriter:
                 self._retry = []
                 self._retry_positions = {}
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
-                log.error("event store write failed (%s); %d events kept for retry", exc, len(events))
+                log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
-                self._retry = events[-self.MAX_RETRY_ROWS :]
+                self._retry = queued[-self.MAX_RETRY_ROWS :]
                 self._retry_positions = positions
-                if len(events) > self.MAX_RETRY_ROWS:
-                    log.error("dropped %d events: retry buffer full", len(events) - self.MAX_RETRY_ROWS)
+                if len(queued) > self.MAX_RETRY_ROWS:
+                    log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
             barrier.resolve(error)
 
@@ -241,8 +255,12 @@ class Store(ABC):
             self.append(event)
 
     @abstractmethod
-    async def durable(self) -> None:
-        """Wait until every event queued so far is committed durably."""
+    async def durable(self, events: Sequence[Event] = ()) -> None:
+        """Wait until every event queued so far, and `events`, are committed durably.
+
+        Raises StoreError when the commit failed; then `events` are not stored (queued events
+        are kept and retried), so the caller can undo what they describe and record that instead.
+        """
 
     @abstractmethod
     def flush(self) -> None:

@@ -189,7 +189,23 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a script; a ";" inside a string or a trigger body does not end one."""
+    statements: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current)
+            current = ""
+    if current.strip(" \t\r\n;"):
+        statements.append(current)
+    return statements
+
+
 def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the named migrations not applied yet, each in its own transaction (safe when several processes open at once)."""
     conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_us INTEGER NOT NULL)")
     applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
     known = {name for name, _ in MIGRATIONS}
@@ -203,9 +219,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is None:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(script):
+                    conn.execute(statement)
                 conn.execute("INSERT INTO migrations (name, applied_us) VALUES (?, ?)", (name, now_us()))
             conn.execute("COMMIT")
         except BaseException:
@@ -254,8 +269,8 @@ class SqliteStore(Store):
     def append(self, event: Event) -> None:
         self._writer_started().put(event)
 
-    async def durable(self) -> None:
-        await self._writer_started().durable()
+    async def durable(self, events: Sequence[Event] = ()) -> None:
+        await self._writer_started().durable(events)
 
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)

@@ -1,0 +1,317 @@
+"""SMTP throughput and memory of the gateway, with its peers measured side by side in the same run.
+
+    python bench/smtp_throughput.py                 # everything (about 3 minutes)
+    python bench/smtp_throughput.py --only throughput --rounds 1
+
+Throughput: Postfix's smtp-source (20 sessions, 10 kB messages, 5,000 messages, one message per
+connection as smtp-source does by default) against
+  (a) mailwarden serve (SQLite store, Maildir delivery, fsync before 250, the default checks),
+  (b) a bare aiosmtpd server whose handler does nothing (the ceiling of the library we build on),
+  (c) a private Postfix accepting into its queue (its queue manager is switched off, so it
+      does nothing but receive: smtpd, cleanup, fsync of the queue file).
+The same event loop (uvloop when installed) runs (a) and (b). The median of --rounds runs counts.
+Memory: peak RSS (VmHWM) of mailwarden with 1,000 idle connections, and with 50 clients sending
+a 20 MB message each at the same time.
+Targets (issue 2): (a) >= 50 % of (b), (a) >= 100 % of (c), RSS < 300 MB in both memory runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.mailwarden import Mailwarden  # noqa: E402
+from tests.support.net import free_port, wait_port  # noqa: E402
+from tests.support.postfix import running_postfix  # noqa: E402
+
+SESSIONS = 20
+MESSAGES = 5000
+MESSAGE_BYTES = 10 * 1024
+SENDER = "alice@sender.test"
+RECIPIENT = "bob@example.test"
+
+
+# ---------------------------------------------------------------------------- the peers
+def serve_bare_aiosmtpd(port: int) -> None:
+    """(b): aiosmtpd 1.4.6 with a handler that accepts everything and keeps nothing."""
+    from aiosmtpd.smtp import SMTP
+
+    class NoOp:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 2.0.0 OK"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: SMTP(NoOp()), "127.0.0.1", port, backlog=1024)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+@contextmanager
+def bare_aiosmtpd() -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def mailwarden(root: Path, **smtp: object) -> Iterator[Mailwarden]:
+    settings: dict[str, object] = {"max_connections": 5000, "max_connections_per_ip": 5000}
+    settings.update(smtp)
+    instance = Mailwarden(root, {"smtp": settings, "tls": {"enabled": False}, "log": {"level": "warning"}})
+    instance.add_user(RECIPIENT)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@contextmanager
+def postfix_queue_only() -> Iterator[int]:
+    settings = {
+        "master_service_disable": "qmgr.unix",  # receive into the queue, deliver nothing
+        "in_flow_delay": "0",  # without a queue manager, flow control would stall smtpd
+        "smtpd_client_connection_count_limit": "0",
+        "smtpd_client_connection_rate_limit": "0",
+    }
+    with running_postfix(settings=settings) as postfix:
+        yield postfix.smtp_port
+
+
+# ---------------------------------------------------------------------------- throughput
+def smtp_source(port: int, messages: int = MESSAGES) -> float:
+    """Messages per second that smtp-source gets through, and it must finish without error."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            "smtp-source",
+            "-s",
+            str(SESSIONS),
+            "-m",
+            str(messages),
+            "-l",
+            str(MESSAGE_BYTES),
+            "-f",
+            SENDER,
+            "-t",
+            RECIPIENT,
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return messages / elapsed
+
+
+def throughput(rounds: int, workdir: Path) -> dict[str, float]:
+    """Median msg/s of each server; the order rotates from round to round, as the machine's load may drift."""
+
+    def run_mailwarden(number: int) -> float:
+        with mailwarden(workdir / f"mailwarden-{number}") as instance:
+            smtp_source(instance.smtp_port, 500)  # warm up (first Maildir, first store pages)
+            rate = smtp_source(instance.smtp_port)
+            delivered = len(list((instance.maildir(RECIPIENT) / "new").iterdir()))
+        if delivered != MESSAGES + 500:
+            raise RuntimeError(f"mailwarden delivered {delivered} of {MESSAGES + 500} messages")
+        return rate
+
+    def run_aiosmtpd(number: int) -> float:
+        with bare_aiosmtpd() as port:
+            smtp_source(port, 500)
+            return smtp_source(port)
+
+    def run_postfix(number: int) -> float:
+        with postfix_queue_only() as port:
+            smtp_source(port, 500)
+            return smtp_source(port)
+
+    runners = {"mailwarden": run_mailwarden, "aiosmtpd": run_aiosmtpd, "postfix": run_postfix}
+    results: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for number in range(rounds):
+        for name in names[number % 3 :] + names[: number % 3]:
+            results[name].append(runners[name](number))
+        print(f"round {number + 1}: " + ", ".join(f"{k} {v[-1]:.0f} msg/s" for k, v in results.items()), flush=True)
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+# ---------------------------------------------------------------------------- memory
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def idle_connections(count: int = 1000) -> tuple[float, float]:
+    """Baseline RSS and peak RSS with `count` connections that said EHLO and then nothing."""
+    with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp, mailwarden(Path(tmp)) as instance:
+        assert instance.process is not None
+        pid = instance.process.pid
+        baseline = rss_mb(pid)
+        sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.create_connection(("127.0.0.1", instance.smtp_port), timeout=60)
+                sockets.append(sock)
+                sock.recv(1024)
+                sock.sendall(b"EHLO idle.example\r\n")
+            for sock in sockets:
+                reply = b""
+                while not reply.endswith(b"ENHANCEDSTATUSCODES\r\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("a connection was closed: raise the limits")
+                    reply += chunk
+            time.sleep(1)
+            return baseline, peak_rss_mb(pid)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+async def _send_big(port: int, size: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def reply() -> str:
+        line = await reader.readline()
+        while line[3:4] == b"-":
+            line = await reader.readline()
+        return line.decode()
+
+    await reply()
+    for command in (
+        b"EHLO big.example",
+        f"MAIL FROM:<{SENDER}> SIZE={size}".encode(),
+        f"RCPT TO:<{RECIPIENT}>".encode(),
+        b"DATA",
+    ):
+        writer.write(command + b"\r\n")
+        await reply()
+    line = b"x" * 76 + b"\r\n"
+    block = b"Subject: big\r\n\r\n" + line * (1024 * 1024 // len(line))
+    sent = 0
+    while sent < size:
+        writer.write(block)
+        sent += len(block)
+        await writer.drain()
+    writer.write(b".\r\nQUIT\r\n")
+    answer = await reply()
+    writer.close()
+    return answer
+
+
+def big_messages(clients: int = 50, size: int = 20 * 1024 * 1024) -> tuple[float, float, int]:
+    """Baseline RSS, peak RSS and accepted count with `clients` sending `size` bytes each at once."""
+    with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp, mailwarden(Path(tmp)) as instance:
+        assert instance.process is not None
+        pid = instance.process.pid
+        baseline = rss_mb(pid)
+
+        async def all_clients() -> list[str]:
+            return await asyncio.gather(*(_send_big(instance.smtp_port, size) for _ in range(clients)))
+
+        answers = asyncio.run(all_clients())
+        accepted = sum(1 for a in answers if a.startswith("250"))
+        return baseline, peak_rss_mb(pid), accepted
+
+
+# ---------------------------------------------------------------------------- report
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="throughput runs per server (median counts)")
+    parser.add_argument("--only", choices=["throughput", "memory"], help="run only this part")
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare_aiosmtpd(args.serve_bare)
+        return 0
+    for tool in ("smtp-source", "postfix"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"needs {tool} (Debian package postfix)", file=sys.stderr)
+            return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # inherited by the servers
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    print(f"machine: {os.cpu_count()} cores; event loop for (a) and (b): {loop}", flush=True)
+    report: list[str] = []
+    verdicts: list[tuple[str, bool]] = []
+    if args.only in (None, "throughput"):
+        # Files are removed only at the end: on ext4 without a journal, creating files right after
+        # deleting thousands is slow (recently deleted inodes are skipped), which would punish the next server.
+        with tempfile.TemporaryDirectory(prefix="mw-bench-") as workdir:
+            rates = throughput(args.rounds, Path(workdir))
+        to_bare = rates["mailwarden"] / rates["aiosmtpd"]
+        to_postfix = rates["mailwarden"] / rates["postfix"]
+        report += [
+            f"smtp-source -s {SESSIONS} -m {MESSAGES} -l {MESSAGE_BYTES}, median of {args.rounds}:",
+            f"  (a) mailwarden          {rates['mailwarden']:7.0f} msg/s",
+            f"  (b) bare aiosmtpd       {rates['aiosmtpd']:7.0f} msg/s",
+            f"  (c) Postfix, queue only {rates['postfix']:7.0f} msg/s",
+            f"  mailwarden / aiosmtpd = {to_bare:.0%} (target >= 50 %)",
+            f"  mailwarden / Postfix  = {to_postfix:.0%} (target >= 100 %)",
+        ]
+        verdicts += [("throughput vs aiosmtpd", to_bare >= 0.5), ("throughput vs Postfix", to_postfix >= 1.0)]
+    if args.only in (None, "memory"):
+        base_idle, peak_idle = idle_connections()
+        base_big, peak_big, accepted = big_messages()
+        report += [
+            "peak RSS of mailwarden (VmHWM):",
+            f"  1,000 idle connections:        {peak_idle:6.1f} MB (at start {base_idle:.1f} MB; target < 300 MB)",
+            f"  50 concurrent 20 MB messages:  {peak_big:6.1f} MB (at start {base_big:.1f} MB; "
+            f"{accepted} of 50 accepted; target < 300 MB)",
+        ]
+        verdicts += [("RSS idle", peak_idle < 300), ("RSS big", peak_big < 300 and accepted == 50)]
+    print("\n".join(report))
+    print("targets: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in verdicts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

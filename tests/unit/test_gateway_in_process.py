@@ -1,0 +1,148 @@
+"""The gateway in this process, for what a real server cannot be made to do on demand.
+
+- Evidence that cannot be committed withdraws the delivery: the client gets 452 4.3.1 and
+  no copy stays in the Maildir.
+- A check that raises or hangs gives 451 4.3.0, never an accept and never a 5xx; the decision
+  chain (each check, result, time) is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailwarden.checks import build_chain
+from mailwarden.checks.base import Check, CheckContext, Services, Verdict
+from mailwarden.checks.chain import CheckChain
+from mailwarden.config import Config
+from mailwarden.events import Event
+from mailwarden.smtp.gateway import Gateway
+from mailwarden.smtp.refs import RefGenerator
+from mailwarden.store import EventQuery, StoreError
+from mailwarden.store.sqlite import SqliteStore
+from tests.support.net import free_port
+
+MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+class UnwritableEvidence(SqliteStore):
+    """A store whose disk fails exactly when a delivery's evidence is to be committed."""
+
+    async def durable(self, events: Sequence[Event] = ()) -> None:
+        if events:
+            raise StoreError("event store write failed: database or disk is full")
+        await super().durable(events)
+
+
+async def converse(port: int, lines: list[bytes]) -> list[str]:
+    """Send each line, collect the final line of each reply (the greeting first)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def reply() -> str:
+        line = await reader.readline()
+        while line[3:4] == b"-":
+            line = await reader.readline()
+        return line.decode().rstrip()
+
+    replies = [await reply()]
+    for line in lines:
+        writer.write(line)
+        replies.append(await reply())
+    writer.close()
+    return replies
+
+
+def run_gateway(tmp_path: Path, store: SqliteStore, lines: list[bytes], chain: CheckChain | None = None) -> list[str]:
+    config = Config(
+        smtp={"listen": [f"127.0.0.1:{free_port()}"], "hostname": "mx.example.test"},  # type: ignore[arg-type]
+        mail={"domains": ["example.test"], "demo_mailbox": ""},  # type: ignore[arg-type]
+        base_dir=tmp_path,
+    )
+    store.add_mailbox("bob@example.test", "hash")
+    services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
+
+    async def main() -> list[str]:
+        gateway = Gateway(
+            config,
+            store,
+            chain or build_chain(services),
+            services,
+            refs=RefGenerator("test", wait_for_fresh_second=False),
+            tls_context=None,
+        )
+        (address,) = await gateway.start()
+        try:
+            return await converse(int(address.rpartition(":")[2]), lines)
+        finally:
+            await gateway.stop(grace=1)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        store.flush()
+
+
+TRANSACTION = [
+    b"EHLO client.sender.test\r\n",
+    b"MAIL FROM:<alice@sender.test>\r\n",
+    b"RCPT TO:<bob@example.test>\r\n",
+    b"DATA\r\n",
+    MESSAGE + b".\r\n",
+]
+
+
+def test_evidence_that_cannot_be_committed_withdraws_the_delivery(tmp_path: Path) -> None:
+    store = UnwritableEvidence(tmp_path / "store.db")
+    replies = run_gateway(tmp_path, store, TRANSACTION)
+    assert replies[-1].startswith("452 4.3.1 Temporary storage problem"), replies
+    assert "ref=" in replies[-1]
+    mailbox = tmp_path / "var" / "mail" / "example.test" / "bob"
+    assert [p for sub in ("new", "cur", "tmp") for p in (mailbox / sub).iterdir()] == []
+    kinds = [e.kind for e in store.query_events(EventQuery())]
+    assert "accept" not in kinds and "deliver" not in kinds
+    (refusal,) = store.query_events(EventQuery(reason="infra.storage"))
+    assert refusal.smtp_code == 452
+    store.close()
+
+
+class Exploding(Check):
+    name = "exploding"
+
+    async def rcpt(self, ctx: CheckContext, recipient: str) -> Verdict | None:
+        raise RuntimeError("bug in a check")
+
+
+class Hanging(Check):
+    name = "hanging"
+
+    async def data(self, ctx: CheckContext) -> Verdict | None:
+        await asyncio.sleep(60)
+        return None
+
+
+def chain_of(tmp_path: Path, store: SqliteStore, *checks: Check) -> CheckChain:
+    config = Config(base_dir=tmp_path)
+    services = Services(config=config, store=store, local_domains=frozenset({"example.test"}))
+    built = build_chain(services)
+    return CheckChain([*built.checks, *checks], timeout=0.5)
+
+
+def test_a_check_that_raises_gives_451_4_3_0_never_an_accept(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    replies = run_gateway(tmp_path, store, TRANSACTION[:3], chain_of(tmp_path, store, Exploding()))
+    assert replies[-1].startswith("451 4.3.0 A filter check (exploding) failed temporarily"), replies
+    (refusal,) = store.query_events(EventQuery(reason="infra.check_failed"))
+    recorded = refusal.detail["checks"]
+    assert recorded[0]["check"] == "recipients" and recorded[-1]["check"] == "exploding"
+    assert recorded[-1]["result"] == "tempfail" and "ms" in recorded[-1]
+    store.close()
+
+
+def test_a_check_that_hangs_gives_451_4_3_0_after_its_timeout(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    replies = run_gateway(tmp_path, store, TRANSACTION, chain_of(tmp_path, store, Hanging()))
+    assert replies[-1].startswith("451 4.3.0 A filter check (hanging) failed temporarily"), replies
+    mailbox = tmp_path / "var" / "mail" / "example.test" / "bob"
+    assert not any(p.is_file() for p in mailbox.rglob("*"))
+    store.close()

@@ -1,0 +1,146 @@
+"""Durable Maildir delivery: one copy per recipient (hard links), all or nothing, recovery of tmp/."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from mailwarden.deliver.maildir import MaildirError, Maildirs, Target
+from mailwarden.deliver.writer import DeliveryThread
+
+MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+def write(data: bytes = MESSAGE) -> Callable[[BinaryIO], None]:
+    def writer(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    return writer
+
+
+def files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def in_state(maildirs: Maildirs, mailbox: str, sub: str, folder: str = "INBOX") -> list[Path]:
+    return sorted((maildirs.folder_dir(mailbox, folder) / sub).iterdir())
+
+
+def test_several_recipients_share_one_file_through_hard_links(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    targets = [Target("bob@example.test"), Target("carol@example.test"), Target("bob@example.test", "Junk")]
+    delivered = maildirs.deliver(targets, write())
+    assert [(d.mailbox, d.folder) for d in delivered] == [(t.mailbox, t.folder) for t in targets]
+    inodes = {d.path.stat().st_ino for d in delivered}
+    assert len(inodes) == 1
+    assert delivered[0].path.stat().st_nlink == 3  # the tmp/ name is gone, the three copies remain
+    assert all(d.path.read_bytes() == MESSAGE for d in delivered)
+    assert all(d.path.parent.name == "new" for d in delivered)
+    assert len({d.uid for d in delivered}) == 1 and delivered[0].uid.endswith(f",S={len(MESSAGE)}")
+    assert (maildirs.folder_dir("bob@example.test", "Junk") / "maildirfolder").exists()
+    assert in_state(maildirs, "bob@example.test", "tmp") == []
+
+
+def test_a_write_that_fails_midway_leaves_nothing_behind(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+
+    def broken(handle: BinaryIO) -> None:
+        handle.write(b"half a message")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(MaildirError, match="No space left"):
+        maildirs.deliver([Target("bob@example.test"), Target("carol@example.test")], broken)
+    for mailbox in ("bob@example.test", "carol@example.test"):
+        for sub in ("tmp", "new", "cur"):
+            assert in_state(maildirs, mailbox, sub) == []
+
+
+def test_a_recipient_whose_folder_cannot_be_created_takes_the_others_back(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    maildirs.ensure("bob@example.test")
+    (tmp_path / "other.test").write_text("a plain file where the domain directory must be")
+    with pytest.raises(MaildirError):
+        maildirs.deliver([Target("bob@example.test"), Target("carol@other.test")], write())
+    assert files(tmp_path / "example.test") == []
+
+
+def test_a_failed_message_in_a_group_does_not_affect_the_others(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    (tmp_path / "other.test").write_text("not a directory")
+    outcomes = maildirs.deliver_many(
+        [
+            ([Target("bob@example.test")], write(b"first\r\n")),
+            ([Target("carol@other.test")], write(b"second\r\n")),
+            ([Target("bob@example.test")], write(b"third\r\n")),
+        ]
+    )
+    assert isinstance(outcomes[1], MaildirError)
+    first, third = outcomes[0], outcomes[2]
+    assert isinstance(first, list) and isinstance(third, list)
+    assert first[0].path.read_bytes() == b"first\r\n"
+    assert third[0].path.read_bytes() == b"third\r\n"
+    assert in_state(maildirs, "bob@example.test", "tmp") == []
+
+
+def test_a_folder_removed_behind_our_back_is_created_again(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    maildirs.deliver([Target("bob@example.test")], write())
+    shutil.rmtree(tmp_path / "example.test" / "bob")
+    (copy,) = maildirs.deliver([Target("bob@example.test")], write())
+    assert copy.path.read_bytes() == MESSAGE
+
+
+def test_unsafe_mailbox_and_folder_names_are_refused(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    for target in (Target("../etc@example.test"), Target("bob@../x"), Target("bob@example.test", "../Junk")):
+        with pytest.raises(MaildirError, match="unsafe"):
+            maildirs.deliver([target], write())
+    assert files(tmp_path) == []
+
+
+def test_recovery_empties_every_tmp_directory(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    maildirs.deliver([Target("bob@example.test"), Target("bob@example.test", "Junk")], write())
+    leftovers = [
+        maildirs.folder_dir("bob@example.test") / "tmp" / "1.P1Q1.host",
+        maildirs.folder_dir("bob@example.test", "Junk") / "tmp" / "2.P1Q2.host",
+        maildirs.ensure("carol@example.org") / "tmp" / "3.P1Q3.host",
+    ]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half")
+    assert maildirs.recover() == 3
+    assert not any(p.exists() for p in leftovers)
+    assert len(in_state(maildirs, "bob@example.test", "new")) == 1  # delivered mail is untouched
+
+
+def test_names_sort_in_delivery_order(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    names = [maildirs.deliver([Target("bob@example.test")], write())[0].uid for _ in range(50)]
+    assert names == sorted(names)
+
+
+def test_the_delivery_thread_answers_every_waiter_in_a_group(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    (tmp_path / "other.test").write_text("not a directory")
+    thread = DeliveryThread(maildirs)
+
+    async def many() -> list[object]:
+        jobs = [
+            thread.deliver([Target("carol@other.test" if n == 7 else "bob@example.test")], write(b"%d\r\n" % n))
+            for n in range(30)
+        ]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(many())
+    finally:
+        thread.close()
+    assert isinstance(outcomes[7], MaildirError)
+    delivered = [o for n, o in enumerate(outcomes) if n != 7]
+    assert all(isinstance(o, list) and len(o) == 1 for o in delivered)
+    assert len(in_state(maildirs, "bob@example.test", "new")) == 29

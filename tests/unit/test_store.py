@@ -1,0 +1,190 @@
+"""The SQLite store: named migrations, several processes opening it at once, the batching writer.
+
+"250 means on disk" includes the evidence: what `durable()` waited for must be committed (a
+killed process keeps it), and a failed write must not lose queued events nor claim the
+transaction's own events were stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mailwarden.events import Event
+from mailwarden.store import EventQuery, StoreError
+from mailwarden.store import sqlite as sqlite_store
+from mailwarden.store.base import BatchWriter, Position
+from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def event(kind: str = "connect", ref: str = "R1", **fields: object) -> Event:
+    return Event(kind=kind, source="gateway", node="mx1", ref=ref, **fields)  # type: ignore[arg-type]
+
+
+def applied(path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT name, applied_us FROM migrations ORDER BY name").fetchall()
+
+
+# ---------------------------------------------------------------------------- migrations
+def test_a_new_store_has_every_named_migration_once(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    assert [name for name, _ in applied(tmp_path / "s.db")] == sorted(name for name, _ in MIGRATIONS)
+
+
+def test_reopening_applies_nothing_again(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    first = applied(tmp_path / "s.db")
+    SqliteStore(tmp_path / "s.db").close()
+    assert applied(tmp_path / "s.db") == first
+
+
+def test_an_appended_migration_is_applied_once_and_may_hold_semicolons_in_strings_and_triggers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    extra = (
+        "9999_test_notes",
+        """
+        CREATE TABLE notes (body TEXT NOT NULL DEFAULT 'a;b');
+        CREATE TRIGGER notes_stamp AFTER INSERT ON notes BEGIN UPDATE notes SET body = body || ';'; END;
+        """,
+    )
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, extra])
+    SqliteStore(tmp_path / "s.db").close()
+    SqliteStore(tmp_path / "s.db").close()
+    names = [name for name, _ in applied(tmp_path / "s.db")]
+    assert names.count("9999_test_notes") == 1
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("INSERT INTO notes DEFAULT VALUES")
+        assert conn.execute("SELECT body FROM notes").fetchone() == ("a;b;",)
+
+
+def test_a_failing_migration_leaves_no_trace_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    broken = ("9998_broken", "CREATE TABLE half (x INTEGER); INSERT INTO no_such_table VALUES (1);")
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(StoreError, match="no_such_table"):
+        SqliteStore(tmp_path / "s.db")
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half'").fetchone() is None
+    assert "9998_broken" not in [name for name, _ in applied(tmp_path / "s.db")]
+
+
+def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("INSERT INTO migrations VALUES ('9999_from_the_future', 0)")
+    with pytest.raises(StoreError, match="newer mailwarden"):
+        SqliteStore(tmp_path / "s.db")
+
+
+def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    start_at = time.time() + 2.0  # all processes start opening at the same moment
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from mailwarden.store.sqlite import SqliteStore
+        while time.time() < {start_at}:
+            time.sleep(0.001)
+        store = SqliteStore(Path({str(path)!r}))
+        store.add_mailbox(f"user{{sys.argv[1]}}@example.test", "hash")
+        store.close()
+        """
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(n)], cwd=ROOT, stderr=subprocess.PIPE) for n in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, errors
+    assert [name for name, _ in applied(path)] == sorted(name for name, _ in MIGRATIONS)
+    store = SqliteStore(path)
+    assert len(store.list_mailboxes()) == 6
+    store.close()
+
+
+# ---------------------------------------------------------------------------- the writer
+def test_durable_events_are_visible_to_another_reader_in_order(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.append(event("connect"))
+    store.append(event("helo"))
+
+    async def finish() -> None:
+        await store.durable([event("deliver", recipient="bob@example.test"), event("accept")])
+
+    asyncio.run(finish())
+    reader = SqliteStore(tmp_path / "s.db")
+    assert [e.kind for e in reader.query_events(EventQuery(ref="R1"))] == ["connect", "helo", "deliver", "accept"]
+    reader.close()
+    store.close()
+
+
+def test_events_committed_by_durable_survive_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from pathlib import Path
+        from mailwarden.events import Event
+        from mailwarden.store.sqlite import SqliteStore
+        store = SqliteStore(Path({str(path)!r}), batch_interval=5)
+        for n in range(500):
+            store.append(Event(kind="rcpt", source="gateway", node="mx1", ref=f"R{{n}}"))
+        asyncio.run(store.durable([Event(kind="accept", source="gateway", node="mx1", ref="LAST")]))
+        print("durable", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout == "durable\n", done.stderr
+    store = SqliteStore(path)
+    assert len(store.query_events(EventQuery(kinds=["rcpt"]))) == 500
+    assert [e.ref for e in store.query_events(EventQuery(kinds=["accept"]))] == ["LAST"]
+    store.close()
+
+
+class FlakyDisk:
+    """A write function that fails its first `failures` calls, and remembers what it wrote."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.written: list[str] = []
+
+    def __call__(self, events: list[Event], positions: list[Position]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        self.written.extend(str(e.ref) for e in events)
+
+
+def test_a_failed_write_keeps_queued_events_for_a_retry_but_not_the_transactions_own() -> None:
+    disk = FlakyDisk(failures=1)
+    writer = BatchWriter(disk, interval=0.01, name="test-writer")
+    writer.put(event(ref="queued-1"))
+
+    async def deliver() -> None:
+        await writer.durable([event("accept", ref="withdrawn")])
+
+    with pytest.raises(StoreError, match="disk I/O error"):
+        asyncio.run(deliver())
+    writer.put(event(ref="queued-2"))
+    asyncio.run(writer.durable([event("accept", ref="accepted")]))
+    writer.close()
+    assert disk.written == ["queued-1", "queued-2", "accepted"]
+
+
+def test_a_store_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("x")
+    with pytest.raises(StoreError, match="cannot open the SQLite store"):
+        SqliteStore(tmp_path / "plain-file" / "s.db")
