@@ -223,6 +223,7 @@ def test_borderline_mail_is_delivered_into_junk_with_spam_headers(gateway: Mailw
     assert deliver["detail"]["folder"] == "Junk"
     explained = json.loads(gateway.cli("explain", deliver["ref"], "--format", "json").stdout)
     assert explained["reason"] == "delivered.junk"
+    assert f"looked like spam (score {score:g})" in explained["summary"]
 
 
 def test_clean_mail_with_attachment_is_delivered_into_inbox_with_scan_headers(gateway: Mailwarden) -> None:

@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, BinaryIO
@@ -332,6 +332,8 @@ class Connection:
             self.txn.headers.extend(tag.headers)
             if tag.folder:
                 self.txn.folder = tag.folder
+                # why it went there (e.g. the spam score), for the deliver event and so the trace
+                self.txn.results["folder_values"] = {k: v for k, v in tag.values.items() if v is not None}
 
     def on_rset(self) -> None:
         self.txn = None
@@ -426,7 +428,11 @@ class Connection:
         size = len(prefix) + spool.size
         evidence = [
             self._delivery_event(
-                recipient, by_mailbox[(recipient.mailbox, self._folder(recipient, folder))], msgid, size
+                recipient,
+                by_mailbox[(recipient.mailbox, self._folder(recipient, folder))],
+                msgid,
+                size,
+                txn.results.get("folder_values"),
             )
             for recipient in txn.recipients
         ]
@@ -531,14 +537,24 @@ class Connection:
         """A recipient's own folder (from its check) wins over the transaction's (from a TAG)."""
         return recipient.folder if recipient.folder != "INBOX" else transaction_folder
 
-    def _delivery_event(self, recipient: Recipient, copy: Delivered, msgid: str | None, size: int) -> Event:
+    def _delivery_event(
+        self,
+        recipient: Recipient,
+        copy: Delivered,
+        msgid: str | None,
+        size: int,
+        folder_values: Mapping[str, object] | None = None,
+    ) -> Event:
+        detail: dict[str, Any] = {"mailbox": copy.mailbox, "folder": copy.folder, "uid": copy.uid}
+        if folder_values and copy.folder != "INBOX":
+            detail["values"] = dict(folder_values)
         return self._new_event(
             "deliver",
             recipient=recipient.address,
             message_id=msgid,
             size=size,
             reason="delivered.junk" if copy.folder == "Junk" else "delivered",
-            detail={"mailbox": copy.mailbox, "folder": copy.folder, "uid": copy.uid},
+            detail=detail,
         )
 
     def _trace_headers(self, txn: Transaction) -> bytes:
