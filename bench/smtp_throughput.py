@@ -1,14 +1,17 @@
 """SMTP throughput and memory of the gateway, with its peers measured side by side in the same run.
 
-    python bench/smtp_throughput.py                 # everything (about 3 minutes)
+    python bench/smtp_throughput.py                 # everything (about 6 minutes)
     python bench/smtp_throughput.py --only throughput --rounds 1
 
 Throughput: Postfix's smtp-source (20 sessions, 10 kB messages, 5,000 messages, one message per
 connection as smtp-source does by default) against
-  (a) mailwarden serve (SQLite store, Maildir delivery, fsync before 250, the default checks),
+  (a) mailwarden serve with the gateway core's checks (recipients, size): SQLite store, Maildir
+      delivery, fsync before 250 - and (a') the same with the whole default [checks] order,
   (b) a bare aiosmtpd server whose handler does nothing (the ceiling of the library we build on),
   (c) a private Postfix accepting into its queue (its queue manager is switched off, so it
-      does nothing but receive: smtpd, cleanup, fsync of the queue file).
+      does nothing but receive: smtpd, cleanup, fsync of the queue file) - and (c') Postfix
+      doing mailwarden's whole job: receive, then deliver into a Maildir (virtual(8)), timed
+      until the last message is delivered.
 The same event loop (uvloop when installed) runs (a) and (b). The median of --rounds runs counts.
 Memory: peak RSS (VmHWM) of mailwarden with 1,000 idle connections, and with 50 clients sending
 a 20 MB message each at the same time.
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.mailwarden import Mailwarden  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
-from tests.support.postfix import running_postfix  # noqa: E402
+from tests.support.postfix import Postfix, running_postfix  # noqa: E402
 
 SESSIONS = 20
 MESSAGES = 5000
@@ -82,11 +85,20 @@ def bare_aiosmtpd() -> Iterator[int]:
         process.wait(timeout=30)
 
 
+CORE_CHECKS = ["recipients", "size"]  # the checks of the gateway core (issue 2)
+
+
 @contextmanager
-def mailwarden(root: Path, **smtp: object) -> Iterator[Mailwarden]:
-    settings: dict[str, object] = {"max_connections": 5000, "max_connections_per_ip": 5000}
-    settings.update(smtp)
-    instance = Mailwarden(root, {"smtp": settings, "tls": {"enabled": False}, "log": {"level": "warning"}})
+def mailwarden(root: Path, checks: list[str] | None = CORE_CHECKS) -> Iterator[Mailwarden]:
+    """mailwarden serve on its defaults, but with room for the benchmark's connections; `checks=None`: default chain."""
+    overrides: dict[str, dict[str, object]] = {
+        "smtp": {"max_connections": 5000, "max_connections_per_ip": 5000},
+        "tls": {"enabled": False},
+        "log": {"level": "warning"},
+    }
+    if checks is not None:
+        overrides["checks"] = {"order": checks}
+    instance = Mailwarden(root, overrides)
     instance.add_user(RECIPIENT)
     instance.start()
     try:
@@ -105,6 +117,13 @@ def postfix_queue_only() -> Iterator[int]:
     }
     with running_postfix(settings=settings) as postfix:
         yield postfix.smtp_port
+
+
+@contextmanager
+def postfix_to_maildir() -> Iterator[Postfix]:
+    """Postfix doing mailwarden's whole job: receive, queue, deliver into a Maildir (virtual(8))."""
+    with running_postfix(local_domains=["example.test"]) as postfix:
+        yield postfix
 
 
 # ---------------------------------------------------------------------------- throughput
@@ -140,8 +159,9 @@ def smtp_source(port: int, messages: int = MESSAGES) -> float:
 def throughput(rounds: int, workdir: Path) -> dict[str, float]:
     """Median msg/s of each server; the order rotates from round to round, as the machine's load may drift."""
 
-    def run_mailwarden(number: int) -> float:
-        with mailwarden(workdir / f"mailwarden-{number}") as instance:
+    def run_mailwarden(number: int, checks: list[str] | None) -> float:
+        name = "core" if checks else "default"
+        with mailwarden(workdir / f"mailwarden-{name}-{number}", checks) as instance:
             smtp_source(instance.smtp_port, 500)  # warm up (first Maildir, first store pages)
             rate = smtp_source(instance.smtp_port)
             delivered = len(list((instance.maildir(RECIPIENT) / "new").iterdir()))
@@ -159,11 +179,28 @@ def throughput(rounds: int, workdir: Path) -> dict[str, float]:
             smtp_source(port, 500)
             return smtp_source(port)
 
-    runners = {"mailwarden": run_mailwarden, "aiosmtpd": run_aiosmtpd, "postfix": run_postfix}
+    def run_postfix_maildir(number: int) -> float:
+        with postfix_to_maildir() as postfix:
+            inbox = postfix.inbox / "new"
+            started = time.perf_counter()
+            smtp_source(postfix.smtp_port)
+            while len(list(inbox.iterdir())) < MESSAGES:  # accepted is not enough: until all are delivered
+                if time.perf_counter() - started > 600:
+                    raise RuntimeError("Postfix did not deliver everything in 10 minutes")
+                time.sleep(0.05)
+            return MESSAGES / (time.perf_counter() - started)
+
+    runners: dict[str, Callable[[int], float]] = {
+        "mailwarden": lambda n: run_mailwarden(n, CORE_CHECKS),
+        "aiosmtpd": run_aiosmtpd,
+        "postfix": run_postfix,
+        "mailwarden-default": lambda n: run_mailwarden(n, None),
+        "postfix-maildir": run_postfix_maildir,
+    }
     results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for number in range(rounds):
-        for name in names[number % 3 :] + names[: number % 3]:
+        for name in names[number % len(names) :] + names[: number % len(names)]:
             results[name].append(runners[name](number))
         print(f"round {number + 1}: " + ", ".join(f"{k} {v[-1]:.0f} msg/s" for k, v in results.items()), flush=True)
     return {name: statistics.median(values) for name, values in results.items()}
@@ -285,15 +322,24 @@ def main() -> int:
     if args.only in (None, "throughput"):
         # Files are removed only at the end: on ext4 without a journal, creating files right after
         # deleting thousands is slow (recently deleted inodes are skipped), which would punish the next server.
+        # All servers keep their files under one directory, so that they allocate inodes alike.
         with tempfile.TemporaryDirectory(prefix="mw-bench-") as workdir:
-            rates = throughput(args.rounds, Path(workdir))
+            Path(workdir).chmod(0o755)  # Postfix's daemons (user postfix) must reach their directories
+            tempfile.tempdir = workdir  # where the private Postfix makes its directory
+            try:
+                rates = throughput(args.rounds, Path(workdir))
+            finally:
+                tempfile.tempdir = None
         to_bare = rates["mailwarden"] / rates["aiosmtpd"]
         to_postfix = rates["mailwarden"] / rates["postfix"]
         report += [
             f"smtp-source -s {SESSIONS} -m {MESSAGES} -l {MESSAGE_BYTES}, median of {args.rounds}:",
-            f"  (a) mailwarden          {rates['mailwarden']:7.0f} msg/s",
+            f"  (a) mailwarden          {rates['mailwarden']:7.0f} msg/s  (checks: {', '.join(CORE_CHECKS)})",
             f"  (b) bare aiosmtpd       {rates['aiosmtpd']:7.0f} msg/s",
             f"  (c) Postfix, queue only {rates['postfix']:7.0f} msg/s",
+            f"  (a') mailwarden, default checks {rates['mailwarden-default']:7.0f} msg/s  (all checks of [checks] order)",
+            f"  (c') Postfix, into a Maildir    {rates['postfix-maildir']:7.0f} msg/s  (until all are delivered)",
+            f"  mailwarden / Postfix into a Maildir = {rates['mailwarden'] / rates['postfix-maildir']:.0%}",
             f"  mailwarden / aiosmtpd = {to_bare:.0%} (target >= 50 %)",
             f"  mailwarden / Postfix  = {to_postfix:.0%} (target >= 100 %)",
         ]

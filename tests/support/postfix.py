@@ -212,7 +212,7 @@ class Postfix:
                 raise TimeoutError(f"{len(found)} of {count} messages delivered:\n{self.log_text()[-4000:]}")
             self.flush()
             time.sleep(0.2)
-        return [email.message_from_bytes(raw, policy=email.policy.default) for raw in found]  # type: ignore[misc]
+        return [email.message_from_bytes(raw, policy=email.policy.default) for raw in found]
 
 
 @contextmanager

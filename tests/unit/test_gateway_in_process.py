@@ -53,9 +53,16 @@ async def converse(port: int, lines: list[bytes]) -> list[str]:
     return replies
 
 
-def run_gateway(tmp_path: Path, store: SqliteStore, lines: list[bytes], chain: CheckChain | None = None) -> list[str]:
+def run_gateway(
+    tmp_path: Path,
+    store: SqliteStore,
+    lines: list[bytes],
+    chain: CheckChain | None = None,
+    timeouts: dict[str, float] | None = None,
+) -> list[str]:
+    smtp = {"listen": [f"127.0.0.1:{free_port()}"], "hostname": "mx.example.test", "timeouts": timeouts or {}}
     config = Config(
-        smtp={"listen": [f"127.0.0.1:{free_port()}"], "hostname": "mx.example.test"},  # type: ignore[arg-type]
+        smtp=smtp,  # type: ignore[arg-type]
         mail={"domains": ["example.test"], "demo_mailbox": ""},  # type: ignore[arg-type]
         base_dir=tmp_path,
     )
@@ -145,4 +152,21 @@ def test_a_check_that_hangs_gives_451_4_3_0_after_its_timeout(tmp_path: Path) ->
     assert replies[-1].startswith("451 4.3.0 A filter check (hanging) failed temporarily"), replies
     mailbox = tmp_path / "var" / "mail" / "example.test" / "bob"
     assert not any(p.is_file() for p in mailbox.rglob("*"))
+    store.close()
+
+
+class Slow(Check):
+    name = "slow"
+
+    async def rcpt(self, ctx: CheckContext, recipient: str) -> Verdict | None:
+        await asyncio.sleep(1.5)
+        return None
+
+
+def test_a_check_slower_than_the_idle_timeout_does_not_count_as_an_idle_client(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    chain = CheckChain([*chain_of(tmp_path, store).checks, Slow()], timeout=10)
+    replies = run_gateway(tmp_path, store, TRANSACTION, chain, timeouts={"command": 0.5, "data_block": 0.5})
+    assert replies[3].startswith("250 2.1.5"), replies
+    assert replies[-1].startswith("250 2.0.0 Message accepted"), replies
     store.close()

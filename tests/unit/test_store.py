@@ -188,3 +188,27 @@ def test_a_store_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> 
     (tmp_path / "plain-file").write_text("x")
     with pytest.raises(StoreError, match="cannot open the SQLite store"):
         SqliteStore(tmp_path / "plain-file" / "s.db")
+
+
+# ---------------------------------------------------------------------------- mailbox lookups
+def test_a_new_mailbox_is_found_at_once_and_a_removed_one_soon(tmp_path: Path) -> None:
+    daemon = SqliteStore(tmp_path / "s.db")
+    cli = SqliteStore(tmp_path / "s.db")  # `mailwarden users` in another process
+
+    def find(address: str) -> object:
+        return asyncio.run(daemon.find_mailbox(address))
+
+    assert find("bob@example.test") is None
+    cli.add_mailbox("bob@example.test", "hash")
+    assert find("bob@example.test") is not None  # a miss is never remembered
+    cli.remove_mailbox("bob@example.test")
+    deadline = time.monotonic() + 5
+    while find("bob@example.test") is not None:
+        assert time.monotonic() < deadline, "a removed mailbox is still found"
+        time.sleep(0.05)
+    daemon.add_mailbox("carol@example.test", "hash")
+    assert find("carol@example.test") is not None
+    daemon.remove_mailbox("carol@example.test")
+    assert find("carol@example.test") is None  # a change through the same store counts at once
+    cli.close()
+    daemon.close()

@@ -12,63 +12,43 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from mailwarden.events import Event
 from mailwarden.ingest.framing import Frame
 
-# The fields a context may fill in, in the order they are filled.
-FILLABLE: Final = (
-    "session",
-    "queue_id",
-    "message_id",
-    "client_ip",
-    "client_name",
-    "helo",
-    "sender",
-    "recipient",
-    "size",
-)
 
-
-class Context:
+class Context(dict[str, Any]):
     """Facts about a session, queue file or mailbox access, gathered from several lines.
 
-    `parent` is consulted for fields this context does not know (a queue file's client
-    comes from the SMTP session that created it).
+    The facts are event fields (session, queue_id, message_id, client_ip, client_name, helo, sender,
+    recipient, size) kept as dict items, so that completing an event costs one step per known fact;
+    an empty context is falsy, so test contexts with `is None`. `parent` is consulted for fields this context does not know (a
+    queue file's client comes from the SMTP session that created it); `detail` items are copied
+    into the events' detail.
     """
 
-    __slots__ = (*FILLABLE, "closed_us", "detail", "parent", "seen_us")
+    __slots__ = ("closed_us", "detail", "parent", "seen_us")
 
     def __init__(self, seen_us: int, parent: Context | None = None) -> None:
-        self.session: str | None = None
-        self.queue_id: str | None = None
-        self.message_id: str | None = None
-        self.client_ip: str | None = None
-        self.client_name: str | None = None
-        self.helo: str | None = None
-        self.sender: str | None = None
-        self.recipient: str | None = None
-        self.size: int | None = None
+        super().__init__()
         self.parent = parent
         self.seen_us = seen_us  # the last time a line touched it, for eviction
         self.closed_us: int | None = None  # when its last line (`removed`, `disconnect`) was seen
-        self.detail: dict[str, object] | None = None  # facts copied into the detail of bound events
+        self.detail: dict[str, object] | None = None
 
     def fill(self, event: Event) -> None:
         context: Context | None = self
-        depth = 0
-        while context is not None and depth < 4:
-            for name in FILLABLE:
-                if getattr(event, name) is None:
-                    value = getattr(context, name)
-                    if value is not None:
-                        setattr(event, name, value)
+        for _ in range(4):  # a chain is short: transaction -> hand-off, queue file -> session -> ...
+            if context is None:
+                return
+            for name, value in context.items():
+                if value is not None and getattr(event, name) is None:
+                    setattr(event, name, value)
             if context.detail:
-                for key, value in context.detail.items():
-                    event.detail.setdefault(key, value)
+                for key, item in context.detail.items():
+                    event.detail.setdefault(key, item)
             context = context.parent
-            depth += 1
 
 
 Emit = Callable[[Event, "Context | None"], None]
@@ -136,7 +116,7 @@ def expire(table: dict[Key, AnyContext], now_us: int, open_for_us: int, closed_f
 # An address as mail systems log it inside <...>: anything but angle brackets, or quoted
 # strings in which anything goes. A forged `x>, status=sent (` must come quoted, so it stays
 # inside the address instead of ending it early.
-ADDRESS: Final = r'(?:[^"<>]|"(?:[^"\\]|\\.)*")*'
+ADDRESS: Final = r'[^"<>]*(?:"(?:[^"\\]|\\.)*"[^"<>]*)*'  # unrolled: no backtracking per character
 
 _BRACKETED: Final = re.compile(r"<(" + ADDRESS + r")>")
 

@@ -37,12 +37,14 @@ def ingest(
     node: str | None = None,
     reimport: bool = False,
     progress: bool | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Parse `paths` into the configured store; print a summary. Exit code 0, or 2 on a read error."""
     from mailwarden.serve import open_configured_store
 
+    out = out or sys.stdout
+    err = err or sys.stderr
     missing = [path for path in paths if path != "-" and not Path(path).exists()]
     if missing:
         raise IngestError(f"no such file: {', '.join(missing)}")

@@ -36,10 +36,12 @@ class Holdback:
         return len(self._queue)
 
     def add(self, event: Event, context: Context | None, origin: str, offset: int) -> None:
-        self._queue.append((event, context, origin, offset))
+        queue = self._queue
+        queue.append((event, context, origin, offset))
         if event.ts > self._latest:
             self._latest = event.ts
-        self.advance(self._latest)
+        if queue[0][0].ts <= self._latest - self.holdback_us or len(queue) > self.limit:  # the usual: nothing due
+            self.advance(self._latest)
 
     def advance(self, now_us: int) -> None:
         """Release every event older than `now_us - holdback` (and any beyond the size limit)."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.ingest.base import Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
@@ -80,12 +80,46 @@ _QUIET_SERVICES: Final = frozenset(
 )
 SERVICES: Final = _LOGIN_SERVICES | _MAIL_SERVICES | _DELIVERY_SERVICES | _AUTH_SERVICES | _QUIET_SERVICES
 
-# The key=value tail of login-process lines; `user` is taken greedily so that a user name
-# forging `>, rip=...` ends up inside the name (everything after it is Dovecot's own text).
-_LOGIN_TAIL: Final = re.compile(
-    r"(?:user=<(?P<user>.*)>, )?(?:method=(?P<method>[^,\s]+), )?rip=(?P<rip>[^,\s]+)"
-    r"(?:, lip=(?P<lip>[^,\s]+))?(?P<rest>.*)"
-)
+_RIP_TAIL: Final = re.compile(r"rip=([^,\s]+)(?:, lip=([^,\s]+))?")
+
+
+class _LoginFields(NamedTuple):
+    user: str | None
+    method: str | None
+    rip: str
+    lip: str | None
+    rest: str
+
+
+def _login_fields(text: str, start: int) -> _LoginFields | None:
+    """`user=<U>, method=M, rip=R, lip=L, ...` from `start`. The user name is a stranger's text and
+    comes first, so the fields are found from the last `rip=`: a user name forging `>, rip=...`
+    stays inside the name, and what follows `rip=` is Dovecot's own text."""
+    rip_at = text.rfind("rip=", start)
+    while rip_at > start and text[rip_at - 2 : rip_at] != ", ":
+        rip_at = text.rfind("rip=", start, rip_at)
+    if rip_at < start:
+        return None
+    tail = _RIP_TAIL.match(text, rip_at)
+    if tail is None:
+        return None
+    head = text[start : rip_at - 2] if rip_at > start else ""
+    user = method = None
+    if head.startswith("user=<"):
+        method_at = head.rfind(">, method=")
+        if method_at >= 0:
+            user, method = head[6:method_at], head[method_at + 10 :]
+        elif head.endswith(">"):
+            user = head[6:-1]
+        else:
+            return None
+    elif head.startswith("method="):
+        method = head[7:]
+    elif head:
+        return None
+    return _LoginFields(user or None, method, tail[1], tail[2], text[tail.end() :])
+
+
 _TAIL_START: Final = re.compile(r": (?=user=<|method=|rip=)")
 _MPID: Final = re.compile(r", mpid=(\d+)")
 _SESSION: Final = re.compile(r", session=<([^<>]*)>")
@@ -98,7 +132,6 @@ _MAIL_LOG: Final = re.compile(
 )
 _MAIL_LOG_FIELDS: Final = re.compile(r", (box|uid|msgid|size|vsize|flags|from|subject)=")
 _MAIL_OPENED: Final = '{"event":"mail_opened"'
-_UID_LIMIT: Final = 500_000
 
 _DELIVERY: Final = re.compile(
     r"(?:(?P<sid>[A-Za-z0-9+/]{16,32}(?::T\d+)?): )?(?P<sieve>sieve: )?msgid=(?P<msgid>.*?): "
@@ -153,7 +186,9 @@ def _angles(text: str) -> tuple[str | None, str | None]:
 
 class DovecotParser(Parser):
     source = "dovecot"
-    SESSION_LIMIT: Final = 100_000
+    # Bounds on the state kept (memory): the oldest entries go first when a table is full.
+    SESSION_LIMIT = 100_000
+    UID_LIMIT = 500_000
 
     def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
         super().__init__(emit)
@@ -196,25 +231,23 @@ class DovecotParser(Parser):
     def _login_process(self, frame: Frame, protocol: str, text: str) -> bool:
         node, ts = frame.node, frame.ts
         if text.startswith("Login: "):
-            tail = _LOGIN_TAIL.match(text, 7)
-            if tail is None:
-                return False
-            return self._login(frame, protocol, tail)
+            fields = _login_fields(text, 7)
+            return fields is not None and self._login(frame, protocol, fields)
         start = _TAIL_START.search(text)
         if start is None:
             return False
-        tail = _LOGIN_TAIL.match(text, start.end())
-        if tail is None:
+        fields = _login_fields(text, start.end())
+        if fields is None:
             return False
         head = text[: start.start()]
-        rest = tail["rest"]
+        rest = fields.rest
         session = _SESSION.search(rest)
-        user = tail["user"] or None
+        user = fields.user
         detail: dict[str, object] = {"protocol": protocol}
-        if tail["lip"]:
-            detail["lip"] = tail["lip"]
-        if tail["method"]:
-            detail["method"] = tail["method"]
+        if fields.lip:
+            detail["lip"] = fields.lip
+        if fields.method:
+            detail["method"] = fields.method
         if "TLS" in rest:
             detail["tls"] = True
         failed = (
@@ -228,7 +261,7 @@ class DovecotParser(Parser):
             node,
             ts,
             session=session[1] if session else None,
-            client_ip=tail["rip"],
+            client_ip=fields.rip,
             recipient=user,
             reply=head,
             detail=detail,
@@ -236,17 +269,17 @@ class DovecotParser(Parser):
         self.emit(event, None)
         return True
 
-    def _login(self, frame: Frame, protocol: str, tail: re.Match[str]) -> bool:
-        rest = tail["rest"]
+    def _login(self, frame: Frame, protocol: str, fields: _LoginFields) -> bool:
+        rest = fields.rest
         session_match = _SESSION.search(rest)
         mpid_match = _MPID.search(rest)
         session = session_match[1] if session_match else None
-        user = tail["user"]
+        user = fields.user
         detail: dict[str, object] = {"protocol": protocol, "result": "ok"}
-        if tail["lip"]:
-            detail["lip"] = tail["lip"]
-        if tail["method"]:
-            detail["method"] = tail["method"]
+        if fields.lip:
+            detail["lip"] = fields.lip
+        if fields.method:
+            detail["method"] = fields.method
         if mpid_match:
             detail["mpid"] = int(mpid_match[1])
         if "TLS" in rest:
@@ -259,9 +292,9 @@ class DovecotParser(Parser):
         if context is None:
             bounded_pop(sessions, self.SESSION_LIMIT)
             context = Context(frame.ts)
-        context.session = session
-        context.client_ip = tail["rip"]
-        context.recipient = user
+        context["session"] = session
+        context["client_ip"] = fields.rip
+        context["recipient"] = user
         context.detail = {"protocol": protocol}
         if session:
             sessions[(frame.node, session)] = context
@@ -275,7 +308,7 @@ class DovecotParser(Parser):
             frame.node,
             frame.ts,
             session=session,
-            client_ip=tail["rip"],
+            client_ip=fields.rip,
             recipient=user,
             detail=detail,
         )
@@ -293,14 +326,14 @@ class DovecotParser(Parser):
         context = sessions.get((node, session)) if session else None
         if context is None and pid is not None:
             context = sessions.get((node, "pid", pid))
-            if context is not None and user is not None and context.recipient != user:
+            if context is not None and user is not None and context.get("recipient") != user:
                 context = None
         if context is None and session is None and pid is None and user is not None:
             context = sessions.get((node, protocol, user))
         if context is None:
             context = Context(frame.ts)
-            context.session = session
-            context.recipient = user
+            context["session"] = session
+            context["recipient"] = user
             context.detail = {"protocol": protocol}
             bounded_pop(sessions, self.SESSION_LIMIT)
             if session:
@@ -343,14 +376,14 @@ class DovecotParser(Parser):
         box = fields.get("box")
         uid = to_int(fields.get("uid"))
         msgid = message_id(fields.get("msgid"))
-        self._remember(frame.node, context.recipient, box, uid, msgid)
+        self._remember(frame.node, context.get("recipient"), box, uid, msgid)
         detail: dict[str, object] = {"action": action}
         if uid is not None:
             detail["uid"] = uid
         if box is not None:
             detail["box"] = box
-        if context.session:
-            detail["session"] = context.session
+        if context.get("session"):
+            detail["session"] = context.get("session")
         kind, reason = "delete", None
         if action == "expunge":
             reason = "access.deleted"
@@ -380,8 +413,8 @@ class DovecotParser(Parser):
         if user is None or box is None or uid is None or msgid is None:
             return
         table = self.message_ids
-        if len(table) >= _UID_LIMIT:
-            for key in list(table)[: _UID_LIMIT // 10]:
+        if len(table) >= self.UID_LIMIT:
+            for key in list(table)[: self.UID_LIMIT // 10]:
                 del table[key]
         table[(node, user, box, uid)] = msgid
 

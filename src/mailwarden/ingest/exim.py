@@ -80,7 +80,6 @@ _QUIET: Final = (
     "dropped:",
     "Received from",
 )
-_LIMIT: Final = 200_000
 
 
 def _fields(text: str) -> dict[str, str]:
@@ -95,6 +94,7 @@ def _fields(text: str) -> dict[str, str]:
 
 class EximParser(Parser):
     source = "exim"
+    MESSAGE_LIMIT = 200_000  # messages kept in memory (the oldest go first)
 
     def __init__(self, emit: Emit) -> None:
         super().__init__(emit)
@@ -132,7 +132,7 @@ class EximParser(Parser):
         key = (frame.node, exim_id)
         context = self.messages.get(key)
         if context is None:
-            bounded_pop(self.messages, _LIMIT)
+            bounded_pop(self.messages, self.MESSAGE_LIMIT)
             context = self.messages[key] = Context(frame.ts)
         context.seen_us = frame.ts
         return context
@@ -148,12 +148,12 @@ class EximParser(Parser):
             if name in fields and not (name == "T" and flag == "<="):
                 detail[key] = fields[name]
         if flag == "<=":
-            context.sender = "" if address == "<>" else address.strip("<>")
-            context.message_id = message_id(fields.get("id"))
+            context["sender"] = "" if address == "<>" else address.strip("<>")
+            context["message_id"] = message_id(fields.get("id"))
             if fields.get("S", "").isdigit():
-                context.size = int(fields["S"])
+                context["size"] = int(fields["S"])
             if host is not None:
-                context.client_name, context.helo, context.client_ip = host[1], host[2], host[3]
+                context["client_name"], context["helo"], context["client_ip"] = host[1], host[2], host[3]
             if flag == "<=" and "R" in fields:
                 detail = {"bounce_of": fields["R"]}
             self.emit(Event("accept", "exim", frame.node, frame.ts, queue_id=exim_id, detail=detail), context)

@@ -35,34 +35,63 @@ _HOST_ONLY: Final = re.compile(r"([A-Za-z0-9][\w.\-]*) +(?=\S)")
 class Frame:
     """One line's frame. `message` follows the tag; `body` is everything after the stamp and host."""
 
-    __slots__ = ("body", "iso_stamp", "message", "node", "pid", "program", "ts")
+    __slots__ = ("_body_start", "_line", "iso_stamp", "message", "node", "pid", "program", "ts")
 
     def __init__(
-        self, ts: int, node: str, program: str | None, pid: str | None, message: str, body: str, iso_stamp: bool
+        self,
+        ts: int,
+        node: str,
+        program: str | None,
+        pid: str | None,
+        message: str,
+        line: str,
+        body_start: int,
+        iso_stamp: bool,
     ) -> None:
         self.ts = ts
         self.node = node
         self.program = program
         self.pid = pid
         self.message = message
-        self.body = body
+        self._line = line
+        self._body_start = body_start
         self.iso_stamp = iso_stamp  # a `YYYY-MM-DD HH:MM:SS` file stamp (Exim/Dovecot/rspamd own files)
+
+    @property
+    def body(self) -> str:
+        return self._line[self._body_start :]
+
+
+# (host, program, pid, where the tag starts within the key) by the text between stamp and `: `.
+_Tag = tuple[str | None, str, str | None, int]
+_TAG_CACHE_LIMIT: Final = 20_000
 
 
 class Framer:
     """Frames the lines of one input stream; `default_node` names lines that carry no host."""
 
-    __slots__ = ("clock", "default_node")
+    __slots__ = ("_tags", "clock", "default_node")
 
     def __init__(self, clock: Clock, default_node: str) -> None:
         self.clock = clock
         self.default_node = default_node
+        self._tags: dict[str, _Tag | None] = {}
 
     def frame(self, line: str) -> Frame | None:
         """The frame of `line`, or None when its time stamp is impossible (like `Feb 30`)."""
         clock = self.clock
-        iso_stamp = False
         first = line[:1]
+        # The fast path: a classic stamp seen before (`Dec 18 15:46:00 `), found by its text.
+        ts = clock.recall(line[:15]) if line[15:16] == " " and line[16:17] != " " and "A" <= first <= "Z" else None
+        if ts is not None:
+            colon = line.find(": ", 16)
+            tag = self._tags.get(line[16:colon]) if colon > 16 else None
+            if tag is not None:  # and a tag seen before: no regular expression at all
+                host, program, pid, tag_at = tag
+                body_start = 16 + tag_at if host else 16
+                return Frame(ts, host or self.default_node, program, pid, line[colon + 2 :], line, body_start, False)
+            return self._tagged(line, ts, 16, False)
+        iso_stamp = False
         match_ = _CLASSIC.match(line) if "A" <= first <= "Z" else None
         if match_ is not None:
             month = MONTHS.get(match_[1])
@@ -94,32 +123,43 @@ class Framer:
         else:
             stamp_end = 0
             ts = clock.last_us
-        tagged = _TAGGED.match(line, stamp_end)
-        if tagged is not None and not (iso_stamp and tagged[3] is None):  # own files: only `host prog[pid]:`
-            host = tagged[1]
-            message = line[tagged.end() :]
+        return self._tagged(line, ts, stamp_end, iso_stamp)
+
+    def _tag(self, line: str, start: int) -> tuple[_Tag | None, int]:
+        """The host and tag at `start` and where the message begins; remembered by their text."""
+        colon = line.find(": ", start)
+        key = line[start:colon] if colon > start else None
+        if key is not None:
+            cached = self._tags.get(key, False)
+            if cached is not False:
+                return cached, colon + 2  # type: ignore[return-value]
+        tagged = _TAGGED.match(line, start)
+        tag: _Tag | None = None
+        if tagged is not None:
+            tag = (tagged[1], tagged[2], tagged[3], tagged.start(2) - start)
+        if key is not None and (tagged is None or tagged.end() == colon + 2):
+            if len(self._tags) >= _TAG_CACHE_LIMIT:
+                self._tags.clear()
+            self._tags[key] = tag
+        return tag, tagged.end() if tagged is not None else start
+
+    def _tagged(self, line: str, ts: int, stamp_end: int, iso_stamp: bool) -> Frame:
+        tag, message_start = self._tag(line, stamp_end)
+        if tag is not None and not (iso_stamp and tag[2] is None):  # own files: only `host prog[pid]:`
+            host, program, pid, tag_at = tag
+            message = line[message_start:]
             if stamp_end == 0 and (inner := _ISO.match(message)) is not None and not inner[9]:
                 # `host exim[1]: 2021-07-17 23:20:49 ...`: the program's own stamp is the only one
-                placed = clock.local(message[: inner.end(7)], *(int(inner[i]) for i in (1, 2, 3, 5, 6, 7)))
+                placed = self.clock.local(message[: inner.end(7)], *(int(inner[i]) for i in (1, 2, 3, 5, 6, 7)))
                 if placed is not None:
                     ts = placed + fraction_us(inner[8])
                     message = message[inner.end() :]
-            return Frame(
-                ts,
-                host or self.default_node,
-                tagged[2],
-                tagged[3],
-                message,
-                line[tagged.start(2) if host else stamp_end :],
-                iso_stamp,
-            )
-        if iso_stamp or stamp_end == 0:
-            # Exim/Dovecot/rspamd own files have no host; unstamped lines have nothing to go on.
-            rest = line[stamp_end:]
-            return Frame(ts, self.default_node, None, None, rest, rest, iso_stamp)
-        hosted = _HOST_ONLY.match(line, stamp_end)
-        if hosted is not None:
-            rest = line[hosted.end() :]
-            return Frame(ts, hosted[1], None, None, rest, rest, iso_stamp)
-        rest = line[stamp_end:]
-        return Frame(ts, self.default_node, None, None, rest, rest, iso_stamp)
+            body_start = stamp_end + tag_at if host else stamp_end
+            return Frame(ts, host or self.default_node, program, pid, message, line, body_start, iso_stamp)
+        node = self.default_node
+        if not iso_stamp and stamp_end:
+            hosted = _HOST_ONLY.match(line, stamp_end)
+            if hosted is not None:
+                node, stamp_end = hosted[1], hosted.end()
+        # Exim/Dovecot/rspamd own files have no host; unstamped lines have nothing to go on.
+        return Frame(ts, node, None, None, line[stamp_end:], line, stamp_end, iso_stamp)

@@ -23,6 +23,7 @@ where the echo at the start of the reply agrees with it, and a line yields at mo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from mailwarden.events import Event
@@ -43,7 +44,7 @@ _REJECT: Final = re.compile(
     + r": "
 )
 _REPLY: Final = re.compile(r"(?:(\d{3})[ -])?(?:(\d\.\d{1,3}\.\d{1,3}) )?")
-_TAIL_START: Final = re.compile(r"; (?=from=<|to=<|proto=|helo=<)")
+_TAIL_KEYS: Final = ("from=<", "to=<", "proto=", "helo=")
 _TAIL: Final = re.compile(
     rf"; (?:from=<(?P<from>{ADDRESS})>,? ?)?(?:to=<(?P<to>{ADDRESS})>,? ?)?"
     r"(?:proto=(?P<proto>[A-Za-z0-9]+),? ?)?(?:helo=(?:<(?P<helo>.*)>|(?P<bare_helo>[^\s<>]*)))?"
@@ -81,6 +82,7 @@ _PS_VERDICT: Final = re.compile(
     r"(PASS NEW|PASS OLD|WHITELISTED|ALLOWLISTED|BLACKLISTED|DENYLISTED|WHITELIST VETO|ALLOWLIST VETO|DISCONNECT) "
     + _PS_ADDR
 )
+_PS_VERDICT_WORDS: Final = ("PASS", "WHITE", "ALLOW", "BLACK", "DENY", "DISCONNECT")
 _PS_TEST: Final = re.compile(
     r"(PREGREET \d+ after [\d.]+|HANGUP after [\d.]+|DNSBL rank \d+|COMMAND (?:TIME|COUNT|LENGTH) LIMIT"
     r"|COMMAND PIPELINING|NON-SMTP COMMAND|BARE NEWLINE) (?:from|for) " + _PS_ADDR + r"(.*)"
@@ -147,8 +149,6 @@ _QUEUE_QUIET: Final = (
 )
 
 _CLOSED_GRACE_US: Final = 60_000_000  # lines of a removed queue file still arriving (out of order)
-_QUEUE_LIMIT: Final = 500_000
-_SESSION_LIMIT: Final = 100_000
 
 
 def _client_name(name: str) -> str | None:
@@ -167,21 +167,27 @@ def _tail(text: str, client: tuple[str, str]) -> tuple[int, re.Match[str]] | Non
     The reply before it may echo a stranger's value (`<HELO>: Helo command rejected`), which can
     itself look like a tail; the tail is the first candidate whose values agree with that echo.
     """
+    starts = []
+    position = text.find("; ")
+    while position >= 0:
+        if text.startswith(_TAIL_KEYS, position + 2):
+            starts.append(position)
+        position = text.find("; ", position + 2)
     first: tuple[int, re.Match[str]] | None = None
     reply_start = _REPLY.match(text).end()  # type: ignore[union-attr]  # all its parts are optional
-    echoes = text.startswith("<", reply_start)
-    for start in _TAIL_START.finditer(text):
-        found = _TAIL.fullmatch(text, start.start())
+    echoes = len(starts) > 1 and text.startswith("<", reply_start)
+    for start in starts:
+        found = _TAIL.fullmatch(text, start)
         if found is None:
             continue
         if not echoes:
-            return start.start(), found
+            return start, found
         if first is None:
-            first = (start.start(), found)
-        reply = text[reply_start : start.start()]
+            first = (start, found)
+        reply = text[reply_start:start]
         values = (found["from"], found["to"], found["helo"], client[0], f"{client[0]}[{client[1]}]")
         if any(value and reply.startswith(f"<{value}>") for value in values):
-            return start.start(), found
+            return start, found
     return first
 
 
@@ -232,6 +238,9 @@ class _Queue(Context):
 
 class PostfixParser(Parser):
     source = "postfix"
+    # Bounds on the state kept (memory): the oldest entries go first when a table is full.
+    QUEUE_LIMIT = 500_000
+    SESSION_LIMIT = 100_000
 
     def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
         super().__init__(emit)
@@ -252,11 +261,15 @@ class PostfixParser(Parser):
         }
         for daemon in ("tlsproxy", "anvil", "scache", "tlsmgr", "master", "postfix-script", "verify", "postlogd"):
             self._daemons[daemon] = self._quiet
+        self._handlers: dict[str, Callable[[Frame, str, str], bool]] = {}  # by full program name
 
     def parse(self, frame: Frame) -> bool:
         program = frame.program or "postfix"
-        daemon = program.rsplit("/", 1)[-1]
-        handler = self._daemons.get(daemon, self._by_shape)
+        handler = self._handlers.get(program)
+        if handler is None:
+            handler = self._daemons.get(program.rsplit("/", 1)[-1], self._by_shape)
+            if len(self._handlers) < 1000:
+                self._handlers[program] = handler
         return handler(frame, program, frame.message)
 
     def _by_shape(self, frame: Frame, program: str, text: str) -> bool:
@@ -285,7 +298,7 @@ class PostfixParser(Parser):
         ):
             record.seen_us = ts
             return record
-        bounded_pop(self.queues, _QUEUE_LIMIT)
+        bounded_pop(self.queues, self.QUEUE_LIMIT)
         record = self.queues[key] = _Queue(ts, qid, self.links.pop(key, None))
         return record
 
@@ -305,7 +318,7 @@ class PostfixParser(Parser):
             return self._delivery(frame, qid, rest)
         if rest.startswith("message-id="):
             record = self.queue(frame.node, qid, frame.ts)
-            record.message_id = message_id(rest[11:]) or record.message_id
+            record["message_id"] = message_id(rest[11:]) or record.get("message_id")
             if record.accepted:
                 return True
             record.accepted = True
@@ -322,7 +335,7 @@ class PostfixParser(Parser):
             if pickup is None:
                 return False
             record = self.queue(frame.node, qid, frame.ts, new_life=True)
-            record.sender = pickup["from"]
+            record["sender"] = pickup["from"]
             record.detail = {"uid": int(pickup["uid"])} if pickup["uid"] else None
             return True
         notification = _NOTIFICATION.match(rest)
@@ -375,9 +388,9 @@ class PostfixParser(Parser):
         if found is None:
             return False
         record = self.queue(frame.node, qid, frame.ts)
-        record.sender = found["from"]
+        record["sender"] = found["from"]
         if found["size"]:
-            record.size = int(found["size"])
+            record["size"] = int(found["size"])
             return True
         if found["status"] == "expired":
             event = Event(
@@ -421,7 +434,7 @@ class PostfixParser(Parser):
             lmtp = _LMTP_SESSION.search(text)
             if lmtp is not None:
                 detail["downstream_session"] = lmtp[1]
-                self.handoffs.to(lmtp[1]).queue_id = qid
+                self.handoffs.to(lmtp[1])["queue_id"] = qid
         event = Event(
             kind,
             "postfix",
@@ -442,9 +455,10 @@ class PostfixParser(Parser):
         """`next_qid` (a content filter's re-injection) continues `record`'s message."""
         existing = self.queues.get((node, next_qid))
         if existing is not None and existing.closed_us is None:
-            existing.parent = existing.parent or record
+            if existing.parent is None:
+                existing.parent = record
             return
-        if len(self.links) >= _QUEUE_LIMIT:
+        if len(self.links) >= self.QUEUE_LIMIT:
             self.links.clear()
         self.links[(node, next_qid)] = record
 
@@ -535,21 +549,22 @@ class PostfixParser(Parser):
         if context is None or context.closed_us is not None:
             context = self._new_session(frame, program, key)
             if ip is not None:
-                context.client_ip, context.client_name = ip, _client_name(name or "")
+                context["client_ip"], context["client_name"] = ip, _client_name(name or "")
         context.seen_us = frame.ts
         return context
 
     def _new_session(self, frame: Frame, program: str, key: object, name: str | None = None) -> Context:
         """A session whose id is `name` (default `PROGRAM[PID]@START`), with `-2`, `-3` ... when one
         process starts several sessions within a second (the ids stay the same on every reading)."""
-        bounded_pop(self.sessions, _SESSION_LIMIT)
+        bounded_pop(self.sessions, self.SESSION_LIMIT)
         previous = self.sessions.get(key)
         context = self.sessions[key] = Context(frame.ts)
         base = name or f"{program}[{frame.pid}]@{frame.ts // 1_000_000}"
-        if previous is not None and previous.session is not None and previous.session.partition("-")[0] == base:
-            suffix = previous.session.partition("-")[2]
+        earlier = previous.get("session") if previous is not None else None
+        if earlier is not None and earlier.partition("-")[0] == base:
+            suffix = earlier.partition("-")[2]
             base = f"{base}-{int(suffix) + 1 if suffix.isdigit() else 2}"
-        context.session = base
+        context["session"] = base
         return context
 
     def _smtpd(self, frame: Frame, program: str, text: str) -> bool:
@@ -558,7 +573,7 @@ class PostfixParser(Parser):
             if found is None:
                 return False
             context = self._new_session(frame, program, (frame.node, frame.pid))
-            context.client_ip, context.client_name = found[2], _client_name(found[1])
+            context["client_ip"], context["client_name"] = found[2], _client_name(found[1])
             port: dict[str, object] = {"port": int(found[3])} if found[3] else {}
             self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=port), context)
             return True
@@ -624,7 +639,8 @@ class PostfixParser(Parser):
             return False
         session = self._session(frame, program, found[1], found[2])
         record = self.queue(frame.node, qid, frame.ts, new_life=True)
-        record.parent = record.parent or session
+        if record.parent is None:
+            record.parent = session
         detail: dict[str, object] = {}
         if found[5]:
             detail["sasl_username"] = found[5]
@@ -634,11 +650,11 @@ class PostfixParser(Parser):
                 record.parent = parent
             detail["orig_queue_id"] = found[6]
         if found[8] is not None:  # XFORWARD from a content filter: the real client
-            record.client_ip, record.client_name = found[8], _client_name(found[7])
+            record["client_ip"], record["client_name"] = found[8], _client_name(found[7])
             detail["via"] = f"{found[1]}[{found[2]}]"
         else:
-            record.client_ip, record.client_name = found[2], _client_name(found[1])
-        record.session = session.session
+            record["client_ip"], record["client_name"] = found[2], _client_name(found[1])
+        record["session"] = session.get("session")
         record.detail = detail or None
         return True
 
@@ -667,8 +683,8 @@ class PostfixParser(Parser):
             context = self.queue(frame.node, qid, frame.ts)
         else:
             context = self._session(frame, program, name, ip)
-            if refusal.helo and context.helo is None:
-                context.helo = refusal.helo
+            if refusal.helo and context.get("helo") is None:
+                context["helo"] = refusal.helo
         event = Event(
             "check" if action == "reject_warning" else refusal.kind,
             "postfix",
@@ -788,16 +804,16 @@ class PostfixParser(Parser):
 
     # ------------------------------------------------------------------ postscreen and dnsblog
     def _postscreen(self, frame: Frame, program: str, text: str) -> bool:
-        connect = _PS_CONNECT.match(text)
+        connect = _PS_CONNECT.match(text) if text.startswith("CONNECT") else None
         if connect is not None:
             key = (frame.node, frame.pid, connect[1], connect[2])
             name = f"{program}[{frame.pid}]:{connect[1]}:{connect[2]}@{frame.ts // 1_000_000}"
             context = self._new_session(frame, program, key, name)
-            context.client_ip = connect[1]
+            context["client_ip"] = connect[1]
             detail = {"port": int(connect[2]), "server": f"{connect[3]}:{connect[4]}"}
             self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=detail), context)
             return True
-        verdict = _PS_VERDICT.match(text)
+        verdict = _PS_VERDICT.match(text) if text.startswith(_PS_VERDICT_WORDS) else None
         if verdict is not None:
             context = self._postscreen_session(frame, program, verdict[2], verdict[3])
             if verdict[1] == "DISCONNECT":
@@ -836,7 +852,7 @@ class PostfixParser(Parser):
             context = self._new_session(
                 frame, program, key, f"{program}[{frame.pid}]:{ip}:{port}@{frame.ts // 1_000_000}"
             )
-            context.client_ip = ip
+            context["client_ip"] = ip
         context.seen_us = frame.ts
         return context
 

@@ -11,11 +11,12 @@ from typing import Final
 
 # Tried in this order (the first that matches wins: "JunkMail rejected - ... is in an RBL" is a
 # DNSBL listing); the group name is the catalog code with '.' as '__'.
+# The patterns are lower case and searched in the lower-cased text (faster than IGNORECASE).
 _PATTERNS: Final = tuple(
-    re.compile(pattern, re.IGNORECASE)
+    re.compile(pattern)
     for pattern in (
-        r"(?P<client__dnsbl>blocked using|listed (?:by|in|on|at) |is in an? (?:RBL|DNSBL|blacklist|blocklist)"
-        r"|\bRBL\b|\bDNSBL\b|spamhaus|spamcop|barracuda)",
+        r"(?P<client__dnsbl>blocked using|listed (?:by|in|on|at) |is in an? (?:rbl|dnsbl|blacklist|blocklist)"
+        r"|\brbl\b|\bdnsbl\b|spamhaus|spamcop|barracuda)",
         r"(?P<rcpt__unknown_user>user unknown|unknown user|no such user|user doesn't exist|mailbox unavailable"
         r"|user not found|recipient unknown|invalid recipient|address rejected: undeliverable"
         r"|unknown in (?:local|virtual|relay) (?:recipient|alias|mailbox))",
@@ -23,7 +24,7 @@ _PATTERNS: Final = tuple(
         r"|not permitted to relay)",
         r"(?P<rcpt__mailbox_full>quota exceeded|mailbox (?:is )?full|over quota|disk quota|insufficient storage)",
         r"(?P<msg__virus>virus|infected|malware|\bclamav\b)",
-        r"(?P<msg__spam>\bspam\b|spamassassin|junkmail|\bUBE\b|content rejected|gtube)",
+        r"(?P<msg__spam>\bspam\b|spamassassin|junkmail|\bube\b|content rejected|gtube)",
         r"(?P<greylisted>greylist|graylist|try (?:again )?later|come back later)",
         r"(?P<helo__invalid>helo command rejected|invalid helo|helo/ehlo)",
         r"(?P<client__no_rdns>cannot find your (?:reverse )?hostname|reverse (?:hostname|dns)|no ptr"
@@ -58,19 +59,53 @@ _ZONE: Final = re.compile(
 )
 
 
+_DIGITS: Final = str.maketrans("123456789", "000000000")
+_CACHE_LIMIT: Final = 50_000
+_cache: dict[str, str | None] = {}
+
+
 def classify(text: str | None, enhanced: str | None = None) -> str | None:
     """The catalog code a refusal or failure text stands for, or None when it is not clear."""
     if text:
-        for pattern in _PATTERNS:
-            found = pattern.search(text)
-            if found is not None and found.lastgroup is not None:
-                return found.lastgroup.replace("__", ".")
+        code = _cached(text)
+        if code is not None:
+            return code
     if enhanced:
         return _BY_ENHANCED.get(enhanced)
     return None
 
 
+def _cached(text: str) -> str | None:
+    """`_classify` remembered by the text's shape: digits and the first `<...>` (the echoed
+    address or HELO) do not change the meaning, and the same few texts come again and again."""
+    key = text.translate(_DIGITS)
+    start = key.find("<")
+    if start >= 0:
+        end = key.find(">", start)
+        if end > 0:
+            key = key[:start] + key[end + 1 :]
+    try:
+        return _cache[key]
+    except KeyError:
+        pass
+    if len(_cache) >= _CACHE_LIMIT:
+        _cache.clear()
+    code = _cache[key] = _classify(key.lower())
+    return code
+
+
+def _classify(lowered: str) -> str | None:
+    for pattern in _PATTERNS:
+        found = pattern.search(lowered)
+        if found is not None and found.lastgroup is not None:
+            return found.lastgroup.replace("__", ".")
+    return None
+
+
 def dnsbl_zone(text: str) -> str | None:
     """The DNSBL zone a refusal text names (`... blocked using zen.spamhaus.org`), if any."""
+    lowered = text.lower()
+    if "blocked using" not in lowered and "listed by domain" not in lowered and "listed " not in lowered:
+        return None  # the usual case, found cheaply (`Greylisted` must not count)
     found = _ZONE.search(text)
     return found[1].lower() if found else None

@@ -115,6 +115,15 @@ class Clock:
         # Ambiguous (daylight saving just ended): the later reading if the earlier one would go back.
         return late if self._last > early + 60 * SECOND_US else early
 
+    def recall(self, key: str) -> int | None:
+        """The cached time of a year-less stamp text, if it is near the previous one (the fast path)."""
+        cached = self._cache.get(key)
+        last = self._last
+        if cached is not None and last is not None and -_NEAR_US < cached - last < _NEAR_US:
+            self._last = cached
+            return cached
+        return None
+
     def classic(self, key: str, month: int, day: int, hour: int, minute: int, second: int) -> int | None:
         """A year-less stamp (`key` is its text, used for caching) as UTC µs, or None if impossible."""
         cached = self._cache.get(key)

@@ -67,6 +67,8 @@ class Reply:
 
     def wire(self) -> str:
         """The reply as sent, continuation lines joined with CRLF (push adds the final CRLF)."""
+        if len(self.text) <= MAX_TEXT and (self.text.isascii() or len(self.text.encode()) <= MAX_TEXT_OCTETS):
+            return f"{self.code} {self.enhanced} {self.text}"  # the common case: one line, no wrapping needed
         parts = [
             piece
             for part in textwrap.wrap(self.text, MAX_TEXT, break_long_words=True, break_on_hyphens=False) or [""]

@@ -60,6 +60,7 @@ class GatewaySMTP(SMTP):
         self.tls_context = tls_context
         self._timeout_duration = settings.timeouts.command
         self._timeout_handle: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0
         self._tls_handshake_okay = True
         self._tls_protocol: Any = None
         self._original_transport: asyncio.BaseTransport | None = None
@@ -86,7 +87,23 @@ class GatewaySMTP(SMTP):
         timeouts = self.settings.timeouts
         return timeouts.data_block if self._in_data else timeouts.command
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the idle deadline; the timer itself is only re-armed when it fires or must fire earlier.
+
+        (aiosmtpd cancels and creates a timer on every call: on every chunk of data, with us.)
+        """
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._timeout_cb)
+
     def _timeout_cb(self) -> None:
+        self._timeout_handle = None  # this one has fired
+        if self.loop.time() < self._idle_deadline:  # activity since the timer was set: wait for the rest
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._timeout_cb)
+            return
         if self._busy:  # a check is still running: the client is not idle
             self._reset_timeout(self._idle_limit())
             return
@@ -210,6 +227,7 @@ class GatewaySMTP(SMTP):
             await self.push(self.conn.on_internal_error(error), raw=True)
         finally:
             self._busy = False
+            self._reset_timeout(self._idle_limit())  # the client's silence counts from our reply on
         return True
 
     async def _read_command_line(self) -> bytes | None:

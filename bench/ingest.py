@@ -1,0 +1,122 @@
+"""Ingest speed: lines/s parsed on one core and events/s stored, with `grep -c` over the same file as the floor.
+
+    .venv/bin/python -m bench.ingest [--log /tmp/mailwarden-bench/mail.log] [--size-mb 1024] [--store-mb 100]
+
+Builds the log with bench/ingest_log.py unless it exists (a realistic mixed Postfix + Dovecot log of
+about `--size-mb` MB, classic syslog format, two hosts), then in one run:
+
+1. floor: `grep -c ''` over the file (counts lines; reading the file costs the same for both);
+2. parse: the whole file through the ingest pipeline (framing, parsers, correlation, holdback)
+   into a sink that only counts events; CPU seconds of this process (one core), so other load
+   on the machine shifts the figure less than wall time would;
+3. store: the first `--store-mb` MB through the same pipeline into a SQLite store (the batching
+   writer thread commits in the background; the figure is wall time until everything is
+   committed, events/s).
+
+Prints each figure and the ratio of our lines/s to grep's. The target is >= 100,000 lines/s on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import tempfile
+import time
+from datetime import UTC
+from pathlib import Path
+
+from bench.ingest_log import Generator
+from mailwarden.events import Event
+from mailwarden.ingest.pipeline import Ingester
+from mailwarden.ingest.sources import decode
+from mailwarden.store.sqlite import SqliteStore
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def grep_floor(path: Path) -> tuple[int, float, float]:
+    """(lines, wall s, CPU s) of `grep -c ''`."""
+    cpu = _children_cpu()
+    started = time.perf_counter()
+    done = subprocess.run(["grep", "-c", "", str(path)], capture_output=True, text=True, check=True)
+    return int(done.stdout), time.perf_counter() - started, _children_cpu() - cpu
+
+
+def parse(path: Path, limit_bytes: int | None, sink: object) -> tuple[Ingester, float, float]:
+    """Feed the file (or its first `limit_bytes`) to an ingester; (ingester, wall s, CPU s)."""
+    assert callable(sink)
+    ingester = Ingester(sink, zone=UTC)
+    stream = ingester.stream(str(path), int(path.stat().st_mtime * 1_000_000))
+    feed = ingester.feed
+    started, cpu = time.perf_counter(), time.process_time()
+    offset = 0
+    with path.open("rb", buffering=1 << 20) as handle:
+        for raw in handle:
+            feed(stream, decode(raw, 65_536), offset)
+            offset += len(raw)
+            if limit_bytes is not None and offset >= limit_bytes:
+                break
+    ingester.finish()
+    return ingester, time.perf_counter() - started, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "mailwarden-bench" / "mail.log")
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--store-mb", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    if not args.log.exists():
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        lines = Generator(args.seed).run(args.size_mb * 1_000_000, args.log)
+        print(f"generated {lines:,} lines in {time.perf_counter() - started:.0f} s -> {args.log}")
+    size = args.log.stat().st_size
+    print(f"log: {args.log} ({size / 1e6:,.0f} MB), {os.cpu_count()} cores on this machine")
+
+    lines, grep_wall, grep_cpu = grep_floor(args.log)
+    grep_rate = lines / max(grep_cpu, 1e-9)
+    print(f"grep -c '':  {lines:,} lines, {grep_wall:.1f} s wall, {grep_cpu:.1f} s CPU = {grep_rate:,.0f} lines/s")
+
+    count = [0]
+
+    def counting(event: Event) -> None:
+        count[0] += 1
+
+    ingester, wall, cpu = parse(args.log, None, counting)
+    stats = ingester.stats
+    rate = stats.lines / cpu
+    print(
+        f"parse:       {stats.lines:,} lines, {wall:.1f} s wall, {cpu:.1f} s CPU = {rate:,.0f} lines/s on one core "
+        f"({stats.events:,} events, {stats.unknown_total:,} unknown lines)"
+    )
+    print(
+        f"ratio:       grep is {grep_rate / rate:.1f}x faster than parsing; target 100,000 lines/s: "
+        f"{'met' if rate >= 100_000 else 'NOT met'}"
+    )
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = SqliteStore(Path(directory) / "bench.db")
+        try:
+            started = time.perf_counter()
+            stored, _, _ = parse(args.log, args.store_mb * 1_000_000, store.append)
+            store.flush()
+            store_wall = time.perf_counter() - started
+        finally:
+            store.close()
+    print(
+        f"store:       first {args.store_mb} MB: {stored.stats.lines:,} lines -> {stored.stats.events:,} events "
+        f"committed in {store_wall:.1f} s wall = {stored.stats.events / store_wall:,.0f} events/s "
+        f"({stored.stats.lines / store_wall:,.0f} lines/s end to end)"
+    )
+
+
+if __name__ == "__main__":
+    main()
