@@ -30,8 +30,7 @@ class Context(dict[str, Any]):
 
     __slots__ = ("closed_us", "detail", "parent", "seen_us")
 
-    def __init__(self, seen_us: int, parent: Context | None = None) -> None:
-        super().__init__()
+    def __init__(self, seen_us: int, parent: Context | None = None) -> None:  # dict.__new__ made it empty
         self.parent = parent
         self.seen_us = seen_us  # the last time a line touched it, for eviction
         self.closed_us: int | None = None  # when its last line (`removed`, `disconnect`) was seen

@@ -82,6 +82,7 @@ _PS_VERDICT: Final = re.compile(
     r"(PASS NEW|PASS OLD|WHITELISTED|ALLOWLISTED|BLACKLISTED|DENYLISTED|WHITELIST VETO|ALLOWLIST VETO|DISCONNECT) "
     + _PS_ADDR
 )
+_PS_PASSES: Final = frozenset({"PASS NEW", "PASS OLD", "WHITELISTED", "ALLOWLISTED"})
 _PS_VERDICT_WORDS: Final = ("PASS", "WHITE", "ALLOW", "BLACK", "DENY", "DISCONNECT")
 _PS_TEST: Final = re.compile(
     r"(PREGREET \d+ after [\d.]+|HANGUP after [\d.]+|DNSBL rank \d+|COMMAND (?:TIME|COUNT|LENGTH) LIMIT"
@@ -820,8 +821,9 @@ class PostfixParser(Parser):
                 context.closed_us = frame.ts
                 self.emit(Event("disconnect", "postfix", frame.node, frame.ts), context)
                 return True
-            denied = verdict[1] in ("BLACKLISTED", "DENYLISTED")
-            detail = {"check": "postscreen", "result": "fail" if denied else "pass", "verdict": verdict[1]}
+            if verdict[1] in _PS_PASSES:
+                return True  # handed on to smtpd, whose lines tell the rest (and no id links the two)
+            detail = {"check": "postscreen", "result": "fail", "verdict": verdict[1]}
             self.emit(Event("check", "postfix", frame.node, frame.ts, detail=detail), context)
             return True
         test = _PS_TEST.match(text)
