@@ -10,7 +10,6 @@ order by different processes still end up in one message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -116,16 +115,6 @@ def expire(table: dict[Key, AnyContext], now_us: int, open_for_us: int, closed_f
 # strings in which anything goes. A forged `x>, status=sent (` must come quoted, so it stays
 # inside the address instead of ending it early.
 ADDRESS: Final = r'[^"<>]*(?:"(?:[^"\\]|\\.)*"[^"<>]*)*'  # unrolled: no backtracking per character
-
-_BRACKETED: Final = re.compile(r"<(" + ADDRESS + r")>")
-
-
-def bare_address(value: str | None) -> str | None:
-    """`<a@b>` or `a@b` as `a@b`; the null sender `<>` as "" (it is a real value: bounces)."""
-    if value is None:
-        return None
-    found = _BRACKETED.fullmatch(value)
-    return found[1] if found else value
 
 
 def message_id(value: str | None) -> str | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
@@ -220,6 +220,23 @@ class _Refusal(NamedTuple):
     @property
     def kind(self) -> str:
         return _kind_for(self.code, self.enhanced)
+
+    def event(self, kind: str, frame: Frame, *, reason: str | None = None, **fields: Any) -> Event:
+        """An event of this refusal (or acceptance) with its addresses, codes and text."""
+        return Event(
+            kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            helo=self.helo,
+            sender=self.sender,
+            recipient=self.recipient,
+            smtp_code=self.code,
+            enhanced_code=self.enhanced,
+            reply=self.text.strip() or None,
+            reason=reason,
+            **fields,
+        )
 
     @property
     def reason(self) -> str | None:
@@ -686,21 +703,13 @@ class PostfixParser(Parser):
             context = self._session(frame, program, name, ip)
             if refusal.helo and context.get("helo") is None:
                 context["helo"] = refusal.helo
-        event = Event(
+        event = refusal.event(
             "check" if action == "reject_warning" else refusal.kind,
-            "postfix",
-            frame.node,
-            frame.ts,
+            frame,
+            reason=refusal.reason,
             queue_id=qid,
             client_ip=ip or None,
             client_name=_client_name(name),
-            helo=refusal.helo,
-            sender=refusal.sender,
-            recipient=refusal.recipient,
-            smtp_code=refusal.code,
-            enhanced_code=refusal.enhanced,
-            reply=refusal.text or None,
-            reason=refusal.reason,
             detail=detail,
         )
         self.emit(event, context)
@@ -713,19 +722,11 @@ class PostfixParser(Parser):
         queued = _QUEUED_AS.findall(refusal.text)
         if queued:
             detail["next_queue_id"] = queued[-1]
-        event = Event(
+        event = refusal.event(
             "accept" if accepted else refusal.kind,
-            "postfix",
-            frame.node,
-            frame.ts,
-            queue_id=qid,
-            helo=refusal.helo,
-            sender=refusal.sender,
-            recipient=refusal.recipient,
-            smtp_code=refusal.code,
-            enhanced_code=refusal.enhanced,
-            reply=refusal.text.strip() or None,
+            frame,
             reason=None if accepted else refusal.reason,
+            queue_id=qid,
             detail=detail,
         )
         self.emit(event, self._session(frame, program))
@@ -867,21 +868,7 @@ class PostfixParser(Parser):
         detail: dict[str, object] = {"stage": found[1], "check": "postscreen"}
         if refusal.zone:
             detail["zone"] = refusal.zone
-        event = Event(
-            refusal.kind,
-            "postfix",
-            frame.node,
-            frame.ts,
-            client_ip=found[2],
-            helo=refusal.helo,
-            sender=refusal.sender,
-            recipient=refusal.recipient,
-            smtp_code=refusal.code,
-            enhanced_code=refusal.enhanced,
-            reply=refusal.text or None,
-            reason=refusal.reason,
-            detail=detail,
-        )
+        event = refusal.event(refusal.kind, frame, reason=refusal.reason, client_ip=found[2], detail=detail)
         self.emit(event, context)
         return True
 
