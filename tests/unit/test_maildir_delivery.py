@@ -11,7 +11,7 @@ from typing import BinaryIO
 import pytest
 
 from mailwarden.deliver.maildir import MaildirError, Maildirs, Target
-from mailwarden.deliver.writer import DeliveryThread
+from mailwarden.deliver.writer import DeliveryThreads
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 
@@ -127,7 +127,7 @@ def test_names_sort_in_delivery_order(tmp_path: Path) -> None:
 def test_the_delivery_thread_answers_every_waiter_in_a_group(tmp_path: Path) -> None:
     maildirs = Maildirs(tmp_path)
     (tmp_path / "other.test").write_text("not a directory")
-    thread = DeliveryThread(maildirs)
+    thread = DeliveryThreads(maildirs)
 
     async def many() -> list[object]:
         jobs = [

@@ -30,7 +30,7 @@ from mailwarden.scan.clamd import ClamdClient, ClamdResult, StreamTooLong
 from mailwarden.scan.content import ContentLimits, ContentReport, inspect_message, locate_virus, triage
 from mailwarden.scan.dkim import DkimResult, txt_lookup
 from mailwarden.scan.dkim import verify as verify_dkim
-from mailwarden.scan.dmarc import DmarcResult
+from mailwarden.scan.dmarc import DmarcResult, organizational_domain
 from mailwarden.scan.dmarc import evaluate as evaluate_dmarc
 from mailwarden.scan.mime import might_carry_files
 from mailwarden.scan.net import ScannerError
@@ -137,6 +137,8 @@ class ContentCheck(Check):
         )
         self.inspect_files = content.dangerous_attachments or content.macros != "off"
         self.workers = WorkerPool(content.workers, content.worker_memory_mb)
+        if scan.auth.dmarc:
+            organizational_domain("example.org")  # load the public suffix list now (0.3 s), not in a session
         self.timeout = scan.budget + LOCATE_BUDGET + 5.0  # the budget is enforced here, with a precise reply
 
     @classmethod

@@ -1,9 +1,12 @@
-"""The gateway's delivery thread: Maildir writes off the event loop, in groups (group commit).
+"""The gateway's delivery threads: Maildir writes off the event loop, in groups (group commit).
 
-Sessions hand over messages and await the outcome; one thread takes whatever has queued up
-while it was busy and delivers it with `Maildirs.deliver_many`, so concurrent messages share
-their fsyncs. Measured with 20 concurrent senders: a thread pool doing one message per task
-spent most of its time in GIL hand-offs and journal commits; this does not.
+Sessions hand over messages and await the outcome; each of a few threads takes whatever has
+queued up while it was busy and delivers it with `Maildirs.deliver_many`, so concurrent messages
+share their directory fsyncs (and, on a journaling file system, their journal commits), while the
+threads keep several fsyncs in flight at once (on this project's test machine, a virtual disk
+without a journal, an fsync took 2.5 ms alone and 0.7 ms each with ten in flight). Measured with
+20 concurrent senders: a thread pool doing one message per task spent most of its time in GIL
+hand-offs (166 futex calls per message); one thread was bound by its fsyncs one after another.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
 log = logging.getLogger(__name__)
 
 MAX_GROUP: Final = 64  # messages per group: bounds the open files and the wait of the first one
+THREADS: Final = 4  # measured against one: +10 % msg/s (median of 7 pairs), +20 % CPU
 
 
 @dataclass
@@ -31,12 +35,15 @@ class _Request:
     future: asyncio.Future[list[Delivered]]
 
 
-class DeliveryThread:
-    def __init__(self, maildirs: Maildirs) -> None:
+class DeliveryThreads:
+    def __init__(self, maildirs: Maildirs, threads: int = THREADS) -> None:
         self.maildirs = maildirs
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="maildir-delivery", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"maildir-delivery-{n}", daemon=True) for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def deliver(self, targets: Sequence[Target], write: Callable[[BinaryIO], None]) -> list[Delivered]:
         """Deliver one message durably (see `Maildirs.deliver`); raises MaildirError."""
@@ -46,9 +53,11 @@ class DeliveryThread:
         return await future
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join()
+        """Finish what is queued, then stop the threads."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def _run(self) -> None:
         stopping = False

@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+import dkim
+from dkim.asyncsupport import DKIM
+
 from mailwarden.dns import DnsTempError, Resolver
 
 MAX_SIGNATURES: Final = 5
@@ -66,9 +69,6 @@ async def verify(message: bytes, lookup: TxtLookup, max_signatures: int = MAX_SI
 async def _verify_all(
     message: bytes, dnsfunc: Callable[..., Awaitable[bytes | None]], max_signatures: int
 ) -> list[DkimResult]:
-    import dkim
-    from dkim.asyncsupport import DKIM
-
     try:
         checker = DKIM(message, logger=_quiet, minkey=1024)
     except dkim.DKIMException as exc:

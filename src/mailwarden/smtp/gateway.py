@@ -41,7 +41,7 @@ from mailwarden.deliver.downstream import (
     verdict_for,
 )
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
-from mailwarden.deliver.writer import DeliveryThread
+from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
 from mailwarden.headers import header_fields, message_id
 from mailwarden.smtp import replies
@@ -74,7 +74,7 @@ class Gateway:
         self.refs = refs
         self.tls_context = tls_context
         self.maildirs = Maildirs(config.path(config.mail.maildir_root))
-        self.delivery = DeliveryThread(self.maildirs)
+        self.delivery = DeliveryThreads(self.maildirs)
         self.downstream = (
             Downstream(config.delivery, config.smtp.hostname) if config.delivery.mode != "maildir" else None
         )

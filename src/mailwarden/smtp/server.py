@@ -227,6 +227,7 @@ class GatewaySMTP(SMTP):
             await self.push(self.conn.on_internal_error(error), raw=True)
         finally:
             self._busy = False
+            self._reset_timeout(self._idle_limit())  # the client's silence counts from our reply on
         return True
 
     async def _read_command_line(self) -> bytes | None:
