@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 _B64 = string.ascii_letters + string.digits + "+/"
+# Processes per Postfix daemon (smtpd up to default_process_limit; one postscreen and qmgr).
+_POOLS = {"smtpd": 40, "postscreen": 1, "dnsblog": 4, "cleanup": 8, "lmtp": 8, "smtp": 8, "pickup": 1, "bounce": 2}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -29,6 +31,7 @@ class Generator:
         self.rng = random.Random(seed)
         self.now = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
         self.pid = 1000
+        self.pools: dict[str, list[int]] = {}
         self.lines: list[str] = []
 
     # ------------------------------------------------------------------ helpers
@@ -65,9 +68,17 @@ class Generator:
         self.pid = self.pid % 4_000_000 + self.rng.randint(1, 7)
         return self.pid
 
+    def pid_of(self, daemon: str) -> int:
+        """A process of Postfix's pool for `daemon`; master.cf's max_use retires one after ~100 uses."""
+        pool = self.pools.setdefault(daemon, [self.next_pid() for _ in range(_POOLS.get(daemon, 4))])
+        slot = self.rng.randrange(len(pool))
+        if self.rng.random() < 0.01:
+            pool[slot] = self.next_pid()
+        return pool[slot]
+
     # ------------------------------------------------------------------ scenes
     def postscreen_reject(self, host: str) -> None:
-        ps, dnsblog = self.next_pid(), self.next_pid()
+        ps, dnsblog = self.pid_of("postscreen"), self.pid_of("dnsblog")
         _, ip = self.client()
         port = self.rng.randint(1024, 65000)
         self.emit(host, "postfix/postscreen", ps, f"CONNECT from [{ip}]:{port} to [192.0.2.25]:25")
@@ -83,7 +94,7 @@ class Generator:
         self.emit(host, "postfix/postscreen", ps, f"DISCONNECT [{ip}]:{port}")
 
     def smtpd_reject(self, host: str) -> None:
-        pid = self.next_pid()
+        pid = self.pid_of("smtpd")
         name, ip = self.client()
         self.emit(host, "postfix/smtpd", pid, f"connect from {name}[{ip}]")
         reply = self.rng.choice(
@@ -107,7 +118,7 @@ class Generator:
         )
 
     def delivery(self, host: str) -> None:
-        pid, cleanup, qmgr, lmtp = self.next_pid(), self.next_pid(), 900, self.next_pid()
+        pid, cleanup, qmgr, lmtp = self.pid_of("smtpd"), self.pid_of("cleanup"), 900, self.pid_of("lmtp")
         name, ip = self.client()
         queue_id = self.qid()
         msgid = (
@@ -115,7 +126,9 @@ class Generator:
         )
         sender = self.sender()
         recipients = [self.user() for _ in range(self.rng.choice((1, 1, 1, 2)))]
-        self.emit(host, "postfix/postscreen", self.next_pid(), f"PASS OLD [{ip}]:{self.rng.randint(1024, 65000)}")
+        self.emit(
+            host, "postfix/postscreen", self.pid_of("postscreen"), f"PASS OLD [{ip}]:{self.rng.randint(1024, 65000)}"
+        )
         self.emit(host, "postfix/smtpd", pid, f"connect from {name}[{ip}]")
         self.emit(
             host,
@@ -169,8 +182,10 @@ class Generator:
     def bounce(self, host: str) -> None:
         queue_id, child = self.qid(), self.qid()
         rcpt = f"gone{self.rng.randint(1, 999)}@remote{self.rng.randint(1, 99)}.example"
-        self.emit(host, "postfix/pickup", self.next_pid(), f"{queue_id}: uid=33 from=<www-data>")
-        self.emit(host, "postfix/cleanup", self.next_pid(), f"{queue_id}: message-id=<{queue_id}@{host}.example.test>")
+        self.emit(host, "postfix/pickup", self.pid_of("pickup"), f"{queue_id}: uid=33 from=<www-data>")
+        self.emit(
+            host, "postfix/cleanup", self.pid_of("cleanup"), f"{queue_id}: message-id=<{queue_id}@{host}.example.test>"
+        )
         self.emit(
             host,
             "postfix/qmgr",
@@ -180,15 +195,20 @@ class Generator:
         self.emit(
             host,
             "postfix/smtp",
-            self.next_pid(),
+            self.pid_of("smtp"),
             f"{queue_id}: to=<{rcpt}>, relay=mx.remote.example[198.51.100.7]:25, delay=1.2, delays=0.01/0/0.9/0.3, "
             f"dsn=5.1.1, status=bounced (host mx.remote.example[198.51.100.7] said: 550 5.1.1 <{rcpt}>: Recipient "
             f"address rejected: User unknown in local recipient table (in reply to RCPT TO command))",
         )
         self.emit(
-            host, "postfix/cleanup", self.next_pid(), f"{child}: message-id=<20260301.{child}@{host}.example.test>"
+            host,
+            "postfix/cleanup",
+            self.pid_of("cleanup"),
+            f"{child}: message-id=<20260301.{child}@{host}.example.test>",
         )
-        self.emit(host, "postfix/bounce", self.next_pid(), f"{queue_id}: sender non-delivery notification: {child}")
+        self.emit(
+            host, "postfix/bounce", self.pid_of("bounce"), f"{queue_id}: sender non-delivery notification: {child}"
+        )
         self.emit(host, "postfix/qmgr", 900, f"{queue_id}: removed")
 
     def pop3(self, host: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import pytest
 
 from mailwarden.events import Event
 from mailwarden.ingest.inputs import Follower, Importer, Positions
-from mailwarden.ingest.pipeline import Ingester
+from mailwarden.ingest.pipeline import Ingester, Stats
+from mailwarden.ingest.progress import Progress, summary
 from mailwarden.ingest.receiver import SyslogReceiver, to_line
+from mailwarden.ingest.service import IngestService
 from mailwarden.ingest.sources import rotation_order
 from mailwarden.store import EventQuery, Store
 from mailwarden.store.sqlite import SqliteStore
@@ -234,3 +238,52 @@ def test_every_event_names_its_file_and_offset(store: Store, tmp_path: Path) -> 
         f"{path}:0: {_login(0).rstrip()}",
         f"{path}:{len(_login(0))}: {_login(1).rstrip()}",
     ]
+
+
+def _wait_users(store: Store, count: int) -> list[str]:
+    deadline = time.monotonic() + 30
+    while len(users := _users(store)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return users
+
+
+def test_the_service_follows_files_and_resumes_after_a_restart(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "mail.log"
+    path.write_text(_login(0))
+
+    def service() -> IngestService:
+        ingester = Ingester(store.append, default_node="t", holdback_s=0.2)
+        return IngestService(ingester, store, [path], warmup_bytes=1 << 20, max_line=65536)
+
+    first = service()
+    first.start()
+    assert _wait_users(store, 1) == ["u0@x.test"]
+    with path.open("a") as handle:
+        handle.write(_login(1))
+    assert _wait_users(store, 2) == ["u0@x.test", "u1@x.test"]
+    first.stop()
+    with path.open("a") as handle:
+        handle.write(_login(2))
+    second = service()
+    second.start()
+    try:
+        assert _wait_users(store, 3) == ["u0@x.test", "u1@x.test", "u2@x.test"]
+    finally:
+        second.stop()
+    assert first.error is None and second.error is None
+
+
+def test_progress_shows_rate_and_eta_and_the_summary_counts_unknown_programs() -> None:
+    stats = Stats(lines=50_000, events=40_000)
+    stats.unknown["sshd"] = 7
+    stats.kinds["deliver"] = 40_000
+    out = io.StringIO()
+    progress = Progress(out, total_bytes=10_000_000, stats=stats)
+    progress.advance(2_500_000)
+    progress.show()
+    line = out.getvalue().split("\r")[-1]
+    assert "2.5 MB of 10.0 MB (25%)" in line and "ETA" in line and "lines/s" in line and "40,000 events" in line
+    text = summary(stats, 2.0)
+    assert "lines: 50,000 in 2.0 s (25,000 lines/s)" in text
+    assert "events: 40,000 (deliver 40,000)" in text
+    assert "  sshd: 7" in text

@@ -10,7 +10,6 @@ order by different processes still end up in one message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -30,8 +29,7 @@ class Context(dict[str, Any]):
 
     __slots__ = ("closed_us", "detail", "parent", "seen_us")
 
-    def __init__(self, seen_us: int, parent: Context | None = None) -> None:
-        super().__init__()
+    def __init__(self, seen_us: int, parent: Context | None = None) -> None:  # dict.__new__ made it empty
         self.parent = parent
         self.seen_us = seen_us  # the last time a line touched it, for eviction
         self.closed_us: int | None = None  # when its last line (`removed`, `disconnect`) was seen
@@ -117,16 +115,6 @@ def expire(table: dict[Key, AnyContext], now_us: int, open_for_us: int, closed_f
 # strings in which anything goes. A forged `x>, status=sent (` must come quoted, so it stays
 # inside the address instead of ending it early.
 ADDRESS: Final = r'[^"<>]*(?:"(?:[^"\\]|\\.)*"[^"<>]*)*'  # unrolled: no backtracking per character
-
-_BRACKETED: Final = re.compile(r"<(" + ADDRESS + r")>")
-
-
-def bare_address(value: str | None) -> str | None:
-    """`<a@b>` or `a@b` as `a@b`; the null sender `<>` as "" (it is a real value: bounces)."""
-    if value is None:
-        return None
-    found = _BRACKETED.fullmatch(value)
-    return found[1] if found else value
 
 
 def message_id(value: str | None) -> str | None:

@@ -61,14 +61,19 @@ class Stats:
     """What an ingest run saw, for the summary."""
 
     lines: int = 0
-    events: int = 0
-    ignored: int = 0
+    events: int = 0  # released to the sink
+    emitted: int = 0  # made by the parsers, `unknown` included (some may still be held back)
     unknown: Counter[str] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
 
     @property
     def unknown_total(self) -> int:
         return sum(self.unknown.values())
+
+    @property
+    def ignored(self) -> int:
+        """Lines understood but not worth an event (start-up messages, statistics, TLS set-up)."""
+        return self.lines - self.emitted
 
 
 class Stream:
@@ -99,9 +104,7 @@ class Ingester:
         self.stats = Stats()
         self._sink = sink
         self.holdback = Holdback(self._release, int(holdback_s * 1_000_000))
-        self._origin = ""
-        self._offset = 0
-        self._line = ""
+        self._current = ("", 0, "")  # origin, offset and text of the line being parsed
         self._emitted = False
         self._replaying = False
         handoffs = Handoffs()
@@ -131,9 +134,7 @@ class Ingester:
         """Parse one line (without its newline) read at byte `offset` of `stream`."""
         stats = self.stats
         stats.lines += 1
-        self._origin = stream.origin
-        self._offset = offset
-        self._line = line
+        self._current = (stream.origin, offset, line)
         self._emitted = False
         frame = stream.framer.frame(line)
         if frame is None:
@@ -142,8 +143,6 @@ class Ingester:
         parser = self._forced or self._route(frame)
         if parser is None or not parser.parse(frame):
             self._unknown(frame, frame.program or (parser.source if parser else "unknown"), frame.ts)
-        elif not self._emitted:
-            stats.ignored += 1
         if stats.lines % _EVICT_EVERY == 0:
             for each in self._parsers:
                 each.evict(frame.ts)
@@ -193,8 +192,10 @@ class Ingester:
         if self._emitted or self._replaying:  # one line is one event at most; replayed lines are stored
             return
         self._emitted = True
-        event.evidence = f"{self._origin}:{self._offset}: {self._line}"
-        self.holdback.add(event, context, self._origin, self._offset)
+        self.stats.emitted += 1
+        origin, offset, line = self._current
+        event.evidence = f"{origin}:{offset}: {line}"
+        self.holdback.add(event, context, origin, offset)
 
     def _unknown(self, frame: Frame | None, program: str, ts: int) -> None:
         program = _PROGRAM_SAFE.sub("?", program[:64])

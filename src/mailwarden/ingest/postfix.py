@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
@@ -82,6 +82,7 @@ _PS_VERDICT: Final = re.compile(
     r"(PASS NEW|PASS OLD|WHITELISTED|ALLOWLISTED|BLACKLISTED|DENYLISTED|WHITELIST VETO|ALLOWLIST VETO|DISCONNECT) "
     + _PS_ADDR
 )
+_PS_PASSES: Final = frozenset({"PASS NEW", "PASS OLD", "WHITELISTED", "ALLOWLISTED"})
 _PS_VERDICT_WORDS: Final = ("PASS", "WHITE", "ALLOW", "BLACK", "DENY", "DISCONNECT")
 _PS_TEST: Final = re.compile(
     r"(PREGREET \d+ after [\d.]+|HANGUP after [\d.]+|DNSBL rank \d+|COMMAND (?:TIME|COUNT|LENGTH) LIMIT"
@@ -219,6 +220,23 @@ class _Refusal(NamedTuple):
     @property
     def kind(self) -> str:
         return _kind_for(self.code, self.enhanced)
+
+    def event(self, kind: str, frame: Frame, *, reason: str | None = None, **fields: Any) -> Event:
+        """An event of this refusal (or acceptance) with its addresses, codes and text."""
+        return Event(
+            kind,
+            "postfix",
+            frame.node,
+            frame.ts,
+            helo=self.helo,
+            sender=self.sender,
+            recipient=self.recipient,
+            smtp_code=self.code,
+            enhanced_code=self.enhanced,
+            reply=self.text.strip() or None,
+            reason=reason,
+            **fields,
+        )
 
     @property
     def reason(self) -> str | None:
@@ -685,21 +703,13 @@ class PostfixParser(Parser):
             context = self._session(frame, program, name, ip)
             if refusal.helo and context.get("helo") is None:
                 context["helo"] = refusal.helo
-        event = Event(
+        event = refusal.event(
             "check" if action == "reject_warning" else refusal.kind,
-            "postfix",
-            frame.node,
-            frame.ts,
+            frame,
+            reason=refusal.reason,
             queue_id=qid,
             client_ip=ip or None,
             client_name=_client_name(name),
-            helo=refusal.helo,
-            sender=refusal.sender,
-            recipient=refusal.recipient,
-            smtp_code=refusal.code,
-            enhanced_code=refusal.enhanced,
-            reply=refusal.text or None,
-            reason=refusal.reason,
             detail=detail,
         )
         self.emit(event, context)
@@ -712,19 +722,11 @@ class PostfixParser(Parser):
         queued = _QUEUED_AS.findall(refusal.text)
         if queued:
             detail["next_queue_id"] = queued[-1]
-        event = Event(
+        event = refusal.event(
             "accept" if accepted else refusal.kind,
-            "postfix",
-            frame.node,
-            frame.ts,
-            queue_id=qid,
-            helo=refusal.helo,
-            sender=refusal.sender,
-            recipient=refusal.recipient,
-            smtp_code=refusal.code,
-            enhanced_code=refusal.enhanced,
-            reply=refusal.text.strip() or None,
+            frame,
             reason=None if accepted else refusal.reason,
+            queue_id=qid,
             detail=detail,
         )
         self.emit(event, self._session(frame, program))
@@ -820,8 +822,9 @@ class PostfixParser(Parser):
                 context.closed_us = frame.ts
                 self.emit(Event("disconnect", "postfix", frame.node, frame.ts), context)
                 return True
-            denied = verdict[1] in ("BLACKLISTED", "DENYLISTED")
-            detail = {"check": "postscreen", "result": "fail" if denied else "pass", "verdict": verdict[1]}
+            if verdict[1] in _PS_PASSES:
+                return True  # handed on to smtpd, whose lines tell the rest (and no id links the two)
+            detail = {"check": "postscreen", "result": "fail", "verdict": verdict[1]}
             self.emit(Event("check", "postfix", frame.node, frame.ts, detail=detail), context)
             return True
         test = _PS_TEST.match(text)
@@ -865,21 +868,7 @@ class PostfixParser(Parser):
         detail: dict[str, object] = {"stage": found[1], "check": "postscreen"}
         if refusal.zone:
             detail["zone"] = refusal.zone
-        event = Event(
-            refusal.kind,
-            "postfix",
-            frame.node,
-            frame.ts,
-            client_ip=found[2],
-            helo=refusal.helo,
-            sender=refusal.sender,
-            recipient=refusal.recipient,
-            smtp_code=refusal.code,
-            enhanced_code=refusal.enhanced,
-            reply=refusal.text or None,
-            reason=refusal.reason,
-            detail=detail,
-        )
+        event = refusal.event(refusal.kind, frame, reason=refusal.reason, client_ip=found[2], detail=detail)
         self.emit(event, context)
         return True
 

@@ -73,8 +73,10 @@ class IngestService:
                 log.error("ingest queue full: %d syslog messages dropped so far", self.dropped)
 
     def stop(self) -> None:
+        """Read what is left, store it and the positions, and return when both are committed."""
         self._stop.set()
         self._thread.join()
+        self.store.flush()
 
     def _run(self) -> None:
         last_input = time.monotonic()
