@@ -104,13 +104,13 @@ def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Pat
         """
     )
     processes = [
-        subprocess.Popen([sys.executable, "-c", script, str(n)], cwd=ROOT, stderr=subprocess.PIPE) for n in range(6)
+        subprocess.Popen([sys.executable, "-c", script, str(n)], cwd=ROOT, stderr=subprocess.PIPE) for n in range(8)
     ]
     errors = [p.communicate(timeout=120)[1].decode() for p in processes]
-    assert [p.returncode for p in processes] == [0] * 6, errors
+    assert [p.returncode for p in processes] == [0] * 8, errors
     assert [name for name, _ in applied(path)] == sorted(name for name, _ in MIGRATIONS)
     store = SqliteStore(path)
-    assert len(store.list_mailboxes()) == 6
+    assert len(store.list_mailboxes()) == 8
     store.close()
 
 

@@ -67,7 +67,7 @@ class GatewaySMTP(SMTP):
         self._handler_coroutine: asyncio.Task[None] | None = None
         self._handle_hooks = {"STARTTLS": connection.handle_STARTTLS}
         self.session: Session | None = None
-        self.envelope: Envelope | None = None
+        self.envelope: Envelope | None = None  # aiosmtpd's; our transaction state is `Connection.txn`
         self.transport: Any = None
         self.conn = connection
         self.settings = settings
@@ -287,14 +287,10 @@ class GatewaySMTP(SMTP):
         if not hostname or " " in hostname:
             await self.push(f"501 5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
             return
-        assert self.session is not None
-        self.envelope = Envelope()
         refusal = await self.conn.on_helo(hostname, esmtp=esmtp)
         if refusal is not None:
             await self.push(refusal, raw=True)
             return
-        self.session.host_name = hostname
-        self.session.extended_smtp = esmtp
         if not esmtp:
             await self.push(f"250 {self.hostname}", raw=True)
             return
@@ -365,14 +361,12 @@ class GatewaySMTP(SMTP):
             self.conn.on_data_end(spool, line_too_long=decoder.line_too_long, bare_newlines=decoder.bare_newlines)
         )
         reply = await asyncio.shield(finishing)
-        self.envelope = Envelope()
         await self.push(reply, raw=True)
 
     async def smtp_RSET(self, arg: str | None) -> None:
         if arg:
             await self.push("501 5.5.4 Syntax: RSET")
             return
-        self.envelope = Envelope()
         self.conn.on_rset()
         await self.push("250 2.0.0 OK", raw=True)
 

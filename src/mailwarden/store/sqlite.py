@@ -183,13 +183,37 @@ def _ip_in(address: str | None, network: str) -> bool:
         return False
 
 
+_OPEN_TIMEOUT: Final = 30.0
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
+    _use_wal(conn)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.create_function("mw_ip_in", 2, _ip_in, deterministic=True)
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting for other processes that open the same new store at this moment.
+
+    Changing the journal mode does not wait on the busy handler (SQLite answers "database is
+    locked" at once), so several processes starting together must retry it themselves.
+    """
+    deadline = time.monotonic() + _OPEN_TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"could not switch to WAL within {_OPEN_TIMEOUT:g}s: database is locked")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def _statements(script: str) -> list[str]:
