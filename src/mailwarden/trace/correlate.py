@@ -335,10 +335,16 @@ class Step:
     event: Event | None = None
 
 
+def _passed(record: dict[str, Any]) -> bool:
+    """A check with nothing to report: passed, resolved a recipient, or only added its headers."""
+    result = record.get("result")
+    return result in ("pass", "resolved") or (result == "tag" and record.get("reason") == "delivered")
+
+
 def _check_steps(event: Event) -> list[Step]:
     steps = []
     for record in event.detail.get("checks") or []:
-        if not isinstance(record, dict) or record.get("result") in ("pass", "resolved", None):
+        if not isinstance(record, dict) or record.get("result") is None or _passed(record):
             continue
         facts = {"check": record.get("check"), "result": record.get("result"), "reason": record.get("reason")}
         detail = record.get("detail")
@@ -349,11 +355,7 @@ def _check_steps(event: Event) -> list[Step]:
 
 
 def _passed_checks(event: Event) -> list[str]:
-    return [
-        str(r.get("check"))
-        for r in event.detail.get("checks") or []
-        if isinstance(r, dict) and r.get("result") in ("pass", "resolved")
-    ]
+    return [str(r.get("check")) for r in event.detail.get("checks") or [] if isinstance(r, dict) and _passed(r)]
 
 
 def timeline(trace: MessageTrace, recipient: str | None = None) -> list[Step]:
