@@ -96,11 +96,16 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.checks.base import Services
     from mailwarden.serve import open_configured_store
 
+    from mailwarden import mailboxes
+
     store = open_configured_store(config)
     try:
         build_chain(Services(config=config, store=store, local_domains=frozenset(config.mail.domains)))
+        gaps = mailboxes.postmaster_gaps(config, store)
     finally:
         store.close()
+    if gaps:
+        print(f"warning: {mailboxes.postmaster_warning(gaps)}")
     print("configuration OK")
     return 0
 
