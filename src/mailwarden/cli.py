@@ -92,11 +92,10 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     if args.action == "docs":
         sys.stdout.write(docs_markdown())
         return 0
+    from mailwarden import mailboxes
     from mailwarden.checks import build_chain
     from mailwarden.checks.base import Services
     from mailwarden.serve import open_configured_store
-
-    from mailwarden import mailboxes
 
     store = open_configured_store(config)
     try:
