@@ -61,7 +61,8 @@ class Handoffs:
 
     Postfix logs Dovecot's LMTP reply (`250 2.0.0 <rcpt> SESSION Saved`), Dovecot logs the same
     SESSION with its `saved mail` line: whichever comes first makes the context, and Dovecot's
-    delivery event gets Postfix's queue id from it, so both are one message in the trace.
+    delivery event gets Postfix's queue id from it. Keyed by the session alone, so it works for
+    two hosts' logs in one run; logs imported apart are joined by the trace (trace/correlate.py).
     """
 
     LIMIT: Final = 100_000

@@ -66,6 +66,7 @@ class EventQuery:
     sender_contains: str | None = None
     client_network: str | None = None  # "192.0.2.7" or "192.0.2.0/24" or "2001:db8::/32"
     reason: str | None = None
+    message_id_prefix: str | None = None  # Message-IDs starting with it (Dovecot logs long ones cut)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import json
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -134,6 +135,13 @@ def _where(query: EventQuery) -> tuple[str, list[Any]]:
         _in("ref", query.refs, clauses, params)
     if query.message_ids:
         _in("message_id", query.message_ids, clauses, params)
+    if query.message_id_prefix:  # a range, so that the Message-ID index serves it
+        prefix = query.message_id_prefix
+        clauses.append("message_id >= ? AND substr(message_id, 1, ?) = ?")
+        params.extend([prefix, len(prefix), prefix])
+        if ord(prefix[-1]) < sys.maxunicode:
+            clauses.append("message_id < ?")
+            params.append(prefix[:-1] + chr(ord(prefix[-1]) + 1))
     if query.queue_ids:
         _in("queue_id", query.queue_ids, clauses, params)
     if query.recipients:
