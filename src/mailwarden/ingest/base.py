@@ -37,9 +37,8 @@ class Context(dict[str, Any]):
 
     def fill(self, event: Event) -> None:
         context: Context | None = self
-        for _ in range(4):  # a chain is short: transaction -> hand-off, queue file -> session -> ...
-            if context is None:
-                return
+        depth = 4  # a chain is short: transaction -> hand-off, queue file -> session -> ...
+        while context is not None and depth:
             for name, value in context.items():
                 if value is not None and getattr(event, name) is None:
                     setattr(event, name, value)
@@ -47,6 +46,7 @@ class Context(dict[str, Any]):
                 for key, item in context.detail.items():
                     event.detail.setdefault(key, item)
             context = context.parent
+            depth -= 1
 
 
 Emit = Callable[[Event, "Context | None"], None]
