@@ -127,6 +127,16 @@ class _Barrier:
             pass
 
 
+class _Bulk:
+    """A bulk import's batch: its events and the positions after them, committed in a transaction that ends with them."""
+
+    __slots__ = ("events", "positions")
+
+    def __init__(self, events: Sequence[Event], positions: Sequence[Position]) -> None:
+        self.events = events
+        self.positions = positions
+
+
 class _SyncWaiter:
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -151,11 +161,13 @@ class BatchWriter:
 
     MAX_BATCH = 5000
     MAX_RETRY_ROWS = 200_000
+    BULK_QUEUED = 2  # bulk batches waiting for the writer before `put_bulk` waits (memory)
 
     def __init__(self, write_batch: Callable[[list[Event], list[Position]], None], interval: float, name: str) -> None:
         self._write_batch = write_batch
         self._interval = interval
-        self._queue: queue.SimpleQueue[Event | Position | _Barrier | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Event | Position | _Barrier | _Bulk | None] = queue.SimpleQueue()
+        self._bulk_room = threading.BoundedSemaphore(self.BULK_QUEUED)
         self._retry: list[Event] = []
         self._retry_positions: dict[str, Position] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -170,6 +182,11 @@ class BatchWriter:
 
     def put_position(self, position: Position) -> None:
         self._queue.put(position)
+
+    def put_bulk(self, events: Sequence[Event], positions: Sequence[Position]) -> None:
+        """Queue a bulk batch; waits while `BULK_QUEUED` batches are still to be written."""
+        self._bulk_room.acquire()
+        self._queue.put(_Bulk(events, positions))
 
     async def durable(self, events: Sequence[Event] = ()) -> None:
         loop = asyncio.get_running_loop()
@@ -193,10 +210,12 @@ class BatchWriter:
             first = self._queue.get()
             if first is None:
                 break
-            items: list[Event | Position | _Barrier] = [first]
+            items: list[Event | Position | _Barrier | _Bulk] = [first]
             deadline = time.monotonic() + self._interval
             urgent = isinstance(first, _Barrier)
-            while len(items) < self.MAX_BATCH:
+            # A transaction ends with a position (or a bulk batch and its positions): a restart resumes
+            # there, so no event read after it may be committed with it, or it would be stored twice.
+            while len(items) < self.MAX_BATCH and not isinstance(items[-1], Position | _Bulk):
                 try:
                     item = (
                         self._queue.get_nowait()
@@ -212,17 +231,23 @@ class BatchWriter:
                 urgent = urgent or isinstance(item, _Barrier)
             self._commit(items)
 
-    def _commit(self, items: list[Event | Position | _Barrier]) -> None:
+    def _commit(self, items: list[Event | Position | _Barrier | _Bulk]) -> None:
         events = list(self._retry)  # everything to write, in queue order
         queued = list(self._retry)  # what is kept for a retry if the write fails
         positions = dict(self._retry_positions)
         barriers: list[_Barrier] = []
+        bulks = 0
         for item in items:
             if isinstance(item, Event):
                 events.append(item)
                 queued.append(item)
             elif isinstance(item, Position):
                 positions[item.name] = item
+            elif isinstance(item, _Bulk):
+                events.extend(item.events)
+                queued.extend(item.events)
+                positions.update((position.name, position) for position in item.positions)
+                bulks += 1
             else:
                 events.extend(item.events)
                 barriers.append(item)
@@ -241,6 +266,8 @@ class BatchWriter:
                     log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
             barrier.resolve(error)
+        for _ in range(bulks):
+            self._bulk_room.release()
 
 
 class Store(ABC):
@@ -266,6 +293,15 @@ class Store(ABC):
     @abstractmethod
     def flush(self) -> None:
         """Synchronous `durable`, for the command line and importers."""
+
+    def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
+        """Queue a bulk import's batch (thousands of events): committed together with `positions`,
+        in a transaction that ends with them, so a restart at a position neither repeats nor skips
+        a line. Few, large transactions instead of many small ones; may wait while earlier batches
+        are still being written. The gateway's `durable` path is not involved."""
+        self.append_many(events)
+        for position in positions:
+            self.save_position(position)
 
     @abstractmethod
     def query_events(self, query: EventQuery) -> list[Event]:

