@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
-from mailwarden.store.base import BatchWriter, EventQuery, GreylistEntry, Mailbox, Position, Store, StoreError
+from mailwarden.store.base import (
+    BatchWriter,
+    Committed,
+    EventQuery,
+    GreylistEntry,
+    Mailbox,
+    Position,
+    Store,
+    StoreError,
+)
 
 # Named schema migrations, applied in this order and remembered in the `migrations` table.
 # Append new ones (a unique name per change); never edit or reorder applied ones.
@@ -297,8 +306,8 @@ class SqliteStore(Store):
     def append(self, event: Event) -> None:
         self._writer_started().put(event)
 
-    async def durable(self, events: Sequence[Event] = ()) -> None:
-        await self._writer_started().durable(events)
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
+        self._writer_started().commit_soon(events, done)
 
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)
