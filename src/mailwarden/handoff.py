@@ -13,35 +13,42 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 Item = TypeVar("Item")
+
+
+IDLE_AFTER: Final = 1.0  # seconds without items after which a lingering worker sleeps until woken
 
 
 class Inbox(Generic[Item]):
     """A queue for worker threads that wakes them only when there is a reason to (group commit).
 
     A worker takes what has queued up, at most `limit` items at once. An `urgent` item (someone
-    waits for it) wakes a worker at once; another one only when it is the first of a batch,
-    which then waits up to `linger` seconds for more: many events, one wake-up and one commit,
-    not a thread switch per event.
+    waits for it) wakes a worker at once. Other items never wake one while it is busy: with
+    `linger`, a worker looks for them every `linger` seconds and takes them once the first has
+    waited that long - many events, one commit, and no thread switch per event. A worker idle
+    for `IDLE_AFTER` seconds sleeps until the next item of any kind.
     """
 
     def __init__(self, limit: int, linger: float = 0.0) -> None:
         self._limit = limit
         self._linger = linger
         self._items: list[Item] = []
+        self._first_at = 0.0  # when the oldest waiting item came
         self._urgent = False
+        self._asleep = False
         self._closed = False
         self._ready = threading.Condition(threading.Lock())
 
     def put(self, item: Item, *, urgent: bool = False) -> None:
         with self._ready:
+            if not self._items:
+                self._first_at = time.monotonic()
             self._items.append(item)
-            if urgent:
-                self._urgent = True
-                self._ready.notify()
-            elif len(self._items) == 1:
+            self._urgent = self._urgent or urgent
+            if urgent or self._asleep:
+                self._asleep = False
                 self._ready.notify()
 
     def close(self) -> None:
@@ -53,17 +60,22 @@ class Inbox(Generic[Item]):
     def take(self) -> list[Item]:
         """The next batch (waiting for one); empty once the inbox is closed and drained."""
         with self._ready:
+            empty_since = time.monotonic()
             while not self._items and not self._closed:
-                self._ready.wait()
-            deadline = time.monotonic() + self._linger
+                if self._linger > 0 and time.monotonic() - empty_since < IDLE_AFTER:
+                    self._ready.wait(self._linger)
+                else:
+                    self._asleep = True
+                    self._ready.wait()
             while not (self._urgent or self._closed or len(self._items) >= self._limit):
-                remaining = deadline - time.monotonic()
+                remaining = self._first_at + self._linger - time.monotonic()
                 if remaining <= 0:
                     break
                 self._ready.wait(remaining)
             batch = self._items[: self._limit]
             del self._items[: self._limit]
             self._urgent = bool(self._items)  # what is left has waited long enough
+            self._first_at = time.monotonic()
             return batch
 
 

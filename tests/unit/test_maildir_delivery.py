@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -195,3 +197,24 @@ def test_a_planned_name_names_the_copies_and_must_match_the_written_size(tmp_pat
     (failed,) = maildirs.deliver_many([Message([Target("bob@example.test")], write(), wrong[0].uid)])
     assert isinstance(failed, MaildirError) and "planned name" in str(failed)
     assert not wrong[0].path.exists() and in_state(maildirs, "bob@example.test", "tmp") == []
+
+
+def test_where_unnamed_files_are_refused_named_files_in_tmp_are_used_and_none_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_tmpfile(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")  # as NFS answers
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    maildirs = Maildirs(tmp_path)
+    delivered = maildirs.deliver([Target("bob@example.test"), Target("carol@example.test")], write())
+    assert delivered[0].path.stat().st_nlink == 2 and delivered[1].path.read_bytes() == MESSAGE
+    (failed,) = maildirs.deliver_many([Message([Target("bob@example.test")], write(), "1.M1P1Q1.host,S=1")])
+    assert isinstance(failed, MaildirError)  # the wrong size in the planned name: taken back
+    for mailbox in ("bob@example.test", "carol@example.test"):
+        assert in_state(maildirs, mailbox, "tmp") == []
+    assert len(in_state(maildirs, "bob@example.test", "new")) == 1

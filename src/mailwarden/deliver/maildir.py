@@ -1,12 +1,12 @@
 """Durable Maildir delivery, shared by the gateway (writing) and the POP3 server (reading).
 
 Layout: ROOT/DOMAIN/LOCALPART/ is a mailbox's Maildir (cur, new, tmp); other folders are
-Maildir++ subfolders (ROOT/DOMAIN/LOCALPART/.Junk/). A delivery writes the message once into
-tmp/, fsyncs it, hard-links it into new/ of every recipient, fsyncs those directories and only
-then returns - so "250" is only ever said for mail that is on disk. On any error every link
-made so far is removed again: nothing is left half-delivered. `deliver_many` does this for a
-group of messages at once, so that they share their fsyncs (the gateway's delivery thread,
-`deliver/writer.py`).
+Maildir++ subfolders (ROOT/DOMAIN/LOCALPART/.Junk/). A delivery writes the message once, as an
+unnamed file in tmp/ (O_TMPFILE; a named one where the file system has no such thing), fsyncs
+it, hard-links it into new/ of every recipient, fsyncs those directories and only then returns -
+so "250" is only ever said for mail that is on disk. On any error every link made so far is
+removed again: nothing is left half-delivered. `deliver_many` does this for a group of messages
+at once, so that they share their fsyncs (the gateway's delivery threads, `deliver/writer.py`).
 
 Readers (the POP3 server) see a message by its unique name (`uid`, the file name without the
 ":2,FLAGS" info part), which never changes: it is what the gateway's `deliver` event records and

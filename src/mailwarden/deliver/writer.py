@@ -25,7 +25,10 @@ from mailwarden.handoff import Inbox, settle_soon
 log = logging.getLogger(__name__)
 
 MAX_GROUP: Final = 64  # messages per group: bounds the open files and the wait of the first one
-THREADS: Final = 4  # measured against one: +10 % msg/s (median of 7 pairs), +20 % CPU
+# Two keep two fsyncs in flight. Four (measured earlier: +10 % msg/s over one when an fsync took
+# 2.5 ms) now cost 20-30 % more CPU per message in GIL hand-offs for no more msg/s; two against
+# four and one under smtp-source, median of 2x3 rounds: 512 / 398 / 490 msg/s.
+THREADS: Final = 2
 
 # The store's `commit_soon`: commit these events with everything queued before, then report (None or the error).
 Commit = Callable[[Sequence[Event], Callable[[Exception | None], None]], None]
