@@ -92,6 +92,7 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     if args.action == "docs":
         sys.stdout.write(docs_markdown())
         return 0
+    from mailwarden import mailboxes
     from mailwarden.checks import build_chain
     from mailwarden.checks.base import Services
     from mailwarden.serve import open_configured_store
@@ -99,8 +100,11 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     store = open_configured_store(config)
     try:
         build_chain(Services(config=config, store=store, local_domains=frozenset(config.mail.domains)))
+        gaps = mailboxes.postmaster_gaps(config, store)
     finally:
         store.close()
+    if gaps:
+        print(f"warning: {mailboxes.postmaster_warning(gaps)}")
     print("configuration OK")
     return 0
 

@@ -1,103 +1,46 @@
-"""Work handed between the event loop and the threads that wait for the disk (group commit).
+"""How a delivery handed to a mailbox server (Dovecot) is named on both sides of the hand-off.
 
-The Maildir delivery threads and the event store's writer share two moves: a thread takes
-whatever queued up while it was busy (so concurrent messages share their fsyncs), and answers
-the sessions waiting on the event loop. Both are here once. Thread switches are what this
-costs most (measured under smtp-source: about 24 per message), so both wake a thread only
-when it has something to do.
+The MTA (Postfix's `status=sent (...)`, our gateway's `detail.downstream_reply`) records Dovecot's
+LMTP reply `250 2.0.0 <rcpt> SESSION Saved`; Dovecot logs the same SESSION with its delivery. Both
+log the Message-ID, but Dovecot cuts it after 80 bytes. The ingest parsers and the trace join the
+two sides with these helpers, also when the logs come from different hosts and imports.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
-from collections.abc import Iterable
-from typing import Any, Final, Generic, TypeVar
+import re
+from typing import Final
 
-Item = TypeVar("Item")
-
-
-IDLE_AFTER: Final = 1.0  # seconds without items after which a lingering worker sleeps until woken
+# Dovecot's session id (base64 of 16 bytes or more), with `:T2` for a further transaction and `:R2`
+# for a further recipient of one LMTP connection.
+_LMTP_SESSION: Final = re.compile(r"> ([A-Za-z0-9+/]{16,32}(?::[TR]\d+)*) Saved")
+# mail_log and LMTP log header values through str_sanitize(value, 80): longer ones keep 77 bytes and `...`.
+_LOGGED_BYTES: Final = 80
 
 
-class Inbox(Generic[Item]):
-    """A queue for worker threads that wakes them only when there is a reason to (group commit).
-
-    A worker takes what has queued up, at most `limit` items at once. An `urgent` item (someone
-    waits for it) wakes a worker at once. Other items never wake one while it is busy: with
-    `linger`, a worker looks for them every `linger` seconds and takes them once the first has
-    waited that long - many events, one commit, and no thread switch per event. A worker idle
-    for `IDLE_AFTER` seconds sleeps until the next item of any kind.
-    """
-
-    def __init__(self, limit: int, linger: float = 0.0) -> None:
-        self._limit = limit
-        self._linger = linger
-        self._items: list[Item] = []
-        self._first_at = 0.0  # when the oldest waiting item came
-        self._urgent = False
-        self._asleep = False
-        self._closed = False
-        self._ready = threading.Condition(threading.Lock())
-
-    def put(self, item: Item, *, urgent: bool = False) -> None:
-        with self._ready:
-            if not self._items:
-                self._first_at = time.monotonic()
-            self._items.append(item)
-            self._urgent = self._urgent or urgent
-            if urgent or self._asleep:
-                self._asleep = False
-                self._ready.notify()
-
-    def close(self) -> None:
-        """No more items: workers take what is left, then get an empty batch."""
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-    def take(self) -> list[Item]:
-        """The next batch (waiting for one); empty once the inbox is closed and drained."""
-        with self._ready:
-            empty_since = time.monotonic()
-            while not self._items and not self._closed:
-                if self._linger > 0 and time.monotonic() - empty_since < IDLE_AFTER:
-                    self._ready.wait(self._linger)
-                else:
-                    self._asleep = True
-                    self._ready.wait()
-            while not (self._urgent or self._closed or len(self._items) >= self._limit):
-                remaining = self._first_at + self._linger - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._ready.wait(remaining)
-            batch = self._items[: self._limit]
-            del self._items[: self._limit]
-            self._urgent = bool(self._items)  # what is left has waited long enough
-            self._first_at = time.monotonic()
-            return batch
+def lmtp_session(reply: str) -> str | None:
+    """The LMTP session id in Dovecot's reply to a delivery, or None."""
+    found = _LMTP_SESSION.search(reply)
+    return found[1] if found else None
 
 
-def settle_soon(
-    loop: asyncio.AbstractEventLoop, outcomes: Iterable[tuple[asyncio.Future[Any], BaseException | None, Any]]
-) -> None:
-    """From another thread: resolve futures of `loop` - (future, error, result) each - in one wake-up of the loop.
+def same_lmtp_connection(session: str, other: str) -> bool:
+    """Whether two session ids name one LMTP connection (they differ only in `:T2`/`:R2`)."""
+    return session.partition(":")[0] == other.partition(":")[0]
 
-    A future already done (its waiter went away) is left alone, and so is a closed loop.
-    """
-    pending = list(outcomes)
 
-    def settle() -> None:
-        for future, error, result in pending:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+def logged_message_ids(message_id: str) -> tuple[str, ...]:
+    """`message_id` as Dovecot's log may show it: whole, or cut to 77 bytes plus `...`."""
+    raw = message_id.encode("utf-8", "surrogateescape")
+    if len(raw) <= _LOGGED_BYTES:
+        return (message_id,)
+    return message_id, raw[: _LOGGED_BYTES - 3].decode("utf-8", "ignore") + "..."
 
-    try:
-        loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody waits any more
-        pass
+
+def cut_message_id_prefix(message_id: str) -> str | None:
+    """For a Message-ID Dovecot cut (`<...`, 80 bytes ending in `...`): the part it kept; else None."""
+    size = len(message_id.encode("utf-8", "surrogateescape"))
+    # 80 bytes, fewer when the cut fell inside a UTF-8 character, one more for the `<` ingest adds
+    if message_id.endswith("...") and _LOGGED_BYTES - 3 <= size <= _LOGGED_BYTES + 1:
+        return message_id[:-3]
+    return None

@@ -49,3 +49,17 @@ def create_demo(config: Config, store: Store) -> tuple[str, str] | None:
     password = secrets.token_urlsafe(12)
     add(config, store, config.mail.demo_mailbox, password)
     return config.mail.demo_mailbox, password
+
+
+def postmaster_gaps(config: Config, store: Store) -> list[str]:
+    """Local domains whose postmaster@ would be refused (RFC 5321 4.5.1 requires accepting it)."""
+    if config.mail.postmaster:
+        return []
+    return [d for d in config.mail.domains if store.get_mailbox(f"postmaster@{d}") is None]
+
+
+def postmaster_warning(domains: list[str]) -> str:
+    return (
+        f"postmaster@ of {', '.join(domains)} would be refused, but RFC 5321 4.5.1 requires accepting it: "
+        "set `mail.postmaster` to a mailbox that reads it, or create postmaster@DOMAIN with `mailwarden users add`"
+    )

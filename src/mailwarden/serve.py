@@ -36,6 +36,9 @@ async def run(config: Config) -> None:
         demo = mailboxes.create_demo(config, store)
         if demo is not None:
             print(f"created demo mailbox {demo[0]} with password {demo[1]} (shown once)", file=sys.stderr, flush=True)
+        gaps = mailboxes.postmaster_gaps(config, store)
+        if gaps:
+            log.warning("%s", mailboxes.postmaster_warning(gaps))
         services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
         tls_context = None
         if config.tls.enabled:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailwarden.events import Event
+from mailwarden.events import Event, us_to_iso
 from mailwarden.ingest import parse_lines
 
 # Real lines of Dovecot 2.3.19 (shared/recipes §2: its own file format).
@@ -67,7 +67,7 @@ EXPORTER_LOG = """\
 2026-11-28 05:53:03 lmtp(bob@example.test)<17482><oJU8FT9sCmtKRAAAg+zDdQ>: Info: msgid=<big@s>: saved mail to INBOX
 2026-11-28 05:53:03 lmtp(full@example.test)<17482><oJU8FT9sCmtKRAAAg+zDdQ:R2>: Info: msgid=<big@s>: save failed to INBOX: Quota exceeded (mailbox for user is full)
 2026-11-28 05:57:22 pop3-login: Info: Login: user=<bob@example.test>, method=PLAIN, rip=127.0.0.5, lip=127.0.0.1, mpid=16547, session=<4GDrtU9h7e1/AAAF>
-2026-11-28 05:57:22 stats: Info: {"event":"mail_opened","hostname":"vm","start_time":"2026-11-28T05:47:22.682192Z","end_time":"2026-11-28T05:47:22.682255Z","categories":["mail","storage","service:pop3","mailbox","maildir"],"fields":{"reason_code":["pop3:cmd_retr"],"duration":34,"user":"bob@example.test","session":"4GDrtU9h7e1/AAAF","mailbox":"INBOX","reason":"access","seq":1,"uid":6,"mail_age_days":0}}
+2026-11-28 05:57:22 stats: Info: {"event":"mail_opened","hostname":"vm","start_time":"2026-11-28T05:57:22.682192Z","end_time":"2026-11-28T05:57:22.682255Z","categories":["mail","storage","service:pop3","mailbox","maildir"],"fields":{"reason_code":["pop3:cmd_retr"],"duration":34,"user":"bob@example.test","session":"4GDrtU9h7e1/AAAF","mailbox":"INBOX","reason":"access","seq":1,"uid":6,"mail_age_days":0}}
 2026-11-28 05:57:22 stats: Info: {"event":"mail_opened","hostname":"vm","categories":["service:lmtp"],"fields":{"user":"bob@example.test","mailbox":"INBOX","uid":6}}
 """.splitlines()
 
@@ -97,6 +97,22 @@ def test_mail_opened_by_pop3_is_a_retrieval_with_message_id_and_client_address()
         "uid": 6,
         "reason_code": "pop3:cmd_retr",
     }
+
+
+def test_retrieval_is_timed_by_the_exporters_microsecond_start_not_the_whole_second_stamp() -> None:
+    (opened,) = [e for e in _events(EXPORTER_LOG) if e.kind == "retrieve"]
+    assert us_to_iso(opened.ts) == "2026-11-28T05:57:22.682192+00:00"
+    unix = EXPORTER_LOG[4].replace('"2026-11-28T05:57:22.682192Z"', "1795845442.682192")
+    (opened,) = [e for e in _events([EXPORTER_LOG[3], unix]) if e.kind == "retrieve"]
+    assert us_to_iso(opened.ts) == "2026-11-28T05:57:22.682192+00:00"  # format_args = time-unix
+
+
+def test_retrieval_start_far_from_its_stamp_or_garbled_keeps_the_stamp() -> None:
+    """A log read with the wrong timezone keeps its retrievals in step with its other lines."""
+    for start in ('"2026-11-28T06:57:22.682192Z"', '"2026-11-28T05:57:22.682192"', '"yesterday"', "true", "null"):
+        line = EXPORTER_LOG[4].replace('"2026-11-28T05:57:22.682192Z"', start)
+        (opened,) = [e for e in _events([EXPORTER_LOG[3], line]) if e.kind == "retrieve"]
+        assert us_to_iso(opened.ts) == "2026-11-28T05:57:22.000000+00:00", start
 
 
 def test_logout_carries_the_pop3_and_imap_counts() -> None:

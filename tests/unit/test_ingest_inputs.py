@@ -19,7 +19,7 @@ from mailwarden.ingest.progress import Progress, summary
 from mailwarden.ingest.receiver import SyslogReceiver, to_line
 from mailwarden.ingest.service import IngestService
 from mailwarden.ingest.sources import rotation_order
-from mailwarden.store import EventQuery, Store
+from mailwarden.store import EventQuery, Position, Store
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.net import free_port
 
@@ -86,6 +86,37 @@ def test_gzip_and_plain_archives_import_once_and_continue_where_they_stopped(sto
         handle.write(_login(10) + _login(11))
     _import(store, [current, old])
     assert _users(store) == [f"u{n}@x.test" for n in range(12)]
+
+
+class Killed(Exception):
+    """The import process dies (kill -9, power cut) after handing some batches to the store."""
+
+
+def test_an_import_killed_between_bulk_batches_resumes_without_duplicates_or_gaps(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Importer, "CHECK_EVERY_LINES", 4)
+    monkeypatch.setattr(Positions, "BULK_EVENTS", 5)
+    path = tmp_path / "mail.log"
+    path.write_text("".join(_login(n) for n in range(40)))
+    handed: list[int] = []
+    commit = store.append_bulk
+
+    def dies_at_the_third_batch(events: list[Event], positions: list[Position]) -> None:
+        if len(handed) == 2:
+            raise Killed
+        handed.append(len(events))
+        assert positions, "every batch carries the positions behind its events"
+        commit(events, positions)
+
+    monkeypatch.setattr(store, "append_bulk", dies_at_the_third_batch)
+    with pytest.raises(Killed):
+        _import(store, [path])
+    stored = _users(store)
+    assert len(stored) == sum(handed) and 0 < len(stored) < 40  # only whole batches, with their positions
+    monkeypatch.undo()
+    _import(store, [path])
+    assert _users(store) == [f"u{n}@x.test" for n in range(40)]
 
 
 def test_a_renamed_and_compressed_file_is_recognised_by_its_content(store: Store, tmp_path: Path) -> None:

@@ -184,6 +184,45 @@ def test_a_failed_write_keeps_queued_events_for_a_retry_but_not_the_transactions
     assert disk.written == ["queued-1", "queued-2", "accepted"]
 
 
+class Disk:
+    """A write function that remembers each transaction: its events' refs and its positions' names."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.transactions: list[tuple[list[str], list[str]]] = []
+
+    def __call__(self, events: list[Event], positions: list[Position]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        self.transactions.append(([str(e.ref) for e in events], [p.name for p in positions]))
+
+
+def test_a_position_ends_its_transaction_so_no_later_line_is_committed_with_it() -> None:
+    """A restart resumes at the position: an event read after it, committed with it, would be stored twice."""
+    disk = Disk()
+    writer = BatchWriter(disk, interval=1.0, name="test-writer")  # long enough to gather everything below
+    writer.put_many([event(ref="e1"), event(ref="e2")])
+    writer.put_position(Position("p", "2"))
+    writer.put_many([event(ref="e3"), event(ref="e4")])
+    writer.close()
+    (with_position,) = [refs for refs, names in disk.transactions if names == ["p"]]
+    assert "e3" not in with_position and "e4" not in with_position
+    assert [ref for refs, _ in disk.transactions for ref in refs] == ["e1", "e2", "e3", "e4"]
+
+
+def test_bulk_batches_commit_with_their_positions_and_a_failed_one_is_retried_without_blocking_the_next() -> None:
+    disk = Disk(failures=1)
+    writer = BatchWriter(disk, interval=0.01, name="test-writer")
+    for n in range(BatchWriter.BULK_QUEUED + 2):  # more than may wait: each commit, failed or not, makes room
+        writer.put_bulk([event(ref=f"b{n}-1"), event(ref=f"b{n}-2")], [Position("file", str(n))])
+    writer.close()
+    assert [ref for refs, _ in disk.transactions for ref in refs] == [
+        f"b{n}-{i}" for n in range(BatchWriter.BULK_QUEUED + 2) for i in (1, 2)
+    ]
+    assert all(names == ["file"] for _, names in disk.transactions)
+
+
 def test_a_store_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "plain-file").write_text("x")
     with pytest.raises(StoreError, match="cannot open the SQLite store"):

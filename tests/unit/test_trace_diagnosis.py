@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from mailwarden.events import Event
+from mailwarden.store import EventQuery
 from mailwarden.store.sqlite import SqliteStore
-from mailwarden.trace.correlate import key_of_id, link_attempts, load
+from mailwarden.trace import report
+from mailwarden.trace.correlate import key_of_id, link_attempts, load, timeline
 from mailwarden.trace.diagnose import Diagnosis, diagnose, not_found
 from mailwarden.trace.model import MessageTrace
 from mailwarden.trace.search import AddressFilter, SearchSpec, search
@@ -511,3 +513,183 @@ def test_ingested_postfix_log_is_traced_per_queue_id_and_noqueue_session(store: 
     assert (d.status, d.reason, d.responsibility) == ("rejected", "rcpt.unknown_user", "sender")
     assert any("Did you mean bob@dest.test?" in n for n in d.notes)
     assert any("/var/log/mail.log:" in line and "NOQUEUE: reject" in line for line in d.evidence)
+
+
+# ---------------------------------------------------------------------------- a mailbox server on another node
+# Dovecot 2.3 lines in its own file format (docs/dovecot.md), all in the second T0 (2027-01-15 08:00:00 UTC).
+LMTP_SESSION = "oJU8FT9sCmtKRAAAg+zDdQ"
+OPENED = (
+    '2027-01-15 08:00:00 stats: Info: {{"event":"mail_opened","hostname":"store1",{start}"categories":["mail",'
+    '"storage","service:pop3","mailbox","maildir"],"fields":{{"reason_code":["pop3:cmd_retr"],"duration":34,'
+    '"user":"{user}","session":"4GDrtU9h7e1/AAAF","mailbox":"INBOX","reason":"access","seq":1,"uid":{uid},'
+    '"mail_age_days":0}}}}'
+)
+STORE1_LOG = """\
+2027-01-15 08:00:00 lmtp(17482): Info: Connect from 192.0.2.25
+2027-01-15 08:00:00 lmtp({user})<17482><{session}>: Info: save: box=INBOX, uid={uid}, msgid={msgid}, size=3193, from=, subject=x
+2027-01-15 08:00:00 lmtp({user})<17482><{session}>: Info: msgid={msgid}: saved mail to INBOX
+2027-01-15 08:00:00 lmtp(17482): Info: Disconnect from 192.0.2.25: Logged out (state=READY)
+2027-01-15 08:00:00 pop3-login: Info: Login: user=<{user}>, method=PLAIN, rip=198.51.100.20, lip=192.0.2.30, mpid=16547, session=<4GDrtU9h7e1/AAAF>
+{opened}
+2027-01-15 08:00:00 pop3({user})<16547><4GDrtU9h7e1/AAAF>: Info: expunge: box=INBOX, uid={uid}, msgid={msgid}, size=3193, from=, subject=x
+2027-01-15 08:00:00 pop3({user})<16547><4GDrtU9h7e1/AAAF>: Info: Disconnected: Logged out top=0/0, retr=1/3193, del=1/1, size=3193
+"""
+
+
+def store1_log(
+    msgid: str = "<m1@sender.test>",
+    user: str = "bob@example.test",
+    session: str = LMTP_SESSION,
+    start: str | None = "2027-01-15T08:00:00.702192Z",
+    uid: int = 6,
+) -> list[str]:
+    """What Dovecot on store1 logs when it gets a message by LMTP and a POP3 client fetches and deletes it."""
+    opened = OPENED.format(start=f'"start_time":"{start}",' if start else "", user=user, uid=uid)
+    return STORE1_LOG.format(msgid=msgid, user=user, session=session, opened=opened, uid=uid).splitlines()
+
+
+def ingest(store: SqliteStore, lines: list[str], node: str, origin: str) -> None:
+    from mailwarden.ingest.pipeline import parse_lines
+
+    store.append_many(parse_lines(lines, node=node, origin=origin, reference_us=T0))
+    store.flush()
+
+
+def placed(trace: MessageTrace) -> list[tuple[str, str]]:
+    return [(e.source, e.kind) for e in trace.events]
+
+
+def delivered_by_proxy(store: SqliteStore, ref: str) -> None:
+    """Our gateway in proxy mode hands <m1@sender.test> to Dovecot by LMTP at 08:00:00.606 (sub-second stamps)."""
+    s = Session(store, ref, T0 + 600_000)
+    s.mail("alice@sender.test")
+    s.rcpt("bob@example.test")
+    s.emit("data", size=1200, message_id="<m1@sender.test>")
+    proxy = {"mailbox": "bob@example.test", "downstream": "lmtp:192.0.2.30:24", "downstream_stage": "data"}
+    proxy["downstream_reply"] = f"250 2.0.0 <bob@example.test> {LMTP_SESSION} Saved"
+    s.emit("deliver", recipient="bob@example.test", message_id="<m1@sender.test>", reason="delivered", detail=proxy)
+    s.emit("accept", smtp_code=250, enhanced_code="2.0.0", message_id="<m1@sender.test>", reason="delivered")
+    s.close()
+
+
+@pytest.mark.parametrize("start", ["2027-01-15T08:00:00.702192Z", None], ids=["exporter_start_time", "stamp_only"])
+def test_dovecot_access_in_the_second_of_our_delivery_comes_after_it_in_the_trace(
+    store: SqliteStore, start: str | None
+) -> None:
+    delivered_by_proxy(store, "1AAAAAAAAAM0")
+    ingest(store, store1_log(start=start), "store1", "/var/log/dovecot.log")
+
+    result = search(store, SearchSpec(recipient=AddressFilter.parse("bob@example.test")), retention_days=90, now=T0)
+    (trace,) = result.messages  # Dovecot's delivery and accesses are no message of their own
+    assert trace.id == "1AAAAAAAAAM0" and trace.first_seen == T0 + 601_000
+    order = placed(trace)
+    assert (
+        order.index(("gateway", "deliver")) < order.index(("dovecot", "retrieve")) < order.index(("dovecot", "delete"))
+    )
+    assert order[-2:] == [("dovecot", "retrieve"), ("dovecot", "delete")]  # after our accept and disconnect
+    assert order.index(("dovecot", "deliver")) == order.index(("gateway", "deliver")) - 1  # it answered our LMTP
+    (fate,) = trace.recipients
+    assert fate.status == "deleted"
+    assert [(a.kind, a.client_ip, a.protocol) for a in fate.accesses] == [
+        ("retrieve", "198.51.100.20", "pop3"),
+        ("delete", "198.51.100.20", "pop3"),
+    ]
+    steps = [step.what for step in timeline(trace)]
+    assert steps.index("deliver") < steps.index("retrieve") < steps.index("delete")
+
+    d = diagnose(store, trace, domains=DOMAINS, now=T0 + HOUR)
+    assert d.status == "deleted" and "198.51.100.20" in d.summary
+    retrieved_line = next(i for i, line in enumerate(d.evidence) if "mail_opened" in line)
+    assert retrieved_line > next(i for i, line in enumerate(d.evidence) if " gateway deliver " in line)
+
+
+def test_report_with_causally_ordered_evidence_verifies(store: SqliteStore, tmp_path: Path) -> None:
+    delivered_by_proxy(store, "1AAAAAAAAAM1")
+    ingest(store, store1_log(start=None), "store1", "/var/log/dovecot.log")
+    built = report.build(store, "1AAAAAAAAAM1", domains=DOMAINS, now=T0 + HOUR)
+    path = tmp_path / "report.txt"
+    path.write_bytes(report.render(built, "text"))
+    assert "expunge:" in built.diagnosis.evidence[-1]  # stamped before our delivery, placed after it
+    assert report.verify(store, path).ok
+
+
+POSTFIX_MX1_LOG = """\
+Jan 15 07:59:59 mx1 postfix/smtpd[4101]: connect from mail.sender.test[192.0.2.10]
+Jan 15 07:59:59 mx1 postfix/smtpd[4101]: 3F1A22066C: client=mail.sender.test[192.0.2.10]
+Jan 15 07:59:59 mx1 postfix/cleanup[4102]: 3F1A22066C: message-id={msgid}
+Jan 15 07:59:59 mx1 postfix/qmgr[4103]: 3F1A22066C: from=<alice@sender.test>, size=3100, nrcpt=1 (queue active)
+Jan 15 07:59:59 mx1 postfix/smtpd[4101]: disconnect from mail.sender.test[192.0.2.10] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+Jan 15 08:00:00 mx1 postfix/lmtp[4104]: 3F1A22066C: to=<{rcpt}>, relay=store1.example.test[192.0.2.30]:24, delay=0.4, delays=0.1/0/0.1/0.2, dsn=2.0.0, status=sent (250 2.0.0 <{rcpt}> {session} Saved)
+Jan 15 08:00:00 mx1 postfix/qmgr[4103]: 3F1A22066C: removed
+"""
+
+
+def mx1_log(msgid: str = "<m1@sender.test>", rcpt: str = "bob@example.test", session: str = LMTP_SESSION) -> list[str]:
+    return POSTFIX_MX1_LOG.format(msgid=msgid, rcpt=rcpt, session=session).splitlines()
+
+
+def one_message(store: SqliteStore, spec: SearchSpec) -> MessageTrace:
+    (trace,) = search(store, spec, retention_days=3650, now=T0).messages
+    return trace
+
+
+def test_postfix_on_mx1_and_dovecot_on_store1_imported_apart_are_one_message(store: SqliteStore) -> None:
+    ingest(store, mx1_log(), "mx1", "/var/log/mail.log")
+    ingest(store, store1_log(), "store1", "/var/log/dovecot.log")
+    for spec in (
+        SearchSpec(recipient=AddressFilter.parse("bob@example.test")),
+        SearchSpec(message_id="<m1@sender.test>"),
+        SearchSpec(queue_id="3F1A22066C"),
+    ):
+        trace = one_message(store, spec)
+        assert (trace.queue_id, trace.node, trace.client_ip) == ("3F1A22066C", "mx1", "192.0.2.10")
+        assert ("dovecot", "deliver") in placed(trace)
+        assert trace.recipients[0].status == "deleted"
+    saved = store.query_events(EventQuery(node="store1", kinds=("deliver",)))[0]
+    found = key_of_id(store, f"E{saved.id}")  # explain of Dovecot's delivery explains the Postfix message
+    assert found is not None and found[0] == ("queue", "mx1", "3F1A22066C")
+
+
+def test_one_import_of_both_hosts_logs_gives_one_message(store: SqliteStore) -> None:
+    from mailwarden.ingest.pipeline import Ingester
+
+    events: list[Event] = []
+    ingester = Ingester(events.append, default_node="store1")
+    postfix = ingester.stream("/var/log/mail.log", T0)
+    dovecot = ingester.stream("/var/log/dovecot.log", T0, default_node="store1")
+    for stream, lines in ((postfix, mx1_log()), (dovecot, store1_log())):
+        for offset, line in enumerate(lines):
+            ingester.feed(stream, line, offset * 200)
+    ingester.finish()
+    saved = next(e for e in events if e.source == "dovecot" and e.kind == "deliver")
+    assert (saved.node, saved.queue_id) == ("store1", "3F1A22066C")  # the ingest run's own join
+    store.append_many(events)
+    store.flush()
+    trace = one_message(store, SearchSpec(recipient=AddressFilter.parse("bob@example.test")))
+    assert trace.queue_id == "3F1A22066C" and ("dovecot", "deliver") in placed(trace)
+
+
+def test_the_lmtp_session_joins_dovecot_under_another_name_and_keeps_another_copy_apart(store: SqliteStore) -> None:
+    # Postfix delivers to the alias info@, Dovecot stores it for bob: only the session says it is the same.
+    ingest(store, mx1_log(rcpt="info@example.test"), "mx1", "/var/log/mail.log")
+    ingest(store, store1_log(), "store1", "/var/log/dovecot.log")
+    # The same Message-ID once more, to bob, in another LMTP session (a resent copy an hour later).
+    later = [line.replace("08:00:00", "09:00:00") for line in store1_log(session="Zm9vYmFyYmF6cXV4cXV1eA", uid=7)]
+    ingest(store, later, "store1", "/var/log/dovecot.log.1")
+    trace = one_message(store, SearchSpec(queue_id="3F1A22066C"))
+    theirs = [e for e in trace.events if e.source == "dovecot"]
+    assert {e.session for e in theirs if e.kind == "deliver"} == {LMTP_SESSION}
+    assert all(e.ts < T0 + HOUR for e in theirs)
+    assert {f.address: f.status for f in trace.recipients} == {
+        "info@example.test": "delivered",
+        "bob@example.test": "deleted",
+    }
+
+
+def test_a_long_message_id_cut_by_dovecot_still_joins(store: SqliteStore) -> None:
+    long_id = "<" + "x" * 90 + "@sender.test>"
+    ingest(store, mx1_log(msgid=long_id), "mx1", "/var/log/mail.log")
+    ingest(store, store1_log(msgid=long_id[:77] + "..."), "store1", "/var/log/dovecot.log")
+    for spec in (SearchSpec(queue_id="3F1A22066C"), SearchSpec(recipient=AddressFilter.parse("bob@example.test"))):
+        trace = one_message(store, spec)
+        assert trace.message_id == long_id and trace.recipients[0].status == "deleted"

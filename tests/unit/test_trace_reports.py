@@ -134,3 +134,26 @@ def test_explaining_a_session_without_a_message_names_what_it_was(tmp_path: Path
             report.build(store, "1AAAAAAAAAP0", now=T0)
     finally:
         store.close()
+
+
+def test_a_clean_content_scan_that_only_added_headers_is_listed_as_passed_not_as_a_finding(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "events.db")
+    common = {"source": "gateway", "node": "mx1", "ref": "1AAAAAAAAAB0", "session": "1AAAAAAAAAB0"}
+    clean = {"check": "content", "ms": 1.0, "result": "tag", "reason": "delivered"}
+    junk = {"check": "content", "ms": 1.0, "result": "tag", "reason": "delivered.junk"}
+    store.append_many(
+        [
+            Event(kind="connect", ts=T0, client_ip="192.0.2.1", **common),
+            Event(kind="rcpt", ts=T0 + 1, recipient="bob@example.test", detail={"checks": [clean]}, **common),
+            Event(kind="data", ts=T0 + 2, size=10, detail={"checks": [junk]}, **common),
+        ]
+    )
+    store.flush()
+    try:
+        text = report.as_text(report.build(store, "1AAAAAAAAAB0", now=T0 + 10))
+    finally:
+        store.close()
+    lines = [line.rstrip() for line in text.splitlines()]
+    assert any(line.endswith("(checks passed: content)") for line in lines)
+    assert not any(line.endswith("Check content: tag delivered") for line in lines)
+    assert any(line.endswith("Check content: tag delivered.junk") for line in lines)

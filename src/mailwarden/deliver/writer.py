@@ -20,7 +20,7 @@ from typing import Final
 
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Message, Sink, Target
 from mailwarden.events import Event
-from mailwarden.handoff import Inbox, settle_soon
+from mailwarden.groupcommit import Inbox, settle_soon
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,8 @@ class Context(dict[str, Any]):
 
     def fill(self, event: Event) -> None:
         context: Context | None = self
-        for _ in range(4):  # a chain is short: transaction -> hand-off, queue file -> session -> ...
-            if context is None:
-                return
+        depth = 4  # a chain is short: transaction -> hand-off, queue file -> session -> ...
+        while context is not None and depth:
             for name, value in context.items():
                 if value is not None and getattr(event, name) is None:
                     setattr(event, name, value)
@@ -47,6 +46,7 @@ class Context(dict[str, Any]):
                 for key, item in context.detail.items():
                     event.detail.setdefault(key, item)
             context = context.parent
+            depth -= 1
 
 
 Emit = Callable[[Event, "Context | None"], None]
@@ -61,7 +61,8 @@ class Handoffs:
 
     Postfix logs Dovecot's LMTP reply (`250 2.0.0 <rcpt> SESSION Saved`), Dovecot logs the same
     SESSION with its `saved mail` line: whichever comes first makes the context, and Dovecot's
-    delivery event gets Postfix's queue id from it, so both are one message in the trace.
+    delivery event gets Postfix's queue id from it. Keyed by the session alone, so it works for
+    two hosts' logs in one run; logs imported apart are joined by the trace (trace/correlate.py).
     """
 
     LIMIT: Final = 100_000

@@ -20,8 +20,9 @@ What becomes which event (conventions in docs/ingest.md):
   client may take it back), so they make no event; the expunge that may follow is the deletion.
   `copy` and IMAP `save` (APPEND) -> `deliver` with `detail.action` and the target `folder`.
 * stats `{"event":"mail_opened", ...}` lines (Dovecot 2.3's event exporter, docs/dovecot.md) ->
-  `retrieve` for POP3 RETR/TOP and IMAP FETCH, with `detail.uid`, `box` and `reason_code`; the
-  Message-ID comes from the `save:`/`expunge:` lines of the same mailbox and uid.
+  `retrieve` for POP3 RETR/TOP and IMAP FETCH, with `detail.uid`, `box` and `reason_code`, at the
+  exporter's microsecond `start_time`; the Message-ID comes from the `save:`/`expunge:` lines of
+  the same mailbox and uid.
 * LMTP/LDA `msgid=<m>: saved mail to INBOX` and Sieve `stored mail into mailbox 'Junk'` ->
   `deliver` (reason `delivered`, or `delivered.junk` for a Junk/Spam folder) with `detail.uid`
   from the transaction's mail_log `save:` line; Sieve discard -> `delete` with `detail.action =
@@ -31,12 +32,15 @@ What becomes which event (conventions in docs/ingest.md):
 from __future__ import annotations
 
 import json
+import math
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.ingest.base import Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
 from mailwarden.ingest.framing import Frame
+from mailwarden.ingest.timestamps import SECOND_US
 
 _LEVEL: Final = r"(?:(?:Info|Warning|Error|Fatal|Panic|Debug): )?"
 # service(args)<pid><session>: -- args may hold a user name, "pid, user" or "user pid".
@@ -132,6 +136,9 @@ _MAIL_LOG: Final = re.compile(
 )
 _MAIL_LOG_FIELDS: Final = re.compile(r", (box|uid|msgid|size|vsize|flags|from|subject)=")
 _MAIL_OPENED: Final = '{"event":"mail_opened"'
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_OPENED_LAG_US: Final = 10 * SECOND_US  # how long before its log line an opening may have started
 
 _DELIVERY: Final = re.compile(
     r"(?:(?P<sid>[A-Za-z0-9+/]{16,32}(?::T\d+)?): )?(?P<sieve>sieve: )?msgid=(?P<msgid>.*?): "
@@ -172,6 +179,30 @@ def _fields(text: str) -> dict[str, str]:
     for index in range(1, len(parts) - 1, 2):
         fields.setdefault(parts[index], parts[index + 1])
     return fields
+
+
+def _opened_at(start_time: object, stamp_us: int) -> int:
+    """When a message was opened: the exporter's `start_time` (microseconds, UTC), else the line's stamp.
+
+    Dovecot's own stamps have whole seconds, so a retrieval in the same second as the delivery
+    would otherwise tie with it. `start_time` is RFC 3339 (`format_args = time-rfc3339`) or Unix
+    seconds (the default `time-unix`); it is taken only when it lies just before the line's stamp
+    (the event is logged when it ends), so a log read with the wrong `[ingest] timezone` keeps its
+    retrievals in step with its other lines.
+    """
+    if isinstance(start_time, str):
+        try:
+            moment = datetime.fromisoformat(start_time)
+        except ValueError:
+            return stamp_us
+        if moment.tzinfo is None:
+            return stamp_us
+        start_us = (moment - _EPOCH) // _MICROSECOND
+    elif isinstance(start_time, int | float) and not isinstance(start_time, bool) and math.isfinite(start_time):
+        start_us = round(start_time * SECOND_US)
+    else:
+        return stamp_us
+    return start_us if stamp_us - _OPENED_LAG_US <= start_us < stamp_us + SECOND_US else stamp_us
 
 
 def _angles(text: str) -> tuple[str | None, str | None]:
@@ -512,7 +543,7 @@ class DovecotParser(Parser):
             "retrieve",
             "dovecot",
             frame.node,
-            frame.ts,
+            _opened_at(record.get("start_time"), frame.ts),
             session=session,
             client_ip=remote if isinstance(remote, str) else None,
             recipient=user,

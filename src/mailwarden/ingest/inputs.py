@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from mailwarden.events import Event
 from mailwarden.ingest.framing import Framer
 from mailwarden.ingest.pipeline import Ingester, Stream
 from mailwarden.ingest.progress import Progress
@@ -60,13 +61,25 @@ class _Reading:
 
 
 class Positions:
-    """The reading positions of one run and their checkpoints into the store."""
+    """The reading positions of one run and their checkpoints into the store.
 
-    def __init__(self, store: Store | None, ingester: Ingester) -> None:
+    With `bulk` (archive imports) the ingester's events are collected here and handed to the store
+    at each checkpoint as one batch with the positions behind them (`Store.append_bulk`): one
+    large transaction per `BULK_EVENTS` events instead of one per few thousand, the positions at
+    its end, so a restart still resumes exactly after the stored events.
+    """
+
+    BULK_EVENTS: Final = 20_000
+
+    def __init__(self, store: Store | None, ingester: Ingester, *, bulk: bool = False) -> None:
         self.store = store
         self.ingester = ingester
         self.files: dict[str, _Reading] = {}
         self._last = time.monotonic()
+        self._batch: list[Event] | None = None
+        if bulk and store is not None:
+            self._batch = []
+            ingester.sink = self._batch.append
 
     def resume_offset(self, fingerprint: str) -> int:
         offset = _load(self.store, f"ingest:file:{fingerprint}").get("offset", 0)
@@ -80,7 +93,10 @@ class Positions:
         return entry
 
     def maybe_checkpoint(self) -> None:
-        if time.monotonic() - self._last >= _CHECKPOINT_EVERY_S:
+        batch = self._batch
+        if time.monotonic() - self._last >= _CHECKPOINT_EVERY_S or (
+            batch is not None and len(batch) >= self.BULK_EVENTS
+        ):
             self.checkpoint()
 
     def checkpoint(self, extra: dict[str, str] | None = None) -> None:
@@ -89,14 +105,20 @@ class Positions:
         if self.store is None:
             return
         pending = self.ingester.holdback.pending_offsets()
+        positions = []
         for entry in self.files.values():
             offset = min(pending.get(entry.origin, entry.offset), entry.offset)
             if offset != entry.saved:
                 entry.saved = offset
                 value = json.dumps({"offset": offset, "name": entry.origin})
-                self.store.save_position(Position(f"ingest:file:{entry.fingerprint}", value))
-        for name, value in (extra or {}).items():
-            self.store.save_position(Position(name, value))
+                positions.append(Position(f"ingest:file:{entry.fingerprint}", value))
+        positions.extend(Position(name, value) for name, value in (extra or {}).items())
+        if self._batch is not None:
+            self.store.append_bulk(self._batch[:], positions)
+            self._batch.clear()
+            return
+        for position in positions:
+            self.store.save_position(position)
 
 
 @contextmanager
@@ -156,6 +178,8 @@ class Importer:
     ingester as they would in one syslog file.
     """
 
+    CHECK_EVERY_LINES = 1 << 14  # how often to see whether a checkpoint (a bulk batch) is due
+
     def __init__(
         self,
         store: Store | None,
@@ -172,7 +196,7 @@ class Importer:
         self.warmup_bytes = warmup_bytes
         self.max_line = max_line
         self.progress = progress
-        self.positions = Positions(store, ingester)
+        self.positions = Positions(store, ingester, bulk=True)
         self.skipped: list[str] = []
 
     def run(self, paths: list[str]) -> None:
@@ -184,6 +208,7 @@ class Importer:
         timed = [self._timed(index, lines) for index, lines in enumerate(series)]
         lines = series[0] if len(series) == 1 else (line for *_, line in heapq.merge(*timed))
         ingester, progress, positions = self.ingester, self.progress, self.positions
+        every = self.CHECK_EVERY_LINES
         for count, (stream, reading, offset, length, text, replay) in enumerate(lines):
             if replay:
                 ingester.replay(stream, text, offset)
@@ -193,7 +218,7 @@ class Importer:
                 reading.offset = offset + length
             if progress is not None:
                 progress.advance(length)
-            if count & 0x3FFF == 0:
+            if count % every == 0:
                 positions.maybe_checkpoint()
         ingester.finish()
         positions.checkpoint()

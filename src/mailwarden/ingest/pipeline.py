@@ -102,7 +102,7 @@ class Ingester:
         self.default_node = default_node
         self.zone = zone
         self.stats = Stats()
-        self._sink = sink
+        self.sink = sink  # where released events go (an import batches them: inputs.Importer)
         self.holdback = Holdback(self._release, int(holdback_s * 1_000_000))
         self._current = ("", 0, "")  # origin, offset and text of the line being parsed
         self._emitted = False
@@ -140,7 +140,12 @@ class Ingester:
         if frame is None:
             self._unknown(None, "unframed", stream.framer.clock.last_us)
             return
-        parser = self._forced or self._route(frame)
+        parser = self._forced
+        if parser is None:
+            program = frame.program
+            parser = self._routes.get(program) if program is not None else None
+            if parser is None:
+                parser = self._route(frame)
         if parser is None or not parser.parse(frame):
             self._unknown(frame, frame.program or (parser.source if parser else "unknown"), frame.ts)
         if stats.lines % _EVICT_EVERY == 0:
@@ -214,7 +219,7 @@ class Ingester:
         stats = self.stats
         stats.events += 1
         stats.kinds[event.kind] += 1
-        self._sink(event)
+        self.sink(event)
 
     def finish(self) -> None:
         """End of input: release every held event."""

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from mailwarden.events import Event
+from mailwarden.handoff import lmtp_session
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
@@ -56,7 +57,6 @@ _DELIVERY: Final = re.compile(
 )
 _SAID: Final = re.compile(r"(?:.*? said: )?(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")
 _QUEUED_AS: Final = re.compile(r"queued as ([0-9A-Za-z]{5,24})\b")
-_LMTP_SESSION: Final = re.compile(r"> ([A-Za-z0-9+/]{16,32}(?::[TR]\d+)*) Saved")
 _SMTPD_CLIENT: Final = re.compile(
     _CLIENT + r"(?:, sasl_method=([^\s,]+))?(?:, sasl_username=(.*?))?(?:, sasl_sender=.*?)?"
     r"(?:, orig_queue_id=([0-9A-Za-z]+))?(?:, orig_client=" + _CLIENT + ")?$"
@@ -449,10 +449,10 @@ class PostfixParser(Parser):
             if queued and kind == "deliver":
                 detail["next_queue_id"] = queued[-1]
                 self.link(frame.node, queued[-1], record)
-            lmtp = _LMTP_SESSION.search(text)
-            if lmtp is not None:
-                detail["downstream_session"] = lmtp[1]
-                self.handoffs.to(lmtp[1])["queue_id"] = qid
+            session = lmtp_session(text)
+            if session is not None:
+                detail["downstream_session"] = session
+                self.handoffs.to(session)["queue_id"] = qid
         event = Event(
             kind,
             "postfix",

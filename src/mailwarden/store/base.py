@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailwarden.events import Event
-from mailwarden.handoff import Inbox, settle_soon
+from mailwarden.groupcommit import Inbox, settle_soon
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class EventQuery:
     sender_contains: str | None = None
     client_network: str | None = None  # "192.0.2.7" or "192.0.2.0/24" or "2001:db8::/32"
     reason: str | None = None
+    message_id_prefix: str | None = None  # Message-IDs starting with it (Dovecot logs long ones cut)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,22 @@ class _Barrier:
         self.done = done
 
 
+class _Bulk:
+    """A bulk import's batch: its events and the positions after them, committed in a transaction that ends with them."""
+
+    __slots__ = ("events", "positions")
+
+    def __init__(self, events: Sequence[Event], positions: Sequence[Position]) -> None:
+        self.events = events
+        self.positions = positions
+
+
+def _ends_transaction(item: Event | Position | _Barrier | _Bulk) -> bool:
+    """A transaction ends with a position (or a bulk batch and its positions): a restart resumes
+    there, so no event read after it may be committed with it, or it would be stored twice."""
+    return isinstance(item, Position | _Bulk)
+
+
 class BatchWriter:
     """One thread that writes queued events in batches (group commit).
 
@@ -126,10 +143,14 @@ class BatchWriter:
 
     MAX_BATCH = 5000
     MAX_RETRY_ROWS = 200_000
+    BULK_QUEUED = 2  # bulk batches waiting for the writer before `put_bulk` waits (memory)
 
     def __init__(self, write_batch: Callable[[list[Event], list[Position]], None], interval: float, name: str) -> None:
         self._write_batch = write_batch
-        self._inbox: Inbox[Event | Position | _Barrier] = Inbox(self.MAX_BATCH, interval)
+        self._inbox: Inbox[Event | Position | _Barrier | _Bulk] = Inbox(
+            self.MAX_BATCH, interval, ends_batch=_ends_transaction
+        )
+        self._bulk_room = threading.BoundedSemaphore(self.BULK_QUEUED)
         self._retry: list[Event] = []
         self._retry_positions: dict[str, Position] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -144,6 +165,11 @@ class BatchWriter:
 
     def put_position(self, position: Position) -> None:
         self._inbox.put(position)
+
+    def put_bulk(self, events: Sequence[Event], positions: Sequence[Position]) -> None:
+        """Queue a bulk batch; waits while `BULK_QUEUED` batches are still to be written."""
+        self._bulk_room.acquire()
+        self._inbox.put(_Bulk(events, positions))
 
     def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
         """Commit `events` with everything queued before them, at once; `done` is called from the writer's thread."""
@@ -171,17 +197,23 @@ class BatchWriter:
         while items := self._inbox.take():
             self._commit(items)
 
-    def _commit(self, items: list[Event | Position | _Barrier]) -> None:
+    def _commit(self, items: list[Event | Position | _Barrier | _Bulk]) -> None:
         events = list(self._retry)  # everything to write, in queue order
         queued = list(self._retry)  # what is kept for a retry if the write fails
         positions = dict(self._retry_positions)
         barriers: list[_Barrier] = []
+        bulks = 0
         for item in items:
             if isinstance(item, Event):
                 events.append(item)
                 queued.append(item)
             elif isinstance(item, Position):
                 positions[item.name] = item
+            elif isinstance(item, _Bulk):
+                events.extend(item.events)
+                queued.extend(item.events)
+                positions.update((position.name, position) for position in item.positions)
+                bulks += 1
             else:
                 events.extend(item.events)
                 barriers.append(item)
@@ -203,6 +235,8 @@ class BatchWriter:
                 barrier.done(error)
             except Exception:  # a waiter's bug must not stop the writer
                 log.exception("a commit's waiter failed")
+        for _ in range(bulks):
+            self._bulk_room.release()
 
 
 class Store(ABC):
@@ -233,6 +267,15 @@ class Store(ABC):
     @abstractmethod
     def flush(self) -> None:
         """Synchronous `durable`, for the command line and importers."""
+
+    def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
+        """Queue a bulk import's batch (thousands of events): committed together with `positions`,
+        in a transaction that ends with them, so a restart at a position neither repeats nor skips
+        a line. Few, large transactions instead of many small ones; may wait while earlier batches
+        are still being written. The gateway's `durable` path is not involved."""
+        self.append_many(events)
+        for position in positions:
+            self.save_position(position)
 
     @abstractmethod
     def query_events(self, query: EventQuery) -> list[Event]:

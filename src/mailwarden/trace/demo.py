@@ -10,6 +10,7 @@ from __future__ import annotations
 import smtplib
 import socket
 from dataclasses import dataclass
+from email.utils import formatdate, make_msgid
 from typing import Final
 
 from mailwarden.config import Config, parse_hostport
@@ -41,7 +42,10 @@ class Outcome:
 
 
 def _message(subject: str, body: bytes, recipient: str) -> bytes:
-    head = f"From: Demo Sender <{SENDER}>\r\nTo: <{recipient}>\r\nSubject: mailwarden demo: {subject}\r\n"
+    head = (
+        f"From: Demo Sender <{SENDER}>\r\nTo: <{recipient}>\r\nSubject: mailwarden demo: {subject}\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {make_msgid(domain=SENDER.partition('@')[2])}\r\n"
+    )
     return head.encode() + b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n" + body + b"\r\n"
 
 

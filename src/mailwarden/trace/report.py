@@ -354,7 +354,8 @@ def verify(store: Store, path: Path) -> Verification:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     manifest = read_manifest(data)
     ids = [int(i) for i in manifest["event_ids"] if isinstance(i, int)]
-    events = sorted(store.query_events(EventQuery(ids=ids)) if ids else [], key=lambda e: (e.ts, e.id or 0))
+    order = {event_id: index for index, event_id in enumerate(ids)}  # the report's order (trace.correlate.timeline)
+    events = sorted(store.query_events(EventQuery(ids=ids)) if ids else [], key=lambda e: order[e.id or 0])
     problems = []
     missing = sorted(set(ids) - {e.id for e in events if e.id is not None})
     if missing:

@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from mailwarden.events import Event, now_us
 from mailwarden.store import EventQuery, Store
-from mailwarden.trace.correlate import Key, link_attempts, load, message_key
+from mailwarden.trace.correlate import Key, link_attempts, load, message_key, upstream_key
 from mailwarden.trace.model import STATUSES, MessageTrace, RecipientFate
 
 DAY_US: Final = 86400 * 1_000_000
@@ -212,12 +212,8 @@ def _in_network(address: str | None, network: ipaddress.IPv4Network | ipaddress.
 
 
 def _key(store: Store, event: Event) -> Key | None:
-    """The message of a matching event; an access logged without our ref is traced via its message-id."""
+    """The message of a matching event; a mailbox server's delivery or access joins the delivery that handed it over."""
     key = message_key(event)
-    if key is None or key[0] == "ref" or event.kind not in ("retrieve", "delete") or not event.message_id:
+    if key is None or key[0] == "ref":
         return key
-    for delivery in store.query_events(EventQuery(message_id=event.message_id, kinds=("deliver",), limit=5)):
-        found = message_key(delivery)
-        if found is not None:
-            return found
-    return key
+    return upstream_key(store, event) or key
