@@ -20,6 +20,7 @@ from mailwarden.events import Event
 from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.store import EventQuery, StoreError
+from mailwarden.store.base import Committed
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.net import free_port
 
@@ -29,10 +30,11 @@ MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 class UnwritableEvidence(SqliteStore):
     """A store whose disk fails exactly when a delivery's evidence is to be committed."""
 
-    async def durable(self, events: Sequence[Event] = ()) -> None:
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
         if events:
-            raise StoreError("event store write failed: database or disk is full")
-        await super().durable(events)
+            done(StoreError("event store write failed: database or disk is full"))
+            return
+        super().commit_soon(events, done)
 
 
 async def converse(port: int, lines: list[bytes]) -> list[str]:

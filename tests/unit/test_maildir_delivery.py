@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
-from mailwarden.deliver.maildir import MaildirError, Maildirs, Target
+from mailwarden.deliver.maildir import MaildirError, Maildirs, Message, Sink, Target
 from mailwarden.deliver.writer import DeliveryThreads
+from mailwarden.events import Event
+from mailwarden.store import StoreError
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 
 
-def write(data: bytes = MESSAGE) -> Callable[[BinaryIO], None]:
-    def writer(handle: BinaryIO) -> None:
+def write(data: bytes = MESSAGE) -> Callable[[Sink], None]:
+    def writer(handle: Sink) -> None:
         handle.write(data)
 
     return writer
@@ -49,7 +52,7 @@ def test_several_recipients_share_one_file_through_hard_links(tmp_path: Path) ->
 def test_a_write_that_fails_midway_leaves_nothing_behind(tmp_path: Path) -> None:
     maildirs = Maildirs(tmp_path)
 
-    def broken(handle: BinaryIO) -> None:
+    def broken(handle: Sink) -> None:
         handle.write(b"half a message")
         raise OSError(28, "No space left on device")
 
@@ -74,9 +77,9 @@ def test_a_failed_message_in_a_group_does_not_affect_the_others(tmp_path: Path) 
     (tmp_path / "other.test").write_text("not a directory")
     outcomes = maildirs.deliver_many(
         [
-            ([Target("bob@example.test")], write(b"first\r\n")),
-            ([Target("carol@other.test")], write(b"second\r\n")),
-            ([Target("bob@example.test")], write(b"third\r\n")),
+            Message([Target("bob@example.test")], write(b"first\r\n")),
+            Message([Target("carol@other.test")], write(b"second\r\n")),
+            Message([Target("bob@example.test")], write(b"third\r\n")),
         ]
     )
     assert isinstance(outcomes[1], MaildirError)
@@ -124,23 +127,94 @@ def test_names_sort_in_delivery_order(tmp_path: Path) -> None:
     assert names == sorted(names)
 
 
-def test_the_delivery_thread_answers_every_waiter_in_a_group(tmp_path: Path) -> None:
+class Evidence:
+    """The event store's `commit_soon` as the delivery threads see it: records what it was given, or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.committed: list[str] = []
+
+    def __call__(self, events: Sequence[Event], done: Callable[[Exception | None], None]) -> None:
+        if self.fail:
+            done(StoreError("disk full"))
+            return
+        self.committed.extend(str(event.ref) for event in events)
+        done(None)
+
+
+def accept(ref: str) -> Event:
+    return Event(kind="accept", source="gateway", node="mx1", ref=ref)
+
+
+def test_the_delivery_threads_answer_every_waiter_and_commit_only_the_evidence_of_what_is_on_disk(
+    tmp_path: Path,
+) -> None:
     maildirs = Maildirs(tmp_path)
     (tmp_path / "other.test").write_text("not a directory")
-    thread = DeliveryThreads(maildirs)
+    evidence = Evidence()
+    threads = DeliveryThreads(maildirs, evidence)
 
     async def many() -> list[object]:
-        jobs = [
-            thread.deliver([Target("carol@other.test" if n == 7 else "bob@example.test")], write(b"%d\r\n" % n))
-            for n in range(30)
-        ]
+        jobs = []
+        for n in range(30):
+            data = b"%d\r\n" % n
+            copies = maildirs.plan([Target("carol@other.test" if n == 7 else "bob@example.test")], len(data))
+            jobs.append(threads.deliver(copies, write(data), [accept(f"R{n}")]))
         return await asyncio.gather(*jobs, return_exceptions=True)
 
     try:
         outcomes = asyncio.run(many())
     finally:
-        thread.close()
+        threads.close()
     assert isinstance(outcomes[7], MaildirError)
-    delivered = [o for n, o in enumerate(outcomes) if n != 7]
-    assert all(isinstance(o, list) and len(o) == 1 for o in delivered)
+    assert [o for n, o in enumerate(outcomes) if n != 7] == [None] * 29
     assert len(in_state(maildirs, "bob@example.test", "new")) == 29
+    assert sorted(evidence.committed) == sorted(f"R{n}" for n in range(30) if n != 7)
+
+
+def test_evidence_that_fails_is_reported_with_the_copies_still_on_disk_for_the_caller_to_withdraw(
+    tmp_path: Path,
+) -> None:
+    maildirs = Maildirs(tmp_path)
+    threads = DeliveryThreads(maildirs, Evidence(fail=True))
+    copies = maildirs.plan([Target("bob@example.test")], len(MESSAGE))
+    try:
+        with pytest.raises(StoreError, match="disk full"):
+            asyncio.run(threads.deliver(copies, write(), [accept("R1")]))
+    finally:
+        threads.close()
+    assert copies[0].path.read_bytes() == MESSAGE
+    maildirs.remove(copies)
+    assert in_state(maildirs, "bob@example.test", "new") == []
+
+
+def test_a_planned_name_names_the_copies_and_must_match_the_written_size(tmp_path: Path) -> None:
+    maildirs = Maildirs(tmp_path)
+    copies = maildirs.plan([Target("bob@example.test"), Target("bob@example.test", "Junk")], len(MESSAGE))
+    (outcome,) = maildirs.deliver_many([Message([Target(c.mailbox, c.folder) for c in copies], write(), copies[0].uid)])
+    assert outcome == copies
+    wrong = maildirs.plan([Target("bob@example.test")], len(MESSAGE) + 1)
+    (failed,) = maildirs.deliver_many([Message([Target("bob@example.test")], write(), wrong[0].uid)])
+    assert isinstance(failed, MaildirError) and "planned name" in str(failed)
+    assert not wrong[0].path.exists() and in_state(maildirs, "bob@example.test", "tmp") == []
+
+
+def test_where_unnamed_files_are_refused_named_files_in_tmp_are_used_and_none_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_tmpfile(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")  # as NFS answers
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    maildirs = Maildirs(tmp_path)
+    delivered = maildirs.deliver([Target("bob@example.test"), Target("carol@example.test")], write())
+    assert delivered[0].path.stat().st_nlink == 2 and delivered[1].path.read_bytes() == MESSAGE
+    (failed,) = maildirs.deliver_many([Message([Target("bob@example.test")], write(), "1.M1P1Q1.host,S=1")])
+    assert isinstance(failed, MaildirError)  # the wrong size in the planned name: taken back
+    for mailbox in ("bob@example.test", "carol@example.test"):
+        assert in_state(maildirs, mailbox, "tmp") == []
+    assert len(in_state(maildirs, "bob@example.test", "new")) == 1

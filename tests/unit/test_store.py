@@ -20,7 +20,7 @@ import pytest
 from mailwarden.events import Event
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store import sqlite as sqlite_store
-from mailwarden.store.base import BatchWriter, Position
+from mailwarden.store.base import BatchWriter, Position, committed
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,12 +174,12 @@ def test_a_failed_write_keeps_queued_events_for_a_retry_but_not_the_transactions
     writer.put(event(ref="queued-1"))
 
     async def deliver() -> None:
-        await writer.durable([event("accept", ref="withdrawn")])
+        await committed(writer.commit_soon, [event("accept", ref="withdrawn")])
 
     with pytest.raises(StoreError, match="disk I/O error"):
         asyncio.run(deliver())
     writer.put(event(ref="queued-2"))
-    asyncio.run(writer.durable([event("accept", ref="accepted")]))
+    asyncio.run(committed(writer.commit_soon, [event("accept", ref="accepted")]))
     writer.close()
     assert disk.written == ["queued-1", "queued-2", "accepted"]
 

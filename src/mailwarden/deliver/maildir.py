@@ -1,12 +1,12 @@
 """Durable Maildir delivery, shared by the gateway (writing) and the POP3 server (reading).
 
 Layout: ROOT/DOMAIN/LOCALPART/ is a mailbox's Maildir (cur, new, tmp); other folders are
-Maildir++ subfolders (ROOT/DOMAIN/LOCALPART/.Junk/). A delivery writes the message once into
-tmp/, fsyncs it, hard-links it into new/ of every recipient, fsyncs those directories and only
-then returns - so "250" is only ever said for mail that is on disk. On any error every link
-made so far is removed again: nothing is left half-delivered. `deliver_many` does this for a
-group of messages at once, so that they share their fsyncs (the gateway's delivery thread,
-`deliver/writer.py`).
+Maildir++ subfolders (ROOT/DOMAIN/LOCALPART/.Junk/). A delivery writes the message once, as an
+unnamed file in tmp/ (O_TMPFILE; a named one where the file system has no such thing), fsyncs
+it, hard-links it into new/ of every recipient, fsyncs those directories and only then returns -
+so "250" is only ever said for mail that is on disk. On any error every link made so far is
+removed again: nothing is left half-delivered. `deliver_many` does this for a group of messages
+at once, so that they share their fsyncs (the gateway's delivery threads, `deliver/writer.py`).
 
 Readers (the POP3 server) see a message by its unique name (`uid`, the file name without the
 ":2,FLAGS" info part), which never changes: it is what the gateway's `deliver` event records and
@@ -19,6 +19,7 @@ also holds against other processes).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +94,61 @@ class MailboxLock:
             self._fd = None
 
 
+class Sink(Protocol):
+    """Where `Message.write` puts the message: the new file, written through without buffering."""
+
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
+class _FileSink:
+    """A file descriptor as a `Sink`: each write one system call (or more for a partial write); counts the bytes."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message to deliver: its recipients' folders and how to write it (into an open file).
+
+    `name`, when given, is the unique name chosen ahead (`Maildirs.plan`), so that the
+    delivery's events could be made before it; the written size must match its `,S=`.
+    `write` may be called twice (a folder removed behind our back is created again).
+    """
+
+    targets: Sequence[Target]
+    write: Callable[[Sink], None]
+    name: str | None = None
+
+
 @dataclass
 class _Job:
     """One message on its way into one or more Maildirs (see `Maildirs.deliver_many`)."""
 
-    targets: list[Target]
-    write: Callable[[BinaryIO], None]
+    message: Message
     dirs: list[Path] = field(default_factory=list)
+    fd: int | None = None  # the new file, unnamed (O_TMPFILE) or at `provisional` in tmp/
     provisional: Path | None = None
-    handle: BinaryIO | None = None
     size: int = 0
     name: str = ""
     linked: list[Path] = field(default_factory=list)
     error: MaildirError | None = None
 
-    @property
-    def new_dirs(self) -> set[Path]:
-        return {d / "new" for d in self.dirs}
-
     def outcome(self) -> list[Delivered] | MaildirError:
         if self.error is not None:
             return self.error
-        return [Delivered(t.mailbox, t.folder, p, self.name) for t, p in zip(self.targets, self.linked, strict=True)]
+        targets = self.message.targets
+        return [Delivered(t.mailbox, t.folder, p, self.name) for t, p in zip(targets, self.linked, strict=True)]
 
 
 def _safe_host() -> str:
@@ -137,6 +171,9 @@ class Maildirs:
         self._host = _safe_host()
         self._counter = itertools.count()
         self._ensured: set[Path] = set()  # folders known to exist: saves three mkdir calls per delivery
+        # New files are made unnamed (O_TMPFILE) and linked into new/ through /proc: no tmp/ entry to
+        # create and remove, and nothing left behind by a crash. Named files in tmp/ where that is missing.
+        self._unnamed = hasattr(os, "O_TMPFILE") and Path("/proc/self/fd").is_dir()
 
     def mailbox_dir(self, mailbox: str) -> Path:
         local, _, domain = mailbox.rpartition("@")
@@ -170,47 +207,56 @@ class Maildirs:
         # microseconds zero-padded: within a second, name order is delivery order
         return f"{seconds}.M{micros:06d}P{os.getpid()}Q{next(self._counter)}.{self._host},S={size}"
 
-    def deliver(self, targets: Sequence[Target], write: Callable[[BinaryIO], None]) -> list[Delivered]:
+    def plan(self, targets: Sequence[Target], size: int) -> list[Delivered]:
+        """The copies that delivering `size` bytes to `targets` will make, named before anything is written.
+
+        Raises MaildirError for an unsafe mailbox or folder name. Pass the name on (`Message.name`).
+        """
+        name = self.unique_name(size)
+        return [
+            Delivered(t.mailbox, t.folder, self.folder_dir(t.mailbox, t.folder) / "new" / name, name) for t in targets
+        ]
+
+    def deliver(self, targets: Sequence[Target], write: Callable[[Sink], None]) -> list[Delivered]:
         """Write one message for all `targets` durably; blocking. Raises MaildirError."""
         if not targets:
             return []
-        (outcome,) = self.deliver_many([(targets, write)])
+        (outcome,) = self.deliver_many([Message(targets, write)])
         if isinstance(outcome, MaildirError):
             raise outcome
         return outcome
 
-    def deliver_many(
-        self, messages: Sequence[tuple[Sequence[Target], Callable[[BinaryIO], None]]]
-    ) -> list[list[Delivered] | MaildirError]:
+    def deliver_many(self, messages: Sequence[Message]) -> list[list[Delivered] | MaildirError]:
         """Write several messages durably at once (group commit); blocking. One outcome per message.
 
-        `write` writes a whole message into the handle it is given (it may be called twice: a
-        folder removed behind our back is created again). All files are written first and then
-        fsynced, all links made and then each new/ directory fsynced once: on a journaling file
-        system the first fsync commits the journal for the whole group, so the group costs about
-        two journal commits instead of two per message. A message that fails is taken back
-        completely; the others are not affected.
+        All files are written first and then fsynced, all links made and then each new/
+        directory fsynced once: on a journaling file system the first fsync commits the journal
+        for the whole group, so the group costs about two journal commits instead of two per
+        message. A message that fails is taken back completely; the others are not affected.
         """
-        if not all(targets for targets, _ in messages):
+        if not all(message.targets for message in messages):
             raise ValueError("deliver_many: every message needs at least one target")
-        jobs = [_Job(list(targets), write) for targets, write in messages]
+        jobs = [_Job(message) for message in messages]
         for job in jobs:
-            self._run_step(job, self._write_tmp)
+            self._run_step(job, self._write)
         for job in jobs:
-            self._run_step(job, self._sync_tmp)
-        for job in jobs:
-            self._run_step(job, self._link)
-        for directory in {d for job in jobs if job.error is None for d in job.new_dirs}:
-            try:
-                _fsync_dir(directory)
-            except OSError as exc:
-                for job in jobs:
-                    if job.error is None and directory in job.new_dirs:
-                        self._fail(job, exc)
-        for job in jobs:  # the tmp/ name is only scaffolding: its removal need not be durable
-            if job.provisional is not None and job.error is None:
-                with contextlib.suppress(OSError):
-                    job.provisional.unlink()
+            self._run_step(job, self._sync)
+        new_dirs: dict[Path, int] = {}
+        try:
+            for job in jobs:
+                self._run_step(job, lambda job: self._link(job, new_dirs))
+            for directory, fd in new_dirs.items():
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    for job in jobs:
+                        if job.error is None and any(d / "new" == directory for d in job.dirs):
+                            self._fail(job, exc)
+        finally:
+            for fd in new_dirs.values():
+                os.close(fd)
+            for job in jobs:
+                self._close(job)
         return [job.outcome() for job in jobs]
 
     def _run_step(self, job: _Job, step: Callable[[_Job], None]) -> None:
@@ -224,16 +270,11 @@ class Maildirs:
                 raise
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
-        """Take a message back completely: its links, its tmp file; remember why."""
+        """Take a message back completely: its links, its file; remember why."""
         for path in job.linked:
             with contextlib.suppress(OSError):
                 path.unlink()
-        if job.handle is not None:
-            with contextlib.suppress(OSError):
-                job.handle.close()
-        if job.provisional is not None:
-            with contextlib.suppress(OSError):
-                job.provisional.unlink()
+        self._close(job)
         if isinstance(exc, MaildirError):
             job.error = exc
         elif isinstance(exc, OSError):
@@ -241,36 +282,63 @@ class Maildirs:
         else:
             job.error = MaildirError(f"delivery failed: {type(exc).__name__}: {exc}")
 
-    def _write_tmp(self, job: _Job) -> None:
+    @staticmethod
+    def _close(job: _Job) -> None:
+        """The file is linked or given up: close it; a tmp/ name is only scaffolding (its removal need not be durable)."""
+        if job.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(job.fd)
+            job.fd = None
+        if job.provisional is not None:
+            with contextlib.suppress(OSError):
+                job.provisional.unlink()
+            job.provisional = None
+
+    def _write(self, job: _Job) -> None:
         try:
-            self._open_and_write(job)
+            self._create_and_write(job)
         except FileNotFoundError:  # a cached folder was removed behind our back: create it again
+            self._close(job)
             self._ensured.clear()
-            self._open_and_write(job)
+            self._create_and_write(job)
 
-    def _open_and_write(self, job: _Job) -> None:
-        job.dirs = [self.ensure(t.mailbox, t.folder) for t in job.targets]
-        job.provisional = job.dirs[0] / "tmp" / f"{time.time_ns()}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
-        job.handle = open(job.provisional, "xb")  # noqa: SIM115 - closed in _sync_tmp or _fail
-        job.write(job.handle)
-        job.handle.flush()
-        # Start writing it out now, so that the group's fsyncs find their data already on its way.
-        os.posix_fadvise(job.handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    def _create_and_write(self, job: _Job) -> None:
+        job.dirs = [self.ensure(t.mailbox, t.folder) for t in job.message.targets]
+        tmp = job.dirs[0] / "tmp"
+        if self._unnamed:
+            try:
+                job.fd = os.open(tmp, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                log.info("%s cannot hold unnamed files (O_TMPFILE): using named files in tmp/", tmp)
+                self._unnamed = False
+        if job.fd is None:
+            job.provisional = tmp / f"{time.time_ns()}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
+            job.fd = os.open(job.provisional, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        sink = _FileSink(job.fd)
+        job.message.write(sink)
+        job.size = sink.size
 
-    def _sync_tmp(self, job: _Job) -> None:
-        assert job.handle is not None
-        os.fsync(job.handle.fileno())
-        job.size = job.handle.tell()
-        job.handle.close()
-        job.handle = None
+    @staticmethod
+    def _sync(job: _Job) -> None:
+        assert job.fd is not None
+        os.fsync(job.fd)
 
-    def _link(self, job: _Job) -> None:
-        assert job.provisional is not None
-        job.name = self.unique_name(job.size)
+    def _link(self, job: _Job, new_dirs: dict[Path, int]) -> None:
+        """Give the (fsynced) file its name in every new/ directory; `new_dirs` keeps their descriptors for the fsync."""
+        planned = job.message.name
+        if planned is not None and not planned.endswith(f",S={job.size}"):
+            raise MaildirError(f"wrote {job.size} bytes, but the planned name {planned} says otherwise")
+        job.name = planned or self.unique_name(job.size)
+        source = str(job.provisional) if job.provisional is not None else f"/proc/self/fd/{job.fd}"
         for directory in job.dirs:
-            final = directory / "new" / job.name
-            os.link(job.provisional, final)
-            job.linked.append(final)
+            new = directory / "new"
+            if new not in new_dirs:
+                new_dirs[new] = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # linkat() with the directory's descriptor; following the /proc link names an unnamed file
+            os.link(source, job.name, dst_dir_fd=new_dirs[new], follow_symlinks=True)
+            job.linked.append(new / job.name)
 
     def remove(self, delivered: Sequence[Delivered]) -> None:
         """Take back a delivery (when its evidence could not be stored), wherever a reader moved it."""

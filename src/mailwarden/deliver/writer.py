@@ -1,99 +1,101 @@
-"""The gateway's delivery threads: Maildir writes off the event loop, in groups (group commit).
+"""The gateway's delivery threads: Maildir writes off the event loop, in groups, then their evidence.
 
-Sessions hand over messages and await the outcome; each of a few threads takes whatever has
-queued up while it was busy and delivers it with `Maildirs.deliver_many`, so concurrent messages
-share their directory fsyncs (and, on a journaling file system, their journal commits), while the
-threads keep several fsyncs in flight at once (on this project's test machine, a virtual disk
-without a journal, an fsync took 2.5 ms alone and 0.7 ms each with ten in flight). Measured with
-20 concurrent senders: a thread pool doing one message per task spent most of its time in GIL
-hand-offs (166 futex calls per message); one thread was bound by its fsyncs one after another.
+Sessions hand over a message together with the events that record its delivery, and await
+the outcome; each of a few threads takes whatever has queued up while it was busy and delivers
+it with `Maildirs.deliver_many`, so concurrent messages share their directory fsyncs, while the
+threads keep several fsyncs in flight at once. A group that is on disk hands its evidence
+straight to the event store's writer (`Store.commit_soon`), whose thread wakes the sessions once
+it is committed: the event loop is woken once per group, not once for the files and again for
+the events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Final
+from typing import Final
 
-from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
+from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Message, Sink, Target
+from mailwarden.events import Event
+from mailwarden.groupcommit import Inbox, settle_soon
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP: Final = 64  # messages per group: bounds the open files and the wait of the first one
-THREADS: Final = 4  # measured against one: +10 % msg/s (median of 7 pairs), +20 % CPU
+# Two keep two fsyncs in flight. Four (measured earlier: +10 % msg/s over one when an fsync took
+# 2.5 ms) now cost 20-30 % more CPU per message in GIL hand-offs for no more msg/s; two against
+# four and one under smtp-source, median of 2x3 rounds: 512 / 398 / 490 msg/s.
+THREADS: Final = 2
+
+# The store's `commit_soon`: commit these events with everything queued before, then report (None or the error).
+Commit = Callable[[Sequence[Event], Callable[[Exception | None], None]], None]
 
 
 @dataclass
 class _Request:
-    targets: Sequence[Target]
-    write: Callable[[BinaryIO], None]
+    message: Message
+    evidence: Sequence[Event]
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[Delivered]]
+    future: asyncio.Future[None]
 
 
 class DeliveryThreads:
-    def __init__(self, maildirs: Maildirs, threads: int = THREADS) -> None:
+    def __init__(self, maildirs: Maildirs, commit: Commit, threads: int = THREADS) -> None:
         self.maildirs = maildirs
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._commit = commit
+        self._inbox: Inbox[_Request] = Inbox(MAX_GROUP)
         self._threads = [
             threading.Thread(target=self._run, name=f"maildir-delivery-{n}", daemon=True) for n in range(threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    async def deliver(self, targets: Sequence[Target], write: Callable[[BinaryIO], None]) -> list[Delivered]:
-        """Deliver one message durably (see `Maildirs.deliver`); raises MaildirError."""
+    async def deliver(
+        self, copies: Sequence[Delivered], write: Callable[[Sink], None], evidence: Sequence[Event]
+    ) -> None:
+        """Deliver one message durably as planned (`Maildirs.plan`), then commit `evidence`.
+
+        Raises MaildirError when the message could not be written (nothing is delivered, the
+        evidence is not committed), or the store's error when the evidence could not be
+        committed: the copies are then on disk, and the caller takes them back (`Maildirs.remove`).
+        """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Delivered]] = loop.create_future()
-        self._queue.put(_Request(targets, write, loop, future))
-        return await future
+        future: asyncio.Future[None] = loop.create_future()
+        targets = [Target(copy.mailbox, copy.folder) for copy in copies]
+        self._inbox.put(_Request(Message(targets, write, copies[0].uid), evidence, loop, future), urgent=True)
+        await future
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""
-        for _ in self._threads:
-            self._queue.put(None)
+        self._inbox.close()
         for thread in self._threads:
             thread.join()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
+        while group := self._inbox.take():
             self._deliver(group)
 
     def _deliver(self, group: list[_Request]) -> None:
         try:
-            outcomes = self.maildirs.deliver_many([(r.targets, r.write) for r in group])
+            outcomes = self.maildirs.deliver_many([request.message for request in group])
         except Exception as exc:  # a bug, not a disk problem: still every waiter gets an answer
             log.exception("delivery of %d messages failed", len(group))
             outcomes = [MaildirError(f"delivery failed: {type(exc).__name__}: {exc}") for _ in group]
+        written: list[_Request] = []
         for request, outcome in zip(group, outcomes, strict=True):
-            try:
-                request.loop.call_soon_threadsafe(_settle, request.future, outcome)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
+            if isinstance(outcome, MaildirError):
+                settle_soon(request.loop, [(request.future, outcome, None)])
+            else:
+                written.append(request)
+        if not written:
+            return
+        evidence = [event for request in written for event in request.evidence]
 
+        def committed(error: Exception | None) -> None:
+            for loop in {request.loop for request in written}:
+                settle_soon(loop, [(r.future, error, None) for r in written if r.loop is loop])
 
-def _settle(future: asyncio.Future[list[Delivered]], outcome: list[Delivered] | MaildirError) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, MaildirError):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+        self._commit(evidence, committed)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from mailwarden import authresults
 from mailwarden.addresses import EnvelopePath
@@ -40,7 +40,7 @@ from mailwarden.deliver.downstream import (
     earlier_deliveries,
     verdict_for,
 )
-from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Target
+from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Sink, Target
 from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
 from mailwarden.headers import header_fields, message_id
@@ -74,7 +74,7 @@ class Gateway:
         self.refs = refs
         self.tls_context = tls_context
         self.maildirs = Maildirs(config.path(config.mail.maildir_root))
-        self.delivery = DeliveryThreads(self.maildirs)
+        self.delivery = DeliveryThreads(self.maildirs, store.commit_soon)
         self.downstream = (
             Downstream(config.delivery, config.smtp.hostname) if config.delivery.mode != "maildir" else None
         )
@@ -402,8 +402,9 @@ class Connection:
 
     async def _deliver(self, txn: Transaction, spool: Spool, msgid: str | None) -> str:
         gateway = self.gateway
+        forged = await self._forged_fields(spool)
         if gateway.downstream is not None:
-            return await self._deliver_downstream(gateway.downstream, txn, spool, msgid)
+            return await self._deliver_downstream(gateway.downstream, txn, spool, msgid, forged)
         folder = txn.folder or "INBOX"
         targets: list[Target] = []
         for recipient in txn.recipients:
@@ -411,39 +412,59 @@ class Connection:
             if target not in targets:
                 targets.append(target)
         prefix = self._trace_headers(txn)
-
-        def write(handle: BinaryIO) -> None:
-            handle.write(prefix)
-            spool.copy_into(handle)
-
+        size = len(prefix) + spool.size - sum(end - start for start, end in forged)
         try:
-            delivered = await gateway.delivery.deliver(targets, write)
+            copies = gateway.maildirs.plan(targets, size)
         except MaildirError as exc:
-            log.error("delivery of %s failed: %s", txn.ref, exc)
-            return self._refuse(Verdict.tempfail("infra.storage", problem=str(exc)), "data")
+            return self._storage_failed(txn, exc)
         reply = replies.Reply(
             250, "2.0.0", f"Message accepted and stored for {len(txn.recipients)} recipient(s) ref={txn.ref}"
         )
-        by_mailbox = {(d.mailbox, d.folder): d for d in delivered}
-        size = len(prefix) + spool.size
+        # The evidence is made before the message is written, so the delivery threads can commit it
+        # as soon as the message is on disk (never before), without waking this loop in between.
+        by_target = {(copy.mailbox, copy.folder): copy for copy in copies}
         evidence = [
             self._delivery_event(
                 recipient,
-                by_mailbox[(recipient.mailbox, self._folder(recipient, folder))],
+                by_target[(recipient.mailbox, self._folder(recipient, folder))],
                 msgid,
                 size,
                 txn.results.get("folder_values"),
             )
             for recipient in txn.recipients
         ]
-        evidence.append(self._accept_event(txn, reply, msgid, size))
-        try:  # the delivery's evidence is committed with everything before it, or not at all
-            await gateway.store.durable(evidence)
+        accepted = {"forged_fields_removed": len(forged)} if forged else {}
+        evidence.append(self._accept_event(txn, reply, msgid, size, **accepted))
+
+        def write(sink: Sink) -> None:
+            sink.write(prefix)
+            spool.copy_into(sink, without=forged)
+
+        try:
+            await gateway.delivery.deliver(copies, write, evidence)
+        except MaildirError as exc:
+            return self._storage_failed(txn, exc)
         except StoreError as exc:  # the evidence is not safe: take the mail back, let the sender retry
-            gateway.maildirs.remove(delivered)
+            gateway.maildirs.remove(copies)
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()
+
+    def _storage_failed(self, txn: Transaction, error: MaildirError) -> str:
+        log.error("delivery of %s failed: %s", txn.ref, error)
+        return self._refuse(Verdict.tempfail("infra.storage", problem=str(error)), "data")
+
+    async def _forged_fields(self, spool: Spool) -> list[tuple[int, int]]:
+        """Incoming Authentication-Results fields with our authserv-id (RFC 8601 section 5): left out on delivery."""
+        hostname = self.config.smtp.hostname
+
+        def scan() -> list[tuple[int, int]]:
+            with spool.open() as message:
+                return authresults.forged_fields(message, hostname)
+
+        # A message in memory is scanned here (its header block, usually a microsecond); a spooled
+        # one may have a header block of megabytes on disk, so that one is read off the loop.
+        return scan() if spool.in_memory else await asyncio.to_thread(scan)
 
     def _accept_event(
         self, txn: Transaction, reply: replies.Reply, msgid: str | None, size: int, **detail: Any
@@ -460,7 +481,12 @@ class Connection:
         )
 
     async def _deliver_downstream(
-        self, downstream: Downstream, txn: Transaction, spool: Spool, msgid: str | None
+        self,
+        downstream: Downstream,
+        txn: Transaction,
+        spool: Spool,
+        msgid: str | None,
+        forged: list[tuple[int, int]],
     ) -> str:
         """Proxy mode: the downstream's answers become ours (deliver/downstream.py), each one an event."""
         prefix = self._trace_headers(txn)
@@ -476,7 +502,7 @@ class Connection:
                     txn.sender or "",
                     [m for m in mailboxes if m not in earlier],
                     prefix,
-                    spool.open,
+                    lambda: spool.open(without=forged),
                     smtputf8="SMTPUTF8" in options,
                     eightbit="BODY=8BITMIME" in options,
                 )
@@ -493,7 +519,7 @@ class Connection:
             reply = replies.plain(
                 250, "2.0.0", f"Message delivered for {delivered} recipient(s){report} ref={txn.ref}", utf8=True
             )
-        size = len(prefix) + spool.size
+        size = len(prefix) + spool.size - sum(end - start for start, end in forged)
         by_mailbox = {o.mailbox: o for o in outcomes}
         for recipient in txn.recipients:
             outcome = by_mailbox[recipient.mailbox]
@@ -525,7 +551,9 @@ class Connection:
                 detail=detail,
             )
         if verdict is None:
-            self.gateway.store.append(self._accept_event(txn, reply, msgid, size, downstream=downstream.label))
+            removed = {"forged_fields_removed": len(forged)} if forged else {}
+            accept = self._accept_event(txn, reply, msgid, size, downstream=downstream.label, **removed)
+            self.gateway.store.append(accept)
         try:
             await self.gateway.store.durable()
         except StoreError as exc:  # the downstream has the mail: it cannot be taken back, the events are retried

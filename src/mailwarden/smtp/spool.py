@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Final
+
+from mailwarden.deliver.maildir import Sink
+
+CHUNK: Final = 1024 * 1024  # what is read and written at a time from a spool file
 
 
 class Spool:
@@ -70,11 +74,12 @@ class Spool:
             self._chunks = [b"".join(self._chunks)]
         return self._chunks[0] if self._chunks else b""
 
-    def open(self) -> BinaryIO:
-        """A reader over the whole message from its start."""
-        if self.path is not None:
-            return open(self.path, "rb")
-        return io.BytesIO(self.content())
+    def open(self, without: Sequence[tuple[int, int]] = ()) -> BinaryIO:
+        """A reader over the message from its start, leaving out the byte ranges `without` (sorted, apart)."""
+        whole: BinaryIO = open(self.path, "rb") if self.path is not None else io.BytesIO(self.content())  # noqa: SIM115
+        if not without:
+            return whole
+        return io.BufferedReader(_Ranges(whole, kept_ranges(self.size, without)), CHUNK)
 
     def head(self, limit: int = 65536) -> bytes:
         """The first `limit` bytes, enough for the header of almost every message."""
@@ -89,13 +94,23 @@ class Spool:
             return self.content()
         return self.path.read_bytes()
 
-    def copy_into(self, target: BinaryIO) -> None:
-        """Write the message into an open file (blocking; call from a worker thread)."""
+    def copy_into(self, target: Sink, without: Sequence[tuple[int, int]] = ()) -> None:
+        """Write the message into an open file, leaving out the byte ranges `without` (blocking; off the loop)."""
+        ranges = kept_ranges(self.size, without)
         if self.path is None:
-            target.write(self.content())
+            content = memoryview(self.content())
+            for start, end in ranges:
+                target.write(content[start:end])
             return
         with open(self.path, "rb") as source:
-            shutil.copyfileobj(source, target, 1024 * 1024)
+            for start, end in ranges:
+                source.seek(start)
+                while start < end:
+                    chunk = source.read(min(CHUNK, end - start))
+                    if not chunk:
+                        raise OSError(f"spool file {self.path} ends at {start} bytes, not {end}")
+                    target.write(chunk)
+                    start += len(chunk)
 
     def _drop(self) -> None:
         self._chunks = []
@@ -110,3 +125,48 @@ class Spool:
     def discard(self) -> None:
         """Forget the content and remove the spool file, if any."""
         self._drop()
+
+
+def kept_ranges(size: int, without: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges of `size` bytes outside the sorted, non-overlapping ranges `without`."""
+    kept: list[tuple[int, int]] = []
+    position = 0
+    for start, end in without:
+        if start > position:
+            kept.append((position, start))
+        position = max(position, end)
+    if position < size:
+        kept.append((position, size))
+    return kept
+
+
+class _Ranges(io.RawIOBase):
+    """A stream that reads only some byte ranges of another one (the message without removed fields)."""
+
+    def __init__(self, source: BinaryIO, ranges: list[tuple[int, int]]) -> None:
+        self._source = source
+        self._ranges = ranges
+        self._index = 0
+        self._position = ranges[0][0] if ranges else 0
+        source.seek(self._position)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._index < len(self._ranges) and self._position >= self._ranges[self._index][1]:
+            self._index += 1
+            if self._index < len(self._ranges):
+                self._position = self._ranges[self._index][0]
+                self._source.seek(self._position)
+        if self._index >= len(self._ranges):
+            return 0
+        wanted = min(len(buffer), self._ranges[self._index][1] - self._position)
+        data = self._source.read(wanted)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()

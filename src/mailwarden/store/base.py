@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import queue
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailwarden.events import Event
+from mailwarden.groupcommit import Inbox, settle_soon
 
 log = logging.getLogger(__name__)
 
@@ -94,37 +93,29 @@ class Position:
     value: str
 
 
+Committed = Callable[[StoreError | None], None]  # told None once committed, else why not
+
+
+async def committed(commit_soon: Callable[[Sequence[Event], Committed], None], events: Sequence[Event] = ()) -> None:
+    """Wait on the event loop until `commit_soon(events, ...)` reports; raise its StoreError."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    commit_soon(events, lambda error: settle_soon(loop, [(future, error, None)]))
+    await future
+
+
 class _Barrier:
-    """A marker in the write queue: resolved once everything queued before it (and its own events) is committed.
+    """A marker in the write queue: `done` is told once everything queued before it (and its own events) is committed.
 
     Its own `events` are written in the same transaction but, unlike queued events, are not kept
     for a retry when the write fails: the caller learns of the failure and records what it did instead.
     """
 
-    __slots__ = ("events", "future", "loop")
+    __slots__ = ("done", "events")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any, events: Sequence[Event] = ()) -> None:
-        self.loop = loop
-        self.future = future
+    def __init__(self, events: Sequence[Event], done: Committed) -> None:
         self.events = events
-
-    def resolve(self, error: BaseException | None) -> None:
-        if self.loop is None:  # a threading.Event-style waiter from synchronous code
-            self.future.set(error)
-            return
-
-        def settle() -> None:
-            if self.future.done():
-                return
-            if error is None:
-                self.future.set_result(None)
-            else:
-                self.future.set_exception(error)
-
-        try:
-            self.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
+        self.done = done
 
 
 class _Bulk:
@@ -137,26 +128,17 @@ class _Bulk:
         self.positions = positions
 
 
-class _SyncWaiter:
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.error: BaseException | None = None
-
-    def set(self, error: BaseException | None) -> None:
-        self.error = error
-        self._event.set()
-
-    def wait(self) -> None:
-        self._event.wait()
-        if self.error is not None:
-            raise self.error
+def _ends_transaction(item: Event | Position | _Barrier | _Bulk) -> bool:
+    """A transaction ends with a position (or a bulk batch and its positions): a restart resumes
+    there, so no event read after it may be committed with it, or it would be stored twice."""
+    return isinstance(item, Position | _Bulk)
 
 
 class BatchWriter:
     """One thread that writes queued events in batches (group commit).
 
-    Sessions never wait for the disk unless they ask to: `durable()` waits until everything
-    queued so far is committed, which the gateway does before it answers 250.
+    Sessions never wait for the disk unless they ask to: `commit_soon()` reports once everything
+    queued so far is committed, which the gateway waits for before it answers 250.
     """
 
     MAX_BATCH = 5000
@@ -165,8 +147,9 @@ class BatchWriter:
 
     def __init__(self, write_batch: Callable[[list[Event], list[Position]], None], interval: float, name: str) -> None:
         self._write_batch = write_batch
-        self._interval = interval
-        self._queue: queue.SimpleQueue[Event | Position | _Barrier | _Bulk | None] = queue.SimpleQueue()
+        self._inbox: Inbox[Event | Position | _Barrier | _Bulk] = Inbox(
+            self.MAX_BATCH, interval, ends_batch=_ends_transaction
+        )
         self._bulk_room = threading.BoundedSemaphore(self.BULK_QUEUED)
         self._retry: list[Event] = []
         self._retry_positions: dict[str, Position] = {}
@@ -174,61 +157,44 @@ class BatchWriter:
         self._thread.start()
 
     def put(self, event: Event) -> None:
-        self._queue.put(event)
+        self._inbox.put(event)
 
     def put_many(self, events: Iterable[Event]) -> None:
         for event in events:
-            self._queue.put(event)
+            self._inbox.put(event)
 
     def put_position(self, position: Position) -> None:
-        self._queue.put(position)
+        self._inbox.put(position)
 
     def put_bulk(self, events: Sequence[Event], positions: Sequence[Position]) -> None:
         """Queue a bulk batch; waits while `BULK_QUEUED` batches are still to be written."""
         self._bulk_room.acquire()
-        self._queue.put(_Bulk(events, positions))
+        self._inbox.put(_Bulk(events, positions))
 
-    async def durable(self, events: Sequence[Event] = ()) -> None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Barrier(loop, future, events))
-        await future
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
+        """Commit `events` with everything queued before them, at once; `done` is called from the writer's thread."""
+        self._inbox.put(_Barrier(events, done), urgent=True)
 
     def flush(self) -> None:
-        waiter = _SyncWaiter()
-        self._queue.put(_Barrier(None, waiter))
-        waiter.wait()
+        finished = threading.Event()
+        errors: list[StoreError | None] = []
+
+        def done(error: StoreError | None) -> None:
+            errors.append(error)
+            finished.set()
+
+        self.commit_soon((), done)
+        finished.wait()
+        if errors[0] is not None:
+            raise errors[0]
 
     def close(self) -> None:
         self.flush()
-        self._queue.put(None)
+        self._inbox.close()
         self._thread.join()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            items: list[Event | Position | _Barrier | _Bulk] = [first]
-            deadline = time.monotonic() + self._interval
-            urgent = isinstance(first, _Barrier)
-            # A transaction ends with a position (or a bulk batch and its positions): a restart resumes
-            # there, so no event read after it may be committed with it, or it would be stored twice.
-            while len(items) < self.MAX_BATCH and not isinstance(items[-1], Position | _Bulk):
-                try:
-                    item = (
-                        self._queue.get_nowait()
-                        if urgent
-                        else self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-                    )
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                items.append(item)
-                urgent = urgent or isinstance(item, _Barrier)
+        while items := self._inbox.take():
             self._commit(items)
 
     def _commit(self, items: list[Event | Position | _Barrier | _Bulk]) -> None:
@@ -251,7 +217,7 @@ class BatchWriter:
             else:
                 events.extend(item.events)
                 barriers.append(item)
-        error: BaseException | None = None
+        error: StoreError | None = None
         if events or positions:
             try:
                 self._write_batch(events, list(positions.values()))
@@ -265,7 +231,10 @@ class BatchWriter:
                 if len(queued) > self.MAX_RETRY_ROWS:
                     log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
-            barrier.resolve(error)
+            try:
+                barrier.done(error)
+            except Exception:  # a waiter's bug must not stop the writer
+                log.exception("a commit's waiter failed")
         for _ in range(bulks):
             self._bulk_room.release()
 
@@ -283,12 +252,17 @@ class Store(ABC):
             self.append(event)
 
     @abstractmethod
-    async def durable(self, events: Sequence[Event] = ()) -> None:
-        """Wait until every event queued so far, and `events`, are committed durably.
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
+        """Commit every event queued so far, and `events`, durably and at once; then call `done`.
 
-        Raises StoreError when the commit failed; then `events` are not stored (queued events
-        are kept and retried), so the caller can undo what they describe and record that instead.
+        `done` is called from another thread: with None once committed, or with the StoreError;
+        then `events` are not stored (queued events are kept and retried), so the caller can
+        undo what they describe and record that instead. It must not block.
         """
+
+    async def durable(self, events: Sequence[Event] = ()) -> None:
+        """`commit_soon` for a coroutine: returns once committed, raises StoreError when not."""
+        await committed(self.commit_soon, events)
 
     @abstractmethod
     def flush(self) -> None:
