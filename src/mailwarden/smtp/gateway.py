@@ -196,16 +196,22 @@ class Connection:
             detail["values"] = {k: v if isinstance(v, int | float) else str(v) for k, v in verdict.values.items()}
         if record:
             detail["checks"] = record
+        self._refusal_event(verdict.action, verdict.reason, reply, detail, recipient=recipient)
+        return self._own(reply.wire())
+
+    def _refusal_event(
+        self, action: Action, reason: str, reply: replies.Reply, detail: dict[str, Any], **fields: Any
+    ) -> None:
+        """Record a refusal (REJECT or TEMPFAIL) with the reply the client got."""
         self._event(
-            "reject" if verdict.action is Action.REJECT else "tempfail",
-            recipient=recipient,
+            "reject" if action is Action.REJECT else "tempfail",
             smtp_code=reply.code,
             enhanced_code=reply.enhanced,
             reply=reply.line,
-            reason=verdict.reason,
+            reason=reason,
             detail=detail,
+            **fields,
         )
-        return self._own(reply.wire())
 
     def count(self, verb: str) -> None:
         self.counts[verb.lower()] += 1
@@ -540,15 +546,8 @@ class Connection:
                 )
                 continue
             refusal = verdict_for(outcome)
-            self._event(
-                "tempfail" if refusal.action is Action.TEMPFAIL else "reject",
-                recipient=recipient.address,
-                message_id=msgid,
-                smtp_code=reply.code,
-                enhanced_code=reply.enhanced,
-                reply=reply.line,
-                reason=refusal.reason,
-                detail=detail,
+            self._refusal_event(
+                refusal.action, refusal.reason, reply, detail, recipient=recipient.address, message_id=msgid
             )
         if verdict is None:
             removed = {"forged_fields_removed": len(forged)} if forged else {}

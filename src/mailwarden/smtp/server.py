@@ -307,27 +307,22 @@ class GatewaySMTP(SMTP):
         await self.push("\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}", raw=True)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        try:
-            path = parse_path(arg or "", "FROM", null_allowed=True)
-        except PathSyntaxError as error:
-            await self.push(f"501 5.5.4 Syntax: MAIL FROM:<address> [parameters]: {printable(str(error), 200)}")
-            return
-        problem = _mail_params_problem(path, esmtp=self.conn.session.esmtp)
-        if problem is not None:
+        path = _parsed(arg, "FROM", null_allowed=True)
+        if isinstance(path, str):
+            await self.push(path)
+        elif (problem := _mail_params_problem(path, esmtp=self.conn.session.esmtp)) is not None:
             await self.push(problem)
-            return
-        await self.push(await self.conn.on_mail(path), raw=True)
+        else:
+            await self.push(await self.conn.on_mail(path), raw=True)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        try:
-            path = parse_path(arg or "", "TO", postmaster_allowed=True)
-        except PathSyntaxError as error:
-            await self.push(f"501 5.1.3 Syntax: RCPT TO:<address>: {printable(str(error), 200)}")
-            return
-        if path.params:  # DSN (NOTIFY, ORCPT) is not offered
+        path = _parsed(arg, "TO", postmaster_allowed=True)
+        if isinstance(path, str):
+            await self.push(path)
+        elif path.params:  # DSN (NOTIFY, ORCPT) is not offered
             await self.push(f"555 5.5.4 Unsupported RCPT TO parameter {printable(next(iter(path.params)), 40)}")
-            return
-        await self.push(await self.conn.on_rcpt(path), raw=True)
+        else:
+            await self.push(await self.conn.on_rcpt(path), raw=True)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if arg:
@@ -413,6 +408,20 @@ def _command_problem(line: bytes) -> str | None:
     except UnicodeDecodeError:
         return "command is not valid UTF-8"
     return None
+
+
+_SYNTAX: Final = {
+    "FROM": "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]",
+    "TO": "501 5.1.3 Syntax: RCPT TO:<address>",
+}
+
+
+def _parsed(arg: str | None, keyword: str, **allowed: bool) -> EnvelopePath | str:
+    """The path of MAIL FROM or RCPT TO, or the reply that says what is wrong with it."""
+    try:
+        return parse_path(arg or "", keyword, **allowed)
+    except PathSyntaxError as error:
+        return f"{_SYNTAX[keyword]}: {printable(str(error), 200)}"
 
 
 def _mail_params_problem(path: EnvelopePath, *, esmtp: bool) -> str | None:
