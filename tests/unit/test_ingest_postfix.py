@@ -4,23 +4,7 @@ from __future__ import annotations
 
 from mailwarden.events import Event
 from mailwarden.ingest import parse_lines
-
-# Real output of a private Postfix 3.7 (shared/recipes §1): delivery, a 5xx bounce and its notification.
-RELAY_LOG = """\
-Nov 28 04:43:17 mta postfix/smtpd[19314]: connect from localhost[127.0.0.1]
-Nov 28 04:43:17 mta postfix/smtpd[19314]: A59FE214716: client=localhost[127.0.0.1]
-Nov 28 04:43:17 mta postfix/cleanup[19438]: A59FE214716: message-id=<pf1@sender.test>
-Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: from=<alice@sender.test>, size=430, nrcpt=2 (queue active)
-Nov 28 04:43:17 mta postfix/smtpd[19314]: disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6
-Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<reject-me@dest.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.02, delays=0.01/0.01/0/0.01, dsn=5.7.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.7.1 <reject-me@dest.test>: Recipient address rejected: test policy says no (in reply to RCPT TO command))
-Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<bob@dest.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.02, delays=0.01/0.01/0/0.01, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as TEST1)
-Nov 28 04:43:17 mta postfix/cleanup[19438]: A987F214719: message-id=<20261128044317.A987F214719@mta.example.test>
-Nov 28 04:43:17 mta postfix/bounce[19440]: A59FE214716: sender non-delivery notification: A987F214719
-Nov 28 04:43:17 mta postfix/qmgr[19311]: A987F214719: from=<>, size=2516, nrcpt=1 (queue active)
-Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: removed
-Nov 28 04:43:17 mta postfix/smtp[19439]: A987F214719: to=<alice@sender.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0, delays=0/0/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as TEST2)
-Nov 28 04:43:17 mta postfix/qmgr[19311]: A987F214719: removed
-""".splitlines()
+from tests.support.postfix import RELAY_LOG
 
 
 def _events(lines: list[str]) -> list[Event]:

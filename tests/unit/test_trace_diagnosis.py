@@ -20,6 +20,7 @@ from mailwarden.trace.correlate import key_of_id, link_attempts, load, timeline
 from mailwarden.trace.diagnose import Diagnosis, diagnose, not_found
 from mailwarden.trace.model import MessageTrace
 from mailwarden.trace.search import AddressFilter, SearchSpec, search
+from tests.support.postfix import RELAY_LOG
 
 T0 = 1_800_000_000_000_000  # microseconds; 2027-01-15
 MINUTE = 60_000_000
@@ -328,53 +329,28 @@ def test_connection_lost_during_data_is_a_transaction_not_accepted(store: Sqlite
 
 # ---------------------------------------------------------------------------- foreign logs
 def test_postfix_queue_and_dovecot_deletion_join_by_queue_id_and_message_id(store: SqliteStore) -> None:
-    common = {"source": "postfix", "node": "relay1"}
-    raw = "/var/log/mail.log:{} Nov 28 04:43:17 relay1 postfix/{}"
+    queue = {"queue_id": "A59FE214716"}
+    session = {"session": "smtpd-19314", "client_ip": "192.0.2.50"}
+
+    def relay1(kind: str, at: int, offset: int, line: str, **fields: Any) -> Event:
+        evidence = f"/var/log/mail.log:{offset} Nov 28 04:43:17 relay1 postfix/{line}"
+        return Event(kind=kind, source="postfix", node="relay1", ts=T0 + at, evidence=evidence, **fields)
+
     store.append_many(
         [
-            Event(
-                kind="connect",
-                ts=T0,
-                session="smtpd-19314",
-                client_ip="192.0.2.50",
-                evidence=raw.format(10, "smtpd: connect"),
-                **common,
-            ),
-            Event(
-                kind="accept",
-                ts=T0 + 10,
-                session="smtpd-19314",
-                queue_id="A59FE214716",
-                client_ip="192.0.2.50",
-                evidence=raw.format(90, "smtpd: A59FE214716: client="),
-                **common,
-            ),
-            Event(
-                kind="data",
-                ts=T0 + 20,
-                queue_id="A59FE214716",
-                message_id="<pf1@sender.test>",
-                evidence=raw.format(160, "cleanup"),
-                **common,
-            ),
-            Event(
-                kind="mail",
-                ts=T0 + 30,
-                queue_id="A59FE214716",
-                sender="alice@sender.test",
-                size=430,
-                evidence=raw.format(240, "qmgr"),
-                **common,
-            ),
-            Event(
-                kind="deliver",
-                ts=T0 + 40,
-                queue_id="A59FE214716",
+            relay1("connect", 0, 10, "smtpd: connect", **session),
+            relay1("accept", 10, 90, "smtpd: A59FE214716: client=", **session, **queue),
+            relay1("data", 20, 160, "cleanup", message_id="<pf1@sender.test>", **queue),
+            relay1("mail", 30, 240, "qmgr", sender="alice@sender.test", size=430, **queue),
+            relay1(
+                "deliver",
+                40,
+                330,
+                "lmtp: status=sent",
                 recipient="dave@example.org",
                 reason="delivered",
                 message_id="<pf1@sender.test>",
-                evidence=raw.format(330, "lmtp: status=sent"),
-                **common,
+                **queue,
             ),
             Event(
                 kind="delete",
@@ -478,27 +454,20 @@ def test_failed_logins_do_not_make_an_address_a_usual_client(store: SqliteStore)
     assert any("change the mailbox password" in n and "198.51.100.20" in n for n in d.notes)
 
 
-# Postfix lines as the recipes captured them (shared/recipes/README.md, section 1).
-POSTFIX_LOG = """\
-Nov 28 04:43:17 mta postfix/smtpd[19314]: connect from localhost[127.0.0.1]
-Nov 28 04:43:17 mta postfix/smtpd[19314]: A59FE214716: client=localhost[127.0.0.1]
-Nov 28 04:43:17 mta postfix/cleanup[19438]: A59FE214716: message-id=<pf1@sender.test>
-Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: from=<alice@sender.test>, size=430, nrcpt=2 (queue active)
-Nov 28 04:43:17 mta postfix/smtpd[19314]: disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6
-Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<reject-me@dest.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.02, delays=0.01/0.01/0/0.01, dsn=5.7.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.7.1 <reject-me@dest.test>: Recipient address rejected: test policy says no (in reply to RCPT TO command))
-Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<bob@dest.test>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.02, delays=0.01/0.01/0/0.01, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as TEST1)
-Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: removed
-Nov 28 04:44:17 mta postfix/smtpd[6917]: connect from unknown[192.0.2.99]
-Nov 28 04:44:18 mta postfix/smtpd[6917]: NOQUEUE: reject: RCPT from unknown[192.0.2.99]: 550 5.1.1 <bbo@dest.test>: Recipient address rejected: User unknown in virtual mailbox table; from=<alice@sender.test> to=<bbo@dest.test> proto=ESMTP helo=<client.test>
-Nov 28 04:44:18 mta postfix/smtpd[6917]: disconnect from unknown[192.0.2.99] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4
-"""
+# A delivery and a bounce (tests/support/postfix.py), then a recipient refused before the queue.
+POSTFIX_LOG = [
+    *RELAY_LOG,
+    "Nov 28 04:44:17 mta postfix/smtpd[6917]: connect from unknown[192.0.2.99]",
+    "Nov 28 04:44:18 mta postfix/smtpd[6917]: NOQUEUE: reject: RCPT from unknown[192.0.2.99]: 550 5.1.1 <bbo@dest.test>: Recipient address rejected: User unknown in virtual mailbox table; from=<alice@sender.test> to=<bbo@dest.test> proto=ESMTP helo=<client.test>",
+    "Nov 28 04:44:18 mta postfix/smtpd[6917]: disconnect from unknown[192.0.2.99] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4",
+]
 
 
 def test_ingested_postfix_log_is_traced_per_queue_id_and_noqueue_session(store: SqliteStore) -> None:
     from mailwarden.ingest.pipeline import parse_lines
 
     store.add_mailbox("bob@dest.test", "x")
-    store.append_many(parse_lines(POSTFIX_LOG.splitlines(), node="mta", origin="/var/log/mail.log", reference_us=T0))
+    store.append_many(parse_lines(POSTFIX_LOG, node="mta", origin="/var/log/mail.log", reference_us=T0))
     store.flush()
     queued = search(store, SearchSpec(queue_id="A59FE214716"), retention_days=3650, now=T0)
     (trace,) = queued.messages

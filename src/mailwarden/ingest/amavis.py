@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from mailwarden.events import Event
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, QueueLookup, message_id, to_int
 from mailwarden.ingest.framing import Frame
 
@@ -73,11 +72,9 @@ class AmavisParser(Parser):
             detail["next_queue_id"] = queued_as
             if context is not None:
                 self._link(frame.node, queued_as, context)
-        event = Event(
+        event = self.event(
             "reject" if blocked else "scan",
-            "amavis",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=qid,
             message_id=message_id(fields.get("Message-ID")),
             client_ip=found["ip"] or found["origin_ip"],

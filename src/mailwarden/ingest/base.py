@@ -89,8 +89,24 @@ class Parser:
     def parse(self, frame: Frame) -> bool:
         raise NotImplementedError
 
+    def event(self, kind: str, frame: Frame, **fields: Any) -> Event:
+        """An event of this source for the line framed as `frame`: its node and time."""
+        return Event(kind, self.source, frame.node, frame.ts, **fields)
+
     def evict(self, now_us: int) -> None:
         """Forget state that no line will complete any more (called now and then)."""
+
+
+class SessionParser(Parser):
+    """A parser of an MTA's or mailbox server's log (Postfix, Dovecot): sessions, and LMTP hand-offs
+    shared with the other side. Tables are bounded (memory): the oldest entries go first when full."""
+
+    SESSION_LIMIT = 100_000
+
+    def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
+        super().__init__(emit)
+        self.handoffs = handoffs
+        self.sessions: dict[object, Context] = {}
 
 
 def bounded_pop(table: dict[Key, AnyContext], limit: int) -> None:

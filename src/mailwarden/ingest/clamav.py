@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from mailwarden.events import Event
 from mailwarden.ingest.base import ADDRESS, Emit, Parser, QueueLookup, message_id
 from mailwarden.ingest.framing import Frame
 
@@ -41,11 +40,9 @@ class ClamavMilterParser(Parser):
         if infected:
             detail["virus"] = found["virus"]
         qid = found["qid"]
-        event = Event(
+        event = self.event(
             "scan",
-            "clamav-milter",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=qid,
             message_id=message_id(msgid[1]) if msgid else None,
             sender=found["from"],

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple
 
 from mailwarden.events import Event
-from mailwarden.ingest.base import Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
+from mailwarden.ingest.base import Context, Emit, Handoffs, SessionParser, bounded_pop, expire, message_id, to_int
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.timestamps import SECOND_US
 
@@ -215,17 +215,14 @@ def _angles(text: str) -> tuple[str | None, str | None]:
     return pid, session
 
 
-class DovecotParser(Parser):
+class DovecotParser(SessionParser):
+    """`sessions`: logins by (node, session id), by (node, mail process pid) and by (node, protocol, user)."""
+
     source = "dovecot"
-    # Bounds on the state kept (memory): the oldest entries go first when a table is full.
-    SESSION_LIMIT = 100_000
     UID_LIMIT = 500_000
 
     def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
-        super().__init__(emit)
-        self.handoffs = handoffs
-        # Login sessions by (node, session id), by (node, mail process pid) and by (node, protocol, user).
-        self.sessions: dict[object, Context] = {}
+        super().__init__(emit, handoffs)
         # LMTP/LDA transactions by (node, session id).
         self.transactions: dict[object, Context] = {}
         # (node, user, mailbox, uid) -> Message-ID, from `save:`, `copy` and `expunge:` lines.
@@ -260,7 +257,6 @@ class DovecotParser(Parser):
 
     # ------------------------------------------------------------------ login processes
     def _login_process(self, frame: Frame, protocol: str, text: str) -> bool:
-        node, ts = frame.node, frame.ts
         if text.startswith("Login: "):
             fields = _login_fields(text, 7)
             return fields is not None and self._login(frame, protocol, fields)
@@ -286,11 +282,9 @@ class DovecotParser(Parser):
         )
         if failed:
             detail["result"] = "failed"
-        event = Event(
+        event = self.event(
             "login" if failed else "disconnect",
-            "dovecot",
-            node,
-            ts,
+            frame,
             session=session[1] if session else None,
             client_ip=fields.rip,
             recipient=user,
@@ -579,11 +573,9 @@ class DovecotParser(Parser):
         detail: dict[str, object] = {"result": "failed", "protocol": "auth"}
         if backend:
             detail["backend"] = backend
-        event = Event(
+        event = self.event(
             "login",
-            "dovecot",
-            frame.node,
-            frame.ts,
+            frame,
             session=session,
             client_ip=ip or None,
             recipient=user or None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from mailwarden.events import Event
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
@@ -156,7 +155,7 @@ class EximParser(Parser):
                 context["client_name"], context["helo"], context["client_ip"] = host[1], host[2], host[3]
             if flag == "<=" and "R" in fields:
                 detail = {"bounce_of": fields["R"]}
-            self.emit(Event("accept", "exim", frame.node, frame.ts, queue_id=exim_id, detail=detail), context)
+            self.emit(self.event("accept", frame, queue_id=exim_id, detail=detail), context)
             return True
         kind = {"**": "bounce", "==": "defer"}.get(flag, "deliver")
         reply: str | None = fields.get("C")
@@ -168,11 +167,9 @@ class EximParser(Parser):
         if original:
             detail["orig_to"] = original
         code = _SMTP_CODE.search(reply or "")
-        event = Event(
+        event = self.event(
             kind,
-            "exim",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=exim_id,
             recipient=address,
             smtp_code=int(code[1]) if code else None,
@@ -198,11 +195,9 @@ class EximParser(Parser):
         if zone:
             detail["zone"] = zone
         code = _SMTP_CODE.search(reply or "")
-        event = Event(
+        event = self.event(
             "tempfail" if found[1] else "reject",
-            "exim",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=exim_id,
             client_ip=host[3] if host else None,
             client_name=host[1] if host else None,
@@ -233,11 +228,9 @@ class EximParser(Parser):
         verified = _VERIFY_FOR.search(text) if what.startswith("sender verify") else None
         address = _IP.search(text) if host is None else None
         ip = host[3] if host else (address[1] or address[2]) if address else None
-        event = Event(
+        event = self.event(
             kind,
-            "exim",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=exim_id,
             client_ip=ip,
             client_name=host[1] if host else None,
@@ -257,11 +250,9 @@ class EximParser(Parser):
         host = _SA_HOST.search(text)
         action = found[1]
         tossed = "tossed" in action or "rejected" in action
-        event = Event(
+        event = self.event(
             "reject" if tossed else "scan",
-            "exim",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=exim_id,
             client_ip=host[2] if host else None,
             client_name=host[1] if host and host[1] != "NULL" else None,
@@ -278,11 +269,9 @@ class EximParser(Parser):
         Exim quotes the offending command before `H=`, so the client is the last `H=` of the line."""
         hosts = list(_ANY_HOST.finditer(text))
         host = hosts[-1] if hosts else None
-        event = Event(
+        event = self.event(
             "reject",
-            "exim",
-            frame.node,
-            frame.ts,
+            frame,
             client_ip=host[3] if host else None,
             client_name=host[1] if host else None,
             reply=text,
@@ -295,11 +284,9 @@ class EximParser(Parser):
         reply = found[6]
         user = _SET_ID.search(reply)
         code = _SMTP_CODE.search(reply)
-        event = Event(
+        event = self.event(
             "login",
-            "exim",
-            frame.node,
-            frame.ts,
+            frame,
             client_ip=found[4],
             client_name=found[2],
             helo=found[3],

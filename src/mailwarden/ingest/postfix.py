@@ -28,7 +28,17 @@ from typing import Any, Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.handoff import lmtp_session
-from mailwarden.ingest.base import ADDRESS, Context, Emit, Handoffs, Parser, bounded_pop, expire, message_id, to_int
+from mailwarden.ingest.base import (
+    ADDRESS,
+    Context,
+    Emit,
+    Handoffs,
+    SessionParser,
+    bounded_pop,
+    expire,
+    message_id,
+    to_int,
+)
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
 
@@ -254,16 +264,14 @@ class _Queue(Context):
         self.accepted = False
 
 
-class PostfixParser(Parser):
+class PostfixParser(SessionParser):
+    """`sessions`: smtpd's by (node, pid), postscreen's by (node, pid, ip, port)."""
+
     source = "postfix"
-    # Bounds on the state kept (memory): the oldest entries go first when a table is full.
     QUEUE_LIMIT = 500_000
-    SESSION_LIMIT = 100_000
 
     def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
-        super().__init__(emit)
-        self.handoffs = handoffs
-        self.sessions: dict[object, Context] = {}  # (node, pid) and (node, pid, ip, port) for postscreen
+        super().__init__(emit, handoffs)
         self.queues: dict[tuple[str, str], _Queue] = {}  # (node, queue id)
         self.links: dict[tuple[str, str], Context] = {}  # (node, next queue id) -> the queue that handed it on
         self._daemons = {
@@ -389,11 +397,9 @@ class PostfixParser(Parser):
         if "message not accepted, try again later" not in rest:
             return False
         record = self.queue(frame.node, qid, frame.ts)
-        event = Event(
+        event = self.event(
             "tempfail",
-            "postfix",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=qid,
             reply=rest,
             reason="infra.storage" if "space" in rest else None,
@@ -411,11 +417,9 @@ class PostfixParser(Parser):
             record["size"] = int(found["size"])
             return True
         if found["status"] == "expired":
-            event = Event(
+            event = self.event(
                 "bounce",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 queue_id=qid,
                 reply="returned to sender: message expired in the queue",
                 detail={"status": "expired"},
@@ -487,11 +491,9 @@ class PostfixParser(Parser):
         child.detail = {"notification_of": qid}
         # A `check`, not a `bounce`: the recipients' fates are in their own delivery lines; this
         # line only records that a notice went back to the sender (and which queue file carries it).
-        event = Event(
+        event = self.event(
             "check",
-            "postfix",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=qid,
             reply=f"{found[1]} {notice} notification",
             detail={"check": "notification", "notification_queue_id": found[3], "notification": notice, "to": found[1]},
@@ -510,11 +512,9 @@ class PostfixParser(Parser):
         enhanced = reply[2] if reply else None
         kind = {"warning": "check", "info": "check", "hold": "defer"}.get(action) or _kind_for(code, enhanced)
         detail: dict[str, object] = {"action": action, "check": found[2], "match": found["what"]}
-        event = Event(
+        event = self.event(
             kind,
-            "postfix",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=qid,
             sender=found["from"],
             recipient=found["to"],
@@ -536,21 +536,17 @@ class PostfixParser(Parser):
         record = self.queue(frame.node, qid, frame.ts)
         if rest == "removed":
             record.closed_us = frame.ts
-            event = Event(
+            event = self.event(
                 "delete",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 queue_id=qid,
                 reply="removed from the queue by the administrator",
                 detail={"action": "postsuper"},
             )
         elif rest == "placed on hold":
-            event = Event(
+            event = self.event(
                 "defer",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 queue_id=qid,
                 reply="placed on hold",
                 detail={"action": "hold"},
@@ -637,11 +633,9 @@ class PostfixParser(Parser):
         if what in ("improper command pipelining", "bare <LF> received"):
             kind = "check"
             detail.update(check="smtp", result="fail")
-        event = Event(
+        event = self.event(
             kind,
-            "postfix",
-            frame.node,
-            frame.ts,
+            frame,
             client_ip=found[5] or None,
             client_name=_client_name(found[4]),
             reply=text[: found.start(4) - 6] if kind == "disconnect" else text,
@@ -737,11 +731,9 @@ class PostfixParser(Parser):
         if failed is not None:
             context = self._session(frame, program, failed[1], failed[2])
             detail: dict[str, object] = {"result": "failed", "protocol": "smtp", "method": failed[4]}
-            event = Event(
+            event = self.event(
                 "login",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 client_ip=failed[2],
                 client_name=_client_name(failed[1]),
                 recipient=failed[6] or None,
@@ -756,11 +748,9 @@ class PostfixParser(Parser):
                 return False
             context = self._session(frame, program, found[1], found[2])
             command = text[found.end() :].lstrip(": ")
-            event = Event(
+            event = self.event(
                 "reject",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 client_ip=found[2],
                 client_name=_client_name(found[1]),
                 reply=text,
@@ -773,11 +763,9 @@ class PostfixParser(Parser):
         if limited is not None:  # anvil: Postfix answered 421 4.7.0 and closed
             context = self._session(frame, program, limited[3], limited[4])
             reason = "client.too_many_connections" if limited[1].startswith("Connection") else "rate_limited"
-            event = Event(
+            event = self.event(
                 "tempfail",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 client_ip=limited[4],
                 client_name=_client_name(limited[3]),
                 smtp_code=421,
@@ -791,11 +779,9 @@ class PostfixParser(Parser):
         unverified = _UNVERIFIED.match(text)
         if unverified is not None:  # forward-confirmed rDNS failed: the client shows as unknown[ip]
             context = self._session(frame, program, None, unverified[2])
-            event = Event(
+            event = self.event(
                 "check",
-                "postfix",
-                frame.node,
-                frame.ts,
+                frame,
                 client_ip=unverified[2],
                 reason="client.fcrdns_mismatch",
                 detail={"check": "fcrdns", "result": "fail", "hostname": unverified[1]},
@@ -877,10 +863,10 @@ class PostfixParser(Parser):
         if found is None:
             return text.startswith(_QUIET)
         detail = {"check": "dnsbl", "result": "listed", "zone": found[2].lower(), "answer": found[3]}
-        event = Event(
-            "check", "postfix", frame.node, frame.ts, client_ip=found[1], reason="client.dnsbl", detail=detail
+        self.emit(
+            Event("check", "postfix", frame.node, frame.ts, client_ip=found[1], reason="client.dnsbl", detail=detail),
+            None,
         )
-        self.emit(event, None)
         return True
 
     # ------------------------------------------------------------------ everything else

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from mailwarden.events import Event
 from mailwarden.ingest.base import Emit, Parser, QueueLookup, message_id
 from mailwarden.ingest.framing import Frame
 
@@ -70,11 +69,9 @@ class RspamdParser(Parser):
             detail["recipients"] = recipients
         qid = fields.get("qid") or None
         context = self._queue_of(frame.node, qid) if qid else None
-        event = Event(
+        event = self.event(
             "scan",
-            "rspamd",
-            frame.node,
-            frame.ts,
+            frame,
             queue_id=qid,
             message_id=message_id(mid) if mid != "undef" else None,
             client_ip=fields.get("ip"),

@@ -126,11 +126,10 @@ class Clock:
 
     def classic(self, key: str, month: int, day: int, hour: int, minute: int, second: int) -> int | None:
         """A year-less stamp (`key` is its text, used for caching) as UTC µs, or None if impossible."""
-        cached = self._cache.get(key)
-        last = self._last
-        if cached is not None and last is not None and -_NEAR_US < cached - last < _NEAR_US:
-            self._last = cached
+        cached = self.recall(key)
+        if cached is not None:
             return cached
+        last = self._last
         if last is None:
             year = datetime.fromtimestamp(self._reference / SECOND_US, tz=UTC).year
             limit = self._reference + DAY_US
