@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP: Final = 64  # messages per group: bounds the open files and the wait of the first one
 # Two keep two fsyncs in flight. Four (measured earlier: +10 % msg/s over one when an fsync took
-# 2.5 ms) now cost 20-30 % more CPU per message in GIL hand-offs for no more msg/s; two against
-# four and one under smtp-source, median of 2x3 rounds: 512 / 398 / 490 msg/s.
+# 2.5 ms) now cost 10-20 % more CPU per message in GIL hand-offs for no more msg/s; two, four and
+# one under smtp-source, medians of 3 alternating rounds: 512 / 398 / 490 msg/s (another run: 494 / 500 / 497).
 THREADS: Final = 2
 
 # The store's `commit_soon`: commit these events with everything queued before, then report (None or the error).

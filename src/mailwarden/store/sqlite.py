@@ -304,6 +304,7 @@ class SqliteStore(Store):
             raise StoreError(f"cannot open the SQLite store {path}: {exc}; check the path and its permissions") from exc
         self._batch_interval = batch_interval
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
         self._writer_conn: sqlite3.Connection | None = None
         self._writer: BatchWriter | None = None
         self._bulk = False  # a bulk import writes here: the writer keeps more index pages in memory
@@ -313,8 +314,12 @@ class SqliteStore(Store):
     # -- events
     def _writer_started(self) -> BatchWriter:
         if self._writer is None:
-            self._writer_conn = _connect(self.path)
-            self._writer = BatchWriter(self._write_batch, self._batch_interval, f"store-writer:{self.path.name}")
+            with self._starting:  # the gateway's delivery threads commit too, not only the event loop
+                if self._writer is None:
+                    self._writer_conn = _connect(self.path)
+                    self._writer = BatchWriter(
+                        self._write_batch, self._batch_interval, f"store-writer:{self.path.name}"
+                    )
         return self._writer
 
     def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
