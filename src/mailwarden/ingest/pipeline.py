@@ -49,7 +49,9 @@ _UNTAGGED_DOVECOT: Final = re.compile(
     r"(?:(?:Info|Warning|Error|Fatal|Panic|Debug): )?([a-z][a-z0-9_\-]*)(?:\([^)]*\))?(?:<[^<>]*>)*: "
 )
 _PROGRAM_SAFE: Final = re.compile(r"[^\w.\-/]")
-_EVICT_EVERY: Final = 50_000
+# Lines between walks over the parsers' tables for expired contexts: a walk visits every open
+# session and queue file, and every 50,000 lines these walks were 2-3 % of the parsing time.
+_EVICT_EVERY: Final = 200_000
 
 
 class IngestError(ValueError):

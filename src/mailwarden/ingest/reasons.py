@@ -59,9 +59,9 @@ _ZONE: Final = re.compile(
 )
 
 
-_DIGITS: Final = str.maketrans("123456789", "000000000")
+_DIGITS: Final = bytes.maketrans(b"123456789", b"000000000")
 _CACHE_LIMIT: Final = 50_000
-_cache: dict[str, str | None] = {}
+_cache: dict[bytes, str | None] = {}
 
 
 def classify(text: str | None, enhanced: str | None = None) -> str | None:
@@ -77,11 +77,12 @@ def classify(text: str | None, enhanced: str | None = None) -> str | None:
 
 def _cached(text: str) -> str | None:
     """`_classify` remembered by the text's shape: digits and the first `<...>` (the echoed
-    address or HELO) do not change the meaning, and the same few texts come again and again."""
-    key = text.translate(_DIGITS)
-    start = key.find("<")
+    address or HELO) do not change the meaning, and the same few texts come again and again.
+    The shape is made of bytes: their `translate` is a tenth of the cost of `str.translate`."""
+    key = text.encode("utf-8", "surrogatepass").translate(_DIGITS)
+    start = key.find(b"<")
     if start >= 0:
-        end = key.find(">", start)
+        end = key.find(b">", start)
         if end > 0:
             key = key[:start] + key[end + 1 :]
     try:
@@ -90,7 +91,7 @@ def _cached(text: str) -> str | None:
         pass
     if len(_cache) >= _CACHE_LIMIT:
         _cache.clear()
-    code = _cache[key] = _classify(key.lower())
+    code = _cache[key] = _classify(key.decode("utf-8", "surrogatepass").lower())
     return code
 
 

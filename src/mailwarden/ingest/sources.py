@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Final
 
@@ -84,16 +83,6 @@ def decode(raw: bytes, limit: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("utf-8", "backslashreplace")
-
-
-def read_lines(handle: IO[bytes], start: int = 0, limit: int = 65_536) -> Iterator[tuple[int, str]]:
-    """(offset, text) of every line from byte `start` on; a last line without newline counts too."""
-    offset = 0
-    if start:
-        offset = skip(handle, start)
-    for raw in handle:
-        yield offset, decode(raw, limit)
-        offset += len(raw)
 
 
 def skip(handle: IO[bytes], start: int) -> int:
