@@ -8,7 +8,8 @@ line a few seconds out of order does not jump a year), and in the repeated hour 
 saving ends it picks the reading that does not run backwards. The first stamp of a stream is
 placed no later than the reference time (a file's modification time, or now) plus a day.
 
-Conversions are cached per distinct stamp text, because a busy log repeats each second many times.
+Conversions are cached per distinct stamp text, because a busy log repeats each second many times,
+and per minute: a new second of a minute placed before is its minute's time plus the seconds.
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ def tai64n_us(label: str) -> int:
 class Clock:
     """Places the timestamps of one input stream on the UTC time line (see the module docstring)."""
 
-    __slots__ = ("_cache", "_last", "_reference", "zone")
+    __slots__ = ("_cache", "_last", "_minutes", "_reference", "zone")
 
     def __init__(self, zone: tzinfo, reference_us: int) -> None:
         self.zone = zone
         self._reference = reference_us
         self._last: int | None = None
-        self._cache: dict[str, int] = {}
+        self._cache: dict[str, int] = {}  # stamp text -> UTC µs
+        self._minutes: dict[str, int] = {}  # stamp text without `:SS` -> UTC µs of its second 0
 
     @property
     def last_us(self) -> int:
@@ -101,6 +103,21 @@ class Clock:
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = value
+
+    def _remember_minute(self, key: str, second: int, value: int) -> None:
+        """Note the minute of `key` (a stamp ending in `:SS`), placed at `value` away from any change of offset."""
+        if len(self._minutes) >= _CACHE_LIMIT:
+            self._minutes.clear()
+        self._minutes[key[:-3]] = value - second * SECOND_US
+
+    def _by_minute(self, key: str, second: int) -> int | None:
+        """`key`'s time from its minute's, if that minute was placed before: no zone arithmetic.
+
+        A new second costs about 50 µs the long way (five candidate years, each through the zone),
+        and a busy log starts one every hundred lines: this was 5 % of the parsing time.
+        """
+        base = self._minutes.get(key[:-3]) if second < 60 else None  # `:60` is no second (datetime refuses it)
+        return None if base is None else base + second * SECOND_US
 
     def _local(self, year: int, month: int, day: int, hour: int, minute: int, second: int) -> int | None:
         """Local wall time as UTC µs; in the repeated hour, the reading that keeps time running forward."""
@@ -130,6 +147,12 @@ class Clock:
         if cached is not None:
             return cached
         last = self._last
+        # Near the previous stamp, the minute's year is the one the long way below would pick.
+        cached = self._by_minute(key, second)
+        if cached is not None and last is not None and -_NEAR_US < cached - last < _NEAR_US:
+            self._last = cached
+            self._remember(key, cached)
+            return cached
         if last is None:
             year = datetime.fromtimestamp(self._reference / SECOND_US, tz=UTC).year
             limit = self._reference + DAY_US
@@ -152,6 +175,7 @@ class Clock:
         self._last = value
         if self._local_is_unambiguous(value):
             self._remember(key, value)
+            self._remember_minute(key, second, value)
         return value
 
     def _local_is_unambiguous(self, value: int) -> bool:
@@ -163,6 +187,8 @@ class Clock:
     def local(self, key: str, year: int, month: int, day: int, hour: int, minute: int, second: int) -> int | None:
         """A local stamp with its year (Exim's and Dovecot's files) as UTC µs."""
         cached = self._cache.get(key)
+        if cached is None and (cached := self._by_minute(key, second)) is not None:
+            self._remember(key, cached)
         if cached is not None:
             self._last = cached
             return cached
@@ -172,6 +198,7 @@ class Clock:
         self._last = value
         if self._local_is_unambiguous(value):
             self._remember(key, value)
+            self._remember_minute(key, second, value)
         return value
 
     def absolute(
