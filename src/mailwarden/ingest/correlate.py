@@ -48,11 +48,12 @@ class Holdback:
         queue = self._queue
         horizon = now_us - self.holdback_us
         limit = self.limit
+        release = self.release
         while queue and (queue[0][0].ts <= horizon or len(queue) > limit):
             event, context, _, _ = queue.popleft()
             if context is not None:
                 context.fill(event)
-            self.release(event)
+            release(event)
 
     def drain(self) -> None:
         """Release everything (end of input, or the input went quiet)."""

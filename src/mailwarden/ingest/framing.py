@@ -70,19 +70,31 @@ _TAG_CACHE_LIMIT: Final = 20_000
 class Framer:
     """Frames the lines of one input stream; `default_node` names lines that carry no host."""
 
-    __slots__ = ("_tags", "clock", "default_node")
+    __slots__ = ("_stamp", "_stamp_us", "_tags", "clock", "default_node")
 
     def __init__(self, clock: Clock, default_node: str) -> None:
         self.clock = clock
         self.default_node = default_node
         self._tags: dict[str, _Tag | None] = {}
+        # The classic stamp the fast path placed last and its time. Only this framer moves its
+        # clock, and every other path forgets it, so the clock's latest time is still that stamp's.
+        self._stamp = ""
+        self._stamp_us = 0
 
     def frame(self, line: str) -> Frame | None:
         """The frame of `line`, or None when its time stamp is impossible (like `Feb 30`)."""
         clock = self.clock
         first = line[:1]
-        # The fast path: a classic stamp seen before (`Dec 18 15:46:00 `), found by its text.
-        ts = clock.recall(line[:15]) if line[15:16] == " " and line[16:17] != " " and "A" <= first <= "Z" else None
+        # The fast path: a classic stamp seen before (`Dec 18 15:46:00 `), found by its text; most
+        # often the previous line's (a busy log writes a hundred lines a second): then not even the
+        # clock is asked (its call was 2 % of the parsing time).
+        ts = None
+        if line[15:16] == " " and line[16:17] != " " and "A" <= first <= "Z":
+            stamp = line[:15]
+            if stamp == self._stamp:
+                ts = self._stamp_us
+            elif (ts := clock.recall(stamp)) is not None:
+                self._stamp, self._stamp_us = stamp, ts
         if ts is not None:
             colon = line.find(": ", 16)
             tag = self._tags.get(line[16:colon]) if colon > 16 else None
@@ -91,6 +103,7 @@ class Framer:
                 body_start = 16 + tag_at if host else 16
                 return Frame(ts, host or self.default_node, program, pid, line[colon + 2 :], line, body_start, False)
             return self._tagged(line, ts, 16, False)
+        self._stamp = ""  # the clock moves below
         iso_stamp = False
         match_ = _CLASSIC.match(line) if "A" <= first <= "Z" else None
         if match_ is not None:

@@ -66,6 +66,8 @@ _DELIVERY: Final = re.compile(
     r"(?:tls=[^\s,]+, )?dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z-]+)(?: \((?P<text>.*)\))?"
 )
 _SAID: Final = re.compile(r"(?:.*? said: )?(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")
+_REPLY_CODE: Final = re.compile(r"(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")  # _SAID without anything said
+_DELIVERY_KINDS: Final = {"sent": "deliver", "deferred": "defer", "bounced": "bounce", "expired": "bounce"}
 _QUEUED_AS: Final = re.compile(r"queued as ([0-9A-Za-z]{5,24})\b")
 _SMTPD_CLIENT: Final = re.compile(
     _CLIENT + r"(?:, sasl_method=([^\s,]+))?(?:, sasl_username=(.*?))?(?:, sasl_sender=.*?)?"
@@ -305,7 +307,7 @@ class PostfixParser(SessionParser):
         if queued is not None:
             if text.startswith("client=", queued.end()):
                 return self._smtpd(frame, program, text)
-            return self._queue_line(frame, program, text)
+            return self._queued(frame, program, queued[1], text[queued.end() :])
         if text.startswith(_SMTPD_SHAPES) or _SESSION_END.match(text) is not None:
             return self._smtpd(frame, program, text)
         if text[:1].isupper() and self._postscreen(frame, program, text):
@@ -338,9 +340,11 @@ class PostfixParser(SessionParser):
             if text.startswith("warning: ") and (found := _QID_PREFIX.match(text, 9)) is not None:
                 return self._queue_warning(frame, found[1], text[found.end() :])
             return self._no_queue_line(frame, program, text)
-        qid = found[1]
-        rest = text[found.end() :]
-        if rest.startswith("to=") or rest.startswith("to=<"):
+        return self._queued(frame, program, found[1], text[found.end() :])
+
+    def _queued(self, frame: Frame, program: str, qid: str, rest: str) -> bool:
+        """A queue file's line, `rest` following its `QID: `."""
+        if rest.startswith("to="):
             return self._delivery(frame, qid, rest)
         if rest.startswith("message-id="):
             record = self.queue(frame.node, qid, frame.ts)
@@ -435,13 +439,14 @@ class PostfixParser(SessionParser):
         if status.startswith(("deliverable", "undeliverable")):
             return True  # an address verification probe, not a message
         record = self.queue(frame.node, qid, frame.ts)
-        kind = {"sent": "deliver", "deferred": "defer", "bounced": "bounce", "expired": "bounce"}.get(status, "defer")
+        kind = _DELIVERY_KINDS.get(status, "defer")
         text = found["text"]
         dsn = found["dsn"]
         code: int | None = None
         enhanced = dsn
         if text:
-            said = _SAID.match(text)
+            # `_SAID` would try ` said: ` at every position of the text first (1 % of the parsing time)
+            said = _SAID.match(text) if " said: " in text else _REPLY_CODE.match(text)
             if said is not None:
                 code = int(said[1])
         detail: dict[str, object] = {"relay": found["relay"], "delay": float(found["delay"]), "status": status}
@@ -813,6 +818,8 @@ class PostfixParser(SessionParser):
             detail = {"check": "postscreen", "result": "fail", "verdict": verdict[1]}
             self.emit(Event("check", "postfix", frame.node, frame.ts, detail=detail), context)
             return True
+        if text.startswith("NOQUEUE: reject: "):  # before the tests' pattern, which it never matches
+            return self._postscreen_reject(frame, program, text[17:])
         test = _PS_TEST.match(text)
         if test is not None:
             context = self._postscreen_session(frame, program, test[2], test[3])
@@ -830,8 +837,6 @@ class PostfixParser(SessionParser):
                 detail["result"] = "hangup"
             self.emit(Event("check", "postfix", frame.node, frame.ts, reason=reason, detail=detail), context)
             return True
-        if text.startswith("NOQUEUE: reject: "):
-            return self._postscreen_reject(frame, program, text[17:])
         return text.startswith(_QUIET) or (text.startswith("warning: ") and self._quiet_warning(text))
 
     def _postscreen_session(self, frame: Frame, program: str, ip: str, port: str) -> Context:
