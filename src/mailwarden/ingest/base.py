@@ -50,6 +50,8 @@ class Context(dict[str, Any]):
 
 
 Emit = Callable[[Event, "Context | None"], None]
+# Parses one framed line; False when it does not understand it.
+Parse = Callable[[Frame], bool]
 # Finds an MTA queue file's context by (node, queue id), for filters that log the MTA's queue id.
 QueueLookup = Callable[[str, str], "Context | None"]
 Key = TypeVar("Key")
@@ -88,6 +90,11 @@ class Parser:
 
     def parse(self, frame: Frame) -> bool:
         raise NotImplementedError
+
+    def parser_for(self, program: str) -> Parse:
+        """What parses the lines of `program`: `parse`, or for a parser that dispatches by program
+        (Postfix's daemons) the handler it would pick, so that a line costs one call less."""
+        return self.parse
 
     def event(self, kind: str, frame: Frame, **fields: Any) -> Event:
         """An event of this source for the line framed as `frame`: its node and time."""

@@ -19,7 +19,7 @@ from typing import Final
 from mailwarden.config import INGEST_FORMATS
 from mailwarden.events import Event, now_us
 from mailwarden.ingest.amavis import AmavisParser
-from mailwarden.ingest.base import Context, Handoffs, Parser
+from mailwarden.ingest.base import Context, Handoffs, Parse, Parser
 from mailwarden.ingest.clamav import ClamavMilterParser
 from mailwarden.ingest.correlate import Holdback
 from mailwarden.ingest.dovecot import SERVICES as DOVECOT_SERVICES
@@ -123,7 +123,7 @@ class Ingester:
             ClamavMilterParser(self._emit, queue_of),
         )
         self._by_name: dict[str, Parser] = {parser.source: parser for parser in self._parsers}
-        self._routes: dict[str, Parser | None] = {}
+        self._routes: dict[str, Parse | None] = {}  # by program name
         self._forced = self._by_name.get(fmt)
 
     def stream(self, origin: str, reference_us: int | None = None, default_node: str | None = None) -> Stream:
@@ -142,14 +142,18 @@ class Ingester:
         if frame is None:
             self._unknown(None, "unframed", stream.framer.clock.last_us)
             return
-        parser = self._forced
-        if parser is None:
-            program = frame.program
-            parser = self._routes.get(program) if program is not None else None
-            if parser is None:
-                parser = self._route(frame)
-        if parser is None or not parser.parse(frame):
-            self._unknown(frame, frame.program or (parser.source if parser else "unknown"), frame.ts)
+        program = frame.program
+        if program is not None and self._forced is None:
+            try:
+                parse = self._routes[program]
+            except KeyError:
+                parse = self._route(program)
+            if parse is None or not parse(frame):
+                self._unknown(frame, program, frame.ts)
+        else:
+            parser = self._forced or self._route_untagged(frame)
+            if parser is None or not parser.parse(frame):
+                self._unknown(frame, program or (parser.source if parser else "unknown"), frame.ts)
         if stats.lines % _EVICT_EVERY == 0:
             for each in self._parsers:
                 each.evict(frame.ts)
@@ -165,14 +169,8 @@ class Ingester:
             self._replaying = False
             self.stats = stats
 
-    def _route(self, frame: Frame) -> Parser | None:
-        program = frame.program
-        if program is None:
-            return self._route_untagged(frame)
-        try:
-            return self._routes[program]
-        except KeyError:
-            pass
+    def _route(self, program: str) -> Parse | None:
+        """What parses `program`'s lines, by its name; remembered."""
         family = program.split("/", 1)[0].lower()
         parser: Parser | None = None
         if family.startswith("postfix"):
@@ -181,9 +179,10 @@ class Ingester:
             parser = self.dovecot
         elif family in _FAMILIES:
             parser = self._by_name[_FAMILIES[family]]
+        parse = parser.parser_for(program) if parser is not None else None
         if len(self._routes) < 10_000:
-            self._routes[program] = parser
-        return parser
+            self._routes[program] = parse
+        return parse
 
     def _route_untagged(self, frame: Frame) -> Parser | None:
         found = _UNTAGGED_DOVECOT.match(frame.body)

@@ -23,7 +23,6 @@ where the echo at the start of the reply agrees with it, and a line yields at mo
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from mailwarden.events import Event
@@ -33,6 +32,7 @@ from mailwarden.ingest.base import (
     Context,
     Emit,
     Handoffs,
+    Parse,
     SessionParser,
     bounded_pop,
     expire,
@@ -289,31 +289,36 @@ class PostfixParser(SessionParser):
         }
         for daemon in ("tlsproxy", "anvil", "scache", "tlsmgr", "master", "postfix-script", "verify", "postlogd"):
             self._daemons[daemon] = self._quiet
-        self._handlers: dict[str, Callable[[Frame, str, str], bool]] = {}  # by full program name
+        self._handlers: dict[str, Parse] = {}  # by full program name
 
     def parse(self, frame: Frame) -> bool:
-        program = frame.program or "postfix"
+        return self.parser_for(frame.program or "postfix")(frame)
+
+    def parser_for(self, program: str) -> Parse:
+        """The handler of `program`'s daemon (the last part of its name); each handler reads the
+        program (`postfix` when the line named none) and the text from the frame."""
         handler = self._handlers.get(program)
         if handler is None:
             handler = self._daemons.get(program.rsplit("/", 1)[-1], self._by_shape)
             if len(self._handlers) < 1000:
                 self._handlers[program] = handler
-        return handler(frame, program, frame.message)
+        return handler
 
-    def _by_shape(self, frame: Frame, program: str, text: str) -> bool:
+    def _by_shape(self, frame: Frame) -> bool:
         """A delivery agent, or a line whose daemon name got lost (rsyslog's RFC 5424 APP-NAME stops
         at the `/` of `postfix/smtpd` unless parser.PermitSlashInProgramName is on): go by its shape."""
+        program, text = frame.program or "postfix", frame.message
         queued = _QID_PREFIX.match(text)
         if queued is not None:
             if text.startswith("client=", queued.end()):
-                return self._smtpd(frame, program, text)
+                return self._smtpd(frame)
             return self._queued(frame, program, queued[1], text[queued.end() :])
         if text.startswith(_SMTPD_SHAPES) or _SESSION_END.match(text) is not None:
-            return self._smtpd(frame, program, text)
-        if text[:1].isupper() and self._postscreen(frame, program, text):
+            return self._smtpd(frame)
+        if text[:1].isupper() and self._postscreen(frame):
             return True
         if text.startswith("addr "):
-            return self._dnsblog(frame, program, text)
+            return self._dnsblog(frame)
         return self._no_queue_line(frame, program, text)
 
     # ------------------------------------------------------------------ queue files
@@ -334,7 +339,8 @@ class PostfixParser(SessionParser):
         """The record of `qid`, for other sources (amavis, rspamd, clamav-milter) naming Postfix's queue id."""
         return self.queues.get((node, qid))
 
-    def _queue_line(self, frame: Frame, program: str, text: str) -> bool:
+    def _queue_line(self, frame: Frame) -> bool:
+        program, text = frame.program or "postfix", frame.message
         found = _QID_PREFIX.match(text)
         if found is None:
             if text.startswith("warning: ") and (found := _QID_PREFIX.match(text, 9)) is not None:
@@ -533,7 +539,8 @@ class PostfixParser(SessionParser):
         self.emit(event, record)
         return True
 
-    def _postsuper(self, frame: Frame, program: str, text: str) -> bool:
+    def _postsuper(self, frame: Frame) -> bool:
+        program, text = frame.program or "postfix", frame.message
         found = _QID_PREFIX.match(text)
         if found is None:
             return text.startswith(_QUIET) or self._no_queue_line(frame, program, text)
@@ -586,7 +593,8 @@ class PostfixParser(SessionParser):
         context["session"] = base
         return context
 
-    def _smtpd(self, frame: Frame, program: str, text: str) -> bool:
+    def _smtpd(self, frame: Frame) -> bool:
+        program, text = frame.program or "postfix", frame.message
         if text.startswith("connect from "):
             found = _CLIENT_AT.match(text, 13)
             if found is None:
@@ -796,7 +804,8 @@ class PostfixParser(SessionParser):
         return False
 
     # ------------------------------------------------------------------ postscreen and dnsblog
-    def _postscreen(self, frame: Frame, program: str, text: str) -> bool:
+    def _postscreen(self, frame: Frame) -> bool:
+        program, text = frame.program or "postfix", frame.message
         connect = _PS_CONNECT.match(text) if text.startswith("CONNECT") else None
         if connect is not None:
             key = (frame.node, frame.pid, connect[1], connect[2])
@@ -863,7 +872,8 @@ class PostfixParser(SessionParser):
         self.emit(event, context)
         return True
 
-    def _dnsblog(self, frame: Frame, program: str, text: str) -> bool:
+    def _dnsblog(self, frame: Frame) -> bool:
+        text = frame.message
         found = _DNSBLOG.match(text)
         if found is None:
             return text.startswith(_QUIET)
@@ -875,9 +885,9 @@ class PostfixParser(SessionParser):
         return True
 
     # ------------------------------------------------------------------ everything else
-    def _quiet(self, frame: Frame, program: str, text: str) -> bool:
+    def _quiet(self, frame: Frame) -> bool:
         """Daemons that never speak of a message (TLS proxy, statistics, the master)."""
-        return not text.startswith(_LEVEL_PREFIXES) or self._quiet_warning(text)
+        return not frame.message.startswith(_LEVEL_PREFIXES) or self._quiet_warning(frame.message)
 
     def _no_queue_line(self, frame: Frame, program: str, text: str) -> bool:
         if text.startswith(_QUIET):
