@@ -108,5 +108,9 @@ def dnsbl_zone(text: str) -> str | None:
     lowered = text.lower()
     if "blocked using" not in lowered and "listed by domain" not in lowered and "listed " not in lowered:
         return None  # the usual case, found cheaply (`Greylisted` must not count)
-    found = _ZONE.search(text)
+    start = 0
+    if text.isascii():  # then no match starts before the first keyword: the search that ignores
+        # case would try every position before it (2 µs of a postscreen DNSBL refusal's 7 µs)
+        start = min(at for at in (lowered.find("blocked using"), lowered.find("listed ")) if at >= 0)
+    found = _ZONE.search(text, start)
     return found[1].lower() if found else None
