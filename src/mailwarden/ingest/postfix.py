@@ -451,7 +451,7 @@ class PostfixParser(SessionParser):
         code: int | None = None
         enhanced = dsn
         if text:
-            # `_SAID` would try ` said: ` at every position of the text first (1 % of the parsing time)
+            # `_SAID` would try ` said: ` at every position of the text first
             said = _SAID.match(text) if " said: " in text else _REPLY_CODE.match(text)
             if said is not None:
                 code = int(said[1])

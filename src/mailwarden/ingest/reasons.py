@@ -110,7 +110,7 @@ def dnsbl_zone(text: str) -> str | None:
         return None  # the usual case, found cheaply (`Greylisted` must not count)
     start = 0
     if text.isascii():  # then no match starts before the first keyword: the search that ignores
-        # case would try every position before it (2 µs of a postscreen DNSBL refusal's 7 µs)
+        # case would try every position before it (0.9 % of the parsing instructions, measured)
         start = min(at for at in (lowered.find("blocked using"), lowered.find("listed ")) if at >= 0)
     found = _ZONE.search(text, start)
     return found[1].lower() if found else None
