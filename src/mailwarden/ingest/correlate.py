@@ -38,10 +38,11 @@ class Holdback:
     def add(self, event: Event, context: Context | None, origin: str, offset: int) -> None:
         queue = self._queue
         queue.append((event, context, origin, offset))
-        if event.ts > self._latest:
-            self._latest = event.ts
-        if queue[0][0].ts <= self._latest - self.holdback_us or len(queue) > self.limit:  # the usual: nothing due
-            self.advance(self._latest)
+        latest = self._latest
+        if event.ts > latest:
+            self._latest = latest = event.ts
+        if queue[0][0].ts <= latest - self.holdback_us or len(queue) > self.limit:  # the usual: nothing due
+            self.advance(latest)
 
     def advance(self, now_us: int) -> None:
         """Release every event older than `now_us - holdback` (and any beyond the size limit)."""

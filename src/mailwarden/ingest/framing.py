@@ -83,17 +83,15 @@ class Framer:
 
     def frame(self, line: str) -> Frame | None:
         """The frame of `line`, or None when its time stamp is impossible (like `Feb 30`)."""
-        clock = self.clock
-        first = line[:1]
         # The fast path: a classic stamp seen before (`Dec 18 15:46:00 `), found by its text; most
         # often the previous line's (a busy log writes a hundred lines a second): then not even the
         # clock is asked (asking it was 2.7 % of the parsing instructions, measured).
         ts = None
-        if line[15:16] == " " and line[16:17] != " " and "A" <= first <= "Z":
+        if line[15:16] == " " and line[16:17] != " ":
             stamp = line[:15]
             if stamp == self._stamp:
                 ts = self._stamp_us
-            elif (ts := clock.recall(stamp)) is not None:
+            elif "A" <= stamp[:1] <= "Z" and (ts := self.clock.recall(stamp)) is not None:
                 self._stamp, self._stamp_us = stamp, ts
         if ts is not None:
             colon = line.find(": ", 16)
@@ -114,6 +112,8 @@ class Framer:
                 return frame
             return self._tagged(line, ts, 16, False)
         self._stamp = ""  # the clock moves below
+        clock = self.clock
+        first = line[:1]
         iso_stamp = False
         match_ = _CLASSIC.match(line) if "A" <= first <= "Z" else None
         if match_ is not None:

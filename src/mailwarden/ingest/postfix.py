@@ -261,7 +261,7 @@ class _Queue(Context):
     __slots__ = ("accepted", "qid")
 
     def __init__(self, seen_us: int, qid: str, parent: Context | None = None) -> None:
-        super().__init__(seen_us, parent)
+        Context.__init__(self, seen_us, parent)  # (super() cost a lookup for every new queue file)
         self.qid = qid
         self.accepted = False
 
