@@ -65,8 +65,9 @@ _DELIVERY: Final = re.compile(
     r"relay=(?P<relay>[^\s,]+), (?:conn_use=\d+, )?delay=(?P<delay>[\d.]+), delays=(?P<delays>[\d./]+), "
     r"(?:tls=[^\s,]+, )?dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z-]+)(?: \((?P<text>.*)\))?"
 )
-_SAID: Final = re.compile(r"(?:.*? said: )?(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")
-_REPLY_CODE: Final = re.compile(r"(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")  # _SAID without anything said
+_CODES: Final = r"(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?"  # a reply's code and enhanced code
+_SAID: Final = re.compile(r"(?:.*? said: )?" + _CODES)
+_REPLY_CODE: Final = re.compile(_CODES)  # _SAID without anything said
 _DELIVERY_KINDS: Final = {"sent": "deliver", "deferred": "defer", "bounced": "bounce", "expired": "bounce"}
 _QUEUED_AS: Final = re.compile(r"queued as ([0-9A-Za-z]{5,24})\b")
 _SMTPD_CLIENT: Final = re.compile(
