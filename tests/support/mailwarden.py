@@ -50,8 +50,23 @@ def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
 class Mailwarden:
     """A mailwarden instance in `root`: config.toml, var/ (store, Maildirs, spool, TLS)."""
 
-    def __init__(self, root: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        config_file: Path | None = None,
+        smtp_port: int | None = None,
+    ) -> None:
+        """With `config_file` (and its `smtp_port`), run that config as written, without the test base."""
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = root / "serve.log"
+        if config_file is not None:
+            assert smtp_port is not None and overrides is None
+            self.smtp_port, self.config, self.sections = smtp_port, config_file, {}
+            return
         self.smtp_port = free_port()
         sections: dict[str, dict[str, Any]] = {
             "node": {"name": "test-mx"},
@@ -69,10 +84,7 @@ class Mailwarden:
         for name, values in (overrides or {}).items():
             sections.setdefault(name, {}).update(values)
         self.sections = sections
-        root.mkdir(parents=True, exist_ok=True)
         self.config = write_config(root / "config.toml", sections)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = root / "serve.log"
 
     @property
     def maildir_root(self) -> Path:
