@@ -157,17 +157,26 @@ class _Device(poplib.POP3):
     def __init__(self, mailbox: Mailbox, source: str, timeout: float = 30.0) -> None:
         self.source = source
         super().__init__(mailbox.host, mailbox.port, timeout=timeout)
-        self.user(mailbox.address)
-        self.pass_(mailbox.password)
 
     def _create_socket(self, timeout: float) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
 
 
+def _logged_in(mailbox: Mailbox, source: str) -> _Device:
+    device = _Device(mailbox, source)
+    try:
+        device.user(mailbox.address)
+        device.pass_(mailbox.password)
+    except poplib.error_proto:
+        device.close()
+        raise
+    return device
+
+
 def check_mail(mailbox: Mailbox) -> str:
     """The usual mail program looks into the mailbox and leaves everything there."""
     try:
-        device = _Device(mailbox, USUAL_DEVICE)
+        device = _logged_in(mailbox, USUAL_DEVICE)
         try:
             count, _ = device.stat()
         finally:
@@ -189,7 +198,7 @@ def delivered_uid(store: Store, ref: str) -> str | None:
 def fetch_and_delete(mailbox: Mailbox, uid: str) -> str:
     """Another device fetches the message with this UIDL and deletes it from the server."""
     try:
-        device = _Device(mailbox, OTHER_DEVICE)
+        device = _logged_in(mailbox, OTHER_DEVICE)
         try:
             listing = (entry.decode("utf-8", "replace").split() for entry in device.uidl()[1])
             number = next((int(n) for n, unique in listing if unique == uid), None)
