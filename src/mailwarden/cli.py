@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mailwarden import __version__
 from mailwarden.config import (
@@ -123,8 +124,6 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 
 def _init_config(path: str | None, port: int) -> int:
     """`config init`: write the config `make run` starts with, never over an existing one."""
-    from pathlib import Path
-
     if not path:
         raise ConfigError("name the file to write with -c FILE, e.g. mailwarden -c var/mailwarden.toml config init")
     file = Path(path)

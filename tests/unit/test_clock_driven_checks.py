@@ -12,6 +12,7 @@ and the same answer wherever the wall clock's minute turns.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,19 @@ from tests.support.inprocess import config_for, converse, gateway_in_process
 MINUTE = 1_800_000_000.0  # FakeClock's default start: a whole minute
 
 
-def context(tmp_path: Path, client_ip: str = "192.0.2.7", **session: object) -> CheckContext:
-    config = Config(base_dir=tmp_path)
-    services = Services(config=config, store=SqliteStore(tmp_path / "unused.db"), local_domains=frozenset())
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "store.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def services(tmp_path: Path, store: SqliteStore) -> Services:
+    return Services(config=Config(base_dir=tmp_path), store=store, local_domains=frozenset())
+
+
+def context(services: Services, client_ip: str = "192.0.2.7", **session: object) -> CheckContext:
     return CheckContext(services, SessionInfo("s1", "test", client_ip, 25, **session), Transaction("r1"))  # type: ignore[arg-type]
 
 
@@ -47,11 +58,11 @@ def test_a_window_estimate_of_3_96_events_counts_as_four_not_three() -> None:
 
 @pytest.mark.parametrize("first", [59.7, 59.8, 59.9, 60.0], ids=lambda s: f"first at :{s:04.1f}")
 def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minute_turns(
-    tmp_path: Path, first: float
+    services: Services, first: float
 ) -> None:
     clock = FakeClock(MINUTE - 60 + first)
     check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), clock)
-    ctx = context(tmp_path)
+    ctx = context(services)
     verdicts: list[Verdict | None] = []
     for _ in range(4):
         verdicts.append(asyncio.run(check.connect(ctx)))
@@ -62,10 +73,10 @@ def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minu
     assert refused.values["count"] == 4 and refused.values["limit"] == 3
 
 
-def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(tmp_path: Path) -> None:
+def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(services: Services) -> None:
     clock = FakeClock(MINUTE - 0.5)
     check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), clock)
-    ctx = context(tmp_path)
+    ctx = context(services)
     verdicts = []
     for _ in range(3):
         verdicts.append(asyncio.run(check.mail(ctx)))
@@ -76,10 +87,10 @@ def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(t
     assert (refused.code, refused.enhanced_code) == (451, "4.7.0")
 
 
-def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(tmp_path: Path) -> None:
+def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(services: Services) -> None:
     clock = FakeClock()
     check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), clock)
-    ctx = context(tmp_path)
+    ctx = context(services)
     assert asyncio.run(check.connect(ctx)) is None
     assert asyncio.run(check.connect(ctx)) is not None
     clock.advance(59.9)  # the refused attempt counts too: almost a minute later it still weighs in
@@ -100,8 +111,8 @@ def ref_of(reply: str) -> str:
     return reply.rpartition("ref=")[2].split()[0]
 
 
-def greylisting(tmp_path: Path, **settings: object) -> tuple[Config, SqliteStore]:
-    config = config_for(tmp_path, ["recipients", "greylist"], greylist={"delay": 300, **settings})
+def greylisting(tmp_path: Path) -> tuple[Config, SqliteStore]:
+    config = config_for(tmp_path, ["recipients", "greylist"], greylist={"delay": 300})
     store = SqliteStore(tmp_path / "store.db")
     for mailbox in ("bob@example.test", "carol@example.test"):
         store.add_mailbox(mailbox, "hash")
@@ -192,49 +203,52 @@ class Watch:
         return self.sent
 
 
-def pregreet_check(tmp_path: Path, clock: FakeClock, **settings: object) -> PregreetCheck:
+def pregreet_check(services: Services, clock: FakeClock, **settings: object) -> PregreetCheck:
     config = PregreetConfig(**{"wait": 6.0, **settings})  # type: ignore[arg-type]
-    return PregreetCheck(config, SqliteStore(tmp_path / "store.db"), clock, check_timeout=30)
+    return PregreetCheck(config, services.store, clock, check_timeout=30)
 
 
-def test_a_client_that_waited_is_greeted_at_once_until_its_pass_expires(tmp_path: Path) -> None:
+def test_a_client_that_waited_is_greeted_at_once_until_its_pass_expires(services: Services) -> None:
     clock = FakeClock()
-    check = pregreet_check(tmp_path, clock)
+    check = pregreet_check(services, clock)
     watch = Watch(b"")
-    assert asyncio.run(check.connect(context(tmp_path, watch_input=watch))) is None
+    assert asyncio.run(check.connect(context(services, watch_input=watch))) is None
     assert watch.waited == [6.0]
     clock.advance(86_399)
-    assert asyncio.run(check.connect(context(tmp_path, watch_input=watch))) is None
+    assert asyncio.run(check.connect(context(services, watch_input=watch))) is None
     assert watch.waited == [6.0]  # remembered: not watched, greeted at once
     clock.advance(2)
-    assert asyncio.run(check.connect(context(tmp_path, watch_input=watch))) is None
+    assert asyncio.run(check.connect(context(services, watch_input=watch))) is None
     assert watch.waited == [6.0, 6.0]  # a day later it is watched again
 
 
-def test_the_pass_cache_is_kept_in_the_store_across_a_restart(tmp_path: Path) -> None:
+def test_the_pass_cache_is_kept_in_the_store_across_a_restart(tmp_path: Path, services: Services) -> None:
     clock = FakeClock()
-    asyncio.run(pregreet_check(tmp_path, clock).connect(context(tmp_path, watch_input=Watch(b""))))
+    asyncio.run(pregreet_check(services, clock).connect(context(services, watch_input=Watch(b""))))
+    services.store.close()
+    reopened = Services(services.config, SqliteStore(tmp_path / "store.db"), frozenset())
     watch = Watch(b"EHLO x\r\n")
-    assert asyncio.run(pregreet_check(tmp_path, clock).connect(context(tmp_path, watch_input=watch))) is None
+    assert asyncio.run(pregreet_check(reopened, clock).connect(context(reopened, watch_input=watch))) is None
     assert watch.waited == []
+    reopened.store.close()
 
 
-def test_an_early_talker_is_refused_with_what_it_sent_and_not_remembered(tmp_path: Path) -> None:
+def test_an_early_talker_is_refused_with_what_it_sent_and_not_remembered(services: Services) -> None:
     clock = FakeClock()
-    check = pregreet_check(tmp_path, clock)
-    verdict = asyncio.run(check.connect(context(tmp_path, watch_input=Watch(b"EHLO bot.example\r\nMAIL FROM:<x>"))))
+    check = pregreet_check(services, clock)
+    verdict = asyncio.run(check.connect(context(services, watch_input=Watch(b"EHLO bot.example\r\nMAIL FROM:<x>"))))
     assert verdict is not None and verdict.action is Action.REJECT
     assert (verdict.reason, verdict.code, verdict.enhanced_code) == ("client.pregreet", 550, "5.5.1")
     assert verdict.detail["sent"] == "EHLO bot.example\\x0d\\x0aMAIL FROM:<x>"
     assert check.store.pregreet_passed("192.0.2.7") is None
     watch = Watch(b"")
-    asyncio.run(check.connect(context(tmp_path, watch_input=watch)))
+    asyncio.run(check.connect(context(services, watch_input=watch)))
     assert watch.waited == [6.0]
 
 
-def test_a_client_that_leaves_before_the_greeting_is_neither_refused_nor_remembered(tmp_path: Path) -> None:
-    check = pregreet_check(tmp_path, FakeClock())
-    assert asyncio.run(check.connect(context(tmp_path, watch_input=Watch(None)))) is None
+def test_a_client_that_leaves_before_the_greeting_is_neither_refused_nor_remembered(services: Services) -> None:
+    check = pregreet_check(services, FakeClock())
+    assert asyncio.run(check.connect(context(services, watch_input=Watch(None)))) is None
     assert check.store.pregreet_passed("192.0.2.7") is None
 
 
@@ -244,9 +258,9 @@ def test_a_client_that_leaves_before_the_greeting_is_neither_refused_nor_remembe
     ids=["wait 0 turns it off", "exempt network"],
 )
 def test_a_client_is_not_watched_when_the_wait_is_off_or_it_is_exempt(
-    tmp_path: Path, settings: dict[str, object], client_ip: str
+    services: Services, settings: dict[str, object], client_ip: str
 ) -> None:
     watch = Watch(b"EHLO x\r\n")
-    check = pregreet_check(tmp_path, FakeClock(), **settings)
-    assert asyncio.run(check.connect(context(tmp_path, client_ip, watch_input=watch))) is None
+    check = pregreet_check(services, FakeClock(), **settings)
+    assert asyncio.run(check.connect(context(services, client_ip, watch_input=watch))) is None
     assert watch.waited == []
