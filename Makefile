@@ -1,4 +1,4 @@
-# mailwarden: `make run` starts it on its embedded defaults, `make test` sets up and runs every check.
+# mailwarden: `make run` starts it on loopback with var/mailwarden.toml, `make test` sets up and runs every check.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,8 +18,10 @@ venv: $(STAMP)
 system-packages:
 	sh scripts/install-system-packages.sh
 
+# The first start writes var/mailwarden.toml (loopback, offline, commented); it is used from then on.
 run: venv
-	$(BIN)/mailwarden serve
+	test -f var/mailwarden.toml || $(BIN)/mailwarden -c var/mailwarden.toml config init
+	$(BIN)/mailwarden -c var/mailwarden.toml serve
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -198,6 +198,30 @@ _ENTRIES: Final[list[Reason]] = [
         remedy=("Nothing to do.", "Nichts zu tun."),
     ),
     _r(
+        "client.pregreet",
+        550,
+        "5.5.1",
+        "sender",
+        "Protocol error: your server {client_ip} sent commands {after} seconds after connecting, before our "
+        "greeting (we greet new clients after {wait} seconds); an SMTP client must wait for the 220 greeting. "
+        "Fix the sending software or send through your provider's mail server.",
+        title=("Sending server talked before the greeting", "Sendender Server sprach vor der Begrüßung"),
+        explanation=(
+            "The server {client_ip} sent SMTP commands {after} seconds after connecting, before our greeting. "
+            "Mail servers wait for the greeting; software that does not is typically sending spam from an "
+            "infected computer, so the message was refused.",
+            "Der Server {client_ip} hat {after} Sekunden nach dem Verbindungsaufbau SMTP-Befehle gesendet, noch "
+            "vor unserer Begrüßung. Mailserver warten auf die Begrüßung; Software, die das nicht tut, versendet "
+            "typischerweise Spam von einem infizierten Rechner, deshalb wurde die Nachricht abgelehnt.",
+        ),
+        remedy=(
+            "The sender's administrator must fix the sending software so that it waits for the greeting, or "
+            "send through the provider's mail server.",
+            "Der Administrator des Absenders muss die sendende Software so einstellen, dass sie auf die Begrüßung "
+            "wartet, oder über den Mailserver des Providers versenden.",
+        ),
+    ),
+    _r(
         "client.too_many_connections",
         421,
         "4.7.0",

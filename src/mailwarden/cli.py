@@ -8,9 +8,19 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mailwarden import __version__
-from mailwarden.config import ENV_VAR, INGEST_FORMATS, Config, ConfigError, docs_markdown, load
+from mailwarden.config import (
+    ENV_VAR,
+    INGEST_FORMATS,
+    STARTER_PORT,
+    Config,
+    ConfigError,
+    docs_markdown,
+    load,
+    starter,
+)
 from mailwarden.events import Event, us_to_iso
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.text import printable
@@ -92,6 +102,8 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     if args.action == "docs":
         sys.stdout.write(docs_markdown())
         return 0
+    if args.action == "init":
+        return _init_config(args.config, args.port)
     from mailwarden import mailboxes
     from mailwarden.checks import build_chain
     from mailwarden.checks.base import Services
@@ -106,6 +118,22 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     if gaps:
         print(f"warning: {mailboxes.postmaster_warning(gaps)}")
     print("configuration OK")
+    print(f"checks, in this order: {', '.join(config.check_order)}")
+    return 0
+
+
+def _init_config(path: str | None, port: int) -> int:
+    """`config init`: write the config `make run` starts with, never over an existing one."""
+    if not path:
+        raise ConfigError("name the file to write with -c FILE, e.g. mailwarden -c var/mailwarden.toml config init")
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with file.open("x") as out:
+            out.write(starter(port))
+    except FileExistsError:
+        raise ConfigError(f"{file} exists already; it is kept (remove it to start over)") from None
+    print(f"wrote {file}: mailwarden on loopback, SMTP port {port}, POP3 port {port + 1}; edit it and restart")
     return 0
 
 
@@ -221,7 +249,7 @@ def cmd_explain_bounce(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.trace import commands
 
-    return commands.demo(config, args.server)
+    return commands.demo(config, args.server, args.config)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -247,8 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
-    cfg = command("config", cmd_config, "validate the configuration or print its reference")
-    cfg.add_argument("action", choices=["check", "docs"])
+    cfg = command(
+        "config", cmd_config, "validate the configuration, print its reference, or write a local one (init, -c FILE)"
+    )
+    cfg.add_argument("action", choices=["check", "docs", "init"])
+    cfg.add_argument(
+        "--port", type=int, default=STARTER_PORT, help=f"init: SMTP port, POP3 on the next (default {STARTER_PORT})"
+    )
 
     events = command("events", cmd_events, "print raw events")
     events.add_argument("--since", help="e.g. 1h, 30m, 7d or an ISO time (default: all)")
@@ -341,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load(args.config)
+        writing = args.command == "config" and args.action == "init"
+        config = Config() if writing else load(args.config)  # init writes the file -c names
         logging.getLogger().setLevel(config.log.level.upper())
         if args.command == "users" and args.action != "list" and not args.address:
             parser.error("users add|remove|passwd|set need an ADDRESS")

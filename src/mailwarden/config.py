@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -166,8 +166,14 @@ class MailConfig(_Section):
         'mailbox postmaster@DOMAIN exists. "" = none.',
     )
     demo_mailbox: str = Field(
-        "demo@example.test",
-        description='Mailbox created on first start when the store has none, with a random password shown once. "" = none.',
+        "",
+        description="Mailbox created on first start when the store has none, with a random password shown once "
+        '(the config `make run` writes has demo@example.test). "" = none.',
+    )
+    demo_password_file: str = Field(
+        "",
+        description="Also keep that password in this file (mode 0600), so `mailwarden demo` can fetch the demo "
+        'mail by POP3. "" = only shown.',
     )
 
     @field_validator("domains")
@@ -390,6 +396,26 @@ class GreylistConfig(_Section):
     _exempt = field_validator("exempt_networks")(_networks)
 
 
+class PregreetConfig(_Section):
+    wait: float = Field(
+        6.0,
+        ge=0,
+        le=60,
+        description="Seconds a client not seen before waits for our greeting while we watch whether it talks "
+        "first (Postfix's postscreen_greet_wait, also 6). A client that sends before the greeting is refused "
+        "(550 5.5.1 client.pregreet) at RCPT. 0 = off.",
+    )
+    pass_ttl: float = Field(
+        86_400.0,
+        gt=0,
+        description="Seconds a client that waited is greeted at once (postscreen_greet_ttl: a day). Kept in the "
+        "store, so restarts keep it.",
+    )
+    exempt_networks: list[str] = Field(default_factory=list, description="Clients greeted at once, never watched.")
+
+    _exempt = field_validator("exempt_networks")(_networks)
+
+
 class RateLimitConfig(_Section):
     connections_per_minute: int = Field(
         60, ge=0, description="New connections per client address per minute; more get 421 4.7.0. 0 = no limit."
@@ -591,10 +617,36 @@ class ExplainConfig(_Section):
     )
 
 
+# Every check in the order the derived `[checks] order` lists them (each stage runs its own in this order).
+CHECK_SEQUENCE: Final = (
+    "ratelimit", "pregreet", "dnsbl", "rdns", "helo", "size", "sender_domain", "spf", "recipients", "greylist",
+    "content",
+)  # fmt: skip
+# The check each section configures: a configured section is used, its check may not be left out.
+SECTION_CHECKS: Final = {
+    "ratelimit": "ratelimit", "pregreet": "pregreet", "dnsbl": "dnsbl", "rdns": "rdns", "helo": "helo",
+    "spf": "spf", "greylist": "greylist", "scan": "content",
+}  # fmt: skip
+# In the derived order only when their section is configured (the rest need nothing or only DNS).
+OPT_IN_CHECKS: Final = frozenset({"ratelimit", "dnsbl", "greylist"})
+
+
+def _with_checks(order: list[str], missing: list[str]) -> list[str]:
+    """`order` with `missing` inserted where the derived order has them, for the fix an error names."""
+    result = list(order)
+    for check in missing:
+        later = CHECK_SEQUENCE[CHECK_SEQUENCE.index(check) + 1 :]
+        result.insert(next((i for i, name in enumerate(result) if name in later), len(result)), check)
+    return result
+
+
 class ChecksConfig(_Section):
-    order: list[str] = Field(
-        default_factory=lambda: ["recipients", "size", "content"],
-        description="Checks to run, in this order, at each SMTP stage they act on.",
+    order: list[str] | None = Field(
+        None,
+        description="Checks to run, in this order, at each SMTP stage they act on. Not set: every check whose "
+        "prerequisites are configured, i.e. pregreet, rdns, helo, size, sender_domain, spf, recipients and "
+        "content, plus dnsbl, ratelimit and greylist when their sections are there (`mailwarden config check` "
+        "prints the result). A configured section whose check is left out of the order is an error.",
     )
     timeout: float = Field(
         30.0, gt=0, description="Seconds one check may take; a slower check gives 451 4.3.0, never an accept."
@@ -687,6 +739,9 @@ class Config(_Section):
     rdns: RdnsConfig = Field(default_factory=RdnsConfig, description="Reverse DNS of the client (check `rdns`).")
     helo: HeloConfig = Field(default_factory=HeloConfig, description="The HELO/EHLO name (check `helo`).")
     spf: SpfConfig = Field(default_factory=SpfConfig, description="SPF of the envelope sender (check `spf`).")
+    pregreet: PregreetConfig = Field(
+        default_factory=PregreetConfig, description="Clients that talk before our greeting (check `pregreet`)."
+    )
     greylist: GreylistConfig = Field(default_factory=GreylistConfig, description="Greylisting (check `greylist`).")
     ratelimit: RateLimitConfig = Field(
         default_factory=RateLimitConfig, description="Connection and message rates (check `ratelimit`)."
@@ -712,7 +767,27 @@ class Config(_Section):
     def _cross_checks(self) -> Config:
         if self.mail.postmaster and self.mail.postmaster.rpartition("@")[2].lower() not in self.mail.domains:
             raise ValueError(f"mail.postmaster {self.mail.postmaster!r} is not in one of mail.domains")
+        order = self.checks.order
+        unused = [] if order is None else [s for s in self._configured_sections() if SECTION_CHECKS[s] not in order]
+        if order is not None and unused:
+            found = "; ".join(f'[{s}] is configured, but "{SECTION_CHECKS[s]}" is not in it' for s in unused)
+            fixed = _with_checks(order, [SECTION_CHECKS[s] for s in unused])
+            raise ValueError(
+                f"key `checks.order`: {found}, so a configured check would never run. "
+                f"Fix: order = {_toml(fixed)}, or remove the section"
+            )
         return self
+
+    def _configured_sections(self) -> list[str]:
+        return [section for section in SECTION_CHECKS if section in self.model_fields_set]
+
+    @property
+    def check_order(self) -> list[str]:
+        """`[checks] order` as given; else every check whose prerequisites are configured (what is configured runs)."""
+        if self.checks.order is not None:
+            return list(self.checks.order)
+        configured = {SECTION_CHECKS[section] for section in self._configured_sections()}
+        return [check for check in CHECK_SEQUENCE if check not in OPT_IN_CHECKS or check in configured]
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the config file's directory."""
@@ -749,6 +824,9 @@ def _explain(error: ValidationError) -> str:
             lines.append(f"key `{key}`: unknown key. Fix: {fix}")
             continue
         problem = item["msg"].removeprefix("Value error, ")
+        if not key and problem.startswith("key `"):  # a check across sections: it names its key and fix
+            lines.append(problem)
+            continue
         lines.append(
             f"key `{key or '(top level)'}`: {problem} (got {item.get('input')!r}). "
             "Fix: set an allowed value; docs/configuration.md documents it with its default."
@@ -775,6 +853,58 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         return Config(**data, base_dir=file.resolve().parent)
     except ValidationError as exc:
         raise ConfigError(f"{file}: {_explain(exc)}") from None
+
+
+STARTER_PORT: Final = 2525
+
+
+def starter(smtp_port: int = STARTER_PORT) -> str:
+    """The config `make run` writes on its first start: everything on loopback, works offline, says why."""
+    return f"""\
+# mailwarden on this machine, written by `make run` on its first start (`mailwarden config init`)
+# and used from then on: edit it and restart. Every option, with its default, is in
+# docs/configuration.md. Relative paths are relative to this file's directory.
+
+[node]
+name = "local"
+
+[smtp]
+listen = ["127.0.0.1:{smtp_port}"]
+hostname = "mx.example.test"
+
+[mail]
+domains = ["example.test"]
+maildir_root = "mail"
+spool_dir = "spool"
+demo_mailbox = "demo@example.test"          # created on first start, its password printed once
+demo_password_file = "demo-password"        # and kept here, for `mailwarden demo`'s POP3 fetch
+postmaster = "demo@example.test"            # postmaster@example.test (RFC 5321 4.5.1) goes there too
+
+[store]
+url = "sqlite:///mailwarden.db"
+
+[tls]
+cert = "tls/cert.pem"                       # both created self-signed on first start
+key = "tls/key.pem"
+
+[pop3]
+listen = ["127.0.0.1:{smtp_port + 1}"]
+allow_plaintext_auth = true                 # USER/PASS without STLS: it listens on loopback only
+
+[checks]
+# This config works offline, so the checks that need DNS are left out: rdns, helo, sender_domain,
+# spf, and dnsbl (which also needs [[dnsbl.zones]]); DKIM and DMARC are off below for the same
+# reason. With a resolver in [dns] nameservers, delete this order and the [scan.auth] section:
+# then every check whose prerequisites are configured runs (`mailwarden config check` lists them).
+order = ["pregreet", "size", "recipients", "content"]
+
+[pregreet]
+wait = 6.0                                  # a client not seen for a day waits this long for our greeting
+
+[scan.auth]
+dkim = false
+dmarc = false
+"""
 
 
 def docs_markdown() -> str:
@@ -808,7 +938,10 @@ def docs_markdown() -> str:
                     default = "(hostname of the machine)"
             else:
                 default = info.default
-            shown = default if isinstance(default, str) and default.startswith("(") else _toml(default)
+            if default is None:
+                shown = "(not set)"
+            else:
+                shown = default if isinstance(default, str) and default.startswith("(") else _toml(default)
             rows.append(f"| `{name}` | `{shown}` | {info.description or ''} |")
         if rows:
             out.extend([f"## [{prefix.rstrip('.')}]", "", "| key | default | meaning |", "|---|---|---|", *rows, ""])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 
 from argon2 import PasswordHasher
@@ -43,12 +44,32 @@ def add(config: Config, store: Store, address: str, password: str) -> Mailbox:
 
 
 def create_demo(config: Config, store: Store) -> tuple[str, str] | None:
-    """On a first start (no mailboxes at all), create the configured demo mailbox."""
+    """On a first start (no mailboxes at all), create the configured demo mailbox.
+
+    Its password is also kept in `mail.demo_password_file` when set (readable by its owner only),
+    so `mailwarden demo` can fetch the demo mail by POP3 as a mail program would.
+    """
     if not config.mail.demo_mailbox or store.list_mailboxes():
         return None
     password = secrets.token_urlsafe(12)
     add(config, store, config.mail.demo_mailbox, password)
+    if config.mail.demo_password_file:
+        path = config.path(config.mail.demo_password_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(password + "\n")
     return config.mail.demo_mailbox, password
+
+
+def demo_password(config: Config) -> str | None:
+    """The demo mailbox's password as `create_demo` kept it, or None."""
+    if not config.mail.demo_password_file:
+        return None
+    try:
+        return config.path(config.mail.demo_password_file).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def postmaster_gaps(config: Config, store: Store) -> list[str]:

@@ -68,7 +68,11 @@ async def run(config: Config) -> None:
         purging = asyncio.create_task(
             purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
         )
-        print(f"mailwarden ready: {', '.join(roles)}", file=sys.stderr, flush=True)
+        print(
+            f"mailwarden ready: {', '.join(roles)}; checks: {', '.join(config.check_order)}",
+            file=sys.stderr,
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,3 +39,13 @@ def test_config_check_refuses_an_unknown_check_name(tmp_path: Path) -> None:
     done = instance.cli("config", "check", check=False)
     assert done.returncode == 2
     assert "unknown check 'virsu'" in done.stderr
+
+
+def test_a_configured_section_left_out_of_the_order_stops_config_check_and_the_start(tmp_path: Path) -> None:
+    instance = Mailwarden(tmp_path / "mw", {"greylist": {"delay": 60}})  # the base order has no greylist
+    for command in (("config", "check"), ("serve",)):
+        done = instance.cli(*command, check=False)
+        assert done.returncode == 2, command
+        assert '[greylist] is configured, but "greylist" is not in it' in done.stderr
+        assert 'Fix: order = ["recipients", "size", "greylist", "content"]' in done.stderr
+        assert "Traceback" not in done.stderr

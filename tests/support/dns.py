@@ -131,21 +131,27 @@ TEST_LISTS: Final[dict[str, str]] = {"zen.dnsbl.test": ZEN_LIST, "list.dnswl.tes
 
 
 def gateway_config(servers: DnsServers, order: list[str], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """mailwarden config sections for these servers: the test lists, `checks.order`, plus `sections`."""
+    """mailwarden config sections for these servers: `checks.order`, the test lists when `dnsbl` is in it,
+    generic hostnames refused when `rdns` is, plus `sections`."""
     config: dict[str, dict[str, Any]] = {
         "dns": {"nameservers": [servers.nsd], "timeout": 1.0},
-        "dnsbl": {
-            "zones": [
-                {"zone": "zen.dnsbl.test", "meanings": "spamhaus-zen", "nameservers": [servers.rbldnsd]},
-                {"zone": "list.dnswl.test", "kind": "allow", "nameservers": [servers.rbldnsd]},
-            ]
-        },
-        "rdns": {"dynamic": "reject"},
         "checks": {"order": order},
     }
+    if "dnsbl" in order:
+        config["dnsbl"] = {"zones": test_lists(servers)}
+    if "rdns" in order:
+        config["rdns"] = {"dynamic": "reject"}
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     return config
+
+
+def test_lists(servers: DnsServers) -> list[dict[str, Any]]:
+    """`[[dnsbl.zones]]` for the test lists: the Spamhaus-like blocklist and the allowlist."""
+    return [
+        {"zone": "zen.dnsbl.test", "meanings": "spamhaus-zen", "nameservers": [servers.rbldnsd]},
+        {"zone": "list.dnswl.test", "kind": "allow", "nameservers": [servers.rbldnsd]},
+    ]
 
 
 def free_udp_tcp_port() -> int:

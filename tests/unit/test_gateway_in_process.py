@@ -17,12 +17,11 @@ from mailwarden.checks.base import Check, CheckContext, Services, Verdict
 from mailwarden.checks.chain import CheckChain
 from mailwarden.config import Config
 from mailwarden.events import Event
-from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.refs import RefGenerator
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store.base import Committed
 from mailwarden.store.sqlite import SqliteStore
-from tests.support.net import free_port
+from tests.support.inprocess import config_for, converse, gateway_in_process
+from tests.support.mailwarden import BASE_ORDER
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 
@@ -37,24 +36,6 @@ class UnwritableEvidence(SqliteStore):
         super().commit_soon(events, done)
 
 
-async def converse(port: int, lines: list[bytes]) -> list[str]:
-    """Send each line, collect the final line of each reply (the greeting first)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-    async def reply() -> str:
-        line = await reader.readline()
-        while line[3:4] == b"-":
-            line = await reader.readline()
-        return line.decode().rstrip()
-
-    replies = [await reply()]
-    for line in lines:
-        writer.write(line)
-        replies.append(await reply())
-    writer.close()
-    return replies
-
-
 def run_gateway(
     tmp_path: Path,
     store: SqliteStore,
@@ -62,29 +43,12 @@ def run_gateway(
     chain: CheckChain | None = None,
     timeouts: dict[str, float] | None = None,
 ) -> list[str]:
-    smtp = {"listen": [f"127.0.0.1:{free_port()}"], "hostname": "mx.example.test", "timeouts": timeouts or {}}
-    config = Config(
-        smtp=smtp,  # type: ignore[arg-type]
-        mail={"domains": ["example.test"], "demo_mailbox": ""},  # type: ignore[arg-type]
-        base_dir=tmp_path,
-    )
+    config = config_for(tmp_path, list(BASE_ORDER), smtp={"timeouts": timeouts or {}})
     store.add_mailbox("bob@example.test", "hash")
-    services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
 
     async def main() -> list[str]:
-        gateway = Gateway(
-            config,
-            store,
-            chain or build_chain(services),
-            services,
-            refs=RefGenerator("test", wait_for_fresh_second=False),
-            tls_context=None,
-        )
-        (address,) = await gateway.start()
-        try:
-            return await converse(int(address.rpartition(":")[2]), lines)
-        finally:
-            await gateway.stop(grace=1)
+        async with gateway_in_process(config, store, chain=chain) as port:
+            return await converse(port, lines)
 
     try:
         return asyncio.run(main())
@@ -131,7 +95,7 @@ class Hanging(Check):
 
 
 def chain_of(tmp_path: Path, store: SqliteStore, *checks: Check) -> CheckChain:
-    config = Config(base_dir=tmp_path)
+    config = Config(checks={"order": list(BASE_ORDER)}, base_dir=tmp_path)  # type: ignore[arg-type]
     services = Services(config=config, store=store, local_domains=frozenset({"example.test"}))
     built = build_chain(services)
     return CheckChain([*built.checks, *checks], timeout=0.5)

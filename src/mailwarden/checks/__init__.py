@@ -1,6 +1,7 @@
 """Checks: one module per check, all with the interface in `checks/base.py`.
 
-`REGISTRY` maps the names used in `[checks] order` to their classes.
+`REGISTRY` maps the names used in `[checks] order` to their classes; `Config.check_order` is the
+configured order, or the one derived from what is configured.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from mailwarden.checks.content import ContentCheck
 from mailwarden.checks.dnsbl import DnsblCheck
 from mailwarden.checks.greylist import GreylistCheck
 from mailwarden.checks.helo import HeloCheck
+from mailwarden.checks.pregreet import PregreetCheck
 from mailwarden.checks.ratelimit import RateLimitCheck
 from mailwarden.checks.rdns import RdnsCheck
 from mailwarden.checks.recipients import RecipientsCheck
@@ -32,12 +34,13 @@ REGISTRY: Final[dict[str, type[Check]]] = {
     SenderDomainCheck.name: SenderDomainCheck,
     SpfCheck.name: SpfCheck,
     GreylistCheck.name: GreylistCheck,
+    PregreetCheck.name: PregreetCheck,
 }
 
 
 def build_chain(services: Services) -> CheckChain:
     checks = []
-    for name in services.config.checks.order:
+    for name in services.config.check_order:
         cls = REGISTRY.get(name)
         if cls is None:
             raise ConfigError(

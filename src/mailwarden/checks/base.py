@@ -7,7 +7,8 @@ a timeout into a temporary failure (451 4.3.0) - never into an accept, never int
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
     from mailwarden.config import Config, FindingPolicy
     from mailwarden.smtp.spool import Spool
     from mailwarden.store import Store
+
+
+Clock = Callable[[], float]
+"""Seconds since the epoch, like `time.time`: checks that remember time take theirs from `Services.clock`,
+so tests drive it instead of waiting for it."""
+
+InputWatch = Callable[[float], Awaitable[bytes | None]]
+"""The protocol's offer before the greeting: wait up to N seconds for the client to send something,
+return what it sent (left unread for the command loop), b"" if it stayed silent, None if it left."""
 
 
 class Stage(StrEnum):
@@ -103,6 +113,7 @@ class SessionInfo:
     tls: str | None = None  # TLS version once STARTTLS succeeded
     results: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)  # SCORE findings of connect and HELO, by check
+    watch_input: InputWatch | None = None  # before the greeting only (the pregreet check); None elsewhere
 
 
 @dataclass
@@ -143,6 +154,7 @@ class Services:
     config: Config
     store: Store
     local_domains: frozenset[str]
+    clock: Clock = field(default=time.time)
 
     @cached_property
     def resolver(self) -> Resolver:

@@ -10,6 +10,7 @@ the same network.
 For the trace, the refusal is a `tempfail` event (reason greylisted, detail with first_seen and
 retry_after); the passing retry is recorded on the RCPT event as a TAG of this check with
 first_seen and the delay, and the accepted mail carries `X-Greylist: delayed N seconds ...`.
+Time comes from `Services.clock`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from mailwarden.checks.base import Action, Check, CheckContext, Recipient, Services, Verdict
+from mailwarden.checks.base import Action, Check, CheckContext, Clock, Recipient, Services, Verdict
 from mailwarden.config import GreylistConfig
-from mailwarden.events import now_us, us_to_iso
+from mailwarden.events import us_to_iso
 from mailwarden.store import Store
 from mailwarden.store.base import GreylistEntry
 
@@ -32,16 +33,17 @@ PURGE_EVERY_US = 3600 * 1_000_000
 class GreylistCheck(Check):
     name = "greylist"
 
-    def __init__(self, config: GreylistConfig, store: Store, hostname: str) -> None:
+    def __init__(self, config: GreylistConfig, store: Store, hostname: str, clock: Clock) -> None:
         self.config = config
         self.store = store
         self.hostname = hostname
+        self.clock = clock
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt_networks]
         self._purged_us = 0
 
     @classmethod
     def create(cls, services: Services) -> Check:
-        return cls(services.config.greylist, services.store, services.config.smtp.hostname)
+        return cls(services.config.greylist, services.store, services.config.smtp.hostname, services.clock)
 
     def network(self, ip: str) -> str:
         address = ipaddress.ip_address(ip)
@@ -60,7 +62,7 @@ class GreylistCheck(Check):
         network = self.network(client_ip)
         sender = (ctx.txn.sender or "").lower()
         mailbox = ctx.resolved.mailbox
-        now = now_us()
+        now = int(self.clock() * 1_000_000)
         expiry = now - self.config.expire_days * 86_400_000_000
         await self._purge(now, expiry)
         entry = await asyncio.to_thread(self.store.greylist_get, network, sender, mailbox)
@@ -83,7 +85,7 @@ class GreylistCheck(Check):
         entry = replace(entry, last_seen_us=now, passed_us=now, attempts=entry.attempts + 1)
         await asyncio.to_thread(self.store.greylist_put, entry)
         first = not any(name == "X-Greylist" for name, _ in ctx.txn.headers)
-        return self._passed(client_ip, entry, int(waited), header=first)
+        return self._passed(client_ip, entry, int(waited), now, header=first)
 
     def _delay(self, client_ip: str, entry: GreylistEntry, wait: int) -> Verdict:
         detail = {
@@ -94,7 +96,7 @@ class GreylistCheck(Check):
         }
         return Verdict(Action.TEMPFAIL, "greylisted", {"client_ip": client_ip, "delay": wait}, detail)
 
-    def _passed(self, client_ip: str, entry: GreylistEntry, waited: int, *, header: bool) -> Verdict:
+    def _passed(self, client_ip: str, entry: GreylistEntry, waited: int, now: int, *, header: bool) -> Verdict:
         detail = {
             "network": entry.network,
             "first_seen": us_to_iso(entry.first_seen_us),
@@ -102,7 +104,8 @@ class GreylistCheck(Check):
             "delayed_seconds": waited,
             "passed": True,
         }
-        stamp = f"delayed {waited} seconds by mailwarden at {self.hostname}; {format_datetime(datetime.now(UTC))}"
+        when = format_datetime(datetime.fromtimestamp(now / 1_000_000, UTC))
+        stamp = f"delayed {waited} seconds by mailwarden at {self.hostname}; {when}"
         return Verdict(
             Action.TAG,
             "greylisted",

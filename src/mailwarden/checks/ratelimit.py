@@ -3,16 +3,18 @@
 Counted in memory on this node with a sliding window (the previous minute's count weighted by
 how much of it still lies in the window), so memory stays one small record per active address.
 Too many connections: 421 4.7.0 at once (the connection closes); too many messages: 451 4.7.0
-at MAIL. Both are temporary: a well-behaved sender slows down and retries.
+at MAIL. Both are temporary: a well-behaved sender slows down and retries. The estimate is
+rounded up: 3.01 events in the window are four, so the limit is never exceeded by rounding.
+Time comes from `Services.clock`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
+import math
 from dataclasses import dataclass
 
-from mailwarden.checks.base import Action, Check, CheckContext, Services, Verdict
+from mailwarden.checks.base import Action, Check, CheckContext, Clock, Services, Verdict
 from mailwarden.config import RateLimitConfig
 
 WINDOW = 60.0
@@ -44,12 +46,15 @@ class SlidingCounter:
         self._swept = 0
 
     def hit(self, key: str, now: float) -> int:
+        """Count one event for `key` and return the events of the last minute, rounded up."""
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = _Counter(int(now // WINDOW))
         rate = counter.rate(now)
         self._sweep(now)
-        return int(rate)
+        # Up, never down: 3.99 are four events (truncated, the limit 3 let a fourth through). The
+        # rounding to 9 places keeps a float error (2.0000000000000004) from counting one too many.
+        return math.ceil(round(rate, 9))
 
     def _sweep(self, now: float) -> None:
         minute = int(now // WINDOW)
@@ -63,15 +68,16 @@ class SlidingCounter:
 class RateLimitCheck(Check):
     name = "ratelimit"
 
-    def __init__(self, config: RateLimitConfig) -> None:
+    def __init__(self, config: RateLimitConfig, clock: Clock) -> None:
         self.config = config
+        self.clock = clock
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt_networks]
         self.connections = SlidingCounter()
         self.messages = SlidingCounter()
 
     @classmethod
     def create(cls, services: Services) -> Check:
-        return cls(services.config.ratelimit)
+        return cls(services.config.ratelimit, services.clock)
 
     def _exempt(self, ip: str) -> bool:
         return any(ipaddress.ip_address(ip) in network for network in self.exempt)
@@ -81,7 +87,7 @@ class RateLimitCheck(Check):
         ip = ctx.session.client_ip
         if not limit or self._exempt(ip):
             return None
-        count = self.connections.hit(ip, time.time())
+        count = self.connections.hit(ip, self.clock())
         if count <= limit:
             return None
         values = {"what": "connections", "client_ip": ip, "count": count, "limit": limit}
@@ -92,7 +98,7 @@ class RateLimitCheck(Check):
         ip = ctx.session.client_ip
         if not limit or self._exempt(ip):
             return None
-        count = self.messages.hit(ip, time.time())
+        count = self.messages.hit(ip, self.clock())
         if count <= limit:
             return None
         values = {"what": "messages", "client_ip": ip, "count": count, "limit": limit}

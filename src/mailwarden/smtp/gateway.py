@@ -23,6 +23,7 @@ from mailwarden.addresses import EnvelopePath
 from mailwarden.checks.base import (
     Action,
     CheckContext,
+    InputWatch,
     Recipient,
     Services,
     SessionInfo,
@@ -217,11 +218,17 @@ class Connection:
         self.counts[verb.lower()] += 1
 
     # ------------------------------------------------------------------ connection
-    async def on_connect(self, client_ip: str, client_port: int) -> tuple[str, bool]:
+    async def on_connect(
+        self, client_ip: str, client_port: int, watch_input: InputWatch | None = None
+    ) -> tuple[str, bool]:
         gateway = self.gateway
         self._started = time.monotonic()
         self.session = SessionInfo(
-            id=gateway.refs.new(), node=gateway.node, client_ip=client_ip, client_port=client_port
+            id=gateway.refs.new(),
+            node=gateway.node,
+            client_ip=client_ip,
+            client_port=client_port,
+            watch_input=watch_input,
         )
         gateway.active += 1
         gateway.per_ip[client_ip] += 1
@@ -240,6 +247,7 @@ class Connection:
             )
         else:
             result = await gateway.chain.run(Stage.CONNECT, self._ctx())
+        self.session.watch_input = None  # only before the greeting
         self._event(
             "connect", detail={"port": client_port, "checks": result.record} if result.record else {"port": client_port}
         )

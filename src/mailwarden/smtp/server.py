@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ERROR_LIMIT: Final = 20  # error replies in one session before we hang up (Postfix: smtpd_hard_error_limit)
 NON_SMTP: Final = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "USER"})
 READ_CHUNK: Final = 64 * 1024
+PREGREET_PEEK: Final = 512  # bytes of an early talker's input looked at before the greeting
 STREAM_LIMIT: Final = 64 * 1024  # what the stream reader buffers before pausing the socket
 COMMANDS: Final = (
     "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH",
@@ -170,7 +171,7 @@ class GatewaySMTP(SMTP):
                 return
             peer = proxied
         self._busy = True
-        greeting, accepted = await self.conn.on_connect(str(peer[0]), int(peer[1]))
+        greeting, accepted = await self.conn.on_connect(str(peer[0]), int(peer[1]), self._input_before_greeting)
         self._busy = False
         await self.push(greeting, raw=True)
         if not accepted:
@@ -188,6 +189,22 @@ class GatewaySMTP(SMTP):
         finally:
             if self.transport is not None:
                 self.transport.close()
+
+    async def _input_before_greeting(self, seconds: float) -> bytes | None:
+        """What the client sends within `seconds` before our greeting (`checks.base.InputWatch`).
+
+        It stays in the reader for the command loop; None when the client went away instead.
+        """
+        try:
+            async with asyncio.timeout(seconds):
+                sent: bytes = await self._reader.read(PREGREET_PEEK)
+        except TimeoutError:
+            return b""
+        except ConnectionError:
+            return None
+        if sent:
+            self._reader._buffer[0:0] = sent  # type: ignore[attr-defined]  # read again as commands
+        return sent or None
 
     async def _next_command(self) -> bool:
         """Read, check and run one command; False when the session is over."""

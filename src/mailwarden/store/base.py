@@ -344,6 +344,15 @@ class Store(ABC):
     def greylist_purge(self, before_us: int) -> int:
         """Forget triplets last seen before then; returns how many."""
 
+    # -- the pregreet pass cache (checks/pregreet.py; called off the event loop)
+    @abstractmethod
+    def pregreet_passed(self, client_ip: str) -> int | None:
+        """When `client_ip` last waited for our greeting (microseconds), or None."""
+
+    @abstractmethod
+    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
+        """Remember that `client_ip` waited for our greeting at `at_us`; forget passes older than the other."""
+
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path (a point lookup; backends may override)."""
         return self.get_mailbox(address)

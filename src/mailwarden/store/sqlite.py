@@ -92,6 +92,14 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     CREATE TABLE positions (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_us INTEGER NOT NULL);
     """,
     ),
+    (
+        # Clients that waited for our greeting (checks/pregreet.py): greeted at once for a while.
+        "pregreet_passes",
+        """
+    CREATE TABLE pregreet_passes (client_ip TEXT PRIMARY KEY, passed_us INTEGER NOT NULL);
+    CREATE INDEX pregreet_passes_passed ON pregreet_passes (passed_us);
+    """,
+    ),
 ]
 
 _ROWS_PER_INSERT: Final = 50  # one statement for many rows (1,000 parameters; SQLite allows 32,766)
@@ -500,6 +508,19 @@ class SqliteStore(Store):
     def greylist_purge(self, before_us: int) -> int:
         with self._reading() as conn:
             return conn.execute("DELETE FROM greylist WHERE last_seen_us < ?", (before_us,)).rowcount
+
+    # -- pregreet passes
+    def pregreet_passed(self, client_ip: str) -> int | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = ?", (client_ip,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
+        with self._reading() as conn:
+            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < ?", (forget_before_us,))
+            conn.execute(
+                "INSERT OR REPLACE INTO pregreet_passes (client_ip, passed_us) VALUES (?, ?)", (client_ip, at_us)
+            )
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

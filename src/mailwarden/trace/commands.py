@@ -16,6 +16,7 @@ from mailwarden.config import Config
 from mailwarden.store import Store
 from mailwarden.text import printable
 from mailwarden.trace import bounce, listing, report, retention
+from mailwarden.trace import demo as examples
 from mailwarden.trace.diagnose import not_found, retention_text
 from mailwarden.trace.search import SearchSpec, search
 
@@ -147,10 +148,8 @@ def explain_bounce(config: Config, source: str, *, lang: Lang, fmt: str) -> int:
     return 0 if found.found_anything else 1
 
 
-def demo(config: Config, server: str | None) -> int:
+def demo(config: Config, server: str | None, config_file: str | None = None) -> int:
     """`mailwarden demo`: example mails against the running instance, then how to trace them."""
-    from mailwarden.trace import demo as examples
-
     host, port = examples.server_address(config, server)
     if not examples.reachable(host, port):
         raise report.ReportError(
@@ -161,17 +160,40 @@ def demo(config: Config, server: str | None) -> int:
         played, notes = examples.cases(config, store)
     finally:
         store.close()
+    accepted = next((case for case in played if case.name == "accepted"), None)
+    mailbox = examples.mailbox_access(config, accepted.recipient if accepted else None)
+    if isinstance(mailbox, str):
+        notes.append(mailbox)
+    else:
+        print(f"the customer's mail program at {examples.USUAL_DEVICE}: {examples.check_mail(mailbox)}")
     print(f"playing {len(played)} example mails against {host}:{port}:")
+    if "pregreet" in config.check_order and config.pregreet.wait:
+        print(f"  (a client not seen for a day waits {config.pregreet.wait:g} s for our greeting: the pregreet check)")
     refs = []
     for case in played:
         outcome = examples.play(case, host, port)
         print(f"  {case.name:20} -> {outcome.code} {printable(outcome.reply, 160)}")
         if outcome.ref:
             refs.append(outcome.ref)
+        if case is accepted and outcome.code == 250 and outcome.ref and not isinstance(mailbox, str):
+            print(f"another device at {examples.OTHER_DEVICE}: {_fetch_and_delete(config, mailbox, outcome.ref)}")
     for note in notes:
         print(f"  ({note})")
+    command = f"mailwarden -c {config_file}" if config_file else "mailwarden"
     print("\nNow look at what happened:")
-    print("  mailwarden trace --since 10m")
+    print(f"  {command} trace --since 10m")
     for ref in refs[:2]:
-        print(f"  mailwarden explain {ref} --lang de")
+        print(f"  {command} explain {ref} --lang de")
     return 0
+
+
+def _fetch_and_delete(config: Config, mailbox: examples.Mailbox, ref: str) -> str:
+    """The other device's part, for the message the demo just delivered (found by its ref's UIDL)."""
+    store = _store(config)
+    try:
+        uid = examples.delivered_uid(store, ref)
+    finally:
+        store.close()
+    if uid is None:
+        return f"found no delivery of {ref} in the store"
+    return examples.fetch_and_delete(mailbox, uid)
