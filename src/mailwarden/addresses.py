@@ -141,3 +141,34 @@ def normalize_mailbox(address: str) -> str:
             f"{address!r} is not a plain mailbox address (local@domain, no quotes, no routing characters %, !, @)"
         )
     return candidate
+
+
+@dataclass(frozen=True)
+class LoginName:
+    """A mailbox login name, read once: everything keyed by the name uses `mailbox`."""
+
+    mailbox: str | None  # the canonical mailbox it names (normalize_mailbox); None: not an address at all
+    problem: str | None  # why this spelling is refused; None: it is the address, up to case and blanks
+
+
+def login_name(name: str) -> LoginName:
+    """Read a login name (POP3 USER, SASL PLAIN) by one rule, so no spelling gets past a lock.
+
+    The canonical form is the mailbox's (`normalize_mailbox`: lower case, as mailboxes are
+    created), and it keys the failure delay, the lock and the lookup alike. A name is accepted if
+    it is that form up to letter case and spaces or tabs around it; any other spelling that
+    `normalize_mailbox` would repair - a trailing dot, other blank characters around it - names
+    the same mailbox for counting failures and locks, but is refused, as is a name that is no
+    mailbox address at all or not UTF-8 (the session decodes bytes with surrogateescape).
+    """
+    if any("\ud800" <= c <= "\udfff" for c in name):
+        return LoginName(None, "it is not valid UTF-8")  # bytes a client sent that decode to nothing
+    try:
+        mailbox = normalize_mailbox(name)
+    except AddressError:
+        return LoginName(None, "it is not of the form local@domain")
+    if name.strip(" \t").lower() == mailbox:
+        return LoginName(mailbox, None)
+    if name.strip().endswith("."):
+        return LoginName(mailbox, "it ends with a dot")
+    return LoginName(mailbox, "blank characters other than spaces surround it")

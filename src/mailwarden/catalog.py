@@ -640,6 +640,28 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "msg.uninspectable",
+        554,
+        "5.6.0",
+        "sender",
+        "The file {path} could not be checked completely: {limit}; send the files unpacked or in smaller archives.",
+        title=("Archive could not be checked completely", "Archiv konnte nicht vollständig geprüft werden"),
+        explanation=(
+            "The message carries an archive our content checks could not look into completely "
+            "({path}: {limit}). What cannot be checked could hide a dangerous file, so the message "
+            "was refused during delivery; the sender received an error message.",
+            "Die Nachricht enthält ein Archiv, in das unsere Inhaltsprüfung nicht vollständig "
+            "hineinsehen konnte ({path}: {limit}). Was nicht geprüft werden kann, könnte eine "
+            "gefährliche Datei verbergen; die Nachricht wurde deshalb bei der Zustellung abgelehnt, "
+            "der Absender hat eine Fehlermeldung erhalten.",
+        ),
+        remedy=(
+            "The sender should send the files unpacked, or in several smaller archives without archives inside.",
+            "Der Absender sollte die Dateien ungepackt senden oder in mehreren kleineren Archiven ohne "
+            "weitere Archive darin.",
+        ),
+    ),
+    _r(
         "msg.dmarc_reject",
         550,
         "5.7.1",

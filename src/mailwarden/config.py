@@ -489,9 +489,25 @@ class ContentConfig(_Section):
     timeout: float = Field(30.0, gt=0, description="Seconds a worker may spend on one message; beyond it 451 4.3.0.")
     max_mime_depth: int = Field(20, ge=2, le=200, description="MIME nesting levels; deeper messages are refused.")
     max_mime_parts: int = Field(1000, ge=10, description="MIME parts per message; more are refused.")
-    archive_depth: int = Field(3, ge=0, le=10, description="ZIP archives inside ZIP archives that are opened.")
+    archive_depth: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Levels of ZIP archives opened: 1 = only the attached ones, 2 = also those in them, …",
+    )
+    archive_members: int = Field(1000, ge=1, description="Files opened per ZIP archive (the names of all are checked).")
     archive_total_mb: int = Field(
-        256, ge=1, description="MiB decompressed from the archives of one message at most (zip bomb bound)."
+        256,
+        ge=1,
+        description="MiB decompressed for one message at most (zip bomb bound). Archives and Office documents inside "
+        "archives are unpacked whole, other files only as far as their magic bytes (64 KiB).",
+    )
+    incomplete_archives: Literal["reject", "tag"] = Field(
+        "reject",
+        description="An archive that cannot be inspected completely (`archive_total_mb` used up, more than "
+        "`archive_members` files, nested deeper than `archive_depth`, an archive inside unpacking to over 64 MiB): "
+        '"reject" (554 5.6.0 msg.uninspectable: a message we cannot check is not accepted as clean) or "tag" '
+        "(accepted with an X-Mailwarden-Warning header). What was left out is recorded in the data event either way.",
     )
 
     @field_validator("dangerous_extensions")

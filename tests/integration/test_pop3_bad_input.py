@@ -32,7 +32,15 @@ def mx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]:
             "auth_lock_seconds": 600,
         }
     }
-    users = ("bob@example.test", "dave@example.test", "erin@example.test", "frank@example.test")
+    users = (
+        "bob@example.test",
+        "dave@example.test",
+        "erin@example.test",
+        "frank@example.test",
+        "alice@example.test",
+        "gina@example.test",
+        "henry@example.test",
+    )
     with running(tmp_path_factory.mktemp("mx"), overrides, users=users) as mw:
         mw.pop3_port = port  # type: ignore[attr-defined]
         yield mw
@@ -145,6 +153,91 @@ def test_guessing_many_user_names_from_one_address_locks_the_address(mx: Mailwar
     fine.close()
     events = wait_events(mx.events, lambda e: e["kind"] == "login" and e["client_ip"] == "127.0.0.31", 4)
     assert [e["detail"]["problem"] for e in events[:3]] == ["no such mailbox"] * 3
+
+
+def login_as(mx: Mailwarden, source: str, name: str, password: str = "secret") -> bytes:
+    """One login attempt from `source`: by SASL PLAIN, so the name reaches the server exactly as given."""
+    raw = connect(mx, source)
+    try:
+        credentials = base64.b64encode(b"\0" + name.encode() + b"\0" + password.encode())
+        return raw.command(b"AUTH PLAIN " + credentials)
+    finally:
+        raw.close()
+
+
+LOCKED_USER = b"-ERR [AUTH] Too many failed logins for this user"
+
+
+def test_after_a_user_is_locked_every_spelling_of_her_name_is_locked_too(mx: Mailwarden) -> None:
+    for _ in range(MAX_FAILURES):
+        assert login_as(mx, "127.0.0.71", "alice@example.test", "wrong").startswith(b"-ERR [AUTH] Invalid")
+    spellings = ["alice@example.test", "ALICE@Example.Test", " alice@example.test", "alice@example.test."]
+    spellings += ["Alice@EXAMPLE.test..", " alice@example.test. ", "\talice@example.test\u00a0"]
+    for number, spelling in enumerate(spellings):
+        assert login_as(mx, f"127.0.0.{72 + number}", spelling).startswith(LOCKED_USER), spelling
+    raw = connect(mx, "127.0.0.79")  # USER/PASS reads the name by the same rule
+    assert raw.login("alice@example.test.").startswith(LOCKED_USER)
+    raw.close()
+
+
+def test_failed_logins_spread_over_spellings_of_one_name_count_together(mx: Mailwarden) -> None:
+    assert login_as(mx, "127.0.0.81", "gina@example.test", "guess1").startswith(b"-ERR [AUTH] Invalid")
+    assert login_as(mx, "127.0.0.82", "GINA@example.test.", "guess2").startswith(
+        b"-ERR [AUTH] The user name is refused"
+    )
+    assert login_as(mx, "127.0.0.83", " gina@EXAMPLE.TEST", "guess3").startswith(b"-ERR [AUTH] Invalid")
+    assert login_as(mx, "127.0.0.84", "gina@example.test").startswith(LOCKED_USER)
+    events = wait_events(mx.events, lambda e: e["kind"] == "login" and e["recipient"] == "gina@example.test", 4)
+    failed = [e for e in events if e["reason"] == "access.login_failed"]
+    assert [(e["detail"]["failures"], e["detail"]["delay"]) for e in failed] == [(1, 0.05), (2, 0.1), (3, 0.2)]
+    (locked,) = [e for e in events if e["reason"] == "access.login_locked"]
+    assert (locked["detail"]["locked"], locked["detail"]["scope"]) == ("gina@example.test", "user")
+
+
+def test_spellings_that_are_not_an_address_of_ours_are_refused_with_a_precise_reply_and_an_event(
+    mx: Mailwarden,
+) -> None:
+    refused = {
+        "henry@example.test.": "it ends with a dot",
+        "henry": "it is not of the form local@domain",
+        "\u00a0henry@example.test": "blank characters other than spaces surround it",
+    }
+    for number, (spelling, problem) in enumerate(refused.items()):
+        reply = login_as(mx, f"127.0.0.{91 + number}", spelling)
+        assert reply.startswith(
+            f"-ERR [AUTH] The user name is refused: {problem}; "
+            "log in with your mailbox address as local@domain ref=".encode()
+        ), spelling
+    events = wait_events(
+        mx.events, lambda e: e["kind"] == "login" and e["client_ip"] in ("127.0.0.91", "127.0.0.92", "127.0.0.93"), 3
+    )
+    assert [(e["recipient"], e["reason"], e["detail"]["user"], e["detail"]["problem"]) for e in events] == [
+        (
+            "henry@example.test",
+            "access.login_failed",
+            "henry@example.test.",
+            "user name refused: it ends with a dot",
+        ),
+        (None, "access.login_failed", "henry", "user name refused: it is not of the form local@domain"),
+        (
+            "henry@example.test",
+            "access.login_failed",
+            "\u00a0henry@example.test",
+            "user name refused: blank characters other than spaces surround it",
+        ),
+    ]
+    assert login_as(mx, "127.0.0.94", "Henry@Example.TEST").startswith(b"+OK Logged in")  # case does not matter
+
+
+def test_a_login_name_that_is_not_utf8_is_refused_precisely(mx: Mailwarden) -> None:
+    raw = connect(mx, "127.0.0.95")
+    assert raw.command(b"USER \xffhenry@example.test").startswith(b"+OK")
+    assert raw.command(b"PASS secret").startswith(
+        b"-ERR [AUTH] The user name is refused: it is not valid UTF-8; log in with your mailbox address"
+    )
+    raw.close()
+    (event,) = wait_events(mx.events, lambda e: e["kind"] == "login" and e["client_ip"] == "127.0.0.95")
+    assert (event["recipient"], event["detail"]["problem"]) == (None, "user name refused: it is not valid UTF-8")
 
 
 def test_a_connection_lost_before_quit_deletes_nothing(mx: Mailwarden) -> None:

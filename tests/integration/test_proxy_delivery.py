@@ -139,6 +139,32 @@ def test_a_deferred_recipient_defers_the_message_and_the_retry_reaches_only_it_s
                 lambda e: e["kind"] == "deliver" and e["ref"] == last_ref and e["recipient"] == "bob@example.test",
             )
             assert bob["detail"]["downstream_stage"] == "earlier"
+            first_ref = bob["detail"]["downstream_reply"].rpartition("ref=")[2]
+            (first,) = wait_events(
+                mw.events,
+                lambda e: e["kind"] == "deliver" and e["ref"] == first_ref and e["recipient"] == "bob@example.test",
+            )
+            assert first["detail"]["content_sha256"] == bob["detail"]["content_sha256"]  # the same message
+
+
+def test_two_different_messages_with_one_message_id_and_sender_both_reach_the_mailbox(
+    stack: tuple[Mailwarden, Dovecot],
+) -> None:
+    """A reused (or forged) Message-ID must not make us drop a later, different message as a duplicate."""
+    mw, dovecot = stack
+    first = message(47, body=b"The first message.\r\n")
+    second = message(47, body=b"A different message with the same Message-ID.\r\n")
+    refs = []
+    for data in (first, second):
+        code, text = transaction(mw, ["bob@example.test"], data)
+        assert code == 250 and text.startswith("2.0.0 Message delivered for 1 recipient(s) ref="), text
+        refs.append(text.rpartition("ref=")[2])
+    saved = [p.read_bytes() for p in (dovecot.maildir("bob@example.test") / "new").iterdir()]
+    bodies = [m.replace(b"\r\n", b"\n").partition(b"\n\n")[2] for m in saved if b"<m47@sender.test>" in m]
+    assert sorted(bodies) == [b"A different message with the same Message-ID.\n", b"The first message.\n"]
+    delivered = wait_events(mw.events, lambda e: e["kind"] == "deliver" and e["ref"] in refs, 2)
+    assert [e["detail"]["downstream_stage"] for e in delivered] == ["data", "data"]
+    assert delivered[0]["detail"]["content_sha256"] != delivered[1]["detail"]["content_sha256"]
 
 
 def test_smtp_mode_hands_the_message_to_another_mta_and_passes_on_its_refusal(tmp_path: Path) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mailwarden.addresses import AddressError, PathSyntaxError, normalize_mailbox, parse_path, split
+from mailwarden.addresses import (
+    AddressError,
+    LoginName,
+    PathSyntaxError,
+    login_name,
+    normalize_mailbox,
+    parse_path,
+    split,
+)
 
 
 @pytest.mark.parametrize(
@@ -95,3 +103,28 @@ def test_mailbox_names_are_canonical(given: str, canonical: str) -> None:
 def test_a_mailbox_name_must_be_plain(given: str) -> None:
     with pytest.raises(AddressError):
         normalize_mailbox(given)
+
+
+@pytest.mark.parametrize(
+    "given", ["alice@example.test", "ALICE@Example.TEST", " alice@example.test", "\talice@example.test "]
+)
+def test_a_login_name_is_accepted_up_to_case_and_spaces_around_it(given: str) -> None:
+    assert login_name(given) == LoginName("alice@example.test", None)
+
+
+@pytest.mark.parametrize(
+    ("given", "mailbox", "problem"),
+    [
+        ("alice@example.test.", "alice@example.test", "it ends with a dot"),
+        (" Alice@Example.Test.. ", "alice@example.test", "it ends with a dot"),
+        ("\u00a0alice@example.test", "alice@example.test", "blank characters other than spaces surround it"),
+        ("alice", None, "it is not of the form local@domain"),
+        ('"alice"@example.test', None, "it is not of the form local@domain"),
+        (b"\xffalice@example.test".decode("utf-8", "surrogateescape"), None, "it is not valid UTF-8"),
+    ],
+)
+def test_other_spellings_of_a_login_name_are_refused_but_keep_the_mailbox_they_name(
+    given: str, mailbox: str | None, problem: str
+) -> None:
+    """The mailbox keys the failure count and the lock, so a refused spelling counts with the others."""
+    assert login_name(given) == LoginName(mailbox, problem)

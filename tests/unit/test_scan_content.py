@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import replace
 from email.message import EmailMessage
 
 import pytest
 
 from mailwarden.scan.attachments import ArchiveLimits, by_content, by_name, extension
-from mailwarden.scan.content import ContentLimits, inspect_message, triage
+from mailwarden.scan.content import ContentLimits, ContentReport, inspect_message, triage
 from mailwarden.scan.macros import office_kind
 from mailwarden.scan.mime import Walk, decode, might_carry_files
-from tests.support import office
+from tests.support import archives, office
 
 LIMITS = ContentLimits()
 PE = b"MZ" + b"\0" * 58 + (64).to_bytes(4, "little") + b"PE\0\0" + b"\0" * 64
@@ -32,11 +33,11 @@ def mail(**files: bytes) -> bytes:
 
 
 def zipped(**members: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name.replace("_", "."), data)
-    return buffer.getvalue()
+    return archives.zip_of((name.replace("_", "."), data) for name, data in members.items())
+
+
+def zipped_pairs(members: list[tuple[str, bytes]]) -> bytes:
+    return archives.zip_of(members)
 
 
 # ---------------------------------------------------------------------------- dangerous files
@@ -68,15 +69,6 @@ def test_exe_inside_nested_zips_is_found_with_its_path() -> None:
     assert [d.filename for d in report.dangerous] == ["outer.zip/inner.zip/tool.exe"]
 
 
-def test_archives_nested_deeper_than_the_limit_are_not_opened_but_noted() -> None:
-    data = zipped(payload_exe=b"x")
-    for level in range(5):
-        data = zipped(**{f"level{level}_zip": data})
-    report = inspect_message(mail(deep_zip=data), LIMITS)
-    assert report.dangerous == []
-    assert any("nested deeper than 3 levels" in p for p in report.problems)
-
-
 def test_a_compression_bomb_is_dangerous_and_is_not_unpacked() -> None:
     buffer = io.BytesIO()
     with (
@@ -89,16 +81,90 @@ def test_a_compression_bomb_is_dangerous_and_is_not_unpacked() -> None:
     assert [d.filetype.split(" (")[0] for d in report.dangerous] == ["compression bomb"]
 
 
-def test_the_decompression_budget_bounds_a_message_full_of_archives() -> None:
-    limits = ContentLimits(archive=ArchiveLimits(total=1024 * 1024, bomb_size=1 << 40))
-    archive = zipped(**{f"part{n}_bin": bytes(range(256)) * 2048 for n in range(4)})  # 512 kB each
-    report = inspect_message(mail(big_zip=archive), limits)
-    assert any("budget used up" in p or "inspection limit" in p for p in report.problems)
-
-
 def test_broken_and_encrypted_zips_are_noted_not_fatal() -> None:
     report = inspect_message(mail(broken_zip=b"PK\x03\x04" + b"\xff" * 100), LIMITS)
     assert any("unreadable ZIP archive" in p for p in report.problems)
+
+
+def test_a_member_with_a_corrupt_deflate_stream_is_noted_not_fatal() -> None:
+    archive = bytearray(zipped(log_txt=b"hello world " * 1000))
+    start = archive.index(b"log.txt") + len(b"log.txt")
+    archive[start + 5 : start + 15] = b"\xff" * 10
+    report = inspect_message(mail(log_zip=bytes(archive)), LIMITS)
+    assert any(p.startswith("log.zip/log.txt: unreadable archive member") for p in report.problems)
+
+
+# ---------------------------------------------------------------------------- what the bounds keep us out of
+def gaps(report: ContentReport) -> list[tuple[str, str]]:
+    return [(gap.path, gap.cause) for gap in report.uninspected]
+
+
+def test_zeros_just_under_the_bomb_threshold_no_longer_use_up_the_budget_before_the_inner_zip() -> None:
+    """Issue 11.3 (a): 17 x 16 MiB of zeros and then inner.zip; only the heads of the zeros are unpacked."""
+    archive = archives.zeros_then(17, archives.JUST_UNDER_BOMB, [("inner.zip", zipped(evil_exe=b"x"))])
+    report = inspect_message(mail(big_zip=archive), LIMITS)
+    assert [d.filename for d in report.dangerous] == ["big.zip/inner.zip/evil.exe"]
+    assert report.uninspected == []
+
+
+def test_archives_that_do_not_fit_in_the_budget_are_uninspected_and_smaller_ones_still_opened() -> None:
+    limits = replace(LIMITS, archive=ArchiveLimits(total=1024 * 1024))
+    parts = [(f"part{n}.zip", archives.stored_zeros(512 * 1024)) for n in range(3)]
+    archive = zipped_pairs([*parts, ("inner.zip", zipped(evil_pdf=archives.PE_PROGRAM))])
+    report = inspect_message(mail(big_zip=archive), limits)
+    assert gaps(report) == [("big.zip/part1.zip", "budget"), ("big.zip/part2.zip", "budget")]
+    assert report.uninspected[0].limit == "it does not fit into the 1 MiB we unpack per message at most"
+    assert [d.filename for d in report.dangerous] == ["big.zip/inner.zip/evil.pdf"]
+
+
+def test_once_the_budget_is_used_up_no_member_is_read_and_each_is_uninspected() -> None:
+    limits = replace(LIMITS, archive=ArchiveLimits(total=100 * 1024))
+    noise = bytes(range(256)) * 1024
+    archive = zipped_pairs([("a.bin", noise), ("b.bin", noise), ("c.zip", zipped(evil_pdf=b"x")), ("d.txt", b"hi")])
+    report = inspect_message(mail(big_zip=archive), limits)
+    assert gaps(report) == [("big.zip/c.zip", "budget"), ("big.zip/d.txt", "budget")]
+
+
+def test_names_past_the_member_limit_are_still_checked_and_the_archive_is_uninspected() -> None:
+    """Issue 11.3 (b): evil.exe as the 1,001st member."""
+    report = inspect_message(mail(many_zip=archives.many(1000, [("evil.exe", b"x")])), LIMITS)
+    assert [d.filename for d in report.dangerous] == ["many.zip/evil.exe"]
+    assert gaps(report) == [("many.zip", "members")]
+    assert report.uninspected[0].limit == "it holds 1001 files, more than the 1000 we open per archive"
+
+
+def test_a_disguised_program_past_the_member_limit_leaves_the_archive_uninspected() -> None:
+    report = inspect_message(mail(many_zip=archives.many(1000, [("evil.pdf", archives.PE_PROGRAM)])), LIMITS)
+    assert report.dangerous == []
+    assert gaps(report) == [("many.zip", "members")]
+
+
+def test_archives_nested_deeper_than_the_limit_are_uninspected() -> None:
+    data = zipped(payload_exe=b"x")
+    for level in range(5):
+        data = zipped(**{f"level{level}_zip": data})
+    report = inspect_message(mail(deep_zip=data), LIMITS)
+    assert report.dangerous == []
+    assert gaps(report) == [("deep.zip/level4.zip/level3.zip/level2.zip", "depth")]
+    assert report.uninspected[0].limit == "it is an archive at nesting level 4; we open 3 levels"
+
+
+def test_an_archive_inside_larger_than_the_member_limit_is_uninspected_but_a_large_file_is_judged_by_its_head() -> None:
+    limits = replace(LIMITS, archive=ArchiveLimits(member_size=1024 * 1024))
+    big_program = archives.PE_PROGRAM + bytes(2 * 1024 * 1024)
+    archive = zipped_pairs([("inner.zip", archives.stored_zeros(2 * 1024 * 1024)), ("movie.mp4", big_program)])
+    report = inspect_message(mail(big_zip=archive), limits)
+    assert gaps(report) == [("big.zip/inner.zip", "size")]
+    assert [(d.filename, d.filetype) for d in report.dangerous] == [
+        ("big.zip/movie.mp4", "Windows program (PE executable)")
+    ]
+
+
+def test_large_files_in_an_archive_cost_only_their_heads() -> None:
+    limits = replace(LIMITS, archive=ArchiveLimits(total=1024 * 1024))
+    archive = zipped_pairs([(f"table{n}.csv", b"1,2,3\n" * 400_000) for n in range(8)])  # 8 x 2.4 MB
+    report = inspect_message(mail(tables_zip=archive), limits)
+    assert (report.uninspected, report.dangerous, report.problems) == ([], [], [])
 
 
 # ---------------------------------------------------------------------------- macros

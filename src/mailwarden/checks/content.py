@@ -3,7 +3,7 @@
 The scanners are independent, so they run at the same time, each under its own timeout, and the
 whole verdict under `scan.budget` (the sender waits for our reply). The verdict follows
 "permanent only on proof": a definitive finding refuses (virus > dangerous file > macro >
-structure > spam) even when another scanner failed; without one, a failed scanner defers
+structure > uninspectable archive > spam) even when another scanner failed; without one, a failed scanner defers
 (451 4.3.0) unless that scanner is configured to fail open. Every finding - virus name, score and
 symbols, macro keywords, what could not be inspected - goes into the verdict's detail (recorded
 in the data event) and, for accepted mail, into X-Spam-* / X-Virus-Scanned headers.
@@ -132,7 +132,11 @@ class ContentCheck(Check):
         self.limits = ContentLimits(
             max_depth=content.max_mime_depth,
             max_parts=content.max_mime_parts,
-            archive=ArchiveLimits(depth=content.archive_depth, total=content.archive_total_mb * 1024 * 1024),
+            archive=ArchiveLimits(
+                depth=content.archive_depth,
+                members=content.archive_members,
+                total=content.archive_total_mb * 1024 * 1024,
+            ),
             dangerous_extensions=frozenset(content.dangerous_extensions),
         )
         self.inspect_files = content.dangerous_attachments or content.macros != "off"
@@ -294,6 +298,9 @@ class ContentCheck(Check):
             return Verdict(Action.REJECT, "msg.macro", values, detail=detail)
         if report is not None and report.structure_exceeded:
             return Verdict(Action.REJECT, "msg.too_complex", {"problem": report.structure_exceeded}, detail=detail)
+        gap = report.uninspected[0] if report is not None and report.uninspected else None
+        if gap is not None and self.config.scan.content.incomplete_archives == "reject":
+            return Verdict(Action.REJECT, "msg.uninspectable", {"path": gap.path, "limit": gap.limit}, detail=detail)
         dmarc = outcome.auth.dmarc if outcome.auth is not None else None
         failed_dmarc = dmarc is not None and dmarc.result == "fail" and dmarc.applied
         if failed_dmarc and dmarc is not None and dmarc.policy == "reject" and self.config.scan.auth.dmarc_reject:
@@ -316,6 +323,8 @@ class ContentCheck(Check):
         ):
             headers.append(("X-Mailwarden-Warning", f"DMARC quarantine for {dmarc.domain}: {dmarc.reason}"))
             junk = True
+        if gap is not None:
+            headers.append(("X-Mailwarden-Warning", f"not inspected completely: {gap.path} ({gap.limit})"))
         if macro is not None and policy.macros == "tag":
             headers.append(("X-Mailwarden-Warning", f"macro in {macro.filename}: {macro.summary}"))
             junk = True
@@ -372,6 +381,8 @@ class ContentCheck(Check):
             }
             if report.problems:
                 detail["content"]["problems"] = report.problems[:20]
+            if report.uninspected:
+                detail["content"]["uninspected"] = [vars(gap) for gap in report.uninspected[:10]]
         if outcome.auth is not None:
             detail["dkim"] = [r.to_dict() for r in outcome.auth.dkim]
             if outcome.auth.dmarc is not None:

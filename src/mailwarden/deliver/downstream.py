@@ -14,8 +14,10 @@ per recipient (RFC 2033 4.2); `decide` maps those answers onto ours:
 
 A deferral after some recipients already have the message would make the sender's retry deliver
 it to them again. So before a transaction is handed on, recipients for which the store already
-holds a proxy delivery of the same Message-ID from the same sender (within `DEDUP_DAYS`) are
-skipped and counted as delivered: retries reach only those still missing.
+holds a proxy delivery of the same message - same Message-ID, same sender and the same content,
+by its SHA-256 digest (`content_digest`, in each deliver event's `detail.content_sha256`) - within
+`DEDUP_DAYS` are skipped and counted as delivered: retries reach only those still missing, while
+a different message that reuses a Message-ID (forged, or a sender's bug) is delivered.
 
 Our own client: smtplib.LMTP reads a single reply after DATA whatever the number of recipients
 (cpython#76984) and aiosmtplib has no LMTP. One connection per transaction; every read has a timeout.
@@ -24,6 +26,7 @@ Our own client: smtplib.LMTP reads a single reply after DATA whatever the number
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,10 +115,26 @@ def decide(outcomes: Sequence[Outcome]) -> Verdict | None:
     return None
 
 
-def earlier_deliveries(store: Store, message_id: str | None, sender: str, mailboxes: Sequence[str]) -> dict[str, str]:
+def content_digest(open_message: Callable[[], BinaryIO]) -> str:
+    """SHA-256 (hex) of the message as the client sent it; blocking, run it in a worker thread.
+
+    Our trace headers are not part of it (their ref and time differ per attempt), so a sender's
+    retry of the same message has the same digest.
+    """
+    digest = hashlib.sha256()
+    with open_message() as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def earlier_deliveries(
+    store: Store, message_id: str | None, sender: str, digest: str, mailboxes: Sequence[str]
+) -> dict[str, str]:
     """Mailboxes that already got this message through the downstream: mailbox -> the ref it came with.
 
-    Blocking (a store query): run it in a worker thread.
+    The same message: the same Message-ID, sender and content digest. Blocking (a store query):
+    run it in a worker thread.
     """
     if message_id is None:
         return {}
@@ -130,7 +149,8 @@ def earlier_deliveries(store: Store, message_id: str | None, sender: str, mailbo
     found: dict[str, str] = {}
     for event in store.query_events(query):
         mailbox = event.detail.get("mailbox")
-        if mailbox in wanted and "downstream" in event.detail and event.ref:
+        same = event.detail.get("content_sha256") == digest and "downstream" in event.detail
+        if mailbox in wanted and same and event.ref:
             found.setdefault(mailbox, event.ref)
     return found
 

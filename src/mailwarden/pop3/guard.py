@@ -5,7 +5,9 @@ after `max_failures` failures within `lock_seconds`, the address or the user nam
 `lock_seconds`: every login attempt is then refused at once, even with the right password, so a
 guesser learns nothing. Locking a user name lets a stranger lock its owner out for a while; that
 is the price of stopping a distributed guesser, and the lock is short and visible in the events.
-The state is in memory: a restart forgets it.
+The user is the canonical mailbox the session read from the login name (`addresses.login_name`),
+so every spelling of one name counts and is locked together. The state is in memory: a restart
+forgets it.
 """
 
 from __future__ import annotations

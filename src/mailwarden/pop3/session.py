@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO, Final, cast
 
-from mailwarden.addresses import AddressError, normalize_mailbox
+from mailwarden.addresses import login_name
 from mailwarden.deliver.maildir import MailboxLock
 from mailwarden.dotstuff import DotStuffer
 from mailwarden.events import Event
@@ -343,7 +343,7 @@ class Pop3Session:
         if not argument.strip():
             await self._error("-ERR USER needs a user name")
             return
-        self.user = argument.strip()
+        self.user = argument  # read by `login_name`, like a SASL PLAIN user name
         await self._send("+OK Send the password with PASS")
 
     async def cmd_pass(self, argument: str) -> None:
@@ -384,13 +384,10 @@ class Pop3Session:
 
     async def _login(self, name: str, password: str, mechanism: str) -> None:
         server = self.server
-        user_key = name.strip().lower()
-        try:
-            mailbox: str | None = normalize_mailbox(name)
-        except AddressError:
-            mailbox = None
+        login = login_name(name)  # the one reading of the name: lock, delay and lookup all use login.mailbox
+        mailbox = login.mailbox
         shown_name = printable(name, 200)
-        lock = server.guard.locked(self.client_ip, user_key)
+        lock = server.guard.locked(self.client_ip, mailbox)
         if lock is not None:
             minutes = max(1, round(lock.remaining / 60))
             self._event(
@@ -400,7 +397,7 @@ class Pop3Session:
                 detail={
                     "mechanism": mechanism,
                     "user": shown_name,
-                    "locked": self.client_ip if lock.scope == "address" else shown_name,
+                    "locked": self.client_ip if lock.scope == "address" else mailbox,
                     "scope": lock.scope,
                     "minutes": minutes,
                 },
@@ -410,32 +407,43 @@ class Pop3Session:
                 f"try again in {minutes} minute(s) ref={self.id}"
             )
             return
-        try:
-            record = await server.store.find_mailbox(mailbox) if mailbox is not None else None
-        except StoreError as exc:
-            log.error("pop3 login: the mailbox store failed: %s", exc)
-            await self._send("-ERR [SYS/TEMP] The mailbox directory is temporarily unavailable; try again later")
-            return
-        if not await server.check_password(record.password_hash if record else None, password):
-            failures, delay = server.guard.failed(self.client_ip, user_key)
-            self._event(
-                "login",
-                recipient=mailbox,
-                reason="access.login_failed",
-                detail={
-                    "mechanism": mechanism,
-                    "user": shown_name,
-                    "problem": "wrong password" if record else "no such mailbox",
-                    "failures": failures,
-                    "delay": delay,
-                },
+        record = None
+        if login.problem is None and mailbox is not None:
+            try:
+                record = await server.store.find_mailbox(mailbox)
+            except StoreError as exc:
+                log.error("pop3 login: the mailbox store failed: %s", exc)
+                await self._send("-ERR [SYS/TEMP] The mailbox directory is temporarily unavailable; try again later")
+                return
+            if await server.check_password(record.password_hash if record else None, password):
+                server.guard.succeeded(mailbox)
+                await self._open_mailbox(mailbox, mechanism)
+                return
+        failures, delay = server.guard.failed(self.client_ip, mailbox)
+        if login.problem is not None:
+            problem = f"user name refused: {login.problem}"
+        else:
+            problem = "wrong password" if record else "no such mailbox"
+        self._event(
+            "login",
+            recipient=mailbox,
+            reason="access.login_failed",
+            detail={
+                "mechanism": mechanism,
+                "user": shown_name,
+                "problem": problem,
+                "failures": failures,
+                "delay": delay,
+            },
+        )
+        await asyncio.sleep(delay)
+        if login.problem is not None:
+            await self._send(
+                f"-ERR [AUTH] The user name is refused: {login.problem}; "
+                f"log in with your mailbox address as local@domain ref={self.id}"
             )
-            await asyncio.sleep(delay)
+        else:
             await self._send(f"-ERR [AUTH] Invalid user name or password ref={self.id}")
-            return
-        assert mailbox is not None
-        server.guard.succeeded(user_key)
-        await self._open_mailbox(mailbox, mechanism)
 
     async def _open_mailbox(self, mailbox: str, mechanism: str) -> None:
         maildirs = self.server.maildirs

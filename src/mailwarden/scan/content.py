@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from mailwarden.scan import attachments, macros
-from mailwarden.scan.attachments import ArchiveLimits, Budget, Danger
+from mailwarden.scan.attachments import ArchiveLimits, Budget, Danger, Uninspected
 from mailwarden.scan.clamd import scan_bytes
 from mailwarden.scan.macros import MacroReport
 from mailwarden.scan.mime import Buffer, Leaf, Walk, decode
@@ -44,10 +44,15 @@ class ContentReport:
     macros: list[MacroReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     structure_exceeded: str | None = None  # MIME nesting or part count beyond the limits
+    uninspected: list[Uninspected] = field(default_factory=list)  # archives the limits kept us out of
 
     def note(self, problem: str) -> None:
         if problem not in self.problems and len(self.problems) < 50:
             self.problems.append(problem)
+
+    def could_not_inspect(self, gap: Uninspected) -> None:
+        if len(self.uninspected) < 20:
+            self.uninspected.append(gap)
 
 
 class _NeedsWorker(Exception):
@@ -154,9 +159,10 @@ def _inspect_file(
     if not attachments.is_zip(data):
         return
     if depth >= limits.archive.depth:
-        report.note(f"{name}: archives nested deeper than {limits.archive.depth} levels; not opened")
+        limit = f"it is an archive at nesting level {depth + 1}; we open {limits.archive.depth} levels"
+        report.could_not_inspect(Uninspected(name, "depth", limit))
         return
-    for path, content, bomb in attachments.members(data, name, limits.archive, budget, report.note):
+    for path, content, bomb in attachments.members(data, name, limits.archive, budget, report):
         if bomb is not None:
             report.dangerous.append(bomb)
             continue

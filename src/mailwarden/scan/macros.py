@@ -46,13 +46,31 @@ def office_kind(data: bytes) -> str | None:
     if data[:4] == b"PK\x03\x04":
         return "ooxml" if _zip_has(data, "[Content_Types].xml") else None
     head = data[:4096].lstrip()
-    if head.startswith(b"<?xml") and (
-        b"schemas.microsoft.com/office/word/2003/wordml" in head or b"<pkg:package" in head
-    ):
+    if _office_xml(head):
         return "xml"
-    if head[:12].upper().startswith(b"MIME-VERSION") and b"QWN0aXZlTWltZQ" in data[:1_000_000]:
+    if _mht(head) and b"QWN0aXZlTWltZQ" in data[:1_000_000]:
         return "mht"
     return None
+
+
+def may_be_office(head: bytes) -> bool:
+    """Whether a file beginning with `head` could be an Office document; errs towards yes.
+
+    `office_kind` needs the whole file (an OOXML package's listing, an MHT's ActiveMime part
+    anywhere in its first megabyte); this needs only the first bytes, for files too large to read.
+    """
+    start = head[:4096].lstrip()
+    return head[:8] == OLE_MAGIC or head[:4] == b"PK\x03\x04" or _office_xml(start) or _mht(start)
+
+
+def _office_xml(head: bytes) -> bool:
+    return head.startswith(b"<?xml") and (
+        b"schemas.microsoft.com/office/word/2003/wordml" in head or b"<pkg:package" in head
+    )
+
+
+def _mht(head: bytes) -> bool:
+    return head[:12].upper().startswith(b"MIME-VERSION")
 
 
 def _zip_has(data: bytes, name: str) -> bool:

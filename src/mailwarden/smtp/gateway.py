@@ -37,6 +37,7 @@ from mailwarden.deliver.downstream import (
     Downstream,
     DownstreamError,
     already_delivered,
+    content_digest,
     decide,
     earlier_deliveries,
     verdict_for,
@@ -508,7 +509,10 @@ class Connection:
             prefix += f"X-Mailwarden-Folder: {ascii_printable(txn.folder, 100)}\r\n".encode()
         options = {o.upper() for o in txn.mail_options}
         mailboxes = list(dict.fromkeys(r.mailbox for r in txn.recipients))
-        earlier = await asyncio.to_thread(earlier_deliveries, self.gateway.store, msgid, txn.sender or "", mailboxes)
+        digest = await asyncio.to_thread(content_digest, spool.open)  # what the client sent, not our headers
+        earlier = await asyncio.to_thread(
+            earlier_deliveries, self.gateway.store, msgid, txn.sender or "", digest, mailboxes
+        )
         outcomes = [already_delivered(m, earlier[m]) for m in mailboxes if m in earlier]
         try:
             if len(outcomes) < len(mailboxes):
@@ -542,6 +546,7 @@ class Connection:
                 "downstream": downstream.label,
                 "downstream_reply": outcome.reply.line,
                 "downstream_stage": outcome.stage,
+                "content_sha256": digest,
             }
             if outcome.reply.accepted:
                 self._event(
