@@ -366,6 +366,14 @@ class Connection:
             )
             self.txn = None
 
+    def on_data_undecodable(self, spool: Spool, error: Exception) -> str:
+        """A fault while decoding DATA: its end cannot be found, so the connection is closed with 421."""
+        spool.discard()
+        values = {"check": "session", "problem": type(error).__name__}
+        reply = self._refuse(Verdict(Action.TEMPFAIL, "infra.check_failed", values, smtp_code=421), "data")
+        self.txn = None
+        return reply
+
     async def on_data_end(self, spool: Spool, *, line_too_long: bool, bare_newlines: int) -> str:
         txn = self.txn
         assert txn is not None
@@ -384,7 +392,9 @@ class Connection:
             data_detail["bare_newlines"] = bare_newlines
         verdict: Verdict | None = None
         record: list[dict[str, Any]] = []
-        if spool.overflowed:  # the spool kept nothing past the limit: never deliver a truncated message
+        if spool.failure is not None:  # the spool kept nothing: the sender must send it again
+            verdict = self._spool_failed(txn, spool.failure)
+        elif spool.overflowed:  # the spool kept nothing past the limit: never deliver a truncated message
             verdict = Verdict.reject("msg.too_big", size=spool.received, limit=self.config.smtp.max_message_size)
         elif line_too_long:
             verdict = Verdict.reject(
@@ -455,6 +465,18 @@ class Connection:
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()
+
+    @staticmethod
+    def _spool_failed(txn: Transaction, error: Exception) -> Verdict:
+        # An OSError (full or read-only disk) is the operator's to fix; anything else is our bug.
+        log.error(
+            "the spool failed while %s arrived (%s); its rest was read and discarded, answering 4xx",
+            txn.ref,
+            error,
+            exc_info=None if isinstance(error, OSError) else error,
+        )
+        problem = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        return Verdict.tempfail("infra.storage", problem=f"the spool for arriving messages failed: {problem}")
 
     def _storage_failed(self, txn: Transaction, error: MaildirError) -> str:
         log.error("delivery of %s failed: %s", txn.ref, error)

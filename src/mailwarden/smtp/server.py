@@ -338,15 +338,22 @@ class GatewaySMTP(SMTP):
         self._in_data, self._busy = True, False
         self._reset_timeout(self.settings.timeouts.data_block)
         try:
+            # The spool never raises (a failure is kept in `spool.failure`): whatever happens to the
+            # content, the loop reads on to the end marker, so no line of the message runs as a command.
             while not decoder.done:
                 chunk = await self._reader.read(READ_CHUNK)
                 if not chunk:
                     raise ConnectionResetError("connection closed during DATA")
                 spool.write(decoder.feed(chunk))
             spool.finish()
-        except BaseException:
-            self.conn.on_data_lost(spool)
-            raise
+        except BaseException as error:
+            if isinstance(error, OSError) or not isinstance(error, Exception):  # connection gone, or cancelled
+                self.conn.on_data_lost(spool)
+                raise
+            # Decoding failed: where the message ends is unknown, so nothing more is read from this client.
+            log.exception("session %s: decoding DATA failed", self.conn.session.id)
+            self._hang_up(self.conn.on_data_undecodable(spool, error))
+            return
         finally:
             self._in_data, self._busy = False, True
         if decoder.leftover:  # pipelined commands after the final dot: give them back to the reader
