@@ -230,14 +230,12 @@ class Connection:
         result = ChainResult()
         if gateway.shutting_down:
             result.verdict = Verdict.tempfail("infra.shutdown")
-        elif gateway.active > limits.max_connections:
-            result.verdict = Verdict.tempfail(
-                "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections
-            )
-        elif gateway.per_ip[client_ip] > limits.max_connections_per_ip:
+        elif gateway.per_ip[client_ip] > limits.max_connections_per_ip:  # the client's load
             result.verdict = Verdict.tempfail(
                 "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections_per_ip
             )
+        elif gateway.active > limits.max_connections:  # ours: the client may hold just this one
+            result.verdict = Verdict.tempfail("infra.server_busy", client_ip=client_ip, limit=limits.max_connections)
         else:
             result = await gateway.chain.run(Stage.CONNECT, self._ctx())
         self._event(
