@@ -678,6 +678,28 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "protocol.smtputf8_required",
+        553,
+        "5.6.7",
+        "sender",
+        "A non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531).",
+        title=("Non-ASCII address without SMTPUTF8", "Nicht-ASCII-Adresse ohne SMTPUTF8"),
+        explanation=(
+            "The sending server used an address with non-ASCII characters (such as ü or é) but did "
+            "not announce SMTPUTF8 (RFC 6531) on MAIL FROM, which such an address requires; the "
+            "address was refused.",
+            "Der sendende Server hat eine Adresse mit Nicht-ASCII-Zeichen (etwa ü oder é) verwendet, "
+            "bei MAIL FROM aber kein SMTPUTF8 (RFC 6531) angekündigt, das eine solche Adresse "
+            "voraussetzt; die Adresse wurde abgelehnt.",
+        ),
+        remedy=(
+            "The sender's administrator must enable SMTPUTF8 in the sending server (Postfix: "
+            "smtputf8_enable = yes), or the sender uses an address of ASCII characters only.",
+            "Der Administrator des Absenders muss SMTPUTF8 im sendenden Server einschalten (Postfix: "
+            "smtputf8_enable = yes), oder der Absender nutzt eine Adresse nur aus ASCII-Zeichen.",
+        ),
+    ),
+    _r(
         "protocol.timeout",
         421,
         "4.4.2",

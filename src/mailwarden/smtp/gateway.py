@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Final
 
 from mailwarden import authresults
 from mailwarden.addresses import EnvelopePath
@@ -52,6 +52,9 @@ from mailwarden.store import Store, StoreError
 from mailwarden.text import ascii_printable, printable
 
 log = logging.getLogger(__name__)
+
+# Protocol-layer refusals that have a catalog entry more precise than protocol.violation.
+PROTOCOL_REASONS: Final[Mapping[tuple[int, str], str]] = {(553, "5.6.7"): "protocol.smtputf8_required"}
 
 
 class Gateway:
@@ -432,7 +435,9 @@ class Connection:
         except MaildirError as exc:
             return self._storage_failed(txn, exc)
         reply = replies.Reply(
-            250, "2.0.0", f"Message accepted and stored for {len(txn.recipients)} recipient(s) ref={txn.ref}"
+            250,
+            "2.0.0",
+            replies.with_ref(f"Message accepted and stored for {len(txn.recipients)} recipient(s)", txn.ref),
         )
         # The evidence is made before the message is written, so the delivery threads can commit it
         # as soon as the message is on disk (never before), without waking this loop in between.
@@ -542,9 +547,8 @@ class Connection:
         else:
             report = "".join(f"; refused by the mailbox server for {o.mailbox}: {o.reply.line}" for o in refused)
             delivered = len(outcomes) - len(refused)
-            reply = replies.plain(
-                250, "2.0.0", f"Message delivered for {delivered} recipient(s){report} ref={txn.ref}", utf8=True
-            )
+            text = replies.with_ref(f"Message delivered for {delivered} recipient(s){report}", txn.ref)
+            reply = replies.plain(250, "2.0.0", text, utf8=True)
         size = len(prefix) + spool.size - sum(end - start for start, end in forged)
         by_mailbox = {o.mailbox: o for o in outcomes}
         for recipient in txn.recipients:
@@ -626,17 +630,22 @@ class Connection:
         return (received + auth + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
 
     # ------------------------------------------------------------------ endings and protocol errors
-    def on_protocol_reply(self, reply: str) -> None:
-        code = int(reply[:3]) if reply[:3].isdigit() else None
-        parts = reply.split(" ", 2)
-        self._event(
-            "reject" if reply.startswith("5") else "tempfail",
-            smtp_code=code,
-            enhanced_code=parts[1] if len(parts) > 1 else None,
-            reply=printable(reply, 500),
-            reason="protocol.violation",
-            detail={"stage": "protocol"},
+    def on_protocol_reply(self, reply: str, command: str | None = None) -> str:
+        """A refusal made by the protocol layer (syntax, sequence, limits): given our ref and recorded.
+
+        The one place these get their ref and event, so no refusal string elsewhere has to remember it.
+        """
+        sent = replies.parse(reply)
+        problem = sent.text.removeprefix(f"{self.config.smtp.hostname} ").removeprefix("Error: ")
+        reason = PROTOCOL_REASONS.get((sent.code, sent.enhanced), "protocol.violation")
+        rendered = replies.plain(
+            sent.code, sent.enhanced, replies.with_ref(sent.text, self.ref, self.config.explain.url), utf8=True
         )
+        detail: dict[str, Any] = {"stage": "protocol", "values": {"problem": problem}}
+        if command:
+            detail["command"] = command
+        self._refusal_event(Action.REJECT if sent.code >= 500 else Action.TEMPFAIL, reason, rendered, detail)
+        return rendered.wire()
 
     def on_timeout(self, seconds: float, *, in_data: bool) -> str:
         verdict = Verdict.tempfail("protocol.timeout", seconds=int(seconds))
@@ -657,29 +666,28 @@ class Connection:
         self.session = SessionInfo(
             id=self.gateway.refs.new(), node=self.gateway.node, client_ip=peer_ip, client_port=peer_port
         )
-        reply = f"421 4.7.0 {self.config.smtp.hostname} Error: {printable(problem, 200)}; closing ref={self.ref}"
-        self.on_protocol_reply(reply)
-        return reply
+        return self.on_protocol_reply(
+            f"421 4.7.0 {self.config.smtp.hostname} Error: {printable(problem, 200)}; closing", "PROXY"
+        )
 
     def on_non_smtp(self, verb: str) -> str:
-        reply = (
-            f"421 4.7.0 {self.config.smtp.hostname} Error: non-SMTP command ({printable(verb)}); closing ref={self.ref}"
+        return self.on_protocol_reply(
+            f"421 4.7.0 {self.config.smtp.hostname} Error: non-SMTP command ({printable(verb)}); closing", verb
         )
-        self.on_protocol_reply(reply)
-        return reply
 
     def on_too_many_errors(self, errors: int) -> str:
-        reply = f"421 4.7.0 {self.config.smtp.hostname} Error: too many errors ({errors}); closing ref={self.ref}"
-        self.on_protocol_reply(reply)
-        return reply
+        return self.on_protocol_reply(
+            f"421 4.7.0 {self.config.smtp.hostname} Error: too many errors ({errors}); closing"
+        )
 
     def on_internal_error(self, error: Exception) -> str:
         verdict = Verdict.tempfail("infra.check_failed", check="session", problem=type(error).__name__)
         return self._refuse(verdict, "protocol")
 
     def shutdown_reply(self) -> str:
-        reply = replies.for_verdict(Verdict.tempfail("infra.shutdown"), self.ref, self.config.explain.url, utf8=True)
-        return reply.wire()
+        if not self.session.id:  # a PROXY header still awaited: the refusal needs a session to be recorded in
+            self.session.id = self.gateway.refs.new()
+        return self._refuse(Verdict.tempfail("infra.shutdown"), "shutdown")
 
     def on_disconnect(self, *, lost: bool) -> None:
         if self._counted:

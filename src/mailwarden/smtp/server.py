@@ -74,6 +74,7 @@ class GatewaySMTP(SMTP):
         self._busy = False  # deciding on a command: the client is waiting for us, not idle
         self._in_data = False
         self._errors = 0
+        self._command: str | None = None  # the verb being answered, for the record of a refusal
         self._closed_reported = False
         self._session_timer: asyncio.TimerHandle | None = None
 
@@ -144,14 +145,18 @@ class GatewaySMTP(SMTP):
         self.transport = None
 
     async def push(self, status: AnyStr, *, raw: bool = False) -> None:
-        """Send a reply; protocol-level refusals get an enhanced code and are recorded."""
+        """Send a reply (`raw`: it has its enhanced code already).
+
+        Every refusal passes here: one the gateway did not decide and record itself gets our ref and
+        an event from `Connection.on_protocol_reply`, whichever string it started as.
+        """
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if text[:1] in "45":
-            self._errors += 1
         if not raw:
             text = "\r\n".join(with_enhanced_code(line) for line in text.split("\r\n"))
-            if text[:1] in "45" and not self.conn.is_own_reply(status):
-                self.conn.on_protocol_reply(text)
+        if text[:1] in "45":
+            self._errors += 1
+            if not self.conn.is_own_reply(status):
+                text = self.conn.on_protocol_reply(text, self._command)
         if self.transport is None or self.transport.is_closing():
             return
         self._writer.write(text.encode("utf-8", "replace") + b"\r\n")
@@ -191,7 +196,11 @@ class GatewaySMTP(SMTP):
 
     async def _next_command(self) -> bool:
         """Read, check and run one command; False when the session is over."""
+        self._command = None
         line = await self._read_command_line()
+        if self._errors >= ERROR_LIMIT:  # every error counts, also lines that are not even a command
+            self._hang_up(self.conn.on_too_many_errors(self._errors))
+            return False
         if line is None:
             return True
         if not line:
@@ -207,13 +216,11 @@ class GatewaySMTP(SMTP):
         if verb in NON_SMTP:
             self._hang_up(self.conn.on_non_smtp(verb))
             return False
-        if self._errors >= ERROR_LIMIT:
-            self._hang_up(self.conn.on_too_many_errors(self._errors))
-            return False
         if verb not in COMMANDS:
             await self.push(f'500 5.5.1 Error: command "{printable(verb, 32)}" not recognized')
             return True
         self.conn.count(verb)
+        self._command = verb
         if verb in NEED_HELO and self.conn.session.helo is None:
             await self.push("503 5.5.1 Error: send HELO or EHLO first")
             return True
