@@ -143,11 +143,12 @@ def parse(data: bytes) -> Bounce:
     for recipient in bounce.recipients:
         bounce.remote_mta = bounce.remote_mta or recipient.remote_mta
     diagnostic = _DIAGNOSTIC.search(text)
-    reply = _REPLY.search(text)
+    unfolded = _FOLD.sub(" ", text)  # a reply wrapped over indented lines is one line again
+    reply = _REPLY.search(unfolded)
     if reply is not None:
         bounce.smtp_code, bounce.enhanced = int(reply.group(1)), reply.group(2)
-        line_end = text.find("\n", reply.end())
-        bounce.diagnostic = _clean(text[reply.start() : line_end if line_end != -1 else None])
+        line_end = unfolded.find("\n", reply.end())
+        bounce.diagnostic = _clean(unfolded[reply.start() : line_end if line_end != -1 else None])
     if diagnostic is not None:
         bounce.diagnostic = _clean(diagnostic.group(1))
     statuses = [r.status for r in bounce.recipients if r.status]
@@ -160,7 +161,6 @@ def parse(data: bytes) -> Bounce:
             if address not in (r.address for r in bounce.recipients):
                 bounce.recipients.append(BouncedRecipient(address=address))
     bounce.sender = _sole_address(message.get("To"))
-    unfolded = _FOLD.sub(" ", text)
     found = [m.group(1) for m in _REPLY_REF.finditer(unfolded)]
     found += [m.group(1) or m.group(2) for m in _HEADER_REF.finditer(unfolded)]
     for candidate in found:
@@ -207,7 +207,8 @@ def as_text(
     out += [f"{phrase(label, lang)}: {value}" for label, value in rows if value]
     for recipient in bounce.recipients:
         details = ", ".join(v for v in (recipient.action, recipient.status) if v)
-        out.append(f"{phrase('bounce.recipient', lang)}: {recipient.address or '-'} ({details})")
+        shown = f"{recipient.address or '-'} ({details})" if details else recipient.address or "-"
+        out.append(f"{phrase('bounce.recipient', lang)}: {shown}")
     for diagnosis in linked:
         out += ["", phrase("bounce.ours", lang, id=diagnosis.id), f"  {diagnosis.title}", f"  {diagnosis.summary}"]
         out += [f"  - {note}" for note in diagnosis.notes] + [f"  {diagnosis.remedy}", ""]
