@@ -226,14 +226,18 @@ _ENTRIES: Final[list[Reason]] = [
         421,
         "4.7.0",
         "sender",
-        "Too many connections from {client_ip} ({limit} at once); please try again later.",
-        title=("Too many simultaneous connections", "Zu viele gleichzeitige Verbindungen"),
+        "Your server {client_ip} has more connections open to us than we allow per client ({limit} at "
+        "once); please use fewer parallel connections and try again later.",
+        title=(
+            "Too many simultaneous connections from one server",
+            "Zu viele gleichzeitige Verbindungen eines Servers",
+        ),
         explanation=(
-            "The server {client_ip} opened more simultaneous connections than we allow ({limit}). "
-            "The connection was deferred; a normal mail server retries automatically.",
-            "Der Server {client_ip} hat mehr gleichzeitige Verbindungen geöffnet als erlaubt "
-            "({limit}). Die Verbindung wurde vertagt; ein normaler Mailserver versucht es "
-            "automatisch erneut.",
+            "The server {client_ip} opened more simultaneous connections than we allow one sending "
+            "server ({limit}). The connection was deferred; a normal mail server retries automatically.",
+            "Der Server {client_ip} hat mehr gleichzeitige Verbindungen geöffnet, als wir einem "
+            "sendenden Server erlauben ({limit}). Die Verbindung wurde vertagt; ein normaler "
+            "Mailserver versucht es automatisch erneut.",
         ),
         remedy=(
             "Nothing to do if the sender retries; otherwise the sender should lower its concurrency.",
@@ -720,6 +724,28 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "protocol.smtputf8_required",
+        553,
+        "5.6.7",
+        "sender",
+        "A non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531).",
+        title=("Non-ASCII address without SMTPUTF8", "Nicht-ASCII-Adresse ohne SMTPUTF8"),
+        explanation=(
+            "The sending server used an address with non-ASCII characters (such as ü or é) but did "
+            "not announce SMTPUTF8 (RFC 6531) on MAIL FROM, which such an address requires; the "
+            "address was refused.",
+            "Der sendende Server hat eine Adresse mit Nicht-ASCII-Zeichen (etwa ü oder é) verwendet, "
+            "bei MAIL FROM aber kein SMTPUTF8 (RFC 6531) angekündigt, das eine solche Adresse "
+            "voraussetzt; die Adresse wurde abgelehnt.",
+        ),
+        remedy=(
+            "The sender's administrator must enable SMTPUTF8 in the sending server (Postfix: "
+            "smtputf8_enable = yes), or the sender uses an address of ASCII characters only.",
+            "Der Administrator des Absenders muss SMTPUTF8 im sendenden Server einschalten (Postfix: "
+            "smtputf8_enable = yes), oder der Absender nutzt eine Adresse nur aus ASCII-Zeichen.",
+        ),
+    ),
+    _r(
         "protocol.timeout",
         421,
         "4.4.2",
@@ -886,6 +912,29 @@ _ENTRIES: Final[list[Reason]] = [
             "Server versucht es erneut.",
         ),
         remedy=("Our team restores the mailbox server.", "Unser Team stellt den Postfachserver wieder her."),
+    ),
+    _r(
+        "infra.server_busy",
+        421,
+        "4.3.2",
+        "provider",
+        "Our server is busy: it has its limit of {limit} connections open, from all senders together. "
+        "This is our load, not yours, and nothing needs changing on your side; please try again later.",
+        title=("Our server was busy", "Unser Server war ausgelastet"),
+        explanation=(
+            "Our mail server had its maximum of {limit} simultaneous connections open, from all "
+            "sending servers together, so the connection from {client_ip} was deferred. The load "
+            "was ours, not the sender's; the sending server retries automatically.",
+            "Unser Mailserver hatte die Höchstzahl von {limit} gleichzeitigen Verbindungen aller "
+            "sendenden Server zusammen erreicht; die Verbindung von {client_ip} wurde deshalb "
+            "vertagt. Die Last lag bei uns, nicht beim Absender; der sendende Server versucht es "
+            "automatisch erneut.",
+        ),
+        remedy=(
+            "Nothing for the sender. If it happens often, our team adds capacity or raises smtp.max_connections.",
+            "Für den Absender nichts. Passiert es häufig, erweitert unser Team die Kapazität oder "
+            "erhöht smtp.max_connections.",
+        ),
     ),
     _r(
         "infra.shutdown",

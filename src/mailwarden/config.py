@@ -104,9 +104,13 @@ class SmtpConfig(_Section):
         26_214_400, ge=1024, description="Largest message accepted, in bytes (advertised as SIZE)."
     )
     max_recipients: int = Field(100, ge=1, description="Recipients per transaction; more get 452 4.5.3.")
-    max_connections: int = Field(500, ge=1, description="Simultaneous connections in total; more get 421 4.7.0.")
+    max_connections: int = Field(
+        500, ge=1, description="Simultaneous connections in total; more get 421 4.3.2 (infra.server_busy)."
+    )
     max_connections_per_ip: int = Field(
-        20, ge=1, description="Simultaneous connections from one client address; more get 421 4.7.0."
+        20,
+        ge=1,
+        description="Simultaneous connections from one client address; more get 421 4.7.0 (client.too_many_connections).",
     )
     max_command_line: int = Field(
         512, ge=512, description="Longest command line in bytes incl. CRLF (RFC 5321: 512); longer gets 500 5.5.2."

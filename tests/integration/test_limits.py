@@ -1,6 +1,6 @@
 """Limits and extensions of the gateway with the replies they must give, against `mailwarden serve`.
 
-Connection limits (421 4.7.0, several 127.0.0.x source addresses), recipients per message
+Connection limits (per client 421 4.7.0, in total 421 4.3.2; several 127.0.0.x source addresses), recipients per message
 (452 4.5.3), SIZE at MAIL and the real size after DATA (552 5.3.4), long lines, bare line ends,
 STARTTLS, SMTPUTF8, the PROXY protocol, and a storage failure (452 4.3.1, nothing half-written).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mailwarden import Mailwarden, running
+from tests.support.smtp import events_of
 from tests.support.wire import Reply, Wire
 
 pytestmark = pytest.mark.integration
@@ -50,28 +51,51 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]:
 
 
 # ---------------------------------------------------------------------------- connections
-def test_connections_over_the_total_and_per_client_limits_get_421_4_7_0(tmp_path: Path) -> None:
-    with running(tmp_path / "mw", {"smtp": {"max_connections": 4, "max_connections_per_ip": 2}}) as server:
-        held: list[Wire] = []
+def _hold(server: Mailwarden, sources: tuple[str, ...]) -> list[Wire]:
+    """Open connections from these addresses and keep them; each greeted with 220."""
+    held = []
+    for source in sources:
+        held.append(Wire(server.smtp_port, source=source))
+        assert held[-1].reply().code == 220
+    return held
+
+
+def test_a_client_over_the_per_client_limit_gets_421_4_7_0_about_its_own_connections(tmp_path: Path) -> None:
+    with running(tmp_path / "mw", {"smtp": {"max_connections": 10, "max_connections_per_ip": 2}}) as server:
+        held = _hold(server, ("127.0.0.2", "127.0.0.2", "127.0.0.3"))
         try:
-            for source in ("127.0.0.2", "127.0.0.2"):
-                held.append(Wire(server.smtp_port, source=source))
-                assert held[-1].reply().code == 220
             with Wire(server.smtp_port, source="127.0.0.2") as third_from_same:
                 refused = third_from_same.reply()
-                assert refused.matches(r"^421 4\.7\.0 .*127\.0\.0\.2.*ref="), refused.text
                 assert third_from_same.closed_by_server()
-            for source in ("127.0.0.3", "127.0.0.3"):
-                held.append(Wire(server.smtp_port, source=source))
-                assert held[-1].reply().code == 220
-            with Wire(server.smtp_port, source="127.0.0.4") as over_total:
-                assert over_total.reply().matches(r"^421 4\.7\.0 .*ref=")
-                assert over_total.closed_by_server()
         finally:
             for wire in held:
                 wire.close()
-        refusals = [e for e in server.events() if e["reason"] == "client.too_many_connections"]
-        assert sorted(e["client_ip"] for e in refusals) == ["127.0.0.2", "127.0.0.4"]
+        assert refused.matches(
+            r"^421 4\.7\.0 Your server 127\.0\.0\.2 has more connections open to us than we allow per client "
+            r"\(2 at once\); .* ref=[0-9A-Z]{12}$"
+        ), refused.text
+        (refusal,) = [e for e in events_of(server, refused.text[-12:], "tempfail") if e["kind"] == "tempfail"]
+        assert (refusal["reason"], refusal["client_ip"]) == ("client.too_many_connections", "127.0.0.2")
+
+
+def test_a_client_over_the_total_limit_is_told_it_is_our_load_not_its_own_with_421_4_3_2(tmp_path: Path) -> None:
+    """One connection of its own, refused because all senders together fill the server: no blame on the client."""
+    with running(tmp_path / "mw", {"smtp": {"max_connections": 3, "max_connections_per_ip": 2}}) as server:
+        held = _hold(server, ("127.0.0.2", "127.0.0.2", "127.0.0.3"))
+        try:
+            with Wire(server.smtp_port, source="127.0.0.4") as first_of_its_own:
+                refused = first_of_its_own.reply()
+                assert first_of_its_own.closed_by_server()
+        finally:
+            for wire in held:
+                wire.close()
+        assert refused.matches(r"^421 4\.3\.2 Our server is busy: .* limit of 3 connections open, from all senders"), (
+            refused.text
+        )
+        assert refused.matches(r"This is our load, not yours, .* ref=[0-9A-Z]{12}$"), refused.text
+        assert "127.0.0.4" not in refused.text and "Too many connections from" not in refused.text
+        (refusal,) = [e for e in events_of(server, refused.text[-12:], "tempfail") if e["kind"] == "tempfail"]
+        assert (refusal["reason"], refusal["client_ip"]) == ("infra.server_busy", "127.0.0.4")
 
 
 # ---------------------------------------------------------------------------- one message

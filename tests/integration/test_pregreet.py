@@ -55,8 +55,11 @@ def test_a_client_that_talks_before_the_greeting_is_refused_at_rcpt_with_a_proto
     (check,) = connect["detail"]["checks"]
     assert (check["check"], check["result"], check["reason"]) == ("pregreet", "reject", "client.pregreet")
     assert check["detail"]["sent"] == "EHLO talker.example\\x0d\\x0a" and check["detail"]["wait"] == 2.0
-    (refusal,) = [e for e in events if e["kind"] == "reject"]
+    refusal, no_recipients = [
+        e for e in events if e["kind"] == "reject"
+    ]  # RCPT's, then DATA's (every refusal leaves one)
     assert (refusal["reason"], refusal["smtp_code"], refusal["enhanced_code"]) == ("client.pregreet", 550, "5.5.1")
+    assert (no_recipients["smtp_code"], no_recipients["enhanced_code"]) == (554, "5.5.1")
     assert gateway.messages("bob@example.test") == []
     verdict = json.loads(gateway.cli("explain", ref, "--format", "json").stdout)
     assert (verdict["status"], verdict["reason"]) == ("rejected", "client.pregreet")

@@ -52,8 +52,10 @@ def test_postfix_bounce_for_an_unknown_mailbox_carries_our_sentence_and_ref(gate
         postfix.submit("alice@sender.test", ["nobody@example.test"], message)
         (bounce,) = postfix.wait_delivered(1)
 
-    (reject,) = [e for e in gateway.events() if e["kind"] == "reject"]
+    # Postfix pipelines DATA behind the refused RCPT: its 554 5.5.1 is a reject of that transaction too.
+    (reject,) = [e for e in gateway.events() if e["kind"] == "reject" and e["recipient"] == "nobody@example.test"]
     assert reject["reason"] == "rcpt.unknown_user"
+    assert [e["smtp_code"] for e in gateway.events("--ref", reject["ref"]) if e["kind"] == "reject"] == [550, 554]
     assert bounce["To"] == "alice@sender.test"
     text = _one_line(bounce.as_string())
     assert "550 5.1.1 The mailbox nobody@example.test does not exist here; please check the address" in text

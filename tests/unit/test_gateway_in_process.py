@@ -12,11 +12,15 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from mailwarden.checks import build_chain
 from mailwarden.checks.base import Check, CheckContext, Services, Verdict
 from mailwarden.checks.chain import CheckChain
 from mailwarden.config import Config
 from mailwarden.events import Event
+from mailwarden.smtp import spool
+from mailwarden.smtp.data import DataDecoder
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store.base import Committed
 from mailwarden.store.sqlite import SqliteStore
@@ -42,8 +46,9 @@ def run_gateway(
     lines: list[bytes],
     chain: CheckChain | None = None,
     timeouts: dict[str, float] | None = None,
+    smtp_settings: dict[str, object] | None = None,
 ) -> list[str]:
-    config = config_for(tmp_path, list(BASE_ORDER), smtp={"timeouts": timeouts or {}})
+    config = config_for(tmp_path, list(BASE_ORDER), smtp={"timeouts": timeouts or {}, **(smtp_settings or {})})
     store.add_mailbox("bob@example.test", "hash")
 
     async def main() -> list[str]:
@@ -135,4 +140,47 @@ def test_a_check_slower_than_the_idle_timeout_does_not_count_as_an_idle_client(t
     replies = run_gateway(tmp_path, store, TRANSACTION, chain, timeouts={"command": 0.5, "data_block": 0.5})
     assert replies[3].startswith("250 2.1.5"), replies
     assert replies[-1].startswith("250 2.0.0 Message accepted"), replies
+    store.close()
+
+
+# A body of command lines: if any of them ran as a command, the replies after the end marker would show it.
+BODY_OF_COMMANDS = b"Subject: x\r\n\r\n" + b"NOOP\r\n" * 20_000 + b"MAIL FROM:<mallory@evil.test>\r\n.\r\n"
+
+
+def test_any_spool_failure_reads_the_message_to_its_end_and_answers_452_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a full disk: any error while spooling is answered after the end marker, nothing run as a command."""
+
+    def broken_mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise RuntimeError("a bug in spooling")
+
+    monkeypatch.setattr(spool.tempfile, "mkstemp", broken_mkstemp)
+    store = SqliteStore(tmp_path / "store.db")
+    lines = [*TRANSACTION[:4], BODY_OF_COMMANDS, b"NOOP\r\n"]
+    replies = run_gateway(tmp_path, store, lines, smtp_settings={"memory_spool_limit": 65_536})
+    assert replies[-2].startswith("452 4.3.1 Temporary storage problem"), replies
+    assert replies[-1] == "250 2.0.0 OK"
+    (refusal,) = store.query_events(EventQuery(reason="infra.storage"))
+    assert refusal.detail["values"]["problem"] == "the spool for arriving messages failed: RuntimeError"
+    assert not list((tmp_path / "var" / "spool").glob("msg-*"))
+    assert [e.kind for e in store.query_events(EventQuery()) if e.kind in ("mail", "rcpt")] == ["mail", "rcpt"]
+    store.close()
+
+
+def test_a_fault_in_decoding_data_closes_the_connection_and_runs_nothing_of_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the message ends is unknown then: 421, recorded, and nothing more is read from that client."""
+
+    def broken_feed(self: DataDecoder, chunk: bytes) -> bytes:
+        raise ValueError("a bug in decoding")
+
+    monkeypatch.setattr(DataDecoder, "feed", broken_feed)
+    store = SqliteStore(tmp_path / "store.db")
+    replies = run_gateway(tmp_path, store, [*TRANSACTION[:4], b"Subject: x\r\n\r\nNOOP\r\n", b"NOOP\r\n"])
+    assert replies[-2].startswith("421 4.3.0 ") and "ref=" in replies[-2], replies
+    assert replies[-1] == "", "the connection stays open"
+    (refusal,) = store.query_events(EventQuery(reason="infra.check_failed"))
+    assert (refusal.kind, refusal.smtp_code) == ("tempfail", 421)
     store.close()

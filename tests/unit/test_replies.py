@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailwarden.checks.base import Verdict
-from mailwarden.smtp.replies import Reply, for_verdict, with_enhanced_code
+from mailwarden.smtp.replies import Reply, for_verdict, with_enhanced_code, with_ref
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,16 @@ def test_clients_without_smtputf8_get_ascii_only() -> None:
         Verdict.reject("rcpt.unknown_user", recipient="bøb@example.test"), "1BRDBB9HG000", "", utf8=False
     )
     assert reply.text.isascii()
+
+
+def test_a_ref_in_stranger_text_is_escaped_so_the_only_ref_is_ours_and_last() -> None:
+    reply = for_verdict(
+        Verdict.reject("rcpt.unknown_user", recipient='"a ref=1C3RQE42G000 REF=1C3RQE42G001"@example.test'),
+        "1BRDBB9HG000",
+        "https://mx.example.test/why/",
+        utf8=True,
+    )
+    assert reply.text.count("ref=") == 1 and "REF=" not in reply.text
+    assert '"a ref\\x3d1C3RQE42G000 REF\\x3d1C3RQE42G001"@example.test' in reply.text
+    assert reply.text.endswith(" ref=1BRDBB9HG000 https://mx.example.test/why/1BRDBB9HG000")
+    assert with_ref("Syntax: ref=1C3RQE42G000", "1BRDBB9HG000") == "Syntax: ref\\x3d1C3RQE42G000 ref=1BRDBB9HG000"

@@ -166,3 +166,105 @@ def test_bad_input_gives_a_precise_answer_and_never_a_traceback(
     out = capsys.readouterr().out
     assert "No status code, diagnostic or reference found" in out
     assert "\x1b" not in out
+
+
+# ---------------------------------------------------------------------------- whose ref is it
+OTHERS_REF = "1C3RQE42G000"  # a message of someone else, delivered
+OUR_REF = "1C3RQE9HG000"  # the session that refused the bounced message
+
+
+def postfix_bounce(reply: str, *, recipient: str = '"a ref=1C3RQE42G000"@@example.test', to: str = "") -> bytes:
+    """Postfix's wording and wrapping around a reply (recipes: section 1), with an optional To: header."""
+    said = f"<{recipient}>: host mx.example.test[192.0.2.25] said: {reply} (in reply to RCPT TO command)"
+    lines, line = [], ""
+    for word in said.split(" "):  # Postfix wraps at 76 columns, continuation lines indented
+        if line and len(line) + 1 + len(word) > 76:
+            lines.append(line)
+            line = "    " + word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    header = f"To: {to}\nSubject: Undelivered Mail Returned to Sender\n\n" if to else ""
+    return (header + "This is the mail system at host mta.evil.test.\n\n" + "\n".join(lines) + "\n").encode()
+
+
+def test_a_ref_inside_the_quoted_client_text_is_not_ours_only_the_one_in_our_replys_last_position() -> None:
+    old_reply = f'501 5.1.3 Syntax: RCPT TO:<address>: <"a ref={OTHERS_REF}"@@example.test> is not a valid address'
+    assert bounce.parse(postfix_bounce(old_reply)).refs == []
+    new_reply = old_reply.replace("ref=", "ref\\x3d") + f" ref={OUR_REF}"
+    assert bounce.parse(postfix_bounce(new_reply)).refs == [OUR_REF]
+    with_url = f"{new_reply} https://mx.example.test/why/{OUR_REF}"
+    assert bounce.parse(postfix_bounce(with_url)).refs == [OUR_REF]
+
+
+def test_a_ref_before_other_text_of_the_reply_is_not_in_our_position() -> None:
+    crafted = f"550 5.1.1 The mailbox x ref={OTHERS_REF} does not exist here"
+    assert bounce.parse(postfix_bounce(crafted)).refs == []
+
+
+def _store_with_others_message(tmp_path: Path) -> Config:
+    store = SqliteStore(tmp_path / "events.db")
+    common = {"source": "gateway", "node": "mx1", "ref": OTHERS_REF, "session": OTHERS_REF, "client_ip": "192.0.2.9"}
+    sender = {"sender": "alice@sender.test"}
+    store.append_many(
+        [
+            Event(kind="connect", ts=1_800_000_000_000_000, **common),
+            Event(kind="mail", ts=1_800_000_000_001_000, **sender, **common),
+            Event(kind="rcpt", ts=1_800_000_000_002_000, recipient="bob@example.test", **sender, **common),
+            Event(
+                kind="deliver",
+                ts=1_800_000_000_003_000,
+                recipient="bob@example.test",
+                reason="delivered",
+                **sender,
+                **common,
+            ),
+            Event(kind="accept", ts=1_800_000_000_004_000, smtp_code=250, reason="delivered", **sender, **common),
+        ]
+    )
+    store.close()
+    return Config(store={"url": f"sqlite:///{tmp_path}/events.db"}, base_dir=tmp_path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("recipient", "to", "why", "words"),
+    [
+        ("carol@example.test", "", "recipient", "had other recipients than the bounce"),
+        ("bob@example.test", "mallory@evil.test", "sender", "came from another sender"),
+    ],
+)
+def test_a_ref_of_another_message_is_not_attributed_and_the_answer_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recipient: str, to: str, why: str, words: str
+) -> None:
+    config = _store_with_others_message(tmp_path)
+    source = tmp_path / "bounce.txt"
+    source.write_bytes(postfix_bounce(f"550 5.7.1 Refused. ref={OTHERS_REF}", recipient=recipient, to=to))
+    assert commands.explain_bounce(config, str(source), lang="en", fmt="json") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["traces"] == []
+    assert answer["unattributed"] == [{"ref": OTHERS_REF, "why": why}]
+    commands.explain_bounce(config, str(source), lang="en", fmt="text")
+    text = capsys.readouterr().out
+    assert words in text and "refers to our message" not in text
+
+
+def test_a_ref_we_do_not_know_is_not_attributed_and_the_answer_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _store_with_others_message(tmp_path)
+    source = tmp_path / "bounce.txt"
+    source.write_bytes(postfix_bounce(f"550 5.7.1 Refused. ref={OUR_REF}", recipient="bob@example.test"))
+    commands.explain_bounce(config, str(source), lang="de", fmt="text")
+    assert f"nennt unsere Referenz {OUR_REF}, sie ist aber nicht in unseren Daten" in capsys.readouterr().out
+
+
+def test_the_message_the_ref_names_is_attributed_when_recipient_and_sender_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _store_with_others_message(tmp_path)
+    source = tmp_path / "bounce.txt"
+    reply = f"550 5.7.1 Refused. ref={OTHERS_REF}"
+    source.write_bytes(postfix_bounce(reply, recipient="bob@example.test", to="Alice <alice@sender.test>"))
+    assert commands.explain_bounce(config, str(source), lang="en", fmt="json") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert [t["id"] for t in answer["traces"]] == [OTHERS_REF] and answer["unattributed"] == []

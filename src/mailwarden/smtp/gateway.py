@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Final
 
 from mailwarden import authresults
 from mailwarden.addresses import EnvelopePath
@@ -54,6 +54,9 @@ from mailwarden.store import Store, StoreError
 from mailwarden.text import ascii_printable, printable
 
 log = logging.getLogger(__name__)
+
+# Protocol-layer refusals that have a catalog entry more precise than protocol.violation.
+PROTOCOL_REASONS: Final[Mapping[tuple[int, str], str]] = {(553, "5.6.7"): "protocol.smtputf8_required"}
 
 
 class Gateway:
@@ -238,14 +241,12 @@ class Connection:
         result = ChainResult()
         if gateway.shutting_down:
             result.verdict = Verdict.tempfail("infra.shutdown")
-        elif gateway.active > limits.max_connections:
-            result.verdict = Verdict.tempfail(
-                "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections
-            )
-        elif gateway.per_ip[client_ip] > limits.max_connections_per_ip:
+        elif gateway.per_ip[client_ip] > limits.max_connections_per_ip:  # the client's load
             result.verdict = Verdict.tempfail(
                 "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections_per_ip
             )
+        elif gateway.active > limits.max_connections:  # ours: the client may hold just this one
+            result.verdict = Verdict.tempfail("infra.server_busy", client_ip=client_ip, limit=limits.max_connections)
         else:
             result = await gateway.chain.run(Stage.CONNECT, self._ctx())
         self.session.watch_input = None  # only before the greeting
@@ -375,6 +376,14 @@ class Connection:
             )
             self.txn = None
 
+    def on_data_undecodable(self, spool: Spool, error: Exception) -> str:
+        """A fault while decoding DATA: its end cannot be found, so the connection is closed with 421."""
+        spool.discard()
+        values = {"check": "session", "problem": type(error).__name__}
+        reply = self._refuse(Verdict(Action.TEMPFAIL, "infra.check_failed", values, smtp_code=421), "data")
+        self.txn = None
+        return reply
+
     async def on_data_end(self, spool: Spool, *, line_too_long: bool, bare_newlines: int) -> str:
         txn = self.txn
         assert txn is not None
@@ -393,7 +402,9 @@ class Connection:
             data_detail["bare_newlines"] = bare_newlines
         verdict: Verdict | None = None
         record: list[dict[str, Any]] = []
-        if spool.overflowed:  # the spool kept nothing past the limit: never deliver a truncated message
+        if spool.failure is not None:  # the spool kept nothing: the sender must send it again
+            verdict = self._spool_failed(txn, spool.failure)
+        elif spool.overflowed:  # the spool kept nothing past the limit: never deliver a truncated message
             verdict = Verdict.reject("msg.too_big", size=spool.received, limit=self.config.smtp.max_message_size)
         elif line_too_long:
             verdict = Verdict.reject(
@@ -433,7 +444,9 @@ class Connection:
         except MaildirError as exc:
             return self._storage_failed(txn, exc)
         reply = replies.Reply(
-            250, "2.0.0", f"Message accepted and stored for {len(txn.recipients)} recipient(s) ref={txn.ref}"
+            250,
+            "2.0.0",
+            replies.with_ref(f"Message accepted and stored for {len(txn.recipients)} recipient(s)", txn.ref),
         )
         # The evidence is made before the message is written, so the delivery threads can commit it
         # as soon as the message is on disk (never before), without waking this loop in between.
@@ -464,6 +477,18 @@ class Connection:
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()
+
+    @staticmethod
+    def _spool_failed(txn: Transaction, error: Exception) -> Verdict:
+        # An OSError (full or read-only disk) is the operator's to fix; anything else is our bug.
+        log.error(
+            "the spool failed while %s arrived (%s); its rest was read and discarded, answering 4xx",
+            txn.ref,
+            error,
+            exc_info=None if isinstance(error, OSError) else error,
+        )
+        problem = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        return Verdict.tempfail("infra.storage", problem=f"the spool for arriving messages failed: {problem}")
 
     def _storage_failed(self, txn: Transaction, error: MaildirError) -> str:
         log.error("delivery of %s failed: %s", txn.ref, error)
@@ -534,9 +559,8 @@ class Connection:
         else:
             report = "".join(f"; refused by the mailbox server for {o.mailbox}: {o.reply.line}" for o in refused)
             delivered = len(outcomes) - len(refused)
-            reply = replies.plain(
-                250, "2.0.0", f"Message delivered for {delivered} recipient(s){report} ref={txn.ref}", utf8=True
-            )
+            text = replies.with_ref(f"Message delivered for {delivered} recipient(s){report}", txn.ref)
+            reply = replies.plain(250, "2.0.0", text, utf8=True)
         size = len(prefix) + spool.size - sum(end - start for start, end in forged)
         by_mailbox = {o.mailbox: o for o in outcomes}
         for recipient in txn.recipients:
@@ -619,17 +643,22 @@ class Connection:
         return (received + auth + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
 
     # ------------------------------------------------------------------ endings and protocol errors
-    def on_protocol_reply(self, reply: str) -> None:
-        code = int(reply[:3]) if reply[:3].isdigit() else None
-        parts = reply.split(" ", 2)
-        self._event(
-            "reject" if reply.startswith("5") else "tempfail",
-            smtp_code=code,
-            enhanced_code=parts[1] if len(parts) > 1 else None,
-            reply=printable(reply, 500),
-            reason="protocol.violation",
-            detail={"stage": "protocol"},
+    def on_protocol_reply(self, reply: str, command: str | None = None) -> str:
+        """A refusal made by the protocol layer (syntax, sequence, limits): given our ref and recorded.
+
+        The one place these get their ref and event, so no refusal string elsewhere has to remember it.
+        """
+        sent = replies.parse(reply)
+        problem = sent.text.removeprefix(f"{self.config.smtp.hostname} ").removeprefix("Error: ")
+        reason = PROTOCOL_REASONS.get((sent.code, sent.enhanced), "protocol.violation")
+        rendered = replies.plain(
+            sent.code, sent.enhanced, replies.with_ref(sent.text, self.ref, self.config.explain.url), utf8=True
         )
+        detail: dict[str, Any] = {"stage": "protocol", "values": {"problem": problem}}
+        if command:
+            detail["command"] = command
+        self._refusal_event(Action.REJECT if sent.code >= 500 else Action.TEMPFAIL, reason, rendered, detail)
+        return rendered.wire()
 
     def on_timeout(self, seconds: float, *, in_data: bool) -> str:
         verdict = Verdict.tempfail("protocol.timeout", seconds=int(seconds))
@@ -650,29 +679,28 @@ class Connection:
         self.session = SessionInfo(
             id=self.gateway.refs.new(), node=self.gateway.node, client_ip=peer_ip, client_port=peer_port
         )
-        reply = f"421 4.7.0 {self.config.smtp.hostname} Error: {printable(problem, 200)}; closing ref={self.ref}"
-        self.on_protocol_reply(reply)
-        return reply
+        return self.on_protocol_reply(
+            f"421 4.7.0 {self.config.smtp.hostname} Error: {printable(problem, 200)}; closing", "PROXY"
+        )
 
     def on_non_smtp(self, verb: str) -> str:
-        reply = (
-            f"421 4.7.0 {self.config.smtp.hostname} Error: non-SMTP command ({printable(verb)}); closing ref={self.ref}"
+        return self.on_protocol_reply(
+            f"421 4.7.0 {self.config.smtp.hostname} Error: non-SMTP command ({printable(verb)}); closing", verb
         )
-        self.on_protocol_reply(reply)
-        return reply
 
     def on_too_many_errors(self, errors: int) -> str:
-        reply = f"421 4.7.0 {self.config.smtp.hostname} Error: too many errors ({errors}); closing ref={self.ref}"
-        self.on_protocol_reply(reply)
-        return reply
+        return self.on_protocol_reply(
+            f"421 4.7.0 {self.config.smtp.hostname} Error: too many errors ({errors}); closing"
+        )
 
     def on_internal_error(self, error: Exception) -> str:
         verdict = Verdict.tempfail("infra.check_failed", check="session", problem=type(error).__name__)
         return self._refuse(verdict, "protocol")
 
     def shutdown_reply(self) -> str:
-        reply = replies.for_verdict(Verdict.tempfail("infra.shutdown"), self.ref, self.config.explain.url, utf8=True)
-        return reply.wire()
+        if not self.session.id:  # a PROXY header still awaited: the refusal needs a session to be recorded in
+            self.session.id = self.gateway.refs.new()
+        return self._refuse(Verdict.tempfail("infra.shutdown"), "shutdown")
 
     def on_disconnect(self, *, lost: bool) -> None:
         if self._counted:

@@ -1,6 +1,9 @@
 """SMTP replies: catalog entries rendered with the transaction's ref, and enhanced status codes.
 
-Every refusal and temporary failure ends with `ref=REF` (and the why-URL when configured).
+Every refusal and temporary failure ends with `ref=REF` (and the why-URL when configured), added
+by `with_ref` and nowhere else. Replies quote stranger text (addresses, HELO names, parameters,
+commands); `with_ref` escapes the `=` of any `ref=` already in the text, so the only ref a
+reply carries is ours, in its last position - where `explain-bounce` looks for it.
 Long replies are split into continuation lines so that no line exceeds RFC 5321's 512 octets.
 """
 
@@ -18,7 +21,8 @@ from mailwarden.text import ascii_printable, printable
 MAX_TEXT: Final = 400  # characters of text per reply line, well inside 512 octets
 MAX_TEXT_OCTETS: Final = 480  # ... and octets, for UTF-8 text: "550-5.7.1 " + text + CRLF stays under 512
 
-_HAS_ENHANCED: Final = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_REF_MARK: Final = re.compile(r"(ref)=", re.IGNORECASE)
+_PARTS: Final = re.compile(r"^([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3})(?: (.*))?$", re.S)
 _CODE: Final = re.compile(r"^([245])(\d\d)([ -])(.*)$", re.S)
 
 # Enhanced codes for replies produced by the protocol layer (RFC 3463, RFC 5321 4.2.2).
@@ -49,7 +53,7 @@ _DEFAULT_ENHANCED: Final[dict[str, str]] = {
 
 def with_enhanced_code(reply: str) -> str:
     """Insert a fitting enhanced status code into a reply line that lacks one."""
-    if _HAS_ENHANCED.match(reply):
+    if _PARTS.match(reply):
         return reply
     match = _CODE.match(reply)
     if match is None:
@@ -95,13 +99,30 @@ def _split_octets(text: str, limit: int) -> list[str]:
     return pieces
 
 
+def with_ref(text: str, ref: str, explain_url: str = "") -> str:
+    """`text` ending with our ref (and the why-URL): stranger text quoted in it can never form `ref=`."""
+    text = _REF_MARK.sub(r"\1\\x3d", text)  # the escape `printable` uses for control characters
+    return f"{text} ref={ref} {explain_url}{ref}" if explain_url else f"{text} ref={ref}"
+
+
+def parse(reply: str) -> Reply:
+    """One of our replies as sent (continuation lines joined), taken apart again."""
+    texts: list[str] = []
+    first: re.Match[str] | None = None
+    for line in reply.split("\r\n"):
+        match = _PARTS.match(line)
+        if match is None:
+            raise ValueError(f"not a reply with an enhanced status code: {line!r}")
+        first = first or match
+        texts.append(match.group(3) or "")
+    assert first is not None  # split() gives at least one line
+    return Reply(int(first.group(1)), first.group(2), " ".join(texts))
+
+
 def for_verdict(verdict: Verdict, ref: str, explain_url: str, *, utf8: bool) -> Reply:
     """The reply for a refusal or temporary failure: the catalog sentence plus ref and URL."""
     reason = catalog.get(verdict.reason)
-    text = catalog.render(reason.reply, reason.code, verdict.values)
-    text = f"{text} ref={ref}"
-    if explain_url:
-        text += f" {explain_url}{ref}"
+    text = with_ref(catalog.render(reason.reply, reason.code, verdict.values), ref, explain_url)
     return Reply(verdict.code, verdict.enhanced_code, printable(text) if utf8 else ascii_printable(text))
 
 

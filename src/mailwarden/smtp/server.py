@@ -75,6 +75,7 @@ class GatewaySMTP(SMTP):
         self._busy = False  # deciding on a command: the client is waiting for us, not idle
         self._in_data = False
         self._errors = 0
+        self._command: str | None = None  # the verb being answered, for the record of a refusal
         self._closed_reported = False
         self._session_timer: asyncio.TimerHandle | None = None
 
@@ -145,14 +146,18 @@ class GatewaySMTP(SMTP):
         self.transport = None
 
     async def push(self, status: AnyStr, *, raw: bool = False) -> None:
-        """Send a reply; protocol-level refusals get an enhanced code and are recorded."""
+        """Send a reply (`raw`: it has its enhanced code already).
+
+        Every refusal passes here: one the gateway did not decide and record itself gets our ref and
+        an event from `Connection.on_protocol_reply`, whichever string it started as.
+        """
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if text[:1] in "45":
-            self._errors += 1
         if not raw:
             text = "\r\n".join(with_enhanced_code(line) for line in text.split("\r\n"))
-            if text[:1] in "45" and not self.conn.is_own_reply(status):
-                self.conn.on_protocol_reply(text)
+        if text[:1] in "45":
+            self._errors += 1
+            if not self.conn.is_own_reply(status):
+                text = self.conn.on_protocol_reply(text, self._command)
         if self.transport is None or self.transport.is_closing():
             return
         self._writer.write(text.encode("utf-8", "replace") + b"\r\n")
@@ -208,7 +213,11 @@ class GatewaySMTP(SMTP):
 
     async def _next_command(self) -> bool:
         """Read, check and run one command; False when the session is over."""
+        self._command = None
         line = await self._read_command_line()
+        if self._errors >= ERROR_LIMIT:  # every error counts, also lines that are not even a command
+            self._hang_up(self.conn.on_too_many_errors(self._errors))
+            return False
         if line is None:
             return True
         if not line:
@@ -224,13 +233,11 @@ class GatewaySMTP(SMTP):
         if verb in NON_SMTP:
             self._hang_up(self.conn.on_non_smtp(verb))
             return False
-        if self._errors >= ERROR_LIMIT:
-            self._hang_up(self.conn.on_too_many_errors(self._errors))
-            return False
         if verb not in COMMANDS:
             await self.push(f'500 5.5.1 Error: command "{printable(verb, 32)}" not recognized')
             return True
         self.conn.count(verb)
+        self._command = verb
         if verb in NEED_HELO and self.conn.session.helo is None:
             await self.push("503 5.5.1 Error: send HELO or EHLO first")
             return True
@@ -355,15 +362,22 @@ class GatewaySMTP(SMTP):
         self._in_data, self._busy = True, False
         self._reset_timeout(self.settings.timeouts.data_block)
         try:
+            # The spool never raises (a failure is kept in `spool.failure`): whatever happens to the
+            # content, the loop reads on to the end marker, so no line of the message runs as a command.
             while not decoder.done:
                 chunk = await self._reader.read(READ_CHUNK)
                 if not chunk:
                     raise ConnectionResetError("connection closed during DATA")
                 spool.write(decoder.feed(chunk))
             spool.finish()
-        except BaseException:
-            self.conn.on_data_lost(spool)
-            raise
+        except BaseException as error:
+            if isinstance(error, OSError) or not isinstance(error, Exception):  # connection gone, or cancelled
+                self.conn.on_data_lost(spool)
+                raise
+            # Decoding failed: where the message ends is unknown, so nothing more is read from this client.
+            log.exception("session %s: decoding DATA failed", self.conn.session.id)
+            self._hang_up(self.conn.on_data_undecodable(spool, error))
+            return
         finally:
             self._in_data, self._busy = False, True
         if decoder.leftover:  # pipelined commands after the final dot: give them back to the reader

@@ -2,11 +2,17 @@
 
 Memory per connection stays bounded whatever the message size: past `memory_limit` bytes the
 content moves to a file in the spool directory, and past the size limit nothing more is kept.
+
+Writing never raises. A spool that fails (a full or read-only disk, or any other error) keeps
+nothing more and remembers the error in `failure`: the DATA loop must go on reading to the end
+marker whatever happens here, or the rest of the message would be read as commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +22,8 @@ from typing import Any, BinaryIO, Final
 from mailwarden.deliver.maildir import Sink
 
 CHUNK: Final = 1024 * 1024  # what is read and written at a time from a spool file
+
+log = logging.getLogger(__name__)
 
 
 class Spool:
@@ -29,24 +37,29 @@ class Spool:
         self.size = 0  # bytes kept
         self.received = 0  # bytes received, also those past the limit
         self.overflowed = False
+        self.failure: Exception | None = None  # why the content could not be kept; nothing is kept then
 
     def write(self, data: bytes) -> None:
+        """Keep `data`; on a failure remember it and drop the content (never raises)."""
         if not data:
             return
         self.received += len(data)
-        if self.overflowed:
+        if self.overflowed or self.failure is not None:
             return
         if self.size + len(data) > self._size_limit:
             self.overflowed = True
             self._drop()
             return
         self.size += len(data)
-        if self._file is not None:
-            self._file.write(data)
-            return
-        self._chunks.append(data)
-        if self.size > self._memory_limit:
-            self._to_file()
+        try:
+            if self._file is not None:
+                self._file.write(data)
+                return
+            self._chunks.append(data)
+            if self.size > self._memory_limit:
+                self._to_file()
+        except Exception as error:
+            self._fail(error)
 
     def _to_file(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -58,9 +71,16 @@ class Spool:
         self._chunks = []
 
     def finish(self) -> None:
-        """All content is in: flush the file (no fsync; the delivered copy is fsynced)."""
-        if self._file is not None:
-            self._file.flush()
+        """All content is in: flush the file (no fsync; the delivered copy is fsynced). Never raises."""
+        if self._file is not None and self.failure is None:
+            try:
+                self._file.flush()
+            except Exception as error:
+                self._fail(error)
+
+    def _fail(self, error: Exception) -> None:
+        self.failure = error
+        self._drop()
 
     @property
     def in_memory(self) -> bool:
@@ -113,12 +133,17 @@ class Spool:
                     start += len(chunk)
 
     def _drop(self) -> None:
+        """Forget the content. Never raises: closing flushes, which fails again on a full disk."""
         self._chunks = []
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(Exception):  # the descriptor is closed even when the flush fails
+                self._file.close()
             self._file = None
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as error:  # removed at the next start (Gateway.recover)
+                log.error("cannot remove the spool file %s: %s", self.path, error)
             self.path = None
         self.size = 0
 

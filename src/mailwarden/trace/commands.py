@@ -129,22 +129,33 @@ def explain_bounce(config: Config, source: str, *, lang: Lang, fmt: str) -> int:
     store = _store(config)
     try:
         linked = []
+        unattributed: dict[str, bounce.Mismatch] = {}
+        addresses = [r.address for r in found.recipients if r.address]
         for ref in found.refs:
-            addresses = [r.address for r in found.recipients if r.address]
             made = report.build(store, ref, lang=lang, domains=config.mail.domains)
-            if made.trace is not None:
-                wanted = next((a for a in addresses if made.trace.fate(a) is not None), None)
-                if wanted is not None and wanted != made.diagnosis.recipient:
-                    made = report.build(store, ref, recipient=wanted, lang=lang, domains=config.mail.domains)
-                linked.append(made.diagnosis)
+            why_not = bounce.mismatch(found, made.trace)
+            if why_not is not None:
+                unattributed[ref] = why_not
+                continue
+            assert made.trace is not None
+            wanted = next((a for a in addresses if made.trace.fate(a) is not None), None)
+            if wanted is not None and wanted != made.diagnosis.recipient:
+                made = report.build(store, ref, recipient=wanted, lang=lang, domains=config.mail.domains)
+            linked.append(made.diagnosis)
     finally:
         store.close()
     meaning = bounce.code_explanation(found, lang)
     if fmt == "json":
-        body = {"bounce": found.to_json(), "meaning": meaning, "traces": [d.to_json() for d in linked], "lang": lang}
+        body = {
+            "bounce": found.to_json(),
+            "meaning": meaning,
+            "traces": [d.to_json() for d in linked],
+            "unattributed": [{"ref": ref, "why": why} for ref, why in unattributed.items()],
+            "lang": lang,
+        }
         sys.stdout.write(json.dumps(body, ensure_ascii=False, indent=1) + "\n")
     else:
-        sys.stdout.write(bounce.as_text(found, meaning, linked, lang))
+        sys.stdout.write(bounce.as_text(found, meaning, linked, unattributed, lang))
     return 0 if found.found_anything else 1
 
 

@@ -222,9 +222,23 @@ PHRASES: Final[dict[str, tuple[str, str]]] = {
         "This bounce refers to our message {id}; here is what happened to it:",
         "Diese Fehlermeldung bezieht sich auf unsere Nachricht {id}; das ist mit ihr geschehen:",
     ),
-    "bounce.unknown_ref": (
-        "The bounce names our reference {refs}, but it is not in our records (older than the retention, or another system).",
-        "Die Fehlermeldung nennt unsere Referenz {refs}, sie ist aber nicht in unseren Daten (älter als die Aufbewahrung oder ein anderes System).",
+    "bounce.ref_unknown": (
+        "The bounce names our reference {ref}, but it is not in our records (older than the retention, or another system).",
+        "Die Fehlermeldung nennt unsere Referenz {ref}, sie ist aber nicht in unseren Daten (älter als die Aufbewahrung oder ein anderes System).",
+    ),
+    "bounce.ref_recipient": (
+        "The bounce names our reference {ref}, but our message {ref} had other recipients than the bounce: "
+        "the reference was copied from another message, so this bounce is not explained by it.",
+        "Die Fehlermeldung nennt unsere Referenz {ref}, aber unsere Nachricht {ref} ging an andere Empfänger "
+        "als die der Fehlermeldung: die Referenz stammt aus einer anderen Nachricht und erklärt diese "
+        "Fehlermeldung nicht.",
+    ),
+    "bounce.ref_sender": (
+        "The bounce names our reference {ref}, but our message {ref} came from another sender than the one "
+        "the bounce went to: the reference was copied from another message, so this bounce is not explained by it.",
+        "Die Fehlermeldung nennt unsere Referenz {ref}, aber unsere Nachricht {ref} kam von einem anderen "
+        "Absender als dem, an den die Fehlermeldung ging: die Referenz stammt aus einer anderen Nachricht und "
+        "erklärt diese Fehlermeldung nicht.",
     ),
     "bounce.meaning": ("What the status code means", "Was der Statuscode bedeutet"),
     "bounce.nothing": (
