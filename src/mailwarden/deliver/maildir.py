@@ -6,7 +6,8 @@ unnamed file in tmp/ (O_TMPFILE; a named one where the file system has no such t
 it, hard-links it into new/ of every recipient, fsyncs those directories and only then returns -
 so "250" is only ever said for mail that is on disk. On any error every link made so far is
 removed again: nothing is left half-delivered. `deliver_many` does this for a group of messages
-at once, so that they share their fsyncs (the gateway's delivery threads, `deliver/writer.py`).
+at once, so that they share their fsyncs (the gateway's delivery threads, `deliver/writer.py`,
+which journal a group between its fsyncs and its links: `deliver/journal.py`).
 
 Readers (the POP3 server) see a message by its unique name (`uid`, the file name without the
 ":2,FLAGS" info part), which never changes: it is what the gateway's `deliver` event records and
