@@ -2,6 +2,7 @@
 
     python bench/smtp_throughput.py                 # everything (about 6 minutes)
     python bench/smtp_throughput.py --only throughput --rounds 1
+    python bench/smtp_throughput.py --compare-src /tmp/before/src --rounds 5   # (a) against another version
 
 Throughput: Postfix's smtp-source (20 sessions, 10 kB messages, 5,000 messages, one message per
 connection as smtp-source does by default) against
@@ -158,18 +159,41 @@ def smtp_source(port: int, messages: int = MESSAGES) -> float:
     return messages / elapsed
 
 
+def mailwarden_rate(root: Path, checks: list[str] | None) -> float:
+    with mailwarden(root, checks) as instance:
+        smtp_source(instance.smtp_port, 500)  # warm up (first Maildir, first store pages)
+        rate = smtp_source(instance.smtp_port)
+        delivered = len(list((instance.maildir(RECIPIENT) / "new").iterdir()))
+    if delivered != MESSAGES + 500:
+        raise RuntimeError(f"mailwarden delivered {delivered} of {MESSAGES + 500} messages")
+    return rate
+
+
+def compare(rounds: int, other_src: Path, workdir: Path) -> dict[str, list[float]]:
+    """(a) from this tree and from `other_src` (PYTHONPATH for the server), alternating; msg/s per round."""
+    sources = {"this": os.environ.get("PYTHONPATH"), "other": str(other_src)}
+    results: dict[str, list[float]] = {name: [] for name in sources}
+    for number in range(rounds):
+        for name in list(sources)[number % 2 :] + list(sources)[: number % 2]:
+            path = sources[name]
+            if path is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = path
+            results[name].append(mailwarden_rate(workdir / f"mailwarden-{name}-{number}", CORE_CHECKS))
+        print(f"round {number + 1}: " + ", ".join(f"{k} {v[-1]:.0f} msg/s" for k, v in results.items()), flush=True)
+    if sources["this"] is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = sources["this"]
+    return results
+
+
 def throughput(rounds: int, workdir: Path) -> dict[str, list[float]]:
     """Median msg/s of each server; the order rotates from round to round, as the machine's load may drift."""
 
     def run_mailwarden(number: int, checks: list[str] | None) -> float:
-        name = "core" if checks else "default"
-        with mailwarden(workdir / f"mailwarden-{name}-{number}", checks) as instance:
-            smtp_source(instance.smtp_port, 500)  # warm up (first Maildir, first store pages)
-            rate = smtp_source(instance.smtp_port)
-            delivered = len(list((instance.maildir(RECIPIENT) / "new").iterdir()))
-        if delivered != MESSAGES + 500:
-            raise RuntimeError(f"mailwarden delivered {delivered} of {MESSAGES + 500} messages")
-        return rate
+        return mailwarden_rate(workdir / f"mailwarden-{'core' if checks else 'default'}-{number}", checks)
 
     def run_aiosmtpd(number: int) -> float:
         with bare_aiosmtpd() as port:
@@ -304,10 +328,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="throughput runs per server (median counts)")
     parser.add_argument("--only", choices=["throughput", "memory"], help="run only this part")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        metavar="DIR",
+        help="only (a), from this tree and from DIR (the src/ of another version, e.g. unpacked with `git archive "
+        "REV src`) in alternating rounds: msg/s of both and the median of the rounds' ratios",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare_aiosmtpd(args.serve_bare)
+        return 0
+    if args.compare_src:
+        with tempfile.TemporaryDirectory(prefix="mw-bench-") as workdir:
+            runs = compare(args.rounds, args.compare_src.resolve(), Path(workdir))
+        ratios = [a / b for a, b in zip(runs["this"], runs["other"], strict=True)]
+        print(
+            f"smtp-source -s {SESSIONS} -m {MESSAGES} -l {MESSAGE_BYTES}, median of {args.rounds} rounds: "
+            f"this {statistics.median(runs['this']):.0f} msg/s, {args.compare_src} "
+            f"{statistics.median(runs['other']):.0f} msg/s, ratio {statistics.median(ratios):.2f}"
+        )
         return 0
     for tool in ("smtp-source", "postfix"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():

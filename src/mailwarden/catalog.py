@@ -983,6 +983,27 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "delivered.unconfirmed",
+        250,
+        "2.0.0",
+        "none",
+        "Message stored for {recipients}, but the sender got no reply.",
+        title=("Delivered, but the sender got no confirmation", "Zugestellt, aber ohne Bestätigung an den Absender"),
+        explanation=(
+            "The message was stored in the mailbox {recipient} ({folder}) at {delivered_at}, but our mail server "
+            "stopped (a crash or power failure) before it could confirm this to the sending server. The sender "
+            "got no reply, so the sending server will probably send the message again and it may arrive twice.",
+            "Die Nachricht wurde am {delivered_at} im Postfach {recipient} ({folder}) abgelegt, aber unser "
+            "Mailserver hat angehalten (Absturz oder Stromausfall), bevor er das dem sendenden Server bestätigen "
+            "konnte. Der Absender hat keine Antwort erhalten; der sendende Server schickt die Nachricht deshalb "
+            "wahrscheinlich erneut, sodass sie doppelt ankommen kann.",
+        ),
+        remedy=(
+            "Nothing is lost. If the message arrives twice, the recipient can delete one of the copies.",
+            "Es ist nichts verloren. Kommt die Nachricht doppelt an, kann der Empfänger eine der Kopien löschen.",
+        ),
+    ),
+    _r(
         "access.retrieved",
         250,
         "2.0.0",

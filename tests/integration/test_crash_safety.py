@@ -1,14 +1,17 @@
-"""250 means on disk: SIGKILL at random moments while 20 clients send loses no acknowledged message.
+"""250 means on disk, and no crash hides a delivered message: SIGKILLs while clients send, then restarts.
 
-Afterwards every message whose client saw 250 is in the Maildir, byte for byte, with its
-events (accept and deliver, with the ref of the reply), and after the restart's recovery no
-file is left in tmp/. Messages that did not get 250 may or may not be there (the sender retries).
+Every message whose client saw 250 is in the Maildir, byte for byte, with its events (accept and
+deliver, with the ref of the reply), and after the restart's recovery no file is left in tmp/.
+Messages that did not get 250 may or may not be there (the sender retries) - but every one that
+is there has its deliver event after the restart: one killed between the Maildir link and the
+commit of its events is recorded as `delivered.unconfirmed` (delivered, the sender got no
+reply, it may arrive twice), so `trace` and `explain` never deny what a mailbox holds.
 """
 
 from __future__ import annotations
 
+import json
 import random
-import re
 import smtplib
 import threading
 import time
@@ -16,59 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.crash import BOB, Senders, figures, hold_links, ref_of, wait_for_unacknowledged
 from tests.support.mailwarden import Mailwarden
 
 pytestmark = pytest.mark.integration
 
 CLIENTS = 20
 KILLS = 4
-BOB = "bob@example.test"
-REF = re.compile(rb"^X-Mailwarden-Ref: ([0-9A-Z]{12})\r$", re.M)
-
-
-def message(client: int, number: int, rng: random.Random) -> bytes:
-    size = rng.choice((200, 5_000, 60_000, 1_200_000 if rng.random() < 0.02 else 20_000))
-    line = f"client {client} message {number} ".encode().ljust(76, b"=") + b"\r\n"
-    return (
-        f"From: client{client}@sender.test\r\nSubject: crash test {client}/{number}\r\n"
-        f"Message-ID: <{client}.{number}@sender.test>\r\n\r\n".encode()
-        + line * (size // len(line) + 1)
-    )
-
-
-def sender(port: int, client: int, seed: int, stop: threading.Event, acknowledged: list[tuple[str, bytes]]) -> None:
-    rng = random.Random(seed * 100 + client)
-    number = 0
-    while not stop.is_set():
-        number += 1
-        content = message(client, number, rng)
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
-                smtp.ehlo("client.sender.test")
-                smtp.mail(f"client{client}@sender.test")
-                smtp.rcpt(BOB)
-                code, text = smtp.data(content)
-        except (OSError, smtplib.SMTPException):
-            time.sleep(0.05)  # the server is down or went down mid-way: nothing was promised
-            continue
-        if code == 250:
-            found = re.search(rb"ref=([0-9A-Z]{12})", text)
-            assert found is not None, text
-            acknowledged.append((found.group(1).decode(), content))
-
-
-def stored_by_ref(server: Mailwarden) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for raw in server.messages(BOB):
-        head = raw[:2000]
-        found = REF.search(head)
-        assert found is not None, head[:300]
-        out[found.group(1).decode()] = raw
-    return out
-
-
-def tmp_files(server: Mailwarden) -> list[Path]:
-    return list((server.maildir(BOB) / "tmp").iterdir())
+ACKNOWLEDGED_BETWEEN_KILLS = 20
 
 
 def test_sigkill_while_20_clients_send_loses_no_message_that_got_250(tmp_path: Path) -> None:
@@ -76,41 +34,112 @@ def test_sigkill_while_20_clients_send_loses_no_message_that_got_250(tmp_path: P
     rng = random.Random(seed)
     server = Mailwarden(tmp_path / "mw", {"smtp": {"max_connections_per_ip": 100}})
     server.add_user(BOB)
-    acknowledged: list[tuple[str, bytes]] = []
-    stop = threading.Event()
-    clients = [
-        threading.Thread(target=sender, args=(server.smtp_port, n, seed, stop, acknowledged), daemon=True)
-        for n in range(CLIENTS)
-    ]
+    senders = Senders(server.smtp_port, CLIENTS, seed)
     server.start()
     try:
-        for thread in clients:
-            thread.start()
+        senders.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.5, 2.5))
             server.kill()
             server.start()  # recovery runs before the first connection is accepted
         time.sleep(rng.uniform(0.5, 2.5))
         server.kill()  # the last one while clients are still sending
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=60)
+        senders.stop()
         server.start()
-        assert tmp_files(server) == [], f"seed {seed}: recovery left files in tmp/"
+        assert list((server.maildir(BOB) / "tmp").iterdir()) == [], f"seed {seed}: recovery left files in tmp/"
     finally:
-        stop.set()
+        senders.stop()
         server.stop()
 
-    assert len(acknowledged) > CLIENTS, f"seed {seed}: too few messages got through to show anything"
-    stored = stored_by_ref(server)
-    events = server.events()
-    accepted = {e["ref"] for e in events if e["kind"] == "accept" and e["smtp_code"] == 250}
-    delivered = {e["ref"] for e in events if e["kind"] == "deliver" and e["recipient"] == BOB}
-    for ref, content in acknowledged:
-        assert ref in stored, f"seed {seed}: message {ref} got 250 but is not in the Maildir"
-        copy = stored[ref]
-        assert copy.endswith(content), f"seed {seed}: message {ref} is not intact"
-        ours = copy[: len(copy) - len(content)]
-        assert ours.startswith(b"Received: ") and ours.count(b"\r\nX-Mailwarden-Ref: ") == 1
-        assert ref in accepted, f"seed {seed}: message {ref} got 250 but its accept event is missing"
-        assert ref in delivered, f"seed {seed}: message {ref} got 250 but its deliver event is missing"
+    assert len(senders.acknowledged) > CLIENTS, f"seed {seed}: too few messages got through to show anything"
+    found = figures(server, senders.acknowledged)
+    assert found.acknowledged_missing == [], f"seed {seed}: got 250 but not intact on disk with accept/deliver events"
+    assert found.without_events == [], f"seed {seed}: files in the Maildir without their deliver event"
+
+
+def test_sigkills_inside_the_link_commit_window_under_load_leave_no_file_without_its_events(tmp_path: Path) -> None:
+    """Each kill waits for a message that is in new/ but not yet acknowledged: the window is hit every time."""
+    seed = int(time.time())
+    server = Mailwarden(tmp_path / "mw", {"smtp": {"max_connections_per_ip": 100}})
+    server.add_user(BOB)
+    senders = Senders(server.smtp_port, CLIENTS, seed)
+    seen: set[str] = set()
+    server.start(wrapper=hold_links("20ms"))
+    try:
+        senders.start()
+        for kill in range(KILLS + 1):
+            senders.wait_for_acknowledged(ACKNOWLEDGED_BETWEEN_KILLS)
+            wait_for_unacknowledged(server, senders.acknowledged, seen)
+            server.kill()
+            if kill < KILLS:
+                server.start(wrapper=hold_links("20ms"))  # the restart reconciles before accepting mail
+        senders.stop()
+        server.start()
+    finally:
+        senders.stop()
+        server.stop()
+
+    found = figures(server, senders.acknowledged)
+    print(f"\ncrash figures (seed {seed}, {KILLS + 1} kills inside the window): {found.line()}")
+    assert found.acknowledged_missing == [], f"seed {seed}: got 250 but not intact on disk with accept/deliver events"
+    assert found.without_events == [], f"seed {seed}: files in the Maildir without their deliver event"
+    assert found.unconfirmed >= 1, f"seed {seed}: no kill hit the window between link and commit"
+
+
+def test_a_message_in_the_mailbox_whose_commit_a_crash_prevented_is_traced_as_delivered_unconfirmed(
+    tmp_path: Path,
+) -> None:
+    server = Mailwarden(tmp_path / "mw")
+    server.add_user(BOB)
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=600) as client:
+                client.ehlo("client.sender.test")
+                client.mail("alice@sender.test")
+                client.rcpt(BOB)
+                outcome.append(client.data(b"Subject: held\r\nMessage-ID: <held@sender.test>\r\n\r\nHello.\r\n")[0])
+        except (OSError, smtplib.SMTPException) as exc:
+            outcome.append(exc)
+
+    server.start(wrapper=hold_links("3600s"))  # the link is made, the call does not return: no commit, no reply
+    try:
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        name = wait_for_unacknowledged(server, (), set())
+        server.kill()
+        sender.join(timeout=60)
+        server.start()
+    finally:
+        server.stop()
+    (reply,) = outcome
+    assert not isinstance(reply, int), f"the sender got a reply: {reply}"  # the connection just broke
+    ref = ref_of(server.maildir(BOB) / "new" / name)
+    assert ref is not None
+
+    (deliver,) = [e for e in server.events("--ref", ref) if e["kind"] == "deliver"]
+    assert deliver["reason"] == "delivered.unconfirmed"
+    assert (deliver["recipient"], deliver["detail"]["uid"], deliver["detail"]["unconfirmed"]) == (BOB, name, True)
+    assert deliver["sender"] == "alice@sender.test" and deliver["message_id"] == "<held@sender.test>"
+    assert not [e for e in server.events("--ref", ref) if e["kind"] == "accept"]  # nobody was told 250
+
+    table = server.cli("trace", "--ref", ref).stdout
+    assert "delivered.unconfirmed" in table and "no such message" not in table.lower()
+    (traced,) = json.loads(server.cli("trace", "--ref", ref, "--format", "json").stdout)
+    assert [(r["address"], r["status"], r["reason"]) for r in traced["recipients"]] == [
+        (BOB, "delivered", "delivered.unconfirmed")
+    ]
+    explained = json.loads(server.cli("explain", ref, "--format", "json").stdout)
+    assert (explained["status"], explained["reason"], explained["responsibility"]) == (
+        "delivered",
+        "delivered.unconfirmed",
+        "none",
+    )
+    assert "The sender got no reply" in explained["summary"] and "may arrive twice" in explained["summary"]
+    german = json.loads(server.cli("explain", ref, "--format", "json", "--lang", "de").stdout)
+    assert "keine Antwort erhalten" in german["summary"] and "doppelt ankommen" in german["summary"]
+
+    server.start()  # a second start records nothing twice
+    server.stop()
+    assert len([e for e in server.events("--ref", ref) if e["kind"] == "deliver"]) == 1

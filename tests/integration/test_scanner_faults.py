@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mailwarden import Mailwarden, running
+from tests.support.net import free_port
 from tests.support.scanners import Clamd, Rspamd
 
 pytestmark = pytest.mark.integration
@@ -144,6 +145,19 @@ def test_unreachable_clamd_fails_open_only_when_configured_and_says_so_loudly(tm
         data = [e for e in gateway.events() if e["kind"] == "data"][-1]
         (entry,) = [c for c in data["detail"]["checks"] if c["check"] == "content"]
         assert entry["detail"]["unscanned"]["clamd"].startswith("failed open: cannot connect to 127.0.0.1:9")
+
+
+@pytest.mark.parametrize("where", ["free-port", "missing-socket"])
+def test_unreachable_clamd_without_fail_open_defers_with_451_and_delivers_nothing(tmp_path: Path, where: str) -> None:
+    address = f"127.0.0.1:{free_port()}" if where == "free-port" else str(tmp_path / "nowhere" / "clamd.ctl")
+    with running(tmp_path / "mw", {"scan.clamd": {"address": address, "fail_open": False}}) as gateway:
+        code, text = send(gateway, mail("not scanned"))
+        assert_deferred_and_nothing_kept(gateway, code, text, scanner="clamd")
+        tempfail = [e for e in gateway.events() if e["kind"] == "tempfail"][-1]
+        assert text.endswith(f" ref={tempfail['ref']}")
+        assert tempfail["detail"]["errors"]["clamd"].startswith(f"cannot connect to {address}")
+        assert not [e for e in gateway.events() if e["kind"] in ("accept", "deliver")]
+        assert "ACCEPTING MAIL UNSCANNED" not in gateway.log.read_text()
 
 
 def test_scans_past_the_overall_budget_defer_the_mail(tmp_path: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class Mailwarden:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
+        self.wrapped = False
         self.log = root / "serve.log"
         if config_file is not None:
             assert smtp_port is not None and overrides is None
@@ -120,12 +122,14 @@ class Mailwarden:
         result: list[dict[str, Any]] = json.loads(out)
         return result
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, wrapper: Sequence[str] = ()) -> None:
+        """Start `mailwarden serve`, under `wrapper` (e.g. strace and its options) when given; wait until ready."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started_at = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
+        self.wrapped = bool(wrapper)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [PYTHON, "-m", "mailwarden", "-c", str(self.config), "serve"],
+                [*wrapper, PYTHON, "-m", "mailwarden", "-c", str(self.config), "serve"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
@@ -140,19 +144,31 @@ class Mailwarden:
             time.sleep(0.05)
         raise TimeoutError(f"mailwarden not ready after {timeout}s:\n{self.log.read_text()}")
 
+    @property
+    def pid(self) -> int:
+        """The server's process id; under a wrapper, the wrapper's child (signals must reach the server itself)."""
+        assert self.process is not None
+        if not self.wrapped:
+            return self.process.pid
+        wrapper = self.process.pid
+        children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
+        return int(children[0])
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        os.kill(self.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
 
     def kill(self) -> None:
+        """SIGKILL the server (not its wrapper, which then ends by itself) and wait until it is gone."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError, IndexError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.process.kill()  # the wrapper too, should it linger
             self.process.wait()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.deliver.journal import JOURNAL_DIR
 from mailwarden.deliver.maildir import MaildirError, Maildirs, Message, Sink, Target
 from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
@@ -152,7 +153,7 @@ def test_the_delivery_threads_answer_every_waiter_and_commit_only_the_evidence_o
     maildirs = Maildirs(tmp_path)
     (tmp_path / "other.test").write_text("not a directory")
     evidence = Evidence()
-    threads = DeliveryThreads(maildirs, evidence)
+    threads = DeliveryThreads(maildirs, evidence, tmp_path / JOURNAL_DIR)
 
     async def many() -> list[object]:
         jobs = []
@@ -172,20 +173,17 @@ def test_the_delivery_threads_answer_every_waiter_and_commit_only_the_evidence_o
     assert sorted(evidence.committed) == sorted(f"R{n}" for n in range(30) if n != 7)
 
 
-def test_evidence_that_fails_is_reported_with_the_copies_still_on_disk_for_the_caller_to_withdraw(
-    tmp_path: Path,
-) -> None:
+def test_evidence_that_fails_is_reported_after_the_copies_are_taken_back(tmp_path: Path) -> None:
     maildirs = Maildirs(tmp_path)
-    threads = DeliveryThreads(maildirs, Evidence(fail=True))
-    copies = maildirs.plan([Target("bob@example.test")], len(MESSAGE))
+    threads = DeliveryThreads(maildirs, Evidence(fail=True), tmp_path / JOURNAL_DIR)
+    copies = maildirs.plan([Target("bob@example.test"), Target("carol@example.test")], len(MESSAGE))
     try:
         with pytest.raises(StoreError, match="disk full"):
             asyncio.run(threads.deliver(copies, write(), [accept("R1")]))
     finally:
         threads.close()
-    assert copies[0].path.read_bytes() == MESSAGE
-    maildirs.remove(copies)
-    assert in_state(maildirs, "bob@example.test", "new") == []
+    for mailbox in ("bob@example.test", "carol@example.test"):
+        assert in_state(maildirs, mailbox, "new") == []
 
 
 def test_a_planned_name_names_the_copies_and_must_match_the_written_size(tmp_path: Path) -> None:

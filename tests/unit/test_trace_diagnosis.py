@@ -287,6 +287,36 @@ def test_delivered_into_junk_tells_the_recipient_to_look_there(store: SqliteStor
     assert "Junk" in d.summary
 
 
+def test_a_delivery_recorded_at_start_after_a_crash_says_the_sender_got_no_reply_and_it_may_come_twice(
+    store: SqliteStore,
+) -> None:
+    s = Session(store, "1AAAAAAAAAD5", T0)
+    s.mail("alice@sender.test")
+    s.rcpt("bob@example.test")
+    s.rcpt("carol@example.test")
+    s.emit("data", size=1200, message_id="<m5@sender.test>")
+    # what deliver/journal.py records at start for the one copy the crash left linked; no accept event
+    detail = {"mailbox": "bob@example.test", "folder": "INBOX", "uid": "U5", "unconfirmed": True}
+    s.emit("deliver", recipient="bob@example.test", reason="delivered.unconfirmed", size=1300, detail=detail)
+    bob = verdict(store, "1AAAAAAAAAD5", "bob@example.test")
+    assert (bob.status, bob.reason, bob.responsibility) == ("delivered", "delivered.unconfirmed", "none")
+    assert "The sender got no reply" in bob.summary and "may arrive twice" in bob.summary
+    assert "Nothing is lost" in bob.remedy
+    german = verdict(store, "1AAAAAAAAAD5", "bob@example.test", lang="de")
+    assert "keine Antwort erhalten" in german.summary and "doppelt ankommen" in german.summary
+    carol = verdict(store, "1AAAAAAAAAD5", "carol@example.test")  # her copy was never linked
+    assert (carol.status, carol.reason) == ("tempfailed", "transaction.abandoned")
+
+
+def test_a_plain_delivery_is_told_by_its_status_sentence_alone(store: SqliteStore) -> None:
+    s = Session(store, "1AAAAAAAAAD6", T0)
+    s.mail("alice@sender.test")
+    s.rcpt("bob@example.test")
+    s.deliver(["bob@example.test"])
+    d = verdict(store, "1AAAAAAAAAD6")
+    assert d.summary.startswith("Accepted and stored at ") and d.summary.endswith("(folder INBOX).")
+
+
 def test_greylisted_then_accepted_on_the_retry(store: SqliteStore) -> None:
     first = Session(store, "1AAAAAAAAAE0", T0)
     first.mail("alice@sender.test")

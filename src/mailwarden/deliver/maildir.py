@@ -6,7 +6,8 @@ unnamed file in tmp/ (O_TMPFILE; a named one where the file system has no such t
 it, hard-links it into new/ of every recipient, fsyncs those directories and only then returns -
 so "250" is only ever said for mail that is on disk. On any error every link made so far is
 removed again: nothing is left half-delivered. `deliver_many` does this for a group of messages
-at once, so that they share their fsyncs (the gateway's delivery threads, `deliver/writer.py`).
+at once, so that they share their fsyncs (the gateway's delivery threads, `deliver/writer.py`,
+which journal a group between its fsyncs and its links: `deliver/journal.py`).
 
 Readers (the POP3 server) see a message by its unique name (`uid`, the file name without the
 ":2,FLAGS" info part), which never changes: it is what the gateway's `deliver` event records and
@@ -226,13 +227,17 @@ class Maildirs:
             raise outcome
         return outcome
 
-    def deliver_many(self, messages: Sequence[Message]) -> list[list[Delivered] | MaildirError]:
+    def deliver_many(
+        self, messages: Sequence[Message], before_link: Callable[[Sequence[Message]], None] | None = None
+    ) -> list[list[Delivered] | MaildirError]:
         """Write several messages durably at once (group commit); blocking. One outcome per message.
 
         All files are written first and then fsynced, all links made and then each new/
         directory fsynced once: on a journaling file system the first fsync commits the journal
         for the whole group, so the group costs about two journal commits instead of two per
         message. A message that fails is taken back completely; the others are not affected.
+        `before_link` is told which messages are on disk and about to be linked (the delivery
+        journal); if it raises, none of them is linked.
         """
         if not all(message.targets for message in messages):
             raise ValueError("deliver_many: every message needs at least one target")
@@ -241,6 +246,13 @@ class Maildirs:
             self._run_step(job, self._write)
         for job in jobs:
             self._run_step(job, self._sync)
+        ready = [job for job in jobs if job.error is None]
+        if before_link is not None and ready:
+            try:
+                before_link([job.message for job in ready])
+            except Exception as exc:
+                for job in ready:
+                    self._fail(job, exc)
         new_dirs: dict[Path, int] = {}
         try:
             for job in jobs:
@@ -434,7 +446,7 @@ class Maildirs:
         if not self.root.is_dir():
             return
         for domain in self.root.iterdir():
-            if not domain.is_dir():
+            if not domain.is_dir() or domain.name.startswith("."):  # not a domain: the delivery journal
                 continue
             for mailbox in domain.iterdir():
                 if not mailbox.is_dir():

@@ -3,7 +3,9 @@
 Sessions hand over a message together with the events that record its delivery, and await
 the outcome; each of a few threads takes whatever has queued up while it was busy and delivers
 it with `Maildirs.deliver_many`, so concurrent messages share their directory fsyncs, while the
-threads keep several fsyncs in flight at once. A group that is on disk hands its evidence
+threads keep several fsyncs in flight at once. Before a group is linked into the Maildirs, its
+`deliver` events go into the thread's delivery journal (deliver/journal.py), so a crash before
+their commit cannot hide a delivered message. A group that is on disk hands its evidence
 straight to the event store's writer (`Store.commit_soon`), whose thread wakes the sessions once
 it is committed: the event loop is woken once per group, not once for the files and again for
 the events.
@@ -16,11 +18,14 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
+from mailwarden.deliver.journal import Journal
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Message, Sink, Target
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
+from mailwarden.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +45,20 @@ class _Request:
     evidence: Sequence[Event]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+    journal: Journal | None = None  # the journal that named it, once it is about to be linked
 
 
 class DeliveryThreads:
-    def __init__(self, maildirs: Maildirs, commit: Commit, threads: int = THREADS) -> None:
+    def __init__(self, maildirs: Maildirs, commit: Commit, journal: Path, threads: int = THREADS) -> None:
+        """`journal` is the directory of the delivery journal (`journal.JOURNAL_DIR` in the Maildir root)."""
         self.maildirs = maildirs
         self._commit = commit
         self._inbox: Inbox[_Request] = Inbox(MAX_GROUP)
         self._threads = [
-            threading.Thread(target=self._run, name=f"maildir-delivery-{n}", daemon=True) for n in range(threads)
+            threading.Thread(
+                target=self._run, args=(Journal(journal, f"delivery-{n}"),), name=f"maildir-delivery-{n}", daemon=True
+            )
+            for n in range(threads)
         ]
         for thread in self._threads:
             thread.start()
@@ -60,13 +70,23 @@ class DeliveryThreads:
 
         Raises MaildirError when the message could not be written (nothing is delivered, the
         evidence is not committed), or the store's error when the evidence could not be
-        committed: the copies are then on disk, and the caller takes them back (`Maildirs.remove`).
+        committed: the copies are then taken back (`Maildirs.remove`) before it is raised.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         targets = [Target(copy.mailbox, copy.folder) for copy in copies]
-        self._inbox.put(_Request(Message(targets, write, copies[0].uid), evidence, loop, future), urgent=True)
-        await future
+        request = _Request(Message(targets, write, copies[0].uid), evidence, loop, future)
+        self._inbox.put(request, urgent=True)
+        try:
+            await future
+        except StoreError:
+            self.maildirs.remove(copies)
+            raise
+        finally:
+            # committed, taken back or never linked: nothing left to reconcile (a cancelled wait
+            # proves none of that: the entry stays, and a restart finds its events committed)
+            if request.journal is not None and not future.cancelled():
+                request.journal.settle(copies[0].uid)
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""
@@ -74,13 +94,24 @@ class DeliveryThreads:
         for thread in self._threads:
             thread.join()
 
-    def _run(self) -> None:
-        while group := self._inbox.take():
-            self._deliver(group)
-
-    def _deliver(self, group: list[_Request]) -> None:
+    def _run(self, journal: Journal) -> None:
         try:
-            outcomes = self.maildirs.deliver_many([request.message for request in group])
+            while group := self._inbox.take():
+                self._deliver(group, journal)
+        finally:
+            journal.close()
+
+    def _deliver(self, group: list[_Request], journal: Journal) -> None:
+        by_name = {request.message.name: request for request in group}
+
+        def journal_intents(messages: Sequence[Message]) -> None:
+            linking = [by_name[message.name] for message in messages]
+            for request in linking:
+                request.journal = journal
+            journal.intend(event for request in linking for event in request.evidence)
+
+        try:
+            outcomes = self.maildirs.deliver_many([request.message for request in group], journal_intents)
         except Exception as exc:  # a bug, not a disk problem: still every waiter gets an answer
             log.exception("delivery of %d messages failed", len(group))
             outcomes = [MaildirError(f"delivery failed: {type(exc).__name__}: {exc}") for _ in group]

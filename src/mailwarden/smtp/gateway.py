@@ -42,6 +42,7 @@ from mailwarden.deliver.downstream import (
     earlier_deliveries,
     verdict_for,
 )
+from mailwarden.deliver.journal import JOURNAL_DIR, reconcile
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Sink, Target
 from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
@@ -79,7 +80,8 @@ class Gateway:
         self.refs = refs
         self.tls_context = tls_context
         self.maildirs = Maildirs(config.path(config.mail.maildir_root))
-        self.delivery = DeliveryThreads(self.maildirs, store.commit_soon)
+        self.journal = self.maildirs.root / JOURNAL_DIR
+        self.delivery = DeliveryThreads(self.maildirs, store.commit_soon, self.journal)
         self.downstream = (
             Downstream(config.delivery, config.smtp.hostname) if config.delivery.mode != "maildir" else None
         )
@@ -96,7 +98,8 @@ class Gateway:
         return GatewaySMTP(Connection(self), tls_context=self.tls_context)
 
     def recover(self) -> None:
-        """Before accepting mail: clear what a crash left behind (nothing of it was acknowledged)."""
+        """Before accepting mail: record what a crash left in mailboxes unrecorded, clear what it left half-done."""
+        reconcile(self.maildirs, self.store, self.journal)
         self.maildirs.recover()
         if self.spool_dir.is_dir():
             for leftover in self.spool_dir.glob("msg-*.spool"):
@@ -472,8 +475,7 @@ class Connection:
             await gateway.delivery.deliver(copies, write, evidence)
         except MaildirError as exc:
             return self._storage_failed(txn, exc)
-        except StoreError as exc:  # the evidence is not safe: take the mail back, let the sender retry
-            gateway.maildirs.remove(copies)
+        except StoreError as exc:  # the evidence is not safe: the mail was taken back, the sender retries
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
         return reply.wire()

@@ -151,7 +151,7 @@ def diagnose(
     reason = catalog.CATALOG.get(fate.reason or "") or catalog.get(_fallback_reason(fate))
     status_line = phrase(f"status.{fate.status}", lang, **{k: values.get(k) for k in _STATUS_KEYS})
     explanation = _render(reason.explanation[lang], reason, values, lang)
-    summary = status_line if fate.status in _SELF_EXPLAINING else f"{status_line} {explanation}"
+    summary = status_line if reason.code in _SELF_EXPLAINING else f"{status_line} {explanation}"
     remedy = found.remedy or _render(reason.remedy[lang], reason, values, lang)
     allowed = sorted(set(allowed_addresses(trace, fate)) | set(found.reveal))
     scrub = evidence.redactor(allowed) if redact else _unchanged
@@ -176,7 +176,7 @@ def diagnose(
 
 
 _STATUS_KEYS: Final = ("at", "code", "enhanced", "mailbox", "folder", "delivered_at")
-_SELF_EXPLAINING: Final = frozenset({"delivered", "accepted"})  # the status sentence says it all
+_SELF_EXPLAINING: Final = frozenset({"delivered"})  # reasons whose status sentence says it all
 
 
 def _unchanged(text: str) -> str:
