@@ -108,7 +108,6 @@ _LIMIT: Final = re.compile(
 # dns_lookup's warning when an MX record names an IP address; smtpd then refuses the sender with
 # `Sender address rejected: Malformed DNS server reply`, which does not say why.
 _NUMERIC_MX: Final = re.compile(r"numeric domain name in resource data of MX record for ([^\s:]+): (\S+)$")
-_MALFORMED_DNS: Final = "Malformed DNS server reply"
 _UNVERIFIED: Final = re.compile(r"hostname (\S+) does not resolve to address ([^\s:]+(?::[0-9a-fA-F:]*)?)(?:$|: )")
 _PS_REJECT: Final = re.compile(r"(\S+) from " + _PS_ADDR + r": ")
 _DNSBLOG: Final = re.compile(r"addr (\S+) listed by domain (\S+) as (\S+)")
@@ -749,7 +748,7 @@ class PostfixParser(SessionParser):
     def _numeric_mx_reason(self, frame: Frame, refusal: _Refusal) -> str | None:
         """`sender.mx_ip_literal` for `Sender address rejected: Malformed DNS server reply` right after
         this process warned that the sender domain's MX record is an IP address."""
-        if not refusal.own.startswith("Sender address rejected: " + _MALFORMED_DNS) or not refusal.sender:
+        if not refusal.own.startswith("Sender address rejected: Malformed DNS server reply") or not refusal.sender:
             return None
         warned = self._numeric_mx.pop((frame.node, frame.pid), None)
         return "sender.mx_ip_literal" if warned == refusal.sender.rpartition("@")[2].lower() else None
@@ -826,8 +825,9 @@ class PostfixParser(SessionParser):
             if len(self._numeric_mx) >= self.SESSION_LIMIT:
                 self._numeric_mx.clear()
             self._numeric_mx[(frame.node, frame.pid)] = numeric[1].lower()
+            # No reason yet: the domain may be the sender's or a recipient's; the refusal tells.
             detail = {"check": "mx", "result": "fail", "domain": numeric[1].lower(), "record": numeric[2]}
-            event = self.event("check", frame, reason="sender.mx_ip_literal", detail=detail)
+            event = self.event("check", frame, detail=detail)
             self.emit(event, self._session(frame, program))
             return True
         unverified = _UNVERIFIED.match(text)
