@@ -714,7 +714,8 @@ class IngestConfig(_Section):
     timezone: str = Field(
         "",
         description="Time zone of log stamps written without an offset (classic syslog, Exim's and Dovecot's "
-        'files), as an IANA name like "Europe/Berlin" or "UTC". "" = the system\'s zone.',
+        'files), as an IANA name like "Europe/Berlin" or "UTC". "" = the zone `date` uses: $TZ when set, '
+        "else the system's zone.",
     )
     holdback: float = Field(
         2.0,

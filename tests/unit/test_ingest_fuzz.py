@@ -142,6 +142,10 @@ def test_long_adversarial_lines_finish(fmt: str) -> None:
         "a" * 60_000,
         "<a>" * 10_000,
         "[1.2.3.4]" * 5_000,
+        "x[" * 20_000,  # a host name before `[` is not the reply: cut word by word, not by a pattern
+        '<"' + "\\" * 40_000,
+        "Sender address rejected: " * 2_000,
+        "said: mx " * 5_000,
     ]
     lines = [prefix + body for prefix in prefixes for body in bodies]
     events = _feed(lines, fmt)

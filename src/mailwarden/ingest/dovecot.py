@@ -40,6 +40,7 @@ from typing import Final, NamedTuple
 from mailwarden.events import Event
 from mailwarden.ingest.base import Context, Emit, Handoffs, SessionParser, bounded_pop, expire, message_id, to_int
 from mailwarden.ingest.framing import Frame
+from mailwarden.ingest.reasons import classify
 from mailwarden.ingest.timestamps import SECOND_US
 
 _LEVEL: Final = r"(?:(?:Info|Warning|Error|Fatal|Panic|Debug): )?"
@@ -140,8 +141,9 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _OPENED_LAG_US: Final = 10 * SECOND_US  # how long before its log line an opening may have started
 
+# The Message-ID is a stranger's and may hold `: saved mail to ...`: Dovecot's own words are the last.
 _DELIVERY: Final = re.compile(
-    r"(?:(?P<sid>[A-Za-z0-9+/]{16,32}(?::T\d+)?): )?(?P<sieve>sieve: )?msgid=(?P<msgid>.*?): "
+    r"(?:(?P<sid>[A-Za-z0-9+/]{16,32}(?::T\d+)?): )?(?P<sieve>sieve: )?msgid=(?P<msgid>.*): "
     r"(?P<what>saved mail to |stored mail into mailbox |save failed to |marked message to be discarded"
     r"|forwarded to |rejected)(?P<rest>.*)"
 )
@@ -487,6 +489,7 @@ class DovecotParser(SessionParser):
             kind = "defer"
             folder, _, reply = rest.partition(": ")
             detail["folder"] = folder
+            reason = classify(reply)
         elif what == "forwarded to ":
             detail["action"] = "redirect"
             detail["to"] = rest.strip("<>")
@@ -496,6 +499,7 @@ class DovecotParser(SessionParser):
         else:  # rejected
             kind = "reject"
             reply = rest.lstrip(": ") or None
+            reason = classify(reply)
         event = Event(
             kind,
             "dovecot",

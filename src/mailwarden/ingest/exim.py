@@ -26,11 +26,15 @@ _HOST: Final = r"(?:([^\s()\[\]]+) )?(?:\((.*?)\) )?\[([0-9A-Fa-f.:]+)\](?::(\d+
 _H_FIELD: Final = re.compile(r"(?:^| )H=" + _HOST)
 _FIELD: Final = re.compile(r' ([A-Za-z][A-Za-z0-9]{0,3})=("(?:[^"\\]|\\.)*"|\S+)')
 _FLAGGED: Final = re.compile(r"(<=|=>|->|>>|\*>|\*\*|==) (\S+)(?: <(" + ADDRESS + r")>)?")
+# `rejected RCPT <a@b>: reason` (older Exim: `rejected RCPT a@b: reason`). The reason is what
+# follows the address, which a stranger chose: a bare one ends at the first `:` outside quotes.
+_BARE_ADDRESS: Final = r'(?:"(?:[^"\\]|\\.)*"|\[[^\]\s]*\]|[^\s"<>:\[\]])+'
 _REJECTED: Final = re.compile(
-    r"(temporarily )?rejected (RCPT|MAIL|after DATA|EHLO or HELO|connection in \"\w+\" ACL|\S+)(?: <?("
-    + ADDRESS
-    + r")>?)?(?:: (.*))?$"
+    r"(temporarily )?rejected (RCPT|MAIL|after DATA|EHLO or HELO|connection in \"\w+\" ACL|by non-SMTP ACL"
+    r"|during MIME ACL checks|by local_scan\(\)|\S+)"
+    rf"(?: (?:<({ADDRESS})>|({_BARE_ADDRESS})))?(?:: (.*)| *)$"
 )
+_BY_STAGE: Final = {"EHLO or HELO": "helo.invalid"}  # Exim's HELO refusals name no cause of their own
 _AUTH_FAILED: Final = re.compile(r"(\S+) authenticator failed for " + _HOST + r"(?: I=\S+)?(?: Ci=\d+)?: (.*)$")
 _ANY_HOST: Final = re.compile(r"(?:H=|from )" + _HOST)
 _VIOLATIONS: Final = (
@@ -44,7 +48,7 @@ _SESSION_LINE: Final = re.compile(
     r"|no IP address found for host|sender verify fail"
 )
 _IP: Final = re.compile(r"\[([0-9A-Fa-f.:]+)\]|address ([0-9A-Fa-f.:]+)$")
-_VERIFY_FOR: Final = re.compile(r"sender verify fail for <(" + ADDRESS + r")>")
+_VERIFY_FOR: Final = re.compile(r"sender verify fail for <(" + ADDRESS + r")>(?:: (.*))?")
 _SA_ACTION: Final = re.compile(r"SA: Action: (.*?): score=(-?[\d.]+) required=(-?[\d.]+)")
 _SA_HOST: Final = re.compile(r"\(host=(\S+) \[([0-9A-Fa-f.:]+)\]\)")
 _SET_ID: Final = re.compile(r"\(set_id=(.*)\)\s*$")
@@ -184,7 +188,7 @@ class EximParser(Parser):
     def _rejected(
         self, frame: Frame, exim_id: str | None, host: re.Match[str] | None, text: str, found: re.Match[str]
     ) -> bool:
-        stage, subject, reply = found[2], found[3], found[4]
+        stage, subject, reply = found[2], found[3] if found[3] is not None else found[4], found[5]
         fields = _fields(text[: found.start()])
         sender = fields.get("F")
         recipient = subject if stage == "RCPT" else None
@@ -207,7 +211,7 @@ class EximParser(Parser):
             smtp_code=int(code[1]) if code else None,
             enhanced_code=code[2] if code else None,
             reply=reply,
-            reason=classify(reply, code[2] if code else None),
+            reason=classify(reply, code[2] if code else None) or _BY_STAGE.get(stage),
             detail=detail,
         )
         self.emit(event, self._message(frame, exim_id) if exim_id else None)
@@ -216,6 +220,7 @@ class EximParser(Parser):
     def _session_line(self, frame: Frame, exim_id: str | None, what: str, text: str) -> bool:
         """A connection that ended without mail, was dropped by an ACL, or whose client failed a DNS check."""
         host = _ANY_HOST.search(text)
+        verified = _VERIFY_FOR.search(text) if what.startswith("sender verify") else None
         kind, reason = "disconnect", None
         if "DROP" in text or what.startswith("dropped"):
             kind = "reject"
@@ -224,8 +229,10 @@ class EximParser(Parser):
         elif what.startswith("no IP address"):
             kind, reason = "check", "client.fcrdns_mismatch"
         elif what.startswith("sender verify"):
-            kind, reason = "check", classify(text) or "sender.domain_missing"
-        verified = _VERIFY_FOR.search(text) if what.startswith("sender verify") else None
+            # The cause follows the address; a recipient's (`Unrouteable address`) is the sender domain's here.
+            cause = classify(verified[2]) if verified is not None else None
+            kind = "check"
+            reason = cause if cause is not None and cause.startswith("sender.") else "sender.domain_missing"
         address = _IP.search(text) if host is None else None
         ip = host[3] if host else (address[1] or address[2]) if address else None
         event = self.event(

@@ -105,6 +105,9 @@ _PS_AFTER: Final = re.compile(r" after (\S+?)(?:: (.*))?$", re.DOTALL)
 _LIMIT: Final = re.compile(
     r"([A-Za-z ]+? rate|Connection count) limit exceeded: (\d+) from " + _CLIENT + r" for service (\S+)"
 )
+# dns_lookup's warning when an MX record names an IP address; smtpd then refuses the sender with
+# `Sender address rejected: Malformed DNS server reply`, which does not say why.
+_NUMERIC_MX: Final = re.compile(r"numeric domain name in resource data of MX record for ([^\s:]+): (\S+)$")
 _UNVERIFIED: Final = re.compile(r"hostname (\S+) does not resolve to address ([^\s:]+(?::[0-9a-fA-F:]*)?)(?:$|: )")
 _PS_REJECT: Final = re.compile(r"(\S+) from " + _PS_ADDR + r": ")
 _DNSBLOG: Final = re.compile(r"addr (\S+) listed by domain (\S+) as (\S+)")
@@ -205,10 +208,26 @@ def _tail(text: str, client: tuple[str, str]) -> tuple[int, re.Match[str]] | Non
     return first
 
 
+def _own_words(text: str, start: int, echoes: tuple[str | None, ...]) -> str:
+    """The reply from where Postfix's own words begin: after the value it echoes first
+    (`<HELO>: Helo command rejected: ...`), which a stranger chose and which may hold `>: `."""
+    end = text.find(">: ", start) if text.startswith("<", start) else -1
+    if end < 0:
+        return text[start:]
+    cut = end + 3 if text[start + 1 : end] in echoes else -1  # the usual echo: no `>: ` inside
+    if text.find(">: ", end + 3) >= 0:  # the longest value that fits: a short forged one may start the real one
+        for value in echoes:
+            if value and ">: " in value and text.startswith(f"{value}>: ", start + 1):
+                cut = max(cut, start + len(value) + 4)
+    return text[cut:] if cut >= 0 else text[start:]
+
+
 class _Refusal(NamedTuple):
-    """A reply text split into its code, enhanced code, text and the key=value tail after it."""
+    """A reply text split into its code, enhanced code, text and the key=value tail after it;
+    `own` is the text from where Postfix's own words begin (what the reason is read from)."""
 
     text: str
+    own: str
     code: int | None
     enhanced: str | None
     sender: str | None
@@ -228,7 +247,9 @@ class _Refusal(NamedTuple):
         reply = _REPLY.match(text)
         code = to_int(reply[1]) if reply else None
         enhanced = reply[2] if reply else None
-        return cls(text, code, enhanced, sender, recipient, helo, proto, dnsbl_zone(text))
+        echoes = (recipient, sender, helo, f"{client[0]}[{client[1]}]", client[1])
+        own = _own_words(text, reply.end() if reply else 0, echoes)
+        return cls(text, own, code, enhanced, sender, recipient, helo, proto, dnsbl_zone(text))
 
     @property
     def kind(self) -> str:
@@ -253,7 +274,7 @@ class _Refusal(NamedTuple):
 
     @property
     def reason(self) -> str | None:
-        return classify(self.text, self.enhanced)
+        return classify(self.own, self.enhanced)
 
 
 class _Queue(Context):
@@ -291,6 +312,7 @@ class PostfixParser(SessionParser):
         for daemon in ("tlsproxy", "anvil", "scache", "tlsmgr", "master", "postfix-script", "verify", "postlogd"):
             self._daemons[daemon] = self._quiet
         self._handlers: dict[str, Parse] = {}  # by full program name
+        self._numeric_mx: dict[tuple[str, str | None], str] = {}  # (node, smtpd pid) -> domain just warned about
 
     def parse(self, frame: Frame) -> bool:
         return self.parser_for(frame.program or "postfix")(frame)
@@ -413,7 +435,7 @@ class PostfixParser(SessionParser):
             frame,
             queue_id=qid,
             reply=rest,
-            reason="infra.storage" if "space" in rest else None,
+            reason="infra.storage" if "space" in rest else classify(rest),
         )
         self.emit(event, record)
         return True
@@ -714,7 +736,7 @@ class PostfixParser(SessionParser):
         event = refusal.event(
             "check" if action == "reject_warning" else refusal.kind,
             frame,
-            reason=refusal.reason,
+            reason=refusal.reason or self._numeric_mx_reason(frame, refusal),
             queue_id=qid,
             client_ip=ip or None,
             client_name=_client_name(name),
@@ -722,6 +744,14 @@ class PostfixParser(SessionParser):
         )
         self.emit(event, context)
         return True
+
+    def _numeric_mx_reason(self, frame: Frame, refusal: _Refusal) -> str | None:
+        """`sender.mx_ip_literal` for `Sender address rejected: Malformed DNS server reply` right after
+        this process warned that the sender domain's MX record is an IP address."""
+        if not refusal.own.startswith("Sender address rejected: Malformed DNS server reply") or not refusal.sender:
+            return None
+        warned = self._numeric_mx.pop((frame.node, frame.pid), None)
+        return "sender.mx_ip_literal" if warned == refusal.sender.rpartition("@")[2].lower() else None
 
     def _proxy(self, frame: Frame, program: str, text: str, qid: str | None, found: re.Match[str]) -> bool:
         refusal = _Refusal.parse(text[found.end() :], ("", ""))
@@ -789,6 +819,16 @@ class PostfixParser(SessionParser):
                 detail={"limit": limited[1], "count": int(limited[2]), "service": limited[6]},
             )
             self.emit(event, context)
+            return True
+        numeric = _NUMERIC_MX.match(text)
+        if numeric is not None:  # the finding behind the next `Malformed DNS server reply` of this process
+            if len(self._numeric_mx) >= self.SESSION_LIMIT:
+                self._numeric_mx.clear()
+            self._numeric_mx[(frame.node, frame.pid)] = numeric[1].lower()
+            # No reason yet: the domain may be the sender's or a recipient's; the refusal tells.
+            detail = {"check": "mx", "result": "fail", "domain": numeric[1].lower(), "record": numeric[2]}
+            event = self.event("check", frame, detail=detail)
+            self.emit(event, self._session(frame, program))
             return True
         unverified = _UNVERIFIED.match(text)
         if unverified is not None:  # forward-confirmed rDNS failed: the client shows as unknown[ip]
