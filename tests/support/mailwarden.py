@@ -61,6 +61,7 @@ class Mailwarden:
             # Never the machine's resolver (DMARC looks up every From domain): nothing listens on the
             # discard port, so lookups fail at once as temporary. Tests with DNS set their own server.
             "dns": {"nameservers": ["127.0.0.1:9"]},
+            "web": {"listen": ""},  # the tracking center only where a test asks for it (a free port then)
         }
         for name, values in (overrides or {}).items():
             sections.setdefault(name, {}).update(values)

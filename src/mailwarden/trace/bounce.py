@@ -20,6 +20,7 @@ from mailwarden.smtp import refs
 from mailwarden.text import printable
 from mailwarden.trace import status_codes
 from mailwarden.trace.diagnose import Diagnosis
+from mailwarden.trace.model import MessageTrace
 from mailwarden.trace.phrases import phrase
 
 MAX_INPUT: Final = 10 * 1024 * 1024
@@ -141,6 +142,11 @@ def parse(data: bytes) -> Bounce:
         if refs.is_ref(ref) and ref not in bounce.refs:
             bounce.refs.append(ref)
     return bounce
+
+
+def bounced_recipient(bounce: Bounce, trace: MessageTrace) -> str | None:
+    """The first recipient the bounce names that the message had (its report explains that one)."""
+    return next((r.address for r in bounce.recipients if r.address and trace.fate(r.address) is not None), None)
 
 
 def code_explanation(bounce: Bounce, lang: Lang) -> list[str]:

@@ -129,12 +129,10 @@ def explain_bounce(config: Config, source: str, *, lang: Lang, fmt: str) -> int:
     try:
         linked = []
         for ref in found.refs:
-            addresses = [r.address for r in found.recipients if r.address]
-            made = report.build(store, ref, lang=lang, domains=config.mail.domains)
-            if made.trace is not None:
-                wanted = next((a for a in addresses if made.trace.fate(a) is not None), None)
-                if wanted is not None and wanted != made.diagnosis.recipient:
-                    made = report.build(store, ref, recipient=wanted, lang=lang, domains=config.mail.domains)
+            trace = report.find(store, ref)
+            if trace is not None:
+                wanted = bounce.bounced_recipient(found, trace)
+                made = report.build_for(store, trace, recipient=wanted, lang=lang, domains=config.mail.domains)
                 linked.append(made.diagnosis)
     finally:
         store.close()
