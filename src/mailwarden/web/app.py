@@ -242,9 +242,9 @@ def create_app(
 
 
 def _with_lang(request: Request, lang: str) -> str:
-    """This page's own address (relative) in another language."""
+    """This page in another language: a query-only link, so the page never repeats the path it was asked for."""
     query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"] + [("lang", lang)]
-    return f"{request.url.path}?{urlencode(query)}"
+    return f"?{urlencode(query)}"
 
 
 def _jsonable(errors: Any) -> Any:
