@@ -48,6 +48,7 @@ TEXTS: Final[dict[str, tuple[str, str]]] = {
     "home.role": ("Logged in as {name} ({role})", "Angemeldet als {name} ({role})"),
     "home.domains": ("Your domains: {domains}", "Ihre Domains: {domains}"),
     "message.recipients": ("Recipients", "Empfänger"),
+    "message.reason": ("Reason code", "Grund-Code"),
     "message.downloads": ("Download the report", "Bericht herunterladen"),
     "message.phases": ("Course", "Verlauf"),
     "phase.received": ("Received", "Empfangen"),
