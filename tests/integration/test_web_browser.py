@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.support.web import PASSWORD, Center, Mail, center, refusal_ref, wait_events
+from tests.support.web import PASSWORD, Center, Mail, center, refusal_ref, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,8 @@ def test_a_sender_follows_the_ref_of_a_real_refusal_to_the_why_page_in_german_an
         reply = mail.wire.command("RCPT TO:<nobdoy@example.test>")
     assert reply.code == 550
     ref = refusal_ref(reply.text)
-    wait_events(web.gateway, ref, "reject")
+    with web.login("support") as support:
+        wait_committed(support, ref)
     p = page
     p.goto(f"/why/{ref}?lang=de")
     german = p.inner_text("#why")

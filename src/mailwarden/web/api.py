@@ -239,18 +239,21 @@ def download_report(
     return report_response(made, format)
 
 
-@router.post("/reports/verify", response_model=VerifyResult, responses={422: {"description": "Not a report"}})
+@router.post("/reports/verify", response_model=VerifyResult)
 def verify_report(
     request: Request,
     session: CsrfDep,
-    data: Annotated[bytes, Body(media_type="application/octet-stream", max_length=MAX_REPORT)],
-) -> Response | VerifyResult:
-    """Does a report (any format) still match the store? (`mailwarden verify-report`)"""
+    data: Annotated[bytes, Body(media_type="application/octet-stream", max_length=MAX_REPORT)] = b"",
+) -> VerifyResult:
+    """Does a report (any format) still match the store? (`mailwarden verify-report`)
+
+    Anything that is not a report made by mailwarden does not verify (`ok` false, the problem named).
+    """
     web = web_of(request)
     try:
         manifest = report.read_manifest(data)
     except report.ReportError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return VerifyResult(ok=False, problems=[str(exc)], id=None, recipient=None, evidence_events=0)
     if not scope.may_verify(session.principal, manifest.get("recipient")):
         raise scope.NotVisible(str(manifest.get("id")))
     checked = report.verify_bytes(web.store, data)
@@ -269,7 +272,7 @@ def verify_report(
 def explain_a_bounce(
     request: Request,
     session: CsrfDep,
-    data: Annotated[bytes, Body(media_type="text/plain", max_length=10 * 1024 * 1024)],
+    data: Annotated[bytes, Body(media_type="text/plain", max_length=10 * 1024 * 1024)] = b"",
     lang: LangQuery = None,
 ) -> BounceExplanation:
     """A bounce a sender received, in plain words, linked to our message when it names our ref."""
