@@ -26,7 +26,6 @@ from mailwarden.web.accounts import ensure_first_admin
 from mailwarden.web.app import create_app
 from mailwarden.web.auth import Sessions
 
-log = logging.getLogger(__name__)
 PURGE_SECONDS: Final = 3600.0  # expired login sessions are removed this often
 
 
@@ -55,6 +54,7 @@ def _bind(listen: str) -> socket.socket:
 
 class WebServer:
     def __init__(self, config: Config, store: Store) -> None:
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # "Started server process": our ready line says it
         self.config = config
         self.store = store
         settings = config.web
