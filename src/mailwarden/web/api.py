@@ -22,7 +22,7 @@ from mailwarden.sendercheck import check_sender
 from mailwarden.trace import report
 from mailwarden.web import scope
 from mailwarden.web.app import forget_cookie, set_cookie
-from mailwarden.web.auth import SESSION_COOKIE
+from mailwarden.web.auth import SESSION_COOKIE, Session
 from mailwarden.web.deps import AdminDep, CsrfDep, LoginRefused, SessionDep, log_in, web_of
 from mailwarden.web.pages import MAX_FIELD, explain_bounce, open_for, report_response
 
@@ -144,7 +144,7 @@ def _lang(request: Request, lang: Lang | None) -> Lang:
 
 
 def _open(
-    request: Request, session: SessionDep, trace_id: str, recipient: str | None, lang: Lang, action: str
+    request: Request, session: Session, trace_id: str, recipient: str | None, lang: Lang, action: str
 ) -> report.Report:
     request.state.lang = lang
     return open_for(request, session, trace_id, recipient, action)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class Web:
     wall: Callable[[], float] = time.time  # the /why rate limit's minutes
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the delay after a failed login
     why_counter: SlidingCounter = field(default_factory=SlidingCounter)
+    why_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def audit(self, account: str, action: str, request: Request, target: str | None = None, **detail: Any) -> None:
         entry = AuditEntry(
@@ -104,7 +106,9 @@ class Web:
         return HTMLResponse(self.templates.get_template(name).render(context), status_code=status)
 
     def check_why_rate(self, request: Request) -> None:
-        if self.why_counter.hit(client_ip(request) or "-", self.wall()) > self.config.web.why_per_minute:
+        with self.why_lock:  # handlers run in worker threads; the counter is a plain dict
+            count = self.why_counter.hit(client_ip(request) or "-", self.wall())
+        if count > self.config.web.why_per_minute:
             raise TooManyRequests(60)
 
 

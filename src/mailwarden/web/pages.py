@@ -8,6 +8,7 @@ the message page they lead to, with their entries in `app.NAV`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Final
 from urllib.parse import quote
 
@@ -22,7 +23,7 @@ from mailwarden.trace import bounce, report
 from mailwarden.web import accounts, scope
 from mailwarden.web import timeline as visual
 from mailwarden.web.app import forget_cookie, set_cookie
-from mailwarden.web.auth import PRE_COOKIE, SESSION_COOKIE, same
+from mailwarden.web.auth import PRE_COOKIE, SESSION_COOKIE, Session, same
 from mailwarden.web.deps import (
     AdminDep,
     LoginRefused,
@@ -136,7 +137,7 @@ def find_message(
     return RedirectResponse(message_path(id.strip(), recipient.strip() or None), status_code=303)
 
 
-def open_for(request: Request, session: SessionDep, trace_id: str, recipient: str | None, action: str) -> report.Report:
+def open_for(request: Request, session: Session, trace_id: str, recipient: str | None, action: str) -> report.Report:
     """The report of a message this session may see (audited, found or not); NotVisible otherwise."""
     web = web_of(request)
     try:
@@ -229,16 +230,16 @@ def bounce_explain(
     return web.render(request, "bounce.html", text=text, result=result)
 
 
+@dataclass(frozen=True)
 class BounceResult:
     """A pasted bounce: what it says, what its status code means, and our messages it names (if visible)."""
 
-    def __init__(self, found: bounce.Bounce, meaning: list[str], linked: list[report.Report]) -> None:
-        self.found = found
-        self.meaning = meaning
-        self.linked = linked
+    found: bounce.Bounce
+    meaning: list[str]
+    linked: list[report.Report]
 
 
-def explain_bounce(request: Request, session: SessionDep, data: bytes) -> BounceResult:
+def explain_bounce(request: Request, session: Session, data: bytes) -> BounceResult:
     web = web_of(request)
     found = bounce.parse(data[: bounce.MAX_INPUT])
     linked = []
@@ -316,6 +317,8 @@ def account_remove(
 ) -> Response:
     check_form_token(session, csrf)
     web = web_of(request)
+    if name == session.principal.name:
+        return _accounts_page(request, message=None, error="you cannot remove your own account", status=400)
     try:
         accounts.remove(web.store, name)
     except StoreError as exc:
