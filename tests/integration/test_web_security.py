@@ -277,6 +277,8 @@ def test_why_answers_unknown_malformed_and_accepted_refs_identically(web: Center
                 ("unknown", "ZZZZZZZZZZZA"),
                 ("malformed", "not-a-ref<script>"),
                 ("too long", "A" * 300),
+                ("with a slash", "1C3X/2M3AG000"),
+                ("empty", ""),
                 ("accepted", web.refs["bob"]),  # exists, but was no refusal: tells nothing
                 ("foreign", web.refs["carol"]),
             )

@@ -328,7 +328,7 @@ def account_remove(
 
 
 # ---------------------------------------------------------------------------- public
-@router.get("/why/{ref}")
+@router.get("/why/{ref:path}")
 def why(request: Request, ref: str) -> Response:
     """No login. The same page shape and the same work for every ref that shows nothing."""
     web = web_of(request)
