@@ -25,7 +25,7 @@ from mailwarden.events import Event, us_to_iso
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.text import printable
 from mailwarden.timespec import TimeSpecError, parse_time
-from mailwarden.trace.report import ReportError
+from mailwarden.trace.report import FORMATS, ReportError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -96,6 +96,43 @@ def cmd_users(args: argparse.Namespace, config: Config) -> int:
         return 0
     finally:
         store.close()
+
+
+def cmd_accounts(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.serve import open_configured_store
+    from mailwarden.web import accounts
+
+    store = open_configured_store(config)
+    try:
+        if args.action == "list":
+            for account in store.list_accounts():
+                print(f"{account.name}\t{account.role}\t{' '.join(account.domains)}".rstrip())
+        elif args.action == "add":
+            made = accounts.add(store, args.name, args.role, args.domain or [], _read_password(args))
+            print(f"added {made.role} {made.name}" + (f" for {', '.join(made.domains)}" if made.domains else ""))
+        elif args.action == "remove":
+            accounts.remove(store, args.name)
+            print(f"removed {args.name} (its sessions ended)")
+        elif args.action == "passwd":
+            accounts.set_password(store, args.name, _read_password(args))
+            print(f"password of {args.name} changed (its sessions ended)")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_web(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    from mailwarden.serve import open_configured_store
+    from mailwarden.web.server import run_alone
+
+    store = open_configured_store(config)
+    try:
+        asyncio.run(run_alone(config, store))
+    finally:
+        store.close()
+    return 0
 
 
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
@@ -275,12 +312,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
+    accounts = command("accounts", cmd_accounts, "manage the tracking center's accounts (admin, support, customer)")
+    accounts.add_argument("action", choices=["add", "list", "remove", "passwd"])
+    accounts.add_argument("name", nargs="?", metavar="NAME", help="account name (not for list)")
+    accounts.add_argument(
+        "--role",
+        choices=["admin", "support", "customer"],
+        help="for add: admin (everything), support (every message, audited) or customer (only mail to its domains)",
+    )
+    accounts.add_argument(
+        "--domain", action="append", metavar="D", help="for add with --role customer: a domain it owns (repeatable)"
+    )
+    accounts.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    command("web", cmd_web, "run only the tracking center ([web] listen), without the gateway")
+
     cfg = command(
         "config", cmd_config, "validate the configuration, print its reference, or write a local one (init, -c FILE)"
     )
     cfg.add_argument("action", choices=["check", "docs", "init"])
     cfg.add_argument(
-        "--port", type=int, default=STARTER_PORT, help=f"init: SMTP port, POP3 on the next (default {STARTER_PORT})"
+        "--port",
+        type=int,
+        default=STARTER_PORT,
+        help=f"init: SMTP port, POP3 and the web center on the next two (default {STARTER_PORT})",
     )
 
     events = command("events", cmd_events, "print raw events")
@@ -330,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("id", metavar="REF|TRACE-ID", help="a ref (from a reply) or a trace id (E123) from `trace`")
     explain.add_argument("--recipient", help="the recipient to explain (default: the first)")
     explain.add_argument("--lang", choices=["en", "de"], default="en")
-    explain.add_argument("--format", choices=["text", "html", "json", "pdf"], default="text")
+    explain.add_argument("--format", choices=list(FORMATS), default="text")
     explain.add_argument("--no-redact", action="store_true", help="show third parties' addresses (internal use)")
     explain.add_argument(
         "-o", "--output", metavar="FILE", help="write the report to FILE (needed for pdf on a terminal)"
@@ -379,6 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().setLevel(config.log.level.upper())
         if args.command == "users" and args.action != "list" and not args.address:
             parser.error("users add|remove|passwd|set need an ADDRESS")
+        if args.command == "accounts" and args.action != "list" and not args.name:
+            parser.error("accounts add|remove|passwd need a NAME")
+        if args.command == "accounts" and args.action == "add" and not args.role:
+            parser.error("accounts add needs --role admin|support|customer")
         handler: Handler = args.handler
         return handler(args, config)
     except (ConfigError, StoreError, TimeSpecError, ValueError, ReportError) as exc:

@@ -628,7 +628,63 @@ class Pop3Config(_Section):
 
 
 class WebConfig(_Section):
-    listen: str = Field("", description='Tracking center as "host:port". "" = no web server.')
+    listen: str = Field(
+        "",
+        description='Tracking center (pages, JSON API, public /why/REF) as "host:port", started by `mailwarden '
+        'serve` (or alone by `mailwarden web`). "" = no web server.',
+    )
+    first_admin: str = Field(
+        "",
+        description="Admin account created when the web server starts and the store has no web account yet; its "
+        'password is printed once. "" = none (create accounts with `mailwarden accounts add`).',
+    )
+    cert: str = Field(
+        "", description='TLS certificate (PEM) for serving HTTPS directly. "" = plain HTTP (e.g. behind a proxy).'
+    )
+    key: str = Field("", description="Private key (PEM) of `cert`.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed "
+        "(the client address for rate limits and the audit log; https makes session cookies Secure).",
+    )
+    session_idle_minutes: int = Field(60, ge=1, description="A login session ends after this long without a request.")
+    session_max_hours: int = Field(12, ge=1, description="A login session ends this long after the login, in any case.")
+    login_failure_delay: float = Field(
+        1.0, ge=0, description="Seconds before answering a failed login; doubles with each further failure."
+    )
+    login_failure_delay_max: float = Field(16.0, ge=0, description="Upper bound of that delay in seconds.")
+    login_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed logins from one address or for one account within `login_lock_seconds` that lock it: "
+        "further logins are refused, even with the right password, until the lock expires.",
+    )
+    login_lock_seconds: float = Field(
+        900.0, gt=0, description="How long such a lock lasts, and the window in which failures are counted."
+    )
+    why_per_minute: int = Field(
+        30, ge=1, description="Requests per minute one client address may make to the public /why/REF page."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        if value:
+            parse_hostport(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> WebConfig:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("set both `web.cert` and `web.key` to serve HTTPS, or neither")
+        return self
 
 
 class ExplainConfig(_Section):
@@ -911,6 +967,10 @@ key = "tls/key.pem"
 [pop3]
 listen = ["127.0.0.1:{smtp_port + 1}"]
 allow_plaintext_auth = true                 # USER/PASS without STLS: it listens on loopback only
+
+[web]
+listen = "127.0.0.1:{smtp_port + 2}"             # the tracking center: http://127.0.0.1:{smtp_port + 2}/
+first_admin = "admin"                       # created on first start, its password printed once
 
 [checks]
 # This config works offline, so the checks that need DNS are left out: rdns, helo, sender_domain,

@@ -252,6 +252,8 @@ class Resolver:
         except TimeoutError:
             self.stats["tempfail"] += 1
             raise DnsTempError(name, rtype, f"no answer within {self.timeout:g} seconds") from None
+        except UnicodeError:  # IDNA refuses it (e.g. a control character): no such name can exist
+            return Answer(name, rtype, (), nxdomain=True)
         except aiodns.error.DNSError as exc:
             if exc.args and exc.args[0] == ARES_EBADNAME:
                 # c-ares refuses names with characters like ':' or '/', which DNS allows (RFC 2181

@@ -65,6 +65,13 @@ async def run(config: Config) -> None:
         ingest = await start_ingest(config, store)
         if ingest is not None:
             roles.append(f"ingest {' '.join(ingest[2])}")
+        web = None
+        if config.web.listen:  # its own connection: page views never wait behind the gateway's lookups
+            from mailwarden.web.server import start_role as start_web
+
+            web_store = open_configured_store(config)
+            web = await start_web(config, web_store)
+            roles.append(f"web {web.url}")
         purging = asyncio.create_task(
             purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
         )
@@ -81,6 +88,9 @@ async def run(config: Config) -> None:
         log.info("shutting down")
         purging.cancel()
         await stop_ingest(ingest)
+        if web is not None:
+            await web.stop()
+            web_store.close()
         if pop3 is not None:
             await pop3.stop()
         await gateway.stop()

@@ -8,7 +8,9 @@ control characters cannot end a reply early, forge a log line or break a page.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, TypeVar
+
+_T = TypeVar("_T")
 
 # Control characters, line/paragraph separators, BOM, smuggled raw bytes, and bidirectional
 # overrides (which can make a report or log line display something other than what it says).
@@ -39,3 +41,14 @@ def ascii_printable(value: str, limit: int | None = None) -> str:
     if limit is not None and len(safe) > limit:
         return safe[: max(limit - 3, 0)] + "..."
     return safe
+
+
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: _T) -> _T | str:
+    """A CSV cell that stranger text cannot turn into a spreadsheet formula (CSV injection)."""
+    if isinstance(value, str):
+        text = printable(value)
+        return "'" + text if text.startswith(_FORMULA_START) else text
+    return value

@@ -147,6 +147,22 @@ def test_names_that_cannot_exist_are_nxdomain_without_a_query() -> None:
     assert resolver.asked == []
 
 
+def test_a_name_idna_refuses_is_nxdomain_not_a_traceback() -> None:
+    """Found by the web API's schema tests: check-sender of a control character raised from inside c-ares."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        resolver = Resolver([f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.3)
+
+        async def scenario() -> None:
+            try:
+                assert (await resolver.query("\x81", "MX")).nxdomain
+                assert (await resolver.query("a\u0085b.test", "A")).nxdomain
+            finally:
+                resolver.close()
+
+        run(scenario())
+
+
 def test_a_server_that_never_answers_is_a_temporary_failure_after_the_timeout() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mailwarden.deliver.maildir import Maildirs, Target
 from mailwarden.dotstuff import DotStuffer
-from mailwarden.pop3.guard import LoginGuard
+from mailwarden.loginguard import LoginGuard
 from mailwarden.pop3.maildrop import identity_of, top_lines, uidl_of
 from mailwarden.pop3.session import _decode_plain
 

@@ -113,6 +113,21 @@ def test_csv_output_cannot_smuggle_a_spreadsheet_formula(tmp_path: Path) -> None
     assert all(row["sender"].startswith("'=HYPERLINK(") for row in rows)
 
 
+def test_the_csv_report_is_verified_like_the_other_formats(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        made = report.build(store, "1AAAAAAAAAA0", recipient="bob@example.test", now=T0 + 10)
+        data = report.render(made, "csv")
+        rows = list(csv.reader(io.StringIO(data.decode())))
+        assert rows[0] == list(report.CSV_COLUMNS)
+        assert {row[0] for row in rows[1:]} >= {"verdict", "connection", "timeline", "evidence", "manifest"}
+        assert report.verify_bytes(store, data).ok
+        tampered = data.replace(b"554 5.7.1 Virus", b"250 2.0.0 Okay")
+        assert not report.verify_bytes(store, tampered).ok
+    finally:
+        store.close()
+
+
 def test_explaining_a_session_without_a_message_names_what_it_was(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "events.db")
     store.append(

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Final
 
 from mailwarden.config import Config, parse_hostport
 from mailwarden.deliver.maildir import Maildirs
+from mailwarden.loginguard import LoginGuard
 from mailwarden.mailboxes import hash_password, verify_password
-from mailwarden.pop3.guard import LoginGuard
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.store import Store
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
+from mailwarden.store.accounts import AccountStore
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,8 @@ class BatchWriter:
             self._bulk_room.release()
 
 
-class Store(ABC):
-    """Events and mailboxes. Writes of events are queued; reads are direct."""
+class Store(AccountStore, ABC):
+    """Events and mailboxes (and the tracking center's accounts). Writes of events are queued; reads are direct."""
 
     # -- events
     @abstractmethod

@@ -29,6 +29,8 @@ from mailwarden.store.base import (
     Store,
     StoreError,
 )
+from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
+from mailwarden.store.sqlite_accounts import SqliteAccounts
 
 # Named schema migrations, applied in this order and remembered in the `migrations` table.
 # Append new ones (a unique name per change); never edit or reorder applied ones.
@@ -100,6 +102,8 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     CREATE INDEX pregreet_passes_passed ON pregreet_passes (passed_us);
     """,
     ),
+    # The tracking center: accounts, their sessions and the audit log (store/sqlite_accounts.py).
+    ("web_accounts", ACCOUNTS_SCHEMA),
 ]
 
 _ROWS_PER_INSERT: Final = 50  # one statement for many rows (1,000 parameters; SQLite allows 32,766)
@@ -301,7 +305,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteAccounts, Store):
     def __init__(self, path: Path, *, batch_interval: float = 0.05) -> None:
         self.path = path
         try:

@@ -190,6 +190,11 @@ def mismatch(bounce: Bounce, trace: MessageTrace | None) -> Mismatch | None:
     return None
 
 
+def bounced_recipient(bounce: Bounce, trace: MessageTrace) -> str | None:
+    """The first recipient the bounce names that the message had (its report explains that one)."""
+    return next((r.address for r in bounce.recipients if r.address and trace.fate(r.address) is not None), None)
+
+
 def code_explanation(bounce: Bounce, lang: Lang) -> list[str]:
     return status_codes.explain(bounce.enhanced, lang) if bounce.enhanced else []
 

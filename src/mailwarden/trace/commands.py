@@ -130,17 +130,15 @@ def explain_bounce(config: Config, source: str, *, lang: Lang, fmt: str) -> int:
     try:
         linked = []
         unattributed: dict[str, bounce.Mismatch] = {}
-        addresses = [r.address for r in found.recipients if r.address]
         for ref in found.refs:
-            made = report.build(store, ref, lang=lang, domains=config.mail.domains)
-            why_not = bounce.mismatch(found, made.trace)
+            trace = report.find(store, ref)
+            why_not = bounce.mismatch(found, trace)
             if why_not is not None:
                 unattributed[ref] = why_not
                 continue
-            assert made.trace is not None
-            wanted = next((a for a in addresses if made.trace.fate(a) is not None), None)
-            if wanted is not None and wanted != made.diagnosis.recipient:
-                made = report.build(store, ref, recipient=wanted, lang=lang, domains=config.mail.domains)
+            assert trace is not None
+            wanted = bounce.bounced_recipient(found, trace)
+            made = report.build_for(store, trace, recipient=wanted, lang=lang, domains=config.mail.domains)
             linked.append(made.diagnosis)
     finally:
         store.close()

@@ -97,7 +97,8 @@ def _values(trace: MessageTrace, fate: RecipientFate, lang: Lang) -> dict[str, o
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _render(template: str, reason: catalog.Reason, values: dict[str, object], lang: Lang) -> str:
+def render_reason(template: str, reason: catalog.Reason, values: dict[str, object], lang: Lang) -> str:
+    """A catalog text filled with recorded values; a value that was not recorded reads "(not recorded)"."""
     unknown = phrase("word.unknown", lang)
     filled = {name: unknown for name in reason.params} | values
     return catalog.render(template, reason.code, filled)
@@ -150,9 +151,9 @@ def diagnose(
     values = _values(trace, fate, lang) | found.values
     reason = catalog.CATALOG.get(fate.reason or "") or catalog.get(_fallback_reason(fate))
     status_line = phrase(f"status.{fate.status}", lang, **{k: values.get(k) for k in _STATUS_KEYS})
-    explanation = _render(reason.explanation[lang], reason, values, lang)
+    explanation = render_reason(reason.explanation[lang], reason, values, lang)
     summary = status_line if reason.code in _SELF_EXPLAINING else f"{status_line} {explanation}"
-    remedy = found.remedy or _render(reason.remedy[lang], reason, values, lang)
+    remedy = found.remedy or render_reason(reason.remedy[lang], reason, values, lang)
     allowed = sorted(set(allowed_addresses(trace, fate)) | set(found.reveal))
     scrub = evidence.redactor(allowed) if redact else _unchanged
     lines, ids = evidence_lines(trace, fate, scrub)

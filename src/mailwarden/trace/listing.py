@@ -11,7 +11,7 @@ import json
 from typing import Final
 
 from mailwarden.events import us_to_iso
-from mailwarden.text import printable
+from mailwarden.text import printable, spreadsheet_safe
 from mailwarden.trace.model import MessageTrace, RecipientFate
 from mailwarden.trace.search import SearchResult
 
@@ -43,7 +43,6 @@ _TABLE: Final = (
     ("TO", 28),
     ("CLIENT", 15),
 )
-_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(value: object, width: int) -> str:
@@ -67,15 +66,6 @@ def table(result: SearchResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv_safe(value: object) -> object:
-    """Stranger text must not become a spreadsheet formula (CSV injection)."""
-    if isinstance(value, str):
-        value = printable(value)
-        if value.startswith(_FORMULA_START):
-            return "'" + value
-    return value
-
-
 def _csv_row(trace: MessageTrace, fate: RecipientFate) -> list[object]:
     message = trace.to_json()
     values = {
@@ -88,7 +78,7 @@ def _csv_row(trace: MessageTrace, fate: RecipientFate) -> list[object]:
         "reply": fate.reply,
         "at": us_to_iso(fate.at) if fate.at else None,
     }
-    return [_csv_safe(values[c]) for c in CSV_COLUMNS]
+    return [spreadsheet_safe(values[c]) for c in CSV_COLUMNS]
 
 
 def as_csv(result: SearchResult) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import html
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -20,9 +22,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.catalog import Lang
-from mailwarden.events import now_us
+from mailwarden.events import now_us, us_to_iso
 from mailwarden.store import EventQuery, Store
-from mailwarden.text import printable
+from mailwarden.text import printable, spreadsheet_safe
 from mailwarden.trace import evidence
 from mailwarden.trace.correlate import Step, key_of_id, link_attempts, load, timeline
 from mailwarden.trace.diagnose import Diagnosis, diagnose, not_found
@@ -33,18 +35,30 @@ from mailwarden.trace.search import SearchSpec
 
 MANIFEST_MARK: Final = "mailwarden-manifest:"
 _MANIFEST_RE: Final = re.compile(rb"mailwarden-manifest:([A-Za-z0-9+/=]+)")
-FORMATS: Final = ("text", "html", "json", "pdf")
+FORMATS: Final = ("text", "html", "json", "pdf", "csv")
+CSV_COLUMNS: Final = ("section", "time", "node", "source", "what", "text")
 
 
 class ReportError(Exception):
     """A report cannot be made or checked; the message says why."""
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One timeline entry as a report shows it: when, where, who, and the localized sentence."""
+
+    at: int
+    what: str  # the step's kind (connect, check, reject, deliver, retrieve, ...)
+    text: str  # localized and redacted, without the time
+    node: str | None = None
+    source: str | None = None  # who acted: gateway, pop3, postfix, dovecot, ...
+
+
 @dataclass
 class Report:
     diagnosis: Diagnosis
     trace: MessageTrace | None
-    steps: list[str] = field(default_factory=list)  # localized timeline lines
+    entries: list[Entry] = field(default_factory=list)  # the timeline
     facts: list[tuple[str, str]] = field(default_factory=list)  # connection facts (label, value)
     redacted: bool = True
     generated_us: int = 0
@@ -53,6 +67,11 @@ class Report:
     @property
     def lang(self) -> Lang:
         return self.diagnosis.lang
+
+    @property
+    def steps(self) -> list[str]:
+        """The timeline as lines: time and sentence."""
+        return [f"{when(entry.at, self.lang)}  {entry.text}" for entry in self.entries]
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -72,6 +91,16 @@ class Report:
         return MANIFEST_MARK + base64.b64encode(raw).decode()
 
 
+def find(store: Store, trace_id: str) -> MessageTrace | None:
+    """The message a ref or trace id names, with all its events; None when the store has none."""
+    found = key_of_id(store, trace_id)
+    if found is None:
+        return None
+    key, seed_ts = found
+    traces = load(store, {key: seed_ts})
+    return traces[0] if traces else None
+
+
 def build(
     store: Store,
     trace_id: str,
@@ -83,19 +112,28 @@ def build(
     now: int | None = None,
 ) -> Report:
     """The report for a ref or trace id; a "nothing found" report when the store has no such message."""
+    trace = find(store, trace_id)
+    if trace is None:
+        return Report(
+            not_found(store, SearchSpec(), lang=lang, trace_id=printable(trace_id, 40)),
+            None,
+            generated_us=now or now_us(),
+        )
+    return build_for(store, trace, recipient=recipient, lang=lang, redact=redact, domains=domains, now=now)
+
+
+def build_for(
+    store: Store,
+    trace: MessageTrace,
+    *,
+    recipient: str | None = None,
+    lang: Lang = "en",
+    redact: bool = True,
+    domains: Sequence[str] = (),
+    now: int | None = None,
+) -> Report:
+    """The report for one recipient (default: the first) of a message `find` returned."""
     current = now or now_us()
-    found = key_of_id(store, trace_id)
-    if found is None:
-        return Report(
-            not_found(store, SearchSpec(), lang=lang, trace_id=printable(trace_id, 40)), None, generated_us=current
-        )
-    key, seed_ts = found
-    traces = load(store, {key: seed_ts})
-    if not traces:
-        return Report(
-            not_found(store, SearchSpec(), lang=lang, trace_id=printable(trace_id, 40)), None, generated_us=current
-        )
-    trace = traces[0]
     if not trace.fates:
         seen = ", ".join(
             sorted({f"{e.source} {e.kind}" + (f" ({e.reason})" if e.reason else "") for e in trace.events})
@@ -113,8 +151,17 @@ def build(
     allowed = diagnosis.allowed
     scrub = evidence.redactor(allowed) if redact else (lambda text: text)
     focus = fate.address if fate is not None and fate.address and redact else None
-    steps = [scrub(_step_text(step, lang)) for step in timeline(trace, focus)]
-    return Report(diagnosis, trace, steps, _facts(trace, lang, scrub), redact, current, allowed)
+    entries = [
+        Entry(
+            step.at,
+            step.what,
+            scrub(_step_text(step, lang)),
+            step.event.node if step.event is not None else None,
+            step.event.source if step.event is not None else None,
+        )
+        for step in timeline(trace, focus)
+    ]
+    return Report(diagnosis, trace, entries, _facts(trace, lang, scrub), redact, current, allowed)
 
 
 def _facts(trace: MessageTrace, lang: Lang, scrub: Callable[[str], str]) -> list[tuple[str, str]]:
@@ -148,7 +195,7 @@ def _step_text(step: Step, lang: Lang) -> str:
     text = phrase(key, lang, **facts)
     if facts.get("passed") and what in ("connect", "helo", "mail", "rcpt", "data"):
         text += phrase("step.passed", lang, passed=facts["passed"])
-    return f"{when(step.at, lang)}  {text}"
+    return text
 
 
 _STEP_KEYS: Final = frozenset(
@@ -316,10 +363,30 @@ def as_pdf(report: Report) -> bytes:
     return bytes(pdf.output())
 
 
+def as_csv(report: Report) -> str:
+    """One row per fact, timeline entry and evidence line; no cell can become a formula."""
+    d, lang = report.diagnosis, report.lang
+    rows: list[tuple[object, ...]] = [("verdict", "", "", "", label, value) for label, value in _header(report)]
+    rows += [("note", "", "", "", "", note) for note in d.notes]
+    rows += [("connection", "", "", "", label, value) for label, value in report.facts]
+    rows += [("timeline", us_to_iso(e.at), e.node, e.source, e.what, e.text) for e in report.entries]
+    rows += [("evidence", "", "", "", "", line) for line in d.evidence]
+    rows += [
+        ("sha256", "", "", "", phrase("label.sha256", lang), evidence.digest(d.evidence)),
+        ("generated", us_to_iso(report.generated_us), "", "", "", when(report.generated_us, lang)),
+        ("manifest", "", "", "", "", report.manifest_token()),
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows([spreadsheet_safe(cell if cell is not None else "") for cell in row] for row in rows)
+    return out.getvalue()
+
+
 def render(report: Report, fmt: str) -> bytes:
     if fmt == "pdf":
         return as_pdf(report)
-    renderer = {"text": as_text, "html": as_html, "json": as_json}.get(fmt)
+    renderer = {"text": as_text, "html": as_html, "json": as_json, "csv": as_csv}.get(fmt)
     if renderer is None:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return renderer(report).encode("utf-8")
@@ -352,6 +419,11 @@ def verify(store: Store, path: Path) -> Verification:
         data = path.read_bytes()
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
+    return verify_bytes(store, data)
+
+
+def verify_bytes(store: Store, data: bytes) -> Verification:
+    """`verify` for a report's content (an upload to the web center)."""
     manifest = read_manifest(data)
     ids = [int(i) for i in manifest["event_ids"] if isinstance(i, int)]
     order = {event_id: index for index, event_id in enumerate(ids)}  # the report's order (trace.correlate.timeline)
@@ -369,6 +441,8 @@ def verify(store: Store, path: Path) -> Verification:
     if not data.startswith(b"%PDF"):
         text = data.decode("utf-8", "replace")
         shown = _json_evidence(text) if text.lstrip().startswith("{") else None
+        if text.startswith(",".join(CSV_COLUMNS)):
+            shown = _csv_evidence(text)
         for number, line in enumerate(lines, 1):
             present = line in shown if shown is not None else (line in text or html.escape(line) in text)
             if not present:
@@ -382,3 +456,7 @@ def _json_evidence(text: str) -> list[str]:
     except (ValueError, AttributeError):
         return []
     return [line for line in shown if isinstance(line, str)] if isinstance(shown, list) else []
+
+
+def _csv_evidence(text: str) -> list[str]:
+    return [row[-1] for row in csv.reader(io.StringIO(text)) if len(row) == len(CSV_COLUMNS) and row[0] == "evidence"]

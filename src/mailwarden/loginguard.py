@@ -1,4 +1,4 @@
-"""Slowing down and locking out password guessing, per client address and per user name.
+"""Slowing down and locking out password guessing, per client address and per user name (POP3 and the web).
 
 Each failed login makes the next reply wait longer (doubling from `base_delay` up to `max_delay`);
 after `max_failures` failures within `lock_seconds`, the address or the user name is locked for

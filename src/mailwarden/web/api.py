@@ -1,0 +1,321 @@
+"""The JSON API under /api: what the command line does, for scripts and other tools.
+
+Authentication is the pages' session cookie: `POST /api/session` with a JSON body
+`{"name": ..., "password": ...}` logs in (the same throttling and lockout as the login page) and
+answers the session's `csrf_token`; `POST` and `DELETE` calls must send it as `X-CSRF-Token`.
+Messages are scoped exactly as on the pages: a customer gets 404 for a message without a
+recipient in its domains. Search and counts come with the message index.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from mailwarden.catalog import Lang
+from mailwarden.events import us_to_iso
+from mailwarden.sendercheck import check_sender
+from mailwarden.trace import report
+from mailwarden.web import scope
+from mailwarden.web.app import forget_cookie, set_cookie
+from mailwarden.web.auth import SESSION_COOKIE, Session
+from mailwarden.web.deps import AdminDep, CsrfDep, LoginRefused, SessionDep, log_in, web_of
+from mailwarden.web.pages import MAX_FIELD, explain_bounce, open_for, report_response
+
+DESCRIPTION: Final = __doc__ or ""
+ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"description": "Not logged in (POST /api/session first)"},
+    403: {"description": "Missing or wrong X-CSRF-Token, or not an admin"},
+    404: {"description": "No such message, or not one this account may see"},
+}
+MAX_REPORT: Final = 20 * 1024 * 1024
+
+router = APIRouter(prefix="/api", responses=ERRORS)
+
+LangQuery = Annotated[Lang | None, Query(description="de or en; default: the request's language")]
+RecipientQuery = Annotated[
+    str | None, Query(max_length=MAX_FIELD, description="the recipient to explain (default: the first visible)")
+]
+
+
+class Login(BaseModel):
+    name: str = Field(max_length=MAX_FIELD)
+    password: str = Field(max_length=1024)
+
+
+class SessionInfo(BaseModel):
+    account: str
+    role: Literal["admin", "support", "customer"]
+    domains: list[str]
+    csrf_token: str
+
+
+class Fate(BaseModel):
+    address: str | None
+    status: str
+    reason: str | None
+    smtp_code: int | None
+    enhanced_code: str | None
+    reply: str | None
+    at: str | None
+
+
+class Step(BaseModel):
+    at: str
+    what: str
+    text: str
+    node: str | None
+    source: str | None
+
+
+class MessageDetail(BaseModel):
+    id: str
+    ref: str | None
+    first_seen: str
+    last_seen: str
+    node: str
+    client_ip: str | None
+    client_name: str | None
+    helo: str | None
+    sender: str | None
+    message_id: str | None
+    size: int | None
+    recipients: list[Fate] = Field(description="the recipients this account may see")
+    explained_recipient: str | None
+    timeline: list[Step]
+
+
+class Explanation(BaseModel):
+    """`mailwarden explain --format json`: design.md's contract plus the report's additions."""
+
+    ref: str | None
+    id: str
+    recipient: str | None
+    status: str
+    reason: str | None
+    responsibility: Literal["sender", "recipient", "provider", "none"]
+    title: str
+    summary: str
+    remedy: str
+    notes: list[str]
+    evidence: list[str]
+    lang: Lang
+    at: str | None
+    timeline: list[str]
+    connection: dict[str, str]
+    evidence_sha256: str
+    generated: str
+    redacted: bool
+    manifest: str
+
+
+class VerifyResult(BaseModel):
+    ok: bool
+    problems: list[str]
+    id: str | None
+    recipient: str | None
+    evidence_events: int
+
+
+class BounceExplanation(BaseModel):
+    bounce: dict[str, Any]
+    meaning: list[str]
+    traces: list[Explanation]
+    lang: Lang
+
+
+class AuditRecord(BaseModel):
+    id: int
+    at: str
+    account: str
+    action: str
+    target: str | None
+    client_ip: str | None
+    detail: dict[str, Any]
+
+
+def _lang(request: Request, lang: Lang | None) -> Lang:
+    chosen: Lang = lang or request.state.lang
+    return chosen
+
+
+def _open(
+    request: Request, session: Session, trace_id: str, recipient: str | None, lang: Lang, action: str
+) -> report.Report:
+    request.state.lang = lang
+    return open_for(request, session, trace_id, recipient, action)
+
+
+def _explanation(made: report.Report) -> Explanation:
+    return Explanation.model_validate_json(report.as_json(made))
+
+
+# ---------------------------------------------------------------------------- session
+@router.post("/session", response_model=SessionInfo, responses={429: {"description": "Locked after failed logins"}})
+async def create_session(request: Request, login: Login) -> Response:
+    try:
+        token, session = await log_in(request, login.name.strip(), login.password)
+    except LoginRefused as refused:
+        if refused.locked_minutes is not None:
+            return JSONResponse(
+                {"detail": f"too many failed logins; try again in {refused.locked_minutes} minutes"}, status_code=429
+            )
+        return JSONResponse({"detail": "account or password is wrong"}, status_code=401)
+    principal = session.principal
+    body = SessionInfo(
+        account=principal.name, role=principal.role, domains=list(principal.domains), csrf_token=session.csrf
+    )
+    response = JSONResponse(body.model_dump())
+    set_cookie(request, response, SESSION_COOKIE, token)
+    return response
+
+
+@router.get("/session", response_model=SessionInfo)
+def get_session(session: SessionDep) -> SessionInfo:
+    principal = session.principal
+    return SessionInfo(
+        account=principal.name, role=principal.role, domains=list(principal.domains), csrf_token=session.csrf
+    )
+
+
+@router.delete("/session", status_code=204)
+def delete_session(request: Request, session: CsrfDep) -> Response:
+    web = web_of(request)
+    web.sessions.end(session)
+    web.audit(session.principal.name, "logout", request)
+    response = Response(status_code=204)
+    forget_cookie(request, response, SESSION_COOKIE)
+    return response
+
+
+# ---------------------------------------------------------------------------- messages
+@router.get("/messages/{trace_id}", response_model=MessageDetail)
+def message_detail(
+    request: Request, session: SessionDep, trace_id: str, recipient: RecipientQuery = None, lang: LangQuery = None
+) -> MessageDetail:
+    """A message as this account may see it: its recipients' fates and the timeline of one of them."""
+    made = _open(request, session, trace_id, recipient, _lang(request, lang), "message.open")
+    trace = made.trace
+    assert trace is not None
+    whole = trace.to_json()
+    fates = [Fate.model_validate(f.to_json()) for f in scope.visible_fates(session.principal, trace)]
+    return MessageDetail(
+        **{k: whole[k] for k in MessageDetail.model_fields if k in whole and k != "recipients"},
+        recipients=fates,
+        explained_recipient=made.diagnosis.recipient,
+        timeline=[
+            Step(at=us_to_iso(e.at), what=e.what, text=e.text, node=e.node, source=e.source) for e in made.entries
+        ],
+    )
+
+
+@router.get("/messages/{trace_id}/explain", response_model=Explanation)
+def explain(
+    request: Request, session: SessionDep, trace_id: str, recipient: RecipientQuery = None, lang: LangQuery = None
+) -> Explanation:
+    """The verdict: status, cause, who must act, the remedy and the evidence (`mailwarden explain`)."""
+    return _explanation(_open(request, session, trace_id, recipient, _lang(request, lang), "message.explain"))
+
+
+@router.get(
+    "/messages/{trace_id}/report",
+    response_class=Response,
+    responses={200: {"content": {media: {} for media in ("text/html", "application/pdf", "text/csv", "text/plain")}}},
+)
+def download_report(
+    request: Request,
+    session: SessionDep,
+    trace_id: str,
+    format: Annotated[Literal["html", "pdf", "json", "csv", "text"], Query()] = "pdf",
+    recipient: RecipientQuery = None,
+    lang: LangQuery = None,
+) -> Response:
+    """The evidence report as a file, with its manifest for `verify`."""
+    made = _open(request, session, trace_id, recipient, _lang(request, lang), f"report.{format}")
+    return report_response(made, format)
+
+
+@router.post("/reports/verify", response_model=VerifyResult)
+def verify_report(
+    request: Request,
+    session: CsrfDep,
+    data: Annotated[bytes, Body(media_type="application/octet-stream", max_length=MAX_REPORT)] = b"",
+) -> VerifyResult:
+    """Does a report (any format) still match the store? (`mailwarden verify-report`)
+
+    Anything that is not a report made by mailwarden does not verify (`ok` false, the problem named).
+    """
+    web = web_of(request)
+    try:
+        manifest = report.read_manifest(data)
+    except report.ReportError as exc:
+        return VerifyResult(ok=False, problems=[str(exc)], id=None, recipient=None, evidence_events=0)
+    if not scope.may_verify(session.principal, manifest.get("recipient")):
+        raise scope.NotVisible(str(manifest.get("id")))
+    checked = report.verify_bytes(web.store, data)
+    web.audit(session.principal.name, "report.verify", request, str(manifest.get("id")), ok=checked.ok)
+    recipient = manifest.get("recipient")
+    return VerifyResult(
+        ok=checked.ok,
+        problems=checked.problems,
+        id=str(manifest.get("id")) if manifest.get("id") is not None else None,
+        recipient=recipient if isinstance(recipient, str) else None,
+        evidence_events=len(manifest["event_ids"]),
+    )
+
+
+@router.post("/bounces/explain", response_model=BounceExplanation)
+def explain_a_bounce(
+    request: Request,
+    session: CsrfDep,
+    data: Annotated[bytes, Body(media_type="text/plain", max_length=10 * 1024 * 1024)] = b"",
+    lang: LangQuery = None,
+) -> BounceExplanation:
+    """A bounce a sender received, in plain words, linked to our message when it names our ref."""
+    request.state.lang = _lang(request, lang)
+    result = explain_bounce(request, session, data)
+    web_of(request).audit(session.principal.name, "bounce.explain", request, ", ".join(result.found.refs) or None)
+    return BounceExplanation(
+        bounce=result.found.to_json(),
+        meaning=result.meaning,
+        traces=[_explanation(made) for made in result.linked],
+        lang=request.state.lang,
+    )
+
+
+@router.get("/sender-check")
+async def sender_check(
+    request: Request, session: SessionDep, target: Annotated[str, Query(min_length=1, max_length=MAX_FIELD)]
+) -> dict[str, Any]:
+    """A sending domain or address as the gateway sees it (`mailwarden check-sender --format json`)."""
+    web = web_of(request)
+    found = await check_sender(web.config, target.strip())
+    await run_in_threadpool(web.audit, session.principal.name, "sender.check", request, target.strip())
+    return found
+
+
+@router.get("/audit", response_model=list[AuditRecord])
+def audit_log(
+    request: Request,
+    session: AdminDep,
+    before: Annotated[int | None, Query(ge=1, description="entries older than this id (paging)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditRecord]:
+    """Who opened, downloaded, checked or changed what (admins)."""
+    entries = web_of(request).store.list_audit(limit=limit, before_id=before)
+    return [
+        AuditRecord(
+            id=e.id or 0,
+            at=us_to_iso(e.ts),
+            account=e.account,
+            action=e.action,
+            target=e.target,
+            client_ip=e.client_ip,
+            detail=e.detail,
+        )
+        for e in entries
+    ]
