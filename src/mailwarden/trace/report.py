@@ -84,13 +84,12 @@ def build(
 ) -> Report:
     """The report for a ref or trace id; a "nothing found" report when the store has no such message."""
     current = now or now_us()
-    found = key_of_id(store, trace_id)
-    if found is None:
+    key = key_of_id(store, trace_id)
+    if key is None:
         return Report(
             not_found(store, SearchSpec(), lang=lang, trace_id=printable(trace_id, 40)), None, generated_us=current
         )
-    key, seed_ts = found
-    traces = load(store, {key: seed_ts})
+    traces = load(store, [key])
     if not traces:
         return Report(
             not_found(store, SearchSpec(), lang=lang, trace_id=printable(trace_id, 40)), None, generated_us=current
