@@ -62,6 +62,7 @@ FIELDS: Final = (
     "detail",
     "size",
     "evidence",
+    "message_key",
 )
 
 
@@ -103,6 +104,7 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict)
     size: int | None = None
     evidence: str | None = None
+    message_key: str | None = None  # the message it belongs to, decided by its writer (design.md)
     id: int | None = None  # assigned by the store
 
     def __post_init__(self) -> None:
@@ -132,6 +134,7 @@ class Event:
             json.dumps(self.detail, separators=(",", ":"), ensure_ascii=False) if self.detail else None,
             self.size,
             self.evidence,
+            self.message_key,
         )
 
     @classmethod

@@ -46,7 +46,9 @@ from mailwarden.deliver.journal import JOURNAL_DIR, reconcile
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Sink, Target
 from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
+from mailwarden.handoff import lmtp_session
 from mailwarden.headers import header_fields, message_id
+from mailwarden.messages.keys import CONNECTION_KINDS
 from mailwarden.smtp import replies
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.server import GatewaySMTP
@@ -167,7 +169,9 @@ class Connection:
         return CheckContext(self.gateway.services, self.session, self.txn)
 
     def _new_event(self, kind: str, **fields: Any) -> Event:
-        fields.setdefault("ref", self.ref)
+        ref = fields.setdefault("ref", self.ref)
+        if kind not in CONNECTION_KINDS:  # the transaction's events are its message's; connect/HELO the connection's
+            fields.setdefault("message_key", ref)
         if self.txn is not None:
             fields.setdefault("sender", self.txn.sender)
         return Event(
@@ -574,6 +578,9 @@ class Connection:
                 "downstream_stage": outcome.stage,
                 "content_sha256": digest,
             }
+            handed_to = lmtp_session(outcome.reply.line)  # the link to Dovecot's side (messages/keys.py)
+            if handed_to is not None:
+                detail["downstream_session"] = handed_to
             if outcome.reply.accepted:
                 self._event(
                     "deliver",

@@ -13,6 +13,7 @@ from typing import Any
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
+from mailwarden.messages.keys import Link
 from mailwarden.store.accounts import AccountStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class EventQuery:
 
     Addresses (`recipient`, `sender`) match without regard to case. The `*_domain` and
     `*_contains` forms, `client_network` (an address or CIDR network), `reason` and the lists
-    (`ids`, `refs`, `sessions`, `message_ids`, `queue_ids`: any of them) serve the trace.
+    (`ids`, `refs`, `sessions`, `message_ids`, `queue_ids`, `message_keys`: any of them) serve the
+    trace; `keyless` keeps only events of no message (a connection's own events).
     """
 
     since_us: int | None = None
@@ -67,6 +69,8 @@ class EventQuery:
     client_network: str | None = None  # "192.0.2.7" or "192.0.2.0/24" or "2001:db8::/32"
     reason: str | None = None
     message_id_prefix: str | None = None  # Message-IDs starting with it (Dovecot logs long ones cut)
+    message_keys: Sequence[str] = ()
+    keyless: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,15 @@ class Store(AccountStore, ABC):
     @abstractmethod
     def query_events(self, query: EventQuery) -> list[Event]:
         """Read events matching `query`, oldest first unless `newest_first`."""
+
+    @abstractmethod
+    def links(self, keys: Sequence[str]) -> list[Link]:
+        """The links of these message keys, and every link of the handles they name (both sides of each hop)."""
+
+    @abstractmethod
+    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
+        """The key of the life of `queue_id` on `node` written last before `at_us` (within the ten
+        days a queue file may live), for an ingest run that meets the file in the middle of its life."""
 
     @abstractmethod
     def save_position(self, position: Position) -> None:

@@ -13,12 +13,14 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
+from mailwarden.messages.keys import Link
+from mailwarden.store import sqlite_messages
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
@@ -31,10 +33,13 @@ from mailwarden.store.base import (
 )
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import SqliteAccounts
+from mailwarden.store.sqlite_messages import MessageBook, event_rows
+
+Migration = str | Callable[[sqlite3.Connection], None]  # an SQL script, or a step over the data
 
 # Named schema migrations, applied in this order and remembered in the `migrations` table.
 # Append new ones (a unique name per change); never edit or reorder applied ones.
-MIGRATIONS: Final[list[tuple[str, str]]] = [
+MIGRATIONS: Final[list[tuple[str, Migration]]] = [
     (
         "0001_events_and_mailboxes",
         """
@@ -104,6 +109,24 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     ),
     # The tracking center: accounts, their sessions and the audit log (store/sqlite_accounts.py).
     ("web_accounts", ACCOUNTS_SCHEMA),
+    (
+        # Each event's message, stamped by its writer, and the links between messages' keys
+        # (messages/keys.py): `upstream` 1 = the key handed the message on to `handle`, 0 = it arrived as it.
+        "message_keys",
+        """
+    ALTER TABLE events ADD COLUMN message_key TEXT;
+    CREATE INDEX events_message_key ON events (message_key) WHERE message_key IS NOT NULL;
+    CREATE TABLE message_links (
+        handle TEXT NOT NULL, message_key TEXT NOT NULL, upstream INTEGER NOT NULL,
+        recipient TEXT, hint INTEGER NOT NULL DEFAULT 0, ts INTEGER NOT NULL,
+        PRIMARY KEY (handle, message_key, upstream)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_links_key ON message_links (message_key);
+    CREATE INDEX message_links_ts ON message_links (ts);
+    """,
+    ),
+    # Events stored before message keys get theirs (and their links) by the old correlation rules, once.
+    ("message_keys_of_earlier_events", sqlite_messages.stamp_earlier_events),
 ]
 
 _ROWS_PER_INSERT: Final = 50  # one statement for many rows (1,000 parameters; SQLite allows 32,766)
@@ -116,15 +139,20 @@ def _insert(rows: int) -> str:
 
 
 def _insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
-    """Insert in statements of many rows, not one statement per row.
+    """Insert in statements of many rows, not one statement per row, and give the events their ids.
 
     The sqlite3 module lets go of the GIL for every step, and the writer thread then waits for
     the busy event loop to give it back, once per row: under smtp-source a commit took 6 ms
-    (median) with a row per step and 2.6 ms with 50 rows per step.
+    (median) with a row per step and 2.6 ms with 50 rows per step. The rows of a statement get
+    consecutive ids (one writer, no AUTOINCREMENT: each row gets the largest id plus one).
     """
     for start in range(0, len(events), _ROWS_PER_INSERT):
         chunk = events[start : start + _ROWS_PER_INSERT]
-        conn.execute(_insert(len(chunk)), [value for event in chunk for value in event.to_row()])
+        cursor = conn.execute(_insert(len(chunk)), [value for event in chunk for value in event.to_row()])
+        last = cursor.lastrowid
+        assert last is not None
+        for offset, event in enumerate(chunk, last - len(chunk) + 1):
+            event.id = offset
 
 
 _FOUND_SECONDS: Final = 1.0
@@ -133,6 +161,13 @@ _SELECT = f"SELECT id, {', '.join(FIELDS)} FROM events"
 _PURGE_SLICE: Final = 20_000
 _BULK_CACHE_KIB: Final = 256 * 1024  # the writer's page cache during bulk imports (measured: 1.5x events/s)
 _EXACT: Final = ("ref", "session", "node", "source", "message_id", "client_ip", "queue_id", "reason")
+_ANY_OF: Final = (
+    ("ids", "id"),
+    ("refs", "ref"),
+    ("message_ids", "message_id"),
+    ("queue_ids", "queue_id"),
+    ("message_keys", "message_key"),
+)
 _DOMAIN_OF: Final = "substr({0}, instr({0}, '@') + 1)"
 
 
@@ -171,12 +206,12 @@ def _where(query: EventQuery) -> tuple[str, list[Any]]:
         if contains is not None:
             clauses.append(f"instr(lower({name}), ?) > 0")
             params.append(contains.lower())
-    if query.ids:
-        _in("id", query.ids, clauses, params)
-    if query.refs:
-        _in("ref", query.refs, clauses, params)
-    if query.message_ids:
-        _in("message_id", query.message_ids, clauses, params)
+    for name, column in _ANY_OF:
+        values = getattr(query, name)
+        if values:
+            _in(column, values, clauses, params)
+    if query.keyless:
+        clauses.append("message_key IS NULL")
     if query.message_id_prefix:  # a range, so that the Message-ID index serves it
         prefix = query.message_id_prefix
         clauses.append("message_id >= ? AND substr(message_id, 1, ?) = ?")
@@ -184,8 +219,6 @@ def _where(query: EventQuery) -> tuple[str, list[Any]]:
         if ord(prefix[-1]) < sys.maxunicode:
             clauses.append("message_id < ?")
             params.append(prefix[:-1] + chr(ord(prefix[-1]) + 1))
-    if query.queue_ids:
-        _in("queue_id", query.queue_ids, clauses, params)
     if query.recipients:
         clauses.append(f"recipient COLLATE NOCASE IN ({', '.join('?' for _ in query.recipients)})")
         params.extend(query.recipients)
@@ -296,8 +329,11 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is None:
-                for statement in _statements(script):
-                    conn.execute(statement)
+                if callable(script):
+                    script(conn)
+                else:
+                    for statement in _statements(script):
+                        conn.execute(statement)
                 conn.execute("INSERT INTO migrations (name, applied_us) VALUES (?, ?)", (name, now_us()))
             conn.execute("COMMIT")
         except BaseException:
@@ -318,6 +354,7 @@ class SqliteStore(SqliteAccounts, Store):
         self._lock = threading.Lock()
         self._starting = threading.Lock()
         self._writer_conn: sqlite3.Connection | None = None
+        self._book: MessageBook | None = None
         self._writer: BatchWriter | None = None
         self._bulk = False  # a bulk import writes here: the writer keeps more index pages in memory
         self._bulk_cache = False
@@ -329,20 +366,24 @@ class SqliteStore(SqliteAccounts, Store):
             with self._starting:  # the gateway's delivery threads commit too, not only the event loop
                 if self._writer is None:
                     self._writer_conn = _connect(self.path)
+                    self._book = MessageBook(self._writer_conn)
                     self._writer = BatchWriter(
                         self._write_batch, self._batch_interval, f"store-writer:{self.path.name}"
                     )
         return self._writer
 
     def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
-        assert self._writer_conn is not None
-        conn = self._writer_conn
+        assert self._writer_conn is not None and self._book is not None
+        conn, book = self._writer_conn, self._book
         if self._bulk and not self._bulk_cache:  # nine indexes over a growing table: 2 MiB of pages thrash
             conn.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
             self._bulk_cache = True
         conn.execute("BEGIN")
         try:
+            book.stamp(events)
             _insert_events(conn, events)
+            book.record_links(events)
+            book.hint_links(events)
             if positions:
                 conn.executemany(
                     "INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?) "
@@ -385,7 +426,15 @@ class SqliteStore(SqliteAccounts, Store):
             params.extend([query.limit if query.limit is not None else -1, query.offset])
         with self._reading() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [Event.from_row(tuple(row[1:]), event_id=row[0]) for row in rows]
+        return event_rows(rows)
+
+    def links(self, keys: Sequence[str]) -> list[Link]:
+        with self._reading() as conn:
+            return sqlite_messages.links(conn, keys)
+
+    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
+        with self._reading() as conn:
+            return sqlite_messages.queue_life(conn, node, queue_id, at_us)
 
     def purge_events(self, before_us: int) -> int:
         """Delete in slices, so the gateway's mailbox lookups (same connection) never wait long."""
@@ -398,7 +447,10 @@ class SqliteStore(SqliteAccounts, Store):
                 )
                 total += cursor.rowcount
             if cursor.rowcount < _PURGE_SLICE:
-                return total
+                break
+        with self._reading() as conn:
+            conn.execute("DELETE FROM message_links WHERE ts < ?", (before_us,))
+        return total
 
     def oldest_event_us(self) -> int | None:
         with self._reading() as conn:

@@ -1,7 +1,7 @@
 """Search: find messages by sender, recipient, time, ref, message-id, queue id, client, status, reason.
 
 Filters select events in the store (each through an index); the events are grouped into
-messages (`correlate.message_key`), newest first, and a page of them is correlated in full.
+messages (the root of their message keys), newest first, and a page of them is correlated in full.
 Gateway, POP3 and ingested events are searched alike.
 """
 
@@ -11,9 +11,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from mailwarden.events import Event, now_us
+from mailwarden.events import now_us
 from mailwarden.store import EventQuery, Store
-from mailwarden.trace.correlate import Key, link_attempts, load, message_key, upstream_key
+from mailwarden.trace.correlate import Messages, link_attempts, load
 from mailwarden.trace.model import STATUSES, MessageTrace, RecipientFate
 
 DAY_US: Final = 86400 * 1_000_000
@@ -174,21 +174,22 @@ def search(store: Store, spec: SearchSpec, *, retention_days: int, now: int | No
     """One page of messages matching `spec`, newest first."""
     wanted = spec.offset + spec.limit + 1
     matched: list[MessageTrace] = []
-    seen: set[Key] = set()
-    pending: dict[Key, int] = {}
+    seen: set[str] = set()
+    pending: list[str] = []
+    messages = Messages(store)
 
     def flush() -> None:
-        for trace in load(store, pending):
+        for trace in load(store, pending, messages):
             if spec.matches(trace):
                 matched.append(trace)
         pending.clear()
 
     for event in store.iter_events(spec.event_query(), batch=_SCAN_BATCH):
-        key = _key(store, event)
+        key = messages.root(event)
         if key is None or key in seen:
             continue
         seen.add(key)
-        pending[key] = event.ts
+        pending.append(key)
         if len(pending) >= wanted - len(matched):
             flush()
             if len(matched) >= wanted:
@@ -209,11 +210,3 @@ def _in_network(address: str | None, network: ipaddress.IPv4Network | ipaddress.
         return address is not None and ipaddress.ip_address(address) in network
     except ValueError:
         return False
-
-
-def _key(store: Store, event: Event) -> Key | None:
-    """The message of a matching event; a mailbox server's delivery or access joins the delivery that handed it over."""
-    key = message_key(event)
-    if key is None or key[0] == "ref":
-        return key
-    return upstream_key(store, event) or key
