@@ -66,6 +66,10 @@ FIELDS: Final = (
 )
 
 
+# `json.dumps` with options makes an encoder per call: one, made once, for every event the store writes.
+_DETAIL_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def now_us() -> int:
     """The current time as integer microseconds since the epoch (UTC), the store's time unit."""
     return time.time_ns() // 1000
@@ -131,7 +135,7 @@ class Event:
             self.enhanced_code,
             self.reply,
             self.reason,
-            json.dumps(self.detail, separators=(",", ":"), ensure_ascii=False) if self.detail else None,
+            _DETAIL_JSON(self.detail) if self.detail else None,
             self.size,
             self.evidence,
             self.message_key,

@@ -55,14 +55,15 @@ TWO_TRANSACTIONS = [
 ]
 
 
-def pop3_fetch_and_delete(tmp_path: Path, store: SqliteStore) -> None:
+def pop3_session(tmp_path: Path, store: SqliteStore, mailbox: str, commands: list[bytes]) -> None:
+    """A POP3 client of `mailbox` (password "secret") sending `commands` after logging in."""
     port = free_port()
     config = Config(
         pop3={"listen": [f"127.0.0.1:{port}"], "allow_plaintext_auth": True},  # type: ignore[arg-type]
         mail={"domains": ["example.test"], "maildir_root": str(tmp_path / "var" / "mail")},  # type: ignore[arg-type]
         base_dir=tmp_path,
     )
-    store.set_password("bob@example.test", hash_password("secret"))
+    store.set_password(mailbox, hash_password("secret"))
 
     async def session() -> None:
         server = Pop3Server(config, store, refs=RefGenerator("test", wait_for_fresh_second=False), tls_context=None)
@@ -70,7 +71,7 @@ def pop3_fetch_and_delete(tmp_path: Path, store: SqliteStore) -> None:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             await reader.readline()
-            for command in (b"USER bob@example.test", b"PASS secret", b"RETR 1", b"DELE 1", b"QUIT"):
+            for command in [b"USER " + mailbox.encode(), b"PASS secret", *commands]:
                 writer.write(command + b"\r\n")
                 line = await reader.readline()
                 if command.startswith(b"RETR") and line.startswith(b"+OK"):
@@ -89,7 +90,7 @@ def test_the_gateway_and_pop3_stamp_the_transactions_ref_and_leave_the_connectio
     try:
         replies = run_gateway(tmp_path, store, TWO_TRANSACTIONS)
         assert replies[3].startswith("550 5.1.1") and replies[-2].startswith("250 2.0.0"), replies
-        pop3_fetch_and_delete(tmp_path, store)
+        pop3_session(tmp_path, store, "bob@example.test", [b"RETR 1", b"DELE 1", b"QUIT"])
         gateway = [h for h in store.handed if h[0] == "gateway"]
         connection = [(kind, key) for _, kind, _, key in gateway if kind in ("connect", "helo", "disconnect")]
         assert connection == [("connect", None), ("helo", None), ("disconnect", None)]

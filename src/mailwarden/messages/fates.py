@@ -65,18 +65,22 @@ class _Fates:
     """Recipient states while walking a message's events in order."""
 
     by_address: dict[str, RecipientFate] = field(default_factory=dict)
+    by_mailbox: dict[str, RecipientFate] = field(default_factory=dict)  # the first recipient stored in each
     acknowledged: set[str] = field(default_factory=set)  # got our 250 after DATA
 
     def get(self, address: str) -> RecipientFate:
+        """The recipient of that address, or of that mailbox (an alias delivered under its mailbox's name)."""
         lowered = address.lower()
-        fate = self.by_address.get(lowered)
+        fate = self.by_address.get(lowered) or self.by_mailbox.get(lowered)
         if fate is None:
-            for candidate in self.by_address.values():
-                if (candidate.mailbox or "").lower() == lowered:
-                    return candidate
             fate = RecipientFate(address=address, status="accepted")
             self.by_address[lowered] = fate
         return fate
+
+    def stored_in(self, fate: RecipientFate, mailbox: str | None) -> None:
+        if mailbox:
+            fate.mailbox = mailbox
+            self.by_mailbox.setdefault(mailbox.lower(), fate)
 
     def open(self) -> list[RecipientFate]:
         """Recipients accepted at RCPT whose transaction has not ended yet."""
@@ -119,6 +123,8 @@ def causal_order(events: Iterable[Event]) -> list[tuple[int, Event]]:
     the event can have happened; the event keeps its own stamp.
     """
     ordered = sorted(events, key=lambda e: (e.ts, e.id or 0))
+    if not any(e.kind in _RANK or e.source in MAILBOX_SERVERS for e in ordered):  # by time is all there is
+        return [(e.ts, e) for e in ordered]
     others = [e.ts for e in ordered if e.kind not in _RANK]
     handing = [e for e in ordered if e.kind == "deliver" and not _downstream(e)]
     deliveries: dict[str, list[int]] = {}
@@ -162,7 +168,7 @@ def build(key: str, events: list[Event]) -> MessageTrace:
         if kind == "rcpt" and event.recipient:
             fate = fates.get(event.recipient)
             fate.status, fate.at = "accepted", event.ts
-            fate.mailbox = event.detail.get("mailbox") or fate.mailbox
+            fates.stored_in(fate, event.detail.get("mailbox"))
         elif kind in ("reject", "tempfail", "greylist") and (kind != "greylist" or event.smtp_code):
             if event.recipient:
                 _decide(fates.get(event.recipient), _refusal(event), event)
@@ -182,7 +188,7 @@ def build(key: str, events: list[Event]) -> MessageTrace:
             folder = event.detail.get("folder")
             junk = event.reason == "delivered.junk" or folder == "Junk"
             _decide(fate, "junk" if junk else "delivered", event)
-            fate.mailbox = event.detail.get("mailbox") or fate.mailbox or event.recipient
+            fates.stored_in(fate, event.detail.get("mailbox") or fate.mailbox or event.recipient)
             fate.folder, fate.uid, fate.delivered_at = folder or "INBOX", event.detail.get("uid"), event.ts
             fates.acknowledged.add(fate.address.lower())
         elif kind == "accept":
@@ -224,12 +230,32 @@ def _record_access(fates: _Fates, event: Event) -> None:
 def _summarize(
     key: str, events: list[Event], fates: list[RecipientFate], outcome: RecipientFate | None
 ) -> MessageTrace:
-    ref = key if any(e.ref == key and e.message_key == key for e in events) else None  # our gateway's message
-    own = [e for e in events if e.kind not in ACCESS_KINDS]
-    received = [e for e in events if not _downstream(e)] or events  # what the MTA logged, not the mailbox server
+    """The message's facts from its events, in one pass (it runs for every message a batch of
+    events touches, to keep the index up to date)."""
+    ref: str | None = None
+    received: list[Event] = []  # what the MTA logged, not the mailbox server
+    client_ip = client_name = helo = sender = message_id = queue_id = tls = None
+    size: int | None = None
+    for event in events:
+        if event.message_key == key and event.ref == key:
+            ref = key  # our gateway's message
+        if event.source not in MAILBOX_SERVERS or event.kind not in DOWNSTREAM_KINDS:
+            received.append(event)
+        if event.kind in ACCESS_KINDS:
+            continue
+        client_ip = client_ip or event.client_ip
+        client_name = client_name or event.client_name
+        helo = helo or event.helo
+        sender = sender if sender is not None else event.sender
+        message_id = message_id or event.message_id
+        queue_id = queue_id or event.queue_id
+        tls = tls or event.detail.get("tls")
+        if event.size is not None and event.kind in ("data", "accept"):
+            size = event.size
+    received = received or events
     first = received[0]
     named = next((e for e in received if e.message_key is not None), first)  # not a connection's own event
-    trace = MessageTrace(
+    return MessageTrace(
         id=ref if ref is not None else f"E{named.id}",
         ref=ref,
         events=events,
@@ -237,17 +263,14 @@ def _summarize(
         first_seen=min(e.ts for e in received),
         last_seen=max(e.ts for e in events),
         node=first.node,
+        client_ip=client_ip,
+        client_name=client_name,
+        helo=helo,
+        tls=tls,
+        sender=sender,
+        message_id=message_id,
+        queue_id=queue_id,
+        size=size,
         outcome=outcome,
         key=key,
     )
-    for event in own:
-        trace.client_ip = trace.client_ip or event.client_ip
-        trace.client_name = trace.client_name or event.client_name
-        trace.helo = trace.helo or event.helo
-        trace.sender = trace.sender if trace.sender is not None else event.sender
-        trace.message_id = trace.message_id or event.message_id
-        trace.queue_id = trace.queue_id or event.queue_id
-        trace.tls = trace.tls or event.detail.get("tls")
-        if event.kind in ("data", "accept") and event.size is not None:
-            trace.size = event.size
-    return trace

@@ -233,18 +233,24 @@ def root_of(key: str, edges: Edges) -> str:
 
 @dataclass
 class Component:
-    """A message: its root key, every key linked to it, and the links between them."""
+    """A message: its root key and every key linked to it."""
 
     root: str
     keys: set[str]
-    links: list[Link]
 
 
 def component(key: str, load_links: Callable[[Sequence[str]], Iterable[Link]]) -> Component:
     """The linked keys around `key` and their root, reading the links of each key once."""
+    return components([key], load_links)[key]
+
+
+def components(keys: Iterable[str], load_links: Callable[[Sequence[str]], Iterable[Link]]) -> dict[str, Component]:
+    """The message of each of `keys`: the keys linked to it and their root (all read together,
+    a round of link reads per hop rather than per key)."""
     links: set[Link] = set()
-    known = {key}
-    frontier = [key]
+    known = set(keys)
+    wanted = sorted(known)
+    frontier = wanted
     while frontier:
         links.update(load_links(frontier))
         edges = upstream_edges(links)
@@ -256,10 +262,9 @@ def component(key: str, load_links: Callable[[Sequence[str]], Iterable[Link]]) -
         frontier = sorted(linked - known)
         known = linked
     edges = upstream_edges(links)
-    root = root_of(key, edges)
-    members = {each for each in known if root_of(each, edges) == root}
-    return Component(root, members, sorted(links, key=_order))
-
-
-def _order(link: Link) -> tuple[str, str, bool]:
-    return (link.handle, link.message_key, link.upstream)
+    roots = {each: root_of(each, edges) for each in known}
+    members: dict[str, set[str]] = {}
+    for each, root in roots.items():
+        members.setdefault(root, set()).add(each)
+    found = {root: Component(root, keys) for root, keys in members.items()}
+    return {key: found[roots[key]] for key in wanted}

@@ -13,6 +13,7 @@ from typing import Any
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
+from mailwarden.messages.index import IndexRow
 from mailwarden.messages.keys import Link
 from mailwarden.store.accounts import AccountStore
 
@@ -71,6 +72,42 @@ class EventQuery:
     message_id_prefix: str | None = None  # Message-IDs starting with it (Dovecot logs long ones cut)
     message_keys: Sequence[str] = ()
     keyless: bool = False
+
+
+@dataclass(frozen=True)
+class IndexQuery:
+    """Filters on the message index; a message matches when one of its rows (recipients) meets them all.
+
+    Addresses and domains match without regard to case; `client_network` is an address or CIDR
+    network; `message_key` a message's key (our ref is its message's key); `queue_id` names any
+    hop of a message (a content filter's re-injection too). Times bound the message's first
+    event. `allowed_domains` scopes everything to the recipients of those domains (a customer's
+    view): no other filter reaches past it, and an empty set finds nothing; None is unscoped.
+    """
+
+    since_us: int | None = None
+    until_us: int | None = None
+    status: str | None = None
+    reason: str | None = None
+    sender: str | None = None
+    sender_domain: str | None = None
+    sender_contains: str | None = None
+    recipient: str | None = None
+    recipient_domain: str | None = None
+    recipient_contains: str | None = None
+    client_network: str | None = None
+    message_key: str | None = None
+    message_id: str | None = None
+    queue_id: str | None = None
+    allowed_domains: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    """A page of messages from the index: all their matching rows, newest message first."""
+
+    rows: list[IndexRow]
+    after: tuple[int, str] | None  # where the next page begins (first_seen, key of the last message); None: no more
 
 
 @dataclass(frozen=True)
@@ -306,6 +343,25 @@ class Store(AccountStore, ABC):
     @abstractmethod
     def purge_events(self, before_us: int) -> int:
         """Delete events older than `before_us`; return how many went."""
+
+    @abstractmethod
+    def index_page(
+        self, query: IndexQuery, *, limit: int, after: tuple[int, str] | None = None, offset: int = 0
+    ) -> IndexPage:
+        """`limit` messages matching `query`, newest first, after the message `after` (a keyset
+        position, which costs the same on every page) or after skipping `offset` messages."""
+
+    @abstractmethod
+    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+        """How many rows (recipients of messages) match `query`, by status and reason."""
+
+    @abstractmethod
+    def reindex(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuild the message index from the events (`progress` is told how many were folded); the rows written."""
+
+    @abstractmethod
+    def count_events(self) -> int:
+        """How many events belong to a message (what `reindex` folds)."""
 
     @abstractmethod
     def oldest_event_us(self) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import re
 import sqlite3
 import sys
 import threading
@@ -20,12 +21,14 @@ from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.messages.keys import Link
-from mailwarden.store import sqlite_messages
+from mailwarden.store import sqlite_index, sqlite_messages
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
     GreylistEntry,
+    IndexPage,
+    IndexQuery,
     Mailbox,
     Position,
     Store,
@@ -33,7 +36,8 @@ from mailwarden.store.base import (
 )
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import SqliteAccounts
-from mailwarden.store.sqlite_messages import MessageBook, event_rows
+from mailwarden.store.sqlite_index import MessageIndex
+from mailwarden.store.sqlite_messages import ROWS_PER_STATEMENT, MessageBook, event_rows, insert_rows
 
 Migration = str | Callable[[sqlite3.Connection], None]  # an SQL script, or a step over the data
 
@@ -127,30 +131,73 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
     ),
     # Events stored before message keys get theirs (and their links) by the old correlation rules, once.
     ("message_keys_of_earlier_events", sqlite_messages.stamp_earlier_events),
+    (
+        # One row per message and recipient (messages/index.py), kept up to date by the writer;
+        # `message_roots` names the message (root) of every key linked under another one.
+        "message_index",
+        """
+    CREATE TABLE message_roots (key TEXT PRIMARY KEY, root TEXT NOT NULL) WITHOUT ROWID;
+    CREATE INDEX message_roots_root ON message_roots (root);
+    CREATE TABLE message_index (
+        message_key TEXT NOT NULL, recipient TEXT NOT NULL COLLATE NOCASE,
+        first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, node TEXT NOT NULL,
+        sender TEXT COLLATE NOCASE, sender_domain TEXT COLLATE NOCASE, recipient_domain TEXT COLLATE NOCASE,
+        client_ip TEXT, message_id TEXT, ref TEXT, queue_id TEXT,
+        status TEXT NOT NULL, reason TEXT, smtp_code INTEGER, size INTEGER,
+        PRIMARY KEY (message_key, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_index_seen ON message_index (first_seen);
+    CREATE INDEX message_index_recipient ON message_index (recipient, first_seen);
+    CREATE INDEX message_index_recipient_domain ON message_index (recipient_domain, first_seen, status, reason);
+    CREATE INDEX message_index_sender ON message_index (sender, first_seen);
+    CREATE INDEX message_index_sender_domain ON message_index (sender_domain, first_seen);
+    CREATE INDEX message_index_client ON message_index (client_ip, first_seen);
+    CREATE INDEX message_index_message_id ON message_index (message_id) WHERE message_id IS NOT NULL;
+    CREATE INDEX message_index_reason ON message_index (reason, first_seen) WHERE reason IS NOT NULL;
+    """,
+    ),
+    # A store with events gets its index built from them, once (`mailwarden store reindex` does it again).
+    ("message_index_of_earlier_events", sqlite_index.index_earlier_events),
+    (
+        # Searches run on the message index: the events keep the indexes a timeline and the writers
+        # need (by message key, time, ref; a connection's and a mailbox login's own events; our
+        # gateway's Message-IDs for the proxy's duplicate check). Each message's queue files are in
+        # `message_queues` (a re-injection's too; a restarted follower finds an open life there).
+        "events_timeline_indexes",
+        """
+    DROP INDEX IF EXISTS events_session;
+    DROP INDEX IF EXISTS events_message_id;
+    DROP INDEX IF EXISTS events_client_ip;
+    DROP INDEX IF EXISTS events_queue_id;
+    DROP INDEX IF EXISTS events_recipient_nocase;
+    DROP INDEX IF EXISTS events_sender_nocase;
+    DROP INDEX IF EXISTS events_recipient_domain;
+    DROP INDEX IF EXISTS events_reason;
+    CREATE INDEX events_connection ON events (node, session) WHERE message_key IS NULL AND session IS NOT NULL;
+    CREATE INDEX events_login ON events (recipient COLLATE NOCASE, ts) WHERE message_key IS NULL AND recipient IS NOT NULL;
+    CREATE INDEX events_gateway_message_id ON events (message_id) WHERE source = 'gateway' AND message_id IS NOT NULL;
+    CREATE TABLE message_queues (
+        queue_id TEXT NOT NULL, node TEXT NOT NULL, message_key TEXT NOT NULL, last_us INTEGER NOT NULL,
+        PRIMARY KEY (queue_id, node, message_key)
+    ) WITHOUT ROWID;
+    INSERT INTO message_queues (queue_id, node, message_key, last_us)
+        SELECT queue_id, node, message_key, max(ts) FROM events
+        WHERE queue_id IS NOT NULL AND message_key IS NOT NULL AND source != 'dovecot'
+        GROUP BY queue_id, node, message_key;
+    """,
+    ),
 ]
 
-_ROWS_PER_INSERT: Final = 50  # one statement for many rows (1,000 parameters; SQLite allows 32,766)
-
-
-@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
-def _insert(rows: int) -> str:
-    values = "(" + ", ".join("?" for _ in FIELDS) + ")"
-    return f"INSERT INTO events ({', '.join(FIELDS)}) VALUES {', '.join(values for _ in range(rows))}"
+_INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"
 
 
 def _insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
-    """Insert in statements of many rows, not one statement per row, and give the events their ids.
-
-    The sqlite3 module lets go of the GIL for every step, and the writer thread then waits for
-    the busy event loop to give it back, once per row: under smtp-source a commit took 6 ms
-    (median) with a row per step and 2.6 ms with 50 rows per step. The rows of a statement get
-    consecutive ids (one writer, no AUTOINCREMENT: each row gets the largest id plus one).
-    """
-    for start in range(0, len(events), _ROWS_PER_INSERT):
-        chunk = events[start : start + _ROWS_PER_INSERT]
-        cursor = conn.execute(_insert(len(chunk)), [value for event in chunk for value in event.to_row()])
-        last = cursor.lastrowid
-        assert last is not None
+    """Insert many rows per statement (`sqlite_messages.insert_rows`), and give the events their ids:
+    the rows of a statement get consecutive ids (one writer, no AUTOINCREMENT: each row gets the
+    largest id plus one)."""
+    for start in range(0, len(events), ROWS_PER_STATEMENT):
+        chunk = events[start : start + ROWS_PER_STATEMENT]
+        last = insert_rows(conn, _INSERT_EVENTS, [event.to_row() for event in chunk])
         for offset, event in enumerate(chunk, last - len(chunk) + 1):
             event.id = offset
 
@@ -160,6 +207,7 @@ _FOUND_LIMIT: Final = 100_000
 _SELECT = f"SELECT id, {', '.join(FIELDS)} FROM events"
 _PURGE_SLICE: Final = 20_000
 _BULK_CACHE_KIB: Final = 256 * 1024  # the writer's page cache during bulk imports (measured: 1.5x events/s)
+_SOURCE_NAME: Final = re.compile(r"[a-z0-9_-]{1,32}")
 _EXACT: Final = ("ref", "session", "node", "source", "message_id", "client_ip", "queue_id", "reason")
 _ANY_OF: Final = (
     ("ids", "id"),
@@ -190,7 +238,11 @@ def _where(query: EventQuery) -> tuple[str, list[Any]]:
         _in("kind", query.kinds, clauses, params)
     for name in _EXACT:
         value = getattr(query, name)
-        if value is not None:
+        if value is None:
+            continue
+        if name == "source" and _SOURCE_NAME.fullmatch(value):
+            clauses.append(f"source = '{value}'")  # a literal: an index kept for one source applies
+        else:
             clauses.append(f"{name} = ?")
             params.append(value)
     for name in ("recipient", "sender"):
@@ -222,34 +274,18 @@ def _where(query: EventQuery) -> tuple[str, list[Any]]:
     if query.recipients:
         clauses.append(f"recipient COLLATE NOCASE IN ({', '.join('?' for _ in query.recipients)})")
         params.extend(query.recipients)
-    if query.sessions:
-        pairs = " OR ".join("(node = ? AND session = ?)" for _ in query.sessions)
-        clauses.append(f"({pairs})")
+    if query.sessions:  # by node: one node's sessions are one index search (an OR of pairs is a scan)
+        by_node: dict[str, list[str]] = {}
         for node, session in query.sessions:
-            params.extend([node, session])
+            by_node.setdefault(node, []).append(session)
+        groups = []
+        for node, sessions in by_node.items():
+            groups.append(f"node = ? AND session IN ({', '.join('?' for _ in sessions)})")
+            params.extend([node, *sessions])
+        clauses.append(groups[0] if len(groups) == 1 else "(" + " OR ".join(f"({g})" for g in groups) + ")")
     if query.client_network is not None:
-        _network_clause(query.client_network, clauses, params)
+        sqlite_index.network_clause(query.client_network, clauses, params)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _network_clause(text: str, clauses: list[str], params: list[Any]) -> None:
-    """A single address matches exactly; a network by a text-prefix range (index) plus an exact test."""
-    try:
-        network = ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise StoreError(f"{text!r} is not an IP address or network (e.g. 192.0.2.7 or 192.0.2.0/24)") from None
-    if network.num_addresses == 1:
-        clauses.append("client_ip = ?")
-        params.append(str(network.network_address))
-        return
-    if network.version == 4:
-        whole_octets = network.prefixlen // 8
-        prefix = ".".join(str(network.network_address).split(".")[:whole_octets])
-        if prefix:
-            clauses.append("client_ip >= ? AND client_ip < ?")
-            params.extend([prefix + ".", prefix + "/"])  # "/" sorts right after "."
-    clauses.append("mw_ip_in(client_ip, ?)")
-    params.append(str(network))
 
 
 @functools.lru_cache(maxsize=64)
@@ -355,6 +391,7 @@ class SqliteStore(SqliteAccounts, Store):
         self._starting = threading.Lock()
         self._writer_conn: sqlite3.Connection | None = None
         self._book: MessageBook | None = None
+        self._index: MessageIndex | None = None
         self._writer: BatchWriter | None = None
         self._bulk = False  # a bulk import writes here: the writer keeps more index pages in memory
         self._bulk_cache = False
@@ -367,14 +404,15 @@ class SqliteStore(SqliteAccounts, Store):
                 if self._writer is None:
                     self._writer_conn = _connect(self.path)
                     self._book = MessageBook(self._writer_conn)
+                    self._index = MessageIndex(self._writer_conn)
                     self._writer = BatchWriter(
                         self._write_batch, self._batch_interval, f"store-writer:{self.path.name}"
                     )
         return self._writer
 
     def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
-        assert self._writer_conn is not None and self._book is not None
-        conn, book = self._writer_conn, self._book
+        assert self._writer_conn is not None and self._book is not None and self._index is not None
+        conn, book, index = self._writer_conn, self._book, self._index
         if self._bulk and not self._bulk_cache:  # nine indexes over a growing table: 2 MiB of pages thrash
             conn.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
             self._bulk_cache = True
@@ -382,8 +420,11 @@ class SqliteStore(SqliteAccounts, Store):
         try:
             book.stamp(events)
             _insert_events(conn, events)
-            book.record_links(events)
-            book.hint_links(events)
+            book.record_queues(events)
+            index.update(events, book.record_links(events))
+            hinted = book.hint_links(events)  # looks at the index (this batch's messages too)
+            if hinted:
+                index.update((), hinted)
             if positions:
                 conn.executemany(
                     "INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?) "
@@ -393,6 +434,7 @@ class SqliteStore(SqliteAccounts, Store):
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            index.forget()  # it folded what was rolled back
             raise
 
     def append(self, event: Event) -> None:
@@ -448,9 +490,39 @@ class SqliteStore(SqliteAccounts, Store):
                 total += cursor.rowcount
             if cursor.rowcount < _PURGE_SLICE:
                 break
-        with self._reading() as conn:
+        with self._reading() as conn:  # what the purged events were the only evidence of
+            conn.execute("DELETE FROM message_index WHERE last_seen < ?", (before_us,))
             conn.execute("DELETE FROM message_links WHERE ts < ?", (before_us,))
+            conn.execute("DELETE FROM message_roots WHERE key NOT IN (SELECT message_key FROM message_links)")
         return total
+
+    def index_page(
+        self, query: IndexQuery, *, limit: int, after: tuple[int, str] | None = None, offset: int = 0
+    ) -> IndexPage:
+        with self._reading() as conn:
+            return sqlite_index.page(conn, query, limit, after, offset)
+
+    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+        with self._reading() as conn:
+            return sqlite_index.counts(conn, query)
+
+    def reindex(self, progress: Callable[[int], None] | None = None) -> int:
+        self.flush()
+        with self._reading() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                written = sqlite_index.rebuild(conn, progress)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if self._index is not None:
+            self._index.forget()
+        return written
+
+    def count_events(self) -> int:
+        with self._reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])
 
     def oldest_event_us(self) -> int | None:
         with self._reading() as conn:

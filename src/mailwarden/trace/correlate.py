@@ -19,11 +19,13 @@ from mailwarden.events import Event
 from mailwarden.messages.fates import build, causal_order
 from mailwarden.messages.keys import ACCESS_KINDS, MAILBOX_SERVERS, Component, component
 from mailwarden.store import EventQuery, Store
+from mailwarden.store.base import IndexQuery
 from mailwarden.trace.model import Attempt, MessageTrace
 
 ATTEMPT_BEFORE_US: Final = 2 * 86400 * 1_000_000  # earlier tries of the same sender and recipient
 ATTEMPT_AFTER_US: Final = 5 * 86400 * 1_000_000  # the sender's retries (RFC 5321 4.5.4.1: give up after 4-5 days)
 _BATCH: Final = 200
+_ATTEMPTS: Final = 100  # other transactions of one sender and recipient looked at
 
 
 class Messages:
@@ -98,7 +100,10 @@ def _add_connections(store: Store, groups: dict[str, dict[int, Event]]) -> None:
         for event in events.values():
             if event.session and event.kind not in ACCESS_KINDS and event.source not in MAILBOX_SERVERS | {"pop3"}:
                 owners.setdefault((event.node, event.session), []).append(root)
-    for chunk in _chunks(list(owners)):
+    by_node: dict[str, list[tuple[str, str]]] = {}
+    for pair in owners:
+        by_node.setdefault(pair[0], []).append(pair)
+    for chunk in (chunk for pairs in by_node.values() for chunk in _chunks(pairs)):  # one node per query
         for event in store.query_events(EventQuery(sessions=chunk, keyless=True)):
             assert event.session is not None and event.id is not None
             for root in set(owners.get((event.node, event.session), [])):
@@ -111,18 +116,15 @@ def link_attempts(store: Store, trace: MessageTrace) -> None:
     if trace.sender is None:
         return
     for fate in trace.recipients:
-        query = EventQuery(
+        query = IndexQuery(
             recipient=fate.address,
             sender=trace.sender,
             since_us=trace.first_seen - ATTEMPT_BEFORE_US,
             until_us=trace.first_seen + ATTEMPT_AFTER_US,
-            kinds=("rcpt", "reject", "tempfail", "greylist", "deliver"),
-            limit=500,
         )
-        messages = Messages(store)
-        roots = (messages.root(event) for event in store.query_events(query))
-        others = sorted({root for root in roots if root is not None and root != trace.key})
-        for other in load(store, others, messages) if others else []:
+        rows = store.index_page(query, limit=_ATTEMPTS).rows
+        others = sorted({row.message_key for row in rows if row.message_key != trace.key})
+        for other in load(store, others) if others else []:
             other_fate = other.fate(fate.address)
             if other_fate is None:
                 continue
