@@ -26,6 +26,7 @@ from mailwarden.messages.index import INDEX_FIELDS
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace.correlate import load
 from tests.support.corpora import all_lines
+from tests.support.mailwarden import BASE_ORDER
 from tests.unit.test_gateway_in_process import MESSAGE, run_gateway
 from tests.unit.test_message_keys import FILTERED, MX1, STORE1
 from tests.unit.test_message_keys_writers import pop3_session
@@ -175,7 +176,8 @@ def test_a_gateway_run_with_every_outcome_keeps_the_index_a_rebuild_makes(tmp_pa
     store = SqliteStore(tmp_path / "store.db", batch_interval=0.001)
     try:
         store.add_mailbox("carol@example.test", "x")
-        services = Services(config=Config(base_dir=tmp_path), store=store, local_domains=frozenset({"example.test"}))
+        config = Config(base_dir=tmp_path, checks={"order": list(BASE_ORDER)})  # type: ignore[arg-type]  # no DNS checks
+        services = Services(config=config, store=store, local_domains=frozenset({"example.test"}))
         chain = CheckChain([*build_chain(services).checks, Filing()], timeout=5)
         script = [
             b"EHLO client.sender.test\r\n",
