@@ -104,18 +104,25 @@ class ConnectInfo:
     address: str
 
 
-async def read_packet(reader: asyncio.StreamReader, max_packet: int) -> tuple[int, bytes]:
-    """The next packet as (command, data); `IncompleteReadError` when the peer closed in between."""
-    (length,) = HEAD.unpack(await reader.readexactly(4))
+async def read_packet(
+    reader: asyncio.StreamReader, max_packet: int, limits: Mapping[int, int] | None = None
+) -> tuple[int, bytes]:
+    """The next packet as (command, data); `IncompleteReadError` when the peer closed in between.
+
+    A packet longer than `max_packet` (or its command's entry in `limits`) is refused before it
+    is read, so a length of 2 GB costs nothing.
+    """
+    head = await reader.readexactly(HEAD.size + 1)
+    (length,) = HEAD.unpack_from(head)
+    command = head[HEAD.size]
     if length == 0:
         raise ProtocolError("a packet of length 0 (it must hold at least its command byte)")
-    if length > max_packet:
-        raise ProtocolError(f"a packet of {length} bytes, more than the {max_packet} allowed")
-    packet = await reader.readexactly(length)
-    command = packet[0]
     if command not in COMMANDS:
         raise ProtocolError(f"unknown command {printable_byte(command)}")
-    return command, packet[1:]
+    limit = (limits or {}).get(command, max_packet)
+    if length > limit:
+        raise ProtocolError(f"a {printable_byte(command)} packet of {length} bytes, more than the {limit} allowed")
+    return command, await reader.readexactly(length - 1) if length > 1 else b""
 
 
 def printable_byte(value: int) -> str:
@@ -166,12 +173,12 @@ def connect_info(data: bytes) -> ConnectInfo:
     return ConnectInfo(hostname, family, port, address)
 
 
-def header(data: bytes) -> tuple[str, str]:
-    """(name, value) of a HEADER; the value as Postfix sends it (folded lines joined by LF)."""
-    name, value = strings(data, 2)
-    if not name:
-        raise ProtocolError("a HEADER without a name")
-    return name, value
+def header(data: bytes) -> tuple[str, bytes]:
+    """(name, value) of a HEADER; the value's bytes as Postfix sends them (folded lines joined by LF)."""
+    end = data.find(b"\0")
+    if end <= 0 or not data.endswith(b"\0") or data.count(b"\0") != 2:
+        raise ProtocolError("a HEADER that is not a name and a value, each ending with NUL")
+    return data[:end].decode("utf-8", "replace"), data[end + 1 : -1]
 
 
 # ---------------------------------------------------------------------------- encoding

@@ -1,0 +1,284 @@
+"""The milter server: Postfix asks at each stage of its SMTP session, the gateway's checks answer.
+
+One connection per SMTP session (Postfix opens it when its client connects). We negotiate
+version 6, name the macros we want per stage (so `milter_*_macros` need not change) and ask for
+no reply where our answer cannot change anything yet (HELO: a refusal waits for RCPT, as in the
+gateway; headers and body: they are only spooled). The stages map onto the gateway's handler
+(`mta/session.HostedConnection`): CONNECT, HELO, MAIL and RCPT as they come; the header fields
+and body are written to a spool exactly as the message will be queued, and the end of the
+message runs the DATA checks (content scanners included) on it. A refusal is a
+`SMFIR_REPLYCODE` with our code, enhanced code, sentence and ref, which Postfix sends to its
+client as it is; an accepted message gets our header fields (`SMFIR_INSHEADER`, forged
+Authentication-Results removed with `SMFIR_CHGHEADER`) and then `SMFIR_CONTINUE`.
+
+Anything that breaks the protocol (a truncated or oversized packet, an unknown command, a
+string without its end, a stage out of order) closes the connection; Postfix then applies
+`milter_default_action` (tempfail: the client gets 451 and retries). So do a timeout and our
+shutdown. Mail is never accepted unchecked because of us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+from mailwarden.config import MilterConfig
+from mailwarden.mta import milter_protocol as wire
+from mailwarden.mta.session import AUTH_RESULTS, HostedConnection, envelope_path
+from mailwarden.mta.sockets import listen
+from mailwarden.smtp.gateway import Gateway
+from mailwarden.smtp.spool import Spool
+
+log = logging.getLogger(__name__)
+
+# The macros we ask for, by the command they come with (Postfix sends none that are not asked for).
+MACROS: Final[Mapping[int, str]] = {
+    wire.CONNECT: "{client_addr} {client_name} {daemon_name} j",
+    wire.HELO: "",
+    wire.MAIL: "i {mail_addr} {auth_authen}",
+    wire.RCPT: "i {rcpt_addr}",
+    wire.DATA: "i",
+    wire.END_OF_HEADERS: "i",
+    wire.END_OF_MESSAGE: "i",
+}
+ACTIONS: Final = wire.ADD_HEADERS | wire.CHANGE_HEADERS | wire.SET_SYMBOL_LIST
+# Stages whose answer cannot change anything: no reply, so Postfix goes on at once.
+NO_REPLY: Final[Mapping[int, int]] = {
+    wire.HELO: wire.NR_HELO,
+    wire.DATA: wire.NR_DATA,
+    wire.HEADER: wire.NR_HEADER,
+    wire.END_OF_HEADERS: wire.NR_END_OF_HEADERS,
+    wire.BODY: wire.NR_BODY,
+    wire.UNKNOWN: wire.NR_UNKNOWN,
+}
+OPTIONS: Final = wire.HEADER_LEADING_SPACE | wire.NO_UNKNOWN | sum(NO_REPLY.values())
+VERBS: Final[Mapping[int, str]] = {wire.CONNECT: "CONNECT", wire.MAIL: "MAIL", wire.RCPT: "RCPT"}
+
+
+class MilterServer:
+    def __init__(self, gateway: Gateway, settings: MilterConfig) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.conversations: set[Conversation] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+
+    async def start(self) -> list[str]:
+        self._servers, bound = await listen(
+            self.gateway.config, self.settings.listen, self.settings.socket_mode, self._serve, role="milter"
+        )
+        return bound
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conversation = Conversation(self, reader, writer)
+        self.conversations.add(conversation)
+        try:
+            await conversation.run()
+        finally:
+            self.conversations.discard(conversation)
+
+    async def stop(self) -> None:
+        """Stop listening and hang up; Postfix applies milter_default_action to sessions still open.
+
+        A message whose end is being decided is finished first (the gateway's `stop` waits for it).
+        """
+        for server in self._servers:
+            server.close()
+        for conversation in list(self.conversations):
+            conversation.hang_up()
+        for server in self._servers:
+            await server.wait_closed()
+
+
+class Conversation:
+    """One milter connection: one SMTP session of Postfix's (or several, after QUIT_NC)."""
+
+    def __init__(self, server: MilterServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.handler = HostedConnection(server.gateway, "milter", hold_events=True)
+        self.options = 0  # negotiated SMFIP_* flags
+        self.negotiated = False
+        self.connected = False
+        self.spool: Spool | None = None
+        self.quit = False
+        self.closing = False
+        self.macros: Mapping[str, str] = {}  # the latest MACRO packet's (they come before their command)
+        self._early_refusal: str | None = None
+        self._finishing: asyncio.Task[str] | None = None
+
+    def hang_up(self) -> None:
+        self.closing = True
+        if self._finishing is None:  # a message being decided is answered first, then the loop ends
+            self.writer.close()
+
+    async def run(self) -> None:
+        settings = self.server.settings
+        limits = {wire.MACRO: settings.max_macros}
+        try:
+            while not self.quit and not self.closing:
+                async with asyncio.timeout(settings.timeout):
+                    command, data = await wire.read_packet(self.reader, settings.max_packet, limits)
+                await self._dispatch(command, data)
+                await self.writer.drain()
+        except wire.ProtocolError as error:
+            self._broken(f"protocol error: {error}", logging.WARNING)
+        except TimeoutError:
+            self._broken(f"Postfix was silent for {settings.timeout:g} seconds", logging.INFO)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self.connected:
+                self._broken("Postfix closed the connection", logging.DEBUG)
+        finally:
+            self._discard_spool()
+            if self.connected:
+                self.handler.on_disconnect(lost=not self.quit)
+            self.writer.close()
+
+    def _broken(self, problem: str, level: int) -> None:
+        log.log(level, "milter connection closed: %s (session %s)", problem, self.handler.session.id or "-")
+        self.handler.problem = problem
+
+    async def _dispatch(self, command: int, data: bytes) -> None:
+        if command == wire.NEGOTIATE and not self.connected:  # also again after QUIT_NC
+            self._negotiate(wire.negotiation(data))
+            return
+        if not self.negotiated:
+            raise wire.ProtocolError(f"{wire.printable_byte(command)} before the negotiation")
+        if command == wire.MACRO:
+            _, values = wire.macros(data)
+            self._learn(values)
+        elif command == wire.CONNECT:
+            await self._connect(wire.connect_info(data))
+        elif command in (wire.HEADER, wire.END_OF_HEADERS, wire.BODY, wire.END_OF_MESSAGE, wire.DATA):
+            await self._content(command, data)
+        elif command in (wire.HELO, wire.MAIL, wire.RCPT):
+            if not self.connected:
+                raise wire.ProtocolError(f"{wire.printable_byte(command)} before CONNECT")
+            await self._envelope(command, data)
+        elif command == wire.ABORT:
+            self._discard_spool()
+            self.handler.on_rset()
+        elif command == wire.QUIT:
+            self.quit = True
+        elif command == wire.QUIT_NEW_CONNECTION:  # the next SMTP session follows on this connection
+            self.handler.quit_seen = True
+            if self.connected:
+                self.handler.on_disconnect(lost=False)
+            self._discard_spool()
+            self.handler = HostedConnection(self.server.gateway, "milter", hold_events=True)
+            self.connected = False
+        elif command == wire.UNKNOWN:
+            self._reply_if_due(command, wire.packet(wire.CONTINUE))
+        else:  # OPTNEG within a session
+            raise wire.ProtocolError(f"{wire.printable_byte(command)} within a session")
+
+    def _negotiate(self, offer: wire.Negotiation) -> None:
+        if offer.version < wire.VERSION:
+            raise wire.ProtocolError(f"milter protocol {offer.version} offered; set milter_protocol = 6 in main.cf")
+        self.options = OPTIONS & offer.options
+        actions = ACTIONS & offer.actions
+        self.negotiated = True
+        self.writer.write(wire.negotiation_reply(actions, self.options, MACROS))
+
+    def _learn(self, values: Mapping[str, str]) -> None:
+        queue_id = values.get("i")
+        if queue_id:
+            self.handler.learn_queue_id(queue_id)
+        for name in ("{client_name}", "{daemon_name}", "{auth_authen}"):
+            if values.get(name):
+                self.handler.mta[name.strip("{}")] = values[name]
+        self.macros = values
+
+    async def _connect(self, info: wire.ConnectInfo) -> None:
+        if self.connected:
+            raise wire.ProtocolError("a second CONNECT in one session")
+        self.connected = True
+        address = self.macros.get("{client_addr}") or (info.address if info.family in "46" else "")
+        port = info.port if info.family in "46" else 0
+        reply, accepted = await self.handler.on_connect(address, port)
+        refusal = None if accepted else self.handler.answer(reply, "CONNECT")
+        self.writer.write(wire.packet(wire.CONTINUE) if refusal is None else wire.reply_code(refusal))
+
+    async def _envelope(self, command: int, data: bytes) -> None:
+        handler = self.handler
+        if command == wire.HELO:
+            (name,) = wire.strings(data, 1)
+            handler.count("HELO")
+            await handler.on_helo(name, esmtp=True)  # Postfix does not say which; a refusal waits for RCPT
+            self._reply_if_due(command, wire.packet(wire.CONTINUE))
+            return
+        arguments = wire.strings(data)
+        if command == wire.MAIL:
+            handler.count("MAIL")
+            reply = await handler.on_mail(envelope_path(arguments, "FROM"))
+        else:
+            handler.count("RCPT")
+            reply = await handler.on_rcpt(envelope_path(arguments, "TO"))
+        refusal = handler.answer(reply, VERBS[command])
+        self.writer.write(wire.packet(wire.CONTINUE) if refusal is None else wire.reply_code(refusal))
+
+    async def _content(self, command: int, data: bytes) -> None:
+        """DATA, header fields, their end, body chunks: spooled as the message will be queued; then the verdict."""
+        handler = self.handler
+        if handler.txn is None:
+            raise wire.ProtocolError(f"{wire.printable_byte(command)} outside a transaction")
+        if self.spool is None:
+            handler.count("DATA")
+            refusal = await handler.on_data_start()
+            self.spool = handler.new_spool()
+            if refusal is not None:  # no recipient of ours (Postfix sends DATA only after one): said at the end
+                self._early_refusal = refusal
+        spool = self.spool
+        if command == wire.HEADER:
+            name, value = wire.header(data)
+            if name.lower() == AUTH_RESULTS.lower():
+                handler.auth_results_at.append(spool.received)
+            if not self.options & wire.HEADER_LEADING_SPACE:
+                value = b" " + value
+            # Postfix joins folded lines with LF; the queued message has CRLF, and so has the spool.
+            spool.write(name.encode("utf-8", "replace") + b":" + value.replace(b"\n", b"\r\n") + b"\r\n")
+        elif command == wire.END_OF_HEADERS:
+            spool.write(b"\r\n")
+        elif command in (wire.BODY, wire.END_OF_MESSAGE):
+            spool.write(data)
+        if command != wire.END_OF_MESSAGE:
+            self._reply_if_due(command, wire.packet(wire.CONTINUE))
+            return
+        spool.finish()
+        self.spool = None
+        early, self._early_refusal = self._early_refusal, None
+        if early is not None:
+            spool.discard()
+            reply = early
+        else:
+            # From here on the message is complete: decide and record even if Postfix goes away.
+            self._finishing = handler.gateway.finish_soon(
+                handler.on_data_end(spool, line_too_long=False, bare_newlines=0)
+            )
+            try:
+                reply = await asyncio.shield(self._finishing)
+            finally:
+                self._finishing = None
+        refusal = handler.answer(reply, "DATA")
+        if refusal is None:
+            # With HEADER_LEADING_SPACE Postfix keeps a value as given: the blank after the colon is ours to send.
+            lead = " " if self.options & wire.HEADER_LEADING_SPACE else ""
+            for change in handler.changes:
+                make = wire.insert_header if change.insert else wire.change_header
+                self.writer.write(make(change.index, change.name, lead + change.value if change.value else ""))
+            self.writer.write(wire.packet(wire.CONTINUE))
+        else:
+            self.writer.write(wire.reply_code(refusal))
+        handler.end_transaction()
+
+    def _reply_if_due(self, command: int, reply: bytes) -> None:
+        if not self.options & NO_REPLY.get(command, 0):
+            self.writer.write(reply)
+
+    def _discard_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.discard()
+            self.spool = None
+        self._early_refusal = None
