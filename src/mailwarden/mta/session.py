@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 AUTH_RESULTS = "Authentication-Results"
 UNVERIFIED = "unknown"
-CONNECTION_KINDS = frozenset({"connect", "helo", "disconnect"})  # Postfix's {client_name} when the client's name is not forward-confirmed
+CONNECTION_KINDS = frozenset(
+    {"connect", "helo", "disconnect"}
+)  # Postfix's {client_name} when the client's name is not forward-confirmed
 
 
 @dataclass(frozen=True, slots=True)
