@@ -83,7 +83,7 @@ def milter(
     clamd, rspamd = scanners
     overrides = gateway_config(
         dns,
-        ["dnsbl", "recipients", "size", "content"],
+        ["dnsbl", "sender_domain", "recipients", "size", "content"],
         milter={"listen": [f"unix:{shared_dir / 'milter.sock'}"], "socket_mode": "0666"},
         **{
             "scan.clamd": {"address": str(clamd.socket)},
@@ -108,9 +108,10 @@ def through_postfix(
     message: bytes = MESSAGE,
     *,
     client: str = CLEAN,
+    sender: str = SENDER,
     rcpt: str = "bob@example.test",
 ) -> Attempt:
-    return send(milter, client, "mail.good.test", SENDER, rcpt, message, port=postfix.smtp_port)
+    return send(milter, client, "mail.good.test", sender, rcpt, message, port=postfix.smtp_port)
 
 
 def mail(subject: str, body: str = "Hello Bob,\nsee the attachment.\n", **files: bytes) -> bytes:
@@ -182,6 +183,16 @@ def test_dnsbl_listed_client_is_refused_by_postfix_with_our_text(milter: Mailwar
     # Refused before Postfix opened a queue file: its log says NOQUEUE, with our reply.
     postfix.wait_log(rf"NOQUEUE: milter-reject: RCPT from \S+\[127\.0\.0\.11\]: 554 5\.7\.1 .*ref={reply.ref};")
     assert event["queue_id"] is None
+
+
+def test_a_sender_refusal_is_given_at_rcpt_as_postfix_delays_its_own(milter: Mailwarden, postfix: Postfix) -> None:
+    """MAIL needs no answer from us (one round trip less): its refusal comes with the first RCPT, like smtpd_delay_reject."""
+    attempt = through_postfix(milter, postfix, sender=f"alice@{DOMAINS['null_mx']}")
+    assert [(r.stage, r.code) for r in attempt.replies[2:]] == [("mail", 250), ("rcpt", 550)], attempt.replies
+    reply = attempt.last
+    assert reply.enhanced == "5.7.27" and "null MX" in reply.sentence and reply.ref is not None
+    event = refusal(milter, reply.ref)
+    assert (event["source"], event["reason"], event["detail"]["stage"]) == ("milter", "sender.null_mx", "mail")
 
 
 def test_unknown_recipient_gets_550_5_1_1_with_ref_and_the_others_are_taken(

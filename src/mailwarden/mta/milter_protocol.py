@@ -60,6 +60,7 @@ SET_SYMBOL_LIST: Final = 0x100
 # Protocol options (SMFIP_*): "no reply needed" for a stage, and headers with their leading space.
 NR_CONNECT: Final = 0x1000
 NR_HELO: Final = 0x2000
+NR_MAIL: Final = 0x4000
 NR_DATA: Final = 0x10000
 NR_UNKNOWN: Final = 0x20000
 NR_END_OF_HEADERS: Final = 0x40000
