@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 MAX_PACKET = 65_536
 MAX_MACROS = 4096
+SILENCE = 3.0  # seconds; short, so the test of a silent peer is
 CONNECT = cstrings("[127.0.0.1]") + b"4" + struct.pack("!H", 40000) + cstrings("127.0.0.1")
 
 
@@ -31,7 +32,12 @@ PORT = free_port()
 @pytest.fixture(scope="module")
 def milter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]:
     overrides = {
-        "milter": {"listen": [f"127.0.0.1:{PORT}"], "max_packet": MAX_PACKET, "max_macros": MAX_MACROS},
+        "milter": {
+            "listen": [f"127.0.0.1:{PORT}"],
+            "max_packet": MAX_PACKET,
+            "max_macros": MAX_MACROS,
+            "timeout": SILENCE,
+        },
         "smtp": {"max_message_size": 65_536},
     }
     with running(tmp_path_factory.mktemp("mw"), overrides) as instance:
@@ -116,6 +122,14 @@ def test_bad_input_in_a_session_closes_the_connection_and_says_why(milter: Mailw
             client.sock.shutdown(1)  # SHUT_WR: as a Postfix process that died mid-packet
         assert client.closed_by_filter()
     assert last_problem(milter) == problem
+    still_serving(milter)
+
+
+def test_a_silent_peer_is_hung_up_on_after_milter_timeout(milter: Mailwarden) -> None:
+    client = connected(milter)
+    with client:
+        assert client.closed_by_filter(timeout=30)
+    assert last_problem(milter) == "Postfix was silent for 3 seconds"
     still_serving(milter)
 
 

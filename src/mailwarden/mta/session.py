@@ -49,18 +49,19 @@ class HeaderChange:
     value: str
 
 
-def envelope_path(arguments: list[str], keyword: str) -> EnvelopePath:
+def envelope_path(arguments: list[str], keyword: str, postfix_saw: str | None = None) -> EnvelopePath:
     """MAIL FROM/RCPT TO as Postfix relays them (`<address>` and its ESMTP parameters), read as our server reads them.
 
     Postfix may accept addresses our parser would not (it is more lenient with quotes and
-    spaces); those are taken as Postfix saw them, without parameters, rather than refused again.
+    spaces); those are taken as Postfix saw them (`postfix_saw`: its {mail_addr} or {rcpt_addr}),
+    without parameters, rather than refused again.
     """
     line = f"{keyword}:{' '.join(arguments)}"
     try:
         return parse_path(line, keyword, null_allowed=keyword == "FROM", postmaster_allowed=keyword == "TO")
     except PathSyntaxError:
-        address = arguments[0] if arguments else ""
-        return EnvelopePath(address.removeprefix("<").removesuffix(">"))
+        address = arguments[0].removeprefix("<").removesuffix(">") if arguments else ""
+        return EnvelopePath(postfix_saw if postfix_saw is not None else address)
 
 
 class HostedConnection(Connection):
