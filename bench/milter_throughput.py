@@ -13,6 +13,12 @@ our events cost, not clamd's or rspamd's time. Every message must reach the queu
 and with the milter every one must have our accept event. The two runs alternate (which comes
 first rotates), each with a fresh Postfix and mailwarden; the ratio is per round, its median
 and spread are printed with the load average. Target (issue 15): with/without >= 0.7.
+
+A third run per round puts the milter protocol's own cost beside it: the same Postfix with a
+null milter (our protocol layer negotiating as our milter does, but no checks and no events;
+it adds the same two header fields). Its ratio is the ceiling for any milter at that moment, since Postfix's
+milter machinery (a connection per session, the round trips, cleanup applying header changes)
+costs Postfix itself.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,9 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from tests.support.mailwarden import Mailwarden  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
+from tests.support.net import free_port, wait_port  # noqa: E402
 from tests.support.postfix import Postfix, running_postfix  # noqa: E402
 
 from bench.smtp_throughput import MESSAGE_BYTES, MESSAGES, RECIPIENT, SESSIONS, smtp_source  # noqa: E402
@@ -81,6 +89,70 @@ def queued(instance: Postfix) -> int:
     return sum(1 for path in (instance.queue / "incoming").rglob("*") if path.is_file())
 
 
+def serve_null(port: int) -> None:
+    """A milter that negotiates as ours does (the same macros, the same stages without reply) and decides nothing."""
+    import asyncio
+
+    from mailwarden.mta import milter_protocol as wire
+    from mailwarden.mta.milter import ACTIONS, MACROS, NO_REPLY, OPTIONS
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        options = 0
+        try:
+            while True:
+                command, data = await wire.read_packet(reader, 1 << 20)
+                if command == wire.NEGOTIATE:
+                    offer = wire.negotiation(data)
+                    options = OPTIONS & offer.options
+                    writer.write(wire.negotiation_reply(ACTIONS & offer.actions, options, MACROS))
+                elif command == wire.END_OF_MESSAGE:
+                    fields = [
+                        wire.insert_header(0, "Authentication-Results", " mx; none"),
+                        wire.insert_header(1, "X-Mailwarden-Ref", " 1C3Z00000000"),
+                    ]
+                    writer.write(b"".join(fields) + wire.packet(wire.CONTINUE))
+                elif command == wire.QUIT:
+                    return
+                elif command not in (wire.MACRO, wire.ABORT) and not options & NO_REPLY.get(command, 0):
+                    writer.write(wire.packet(wire.CONTINUE))
+                await writer.drain()
+        except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+@contextmanager
+def null_milter() -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--serve-null", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run_null(messages: int) -> float:
+    with null_milter() as port, postfix(port) as filtered:
+        smtp_source(filtered.smtp_port, WARM_UP)
+        rate = smtp_source(filtered.smtp_port, messages)
+        found = queued(filtered)
+    if found != WARM_UP + messages:
+        raise RuntimeError(f"with the null milter: {found} queued of {WARM_UP + messages}")
+    return rate
+
+
 def run(workdir: Path, messages: int, with_milter: bool) -> float:
     if not with_milter:
         with postfix(None) as plain:
@@ -110,29 +182,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=MESSAGES)
+    parser.add_argument("--serve-null", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_null:
+        serve_null(args.serve_null)
+        return
     print(
         f"smtp-source: {args.messages} messages of {MESSAGE_BYTES} bytes over {SESSIONS} sessions; "
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
-    plain: list[float] = []
-    filtered: list[float] = []
+    rates: dict[str, list[float]] = {"postfix": [], "mailwarden": [], "null": []}
     with tempfile.TemporaryDirectory(prefix="mw-milter-bench-") as tmp:
         for number in range(args.rounds):
-            order = (False, True) if number % 2 == 0 else (True, False)
-            for with_milter in order:
-                rate = run(Path(tmp) / f"round-{number}-{with_milter}", args.messages, with_milter)
-                (filtered if with_milter else plain).append(rate)
+            names = list(rates)
+            for name in names[number % 3 :] + names[: number % 3]:
+                if name == "null":
+                    rate = run_null(args.messages)
+                else:
+                    rate = run(Path(tmp) / f"round-{number}", args.messages, name == "mailwarden")
+                rates[name].append(rate)
+            plain, ours, null = (rates[name][-1] for name in ("postfix", "mailwarden", "null"))
             print(
-                f"round {number + 1}: postfix {plain[-1]:.0f} msg/s, postfix + mailwarden milter "
-                f"{filtered[-1]:.0f} msg/s, ratio {filtered[-1] / plain[-1]:.2f}; load {os.getloadavg()[0]:.2f}",
+                f"round {number + 1}: postfix {plain:.0f} msg/s, + mailwarden milter {ours:.0f} (ratio "
+                f"{ours / plain:.2f}), + null milter {null:.0f} (ratio {null / plain:.2f}); load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
-    ratios = [f / p for f, p in zip(filtered, plain, strict=True)]
+    ours_ratios = [f / p for f, p in zip(rates["mailwarden"], rates["postfix"], strict=True)]
+    null_ratios = [f / p for f, p in zip(rates["null"], rates["postfix"], strict=True)]
     print(
-        f"median: postfix {statistics.median(plain):.0f} msg/s, with the milter {statistics.median(filtered):.0f} "
-        f"msg/s; ratio {statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}); target >= 0.7"
+        f"median: postfix {statistics.median(rates['postfix']):.0f} msg/s; with mailwarden "
+        f"{statistics.median(rates['mailwarden']):.0f} msg/s, ratio {statistics.median(ours_ratios):.2f} "
+        f"(rounds {min(ours_ratios):.2f}-{max(ours_ratios):.2f}; target >= 0.7); with the null milter "
+        f"{statistics.median(rates['null']):.0f} msg/s, ratio {statistics.median(null_ratios):.2f} "
+        f"(rounds {min(null_ratios):.2f}-{max(null_ratios):.2f})"
     )
 
 
