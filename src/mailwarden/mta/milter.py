@@ -1,12 +1,13 @@
 """The milter server: Postfix asks at each stage of its SMTP session, the gateway's checks answer.
 
 One connection per SMTP session (Postfix opens it when its client connects). We negotiate
-version 6, name the macros we want per stage (so `milter_*_macros` need not change) and ask for
-no reply where our answer cannot change anything yet (HELO: a refusal waits for RCPT, as in the
-gateway; headers and body: they are only spooled). The stages map onto the gateway's handler
-(`mta/session.HostedConnection`): CONNECT, HELO, MAIL and RCPT as they come; the header fields
-and body are written to a spool exactly as the message will be queued, and the end of the
-message runs the DATA checks (content scanners included) on it. A refusal is a
+version 6, name the macros we want per stage (so `milter_*_macros` need not change) and let
+Postfix go on without waiting for us wherever our answer can wait (`NO_REPLY`): a refusal at
+CONNECT or MAIL is given at the next RCPT, as the gateway and Postfix's smtpd_delay_reject do.
+The stages map onto the gateway's handler (`mta/session.HostedConnection`): CONNECT, HELO, MAIL
+and RCPT as they come; the header fields and body are written to a spool exactly as the message
+will be queued, and the end of the message runs the DATA checks (content scanners included) on
+it. A refusal is a
 `SMFIR_REPLYCODE` with our code, enhanced code, sentence and ref, which Postfix sends to its
 client as it is; an accepted message gets our header fields (`SMFIR_INSHEADER`, forged
 Authentication-Results removed with `SMFIR_CHGHEADER`) and then `SMFIR_CONTINUE`.
@@ -60,7 +61,6 @@ NO_REPLY: Final[Mapping[int, int]] = {
     wire.UNKNOWN: wire.NR_UNKNOWN,
 }
 OPTIONS: Final = wire.HEADER_LEADING_SPACE | wire.NO_UNKNOWN | sum(NO_REPLY.values())
-VERBS: Final[Mapping[int, str]] = {wire.CONNECT: "CONNECT", wire.MAIL: "MAIL", wire.RCPT: "RCPT"}
 
 
 class MilterServer:
@@ -145,6 +145,8 @@ class Conversation:
         except (asyncio.IncompleteReadError, ConnectionError):
             if self._timed_out:
                 self._broken(f"Postfix was silent for {settings.timeout:g} seconds", logging.INFO)
+            elif self.closing:
+                self._broken("mailwarden is shutting down", logging.INFO)
             elif self.connected:
                 self._broken("Postfix closed the connection", logging.DEBUG)
         finally:
@@ -285,7 +287,8 @@ class Conversation:
             if not self.options & wire.HEADER_LEADING_SPACE:
                 value = b" " + value
             # Postfix joins folded lines with LF; the queued message has CRLF, and so has the spool.
-            spool.write(name.encode("utf-8", "replace") + b":" + value.replace(b"\n", b"\r\n") + b"\r\n")
+            folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            spool.write(name.encode("utf-8", "replace") + b":" + folded + b"\r\n")
         elif command == wire.END_OF_HEADERS:
             spool.write(b"\r\n")
         elif command in (wire.BODY, wire.END_OF_MESSAGE):

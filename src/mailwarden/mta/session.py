@@ -84,7 +84,7 @@ class HostedConnection(Connection):
             fields.setdefault("queue_id", self.queue_id)
         added = {"connect": "daemon_name", "mail": "auth_authen"}.get(kind)
         if added in self.mta:
-            fields["detail"] = {**fields.get("detail", {}), added.strip("{}"): self.mta[added]}
+            fields["detail"] = {**fields.get("detail", {}), added: self.mta[added]}
         if kind == "disconnect" and self.problem:
             fields["detail"] = {**fields.get("detail", {}), "problem": self.problem}
         event = super()._new_event(kind, **fields)
