@@ -13,6 +13,8 @@ from mailwarden.checks.base import Services
 from mailwarden.config import Config
 from mailwarden.ingest.service import start_role as start_ingest
 from mailwarden.ingest.service import stop_role as stop_ingest
+from mailwarden.mta.milter import MilterServer
+from mailwarden.mta.policy import PolicyServer
 from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
@@ -56,7 +58,14 @@ async def run(config: Config) -> None:
         )
         gateway.recover()
         bound = await gateway.start()
-        roles = [f"smtp {' '.join(bound)}"]
+        roles = [f"smtp {' '.join(bound)}"] if bound else []
+        # Postfix's sessions go through the same gateway: its checks, limits, refs and events.
+        milter = MilterServer(gateway, config.milter) if config.milter.listen else None
+        if milter is not None:
+            roles.append(f"milter {' '.join(await milter.start())}")
+        policy = PolicyServer(gateway, config.policy) if config.policy.listen else None
+        if policy is not None:
+            roles.append(f"policy {' '.join(await policy.start())}")
         pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
         if pop3 is not None:
             roles.append(f"pop3 {' '.join(await pop3.start())}")
@@ -93,6 +102,10 @@ async def run(config: Config) -> None:
             web_store.close()
         if pop3 is not None:
             await pop3.stop()
+        if milter is not None:
+            await milter.stop()
+        if policy is not None:
+            await policy.stop()
         await gateway.stop()
         services.close()
     finally:

@@ -144,6 +144,8 @@ class Gateway:
 class Connection:
     """aiosmtpd handler for one connection: decisions, replies and events."""
 
+    source: str = "gateway"  # the events' source; the handler of a session Postfix runs says "milter" or "policy"
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.session = SessionInfo(id="", node=gateway.node, client_ip="", client_port=0)
@@ -176,7 +178,7 @@ class Connection:
             fields.setdefault("sender", self.txn.sender)
         return Event(
             kind=kind,
-            source="gateway",
+            source=self.source,
             node=self.gateway.node,
             session=self.session.id,
             client_ip=self.session.client_ip,
@@ -647,9 +649,22 @@ class Connection:
             f"\tby {self.config.smtp.hostname} (mailwarden) with {protocol} id {txn.ref}{recipient};\r\n"
             f"\t{format_datetime(datetime.now(UTC))}\r\n"
         )
-        extra = "".join(f"{name}: {printable(value)}\r\n" for name, value in txn.headers)
-        auth = authresults.header(self.config.smtp.hostname, txn.results) or ""
-        return (received + auth + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
+        fields = "".join(f"{name}: {value}\r\n" for name, value in self._evidence_fields(txn))
+        return (received + fields).encode("utf-8")
+
+    def _evidence_fields(self, txn: Transaction) -> list[tuple[str, str]]:
+        """The fields an accepted message gets below our Received: Authentication-Results, our ref, the checks' tags.
+
+        Values are ready to send (folded with CRLF+TAB where long, stranger text escaped).
+        """
+        fields: list[tuple[str, str]] = []
+        auth = authresults.header(self.config.smtp.hostname, txn.results)
+        if auth is not None:
+            name, _, value = auth.partition(": ")
+            fields.append((name, value.removesuffix("\r\n")))
+        fields.append(("X-Mailwarden-Ref", txn.ref))
+        fields.extend((name, printable(value)) for name, value in txn.headers)
+        return fields
 
     # ------------------------------------------------------------------ endings and protocol errors
     def on_protocol_reply(self, reply: str, command: str | None = None) -> str:
@@ -711,13 +726,17 @@ class Connection:
             self.session.id = self.gateway.refs.new()
         return self._refuse(Verdict.tempfail("infra.shutdown"), "shutdown")
 
-    def on_disconnect(self, *, lost: bool) -> None:
+    def release_slot(self) -> None:
+        """No longer count this connection against the limits (`smtp.max_connections`, `max_connections_per_ip`)."""
         if self._counted:
             self.gateway.active -= 1
             self.gateway.per_ip[self.session.client_ip] -= 1
             if self.gateway.per_ip[self.session.client_ip] <= 0:
                 del self.gateway.per_ip[self.session.client_ip]
             self._counted = False
+
+    def on_disconnect(self, *, lost: bool) -> None:
+        self.release_slot()
         if not self.session.id:
             return
         detail: dict[str, Any] = {"commands": dict(self.counts)}
