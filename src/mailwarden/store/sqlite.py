@@ -497,10 +497,16 @@ class SqliteStore(SqliteAccounts, Store):
         return total
 
     def index_page(
-        self, query: IndexQuery, *, limit: int, after: tuple[int, str] | None = None, offset: int = 0
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
     ) -> IndexPage:
         with self._reading() as conn:
-            return sqlite_index.page(conn, query, limit, after, offset)
+            return sqlite_index.page(conn, query, limit, after, offset, before)
 
     def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
         with self._reading() as conn:

@@ -38,6 +38,7 @@ from mailwarden.store.accounts import AuditEntry
 from mailwarden.text import printable
 from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions
+from mailwarden.web.dashboard import DayCounts
 from mailwarden.web.deps import CsrfFailed, Forbidden, LoginRequired, TooManyRequests, client_ip, web_of
 from mailwarden.web.i18n import LANG_COOKIE, negotiate, t
 from mailwarden.web.scope import NotVisible, Principal
@@ -73,6 +74,7 @@ class Web:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the delay after a failed login
     why_counter: SlidingCounter = field(default_factory=SlidingCounter)
     why_lock: threading.Lock = field(default_factory=threading.Lock)
+    day_counts: DayCounts = field(default_factory=lambda: DayCounts(time.time))  # the dashboard's
 
     def audit(self, account: str, action: str, request: Request, target: str | None = None, **detail: Any) -> None:
         entry = AuditEntry(
@@ -112,9 +114,10 @@ class Web:
             raise TooManyRequests(60)
 
 
-# The navigation: (text key, path, admins only). The search page and the dashboard join here
-# when the message index lands (issue 12), with their routes in pages.py.
+# The navigation: (text key, path, admins only).
 NAV: Final = (
+    ("nav.search", "/search", False),
+    ("nav.dashboard", "/dashboard", False),
     ("nav.message", "/", False),
     ("nav.bounce", "/bounce", False),
     ("nav.sender", "/sender-check", False),
@@ -169,6 +172,7 @@ def create_app(
         now_us=now,
         wall=wall,
         sleep=sleep,
+        day_counts=DayCounts(wall),
     )
     app = FastAPI(
         title="mailwarden tracking center",
