@@ -108,6 +108,7 @@ class IndexPage:
 
     rows: list[IndexRow]
     after: tuple[int, str] | None  # where the next page begins (first_seen, key of the last message); None: no more
+    before: tuple[int, str] | None = None  # where the previous (newer) page ends (its first message); None: none
 
 
 @dataclass(frozen=True)
@@ -346,10 +347,17 @@ class Store(AccountStore, ABC):
 
     @abstractmethod
     def index_page(
-        self, query: IndexQuery, *, limit: int, after: tuple[int, str] | None = None, offset: int = 0
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
     ) -> IndexPage:
         """`limit` messages matching `query`, newest first, after the message `after` (a keyset
-        position, which costs the same on every page) or after skipping `offset` messages."""
+        position, which costs the same on every page) or after skipping `offset` messages; with
+        `before`, the `limit` messages just newer than that one (the previous page)."""
 
     @abstractmethod
     def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:

@@ -35,7 +35,7 @@ from mailwarden.store.base import (
     StoreError,
 )
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
-from mailwarden.store.sqlite_accounts import SqliteAccounts
+from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import ROWS_PER_STATEMENT, MessageBook, event_rows, insert_rows
 
@@ -390,6 +390,7 @@ class SqliteStore(SqliteAccounts, Store):
         self._lock = threading.Lock()
         self._starting = threading.Lock()
         self._writer_conn: sqlite3.Connection | None = None
+        self._audit = AuditLog(lambda: _connect(path))
         self._book: MessageBook | None = None
         self._index: MessageIndex | None = None
         self._writer: BatchWriter | None = None
@@ -497,10 +498,16 @@ class SqliteStore(SqliteAccounts, Store):
         return total
 
     def index_page(
-        self, query: IndexQuery, *, limit: int, after: tuple[int, str] | None = None, offset: int = 0
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
     ) -> IndexPage:
         with self._reading() as conn:
-            return sqlite_index.page(conn, query, limit, after, offset)
+            return sqlite_index.page(conn, query, limit, after, offset, before)
 
     def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
         with self._reading() as conn:
@@ -658,7 +665,12 @@ class SqliteStore(SqliteAccounts, Store):
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 
+    @property
+    def _audit_log(self) -> AuditLog:
+        return self._audit
+
     def close(self) -> None:
+        self._audit.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

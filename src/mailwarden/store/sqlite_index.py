@@ -359,8 +359,15 @@ def _busy_network(conn: sqlite3.Connection, text: str) -> bool:
 
 
 def page(
-    conn: sqlite3.Connection, query: IndexQuery, limit: int, after: tuple[int, str] | None, offset: int
+    conn: sqlite3.Connection,
+    query: IndexQuery,
+    limit: int,
+    after: tuple[int, str] | None,
+    offset: int,
+    before: tuple[int, str] | None = None,
 ) -> IndexPage:
+    """Newest first; with `before` (and no `after`) the page just newer than that message, walked
+    from it upwards, so going back costs what going on does."""
     busy = query.client_network is not None and _busy_network(conn, query.client_network)
     clauses, params = _where(query, network_index=not busy)
     keyset = list(clauses)
@@ -368,13 +375,21 @@ def page(
     if after is not None:
         keyset.append("(first_seen, message_key) < (?, ?)")
         keyset_params.extend(after)
+    backwards = before is not None and after is None
+    if backwards:
+        assert before is not None
+        keyset.append("(first_seen, message_key) > (?, ?)")
+        keyset_params.extend(before)
     where = f" WHERE {' AND '.join(keyset)}" if keyset else ""
+    order = "ASC" if backwards else "DESC"
     found = conn.execute(
         f"SELECT DISTINCT first_seen, message_key FROM message_index{where}"
-        " ORDER BY first_seen DESC, message_key DESC LIMIT ? OFFSET ?",
-        [*keyset_params, limit + 1, offset],
+        f" ORDER BY first_seen {order}, message_key {order} LIMIT ? OFFSET ?",
+        [*keyset_params, limit + 1, 0 if backwards else offset],
     ).fetchall()
     messages = [(int(seen), str(key)) for seen, key in found[:limit]]
+    if backwards:
+        messages.reverse()
     if not messages:
         return IndexPage([], None)
     keys = [key for _, key in messages]
@@ -387,7 +402,10 @@ def page(
             [*keys, *params],
         )
     ]
-    return IndexPage(rows, messages[-1] if len(found) > limit else None)
+    more = len(found) > limit
+    if backwards:  # older: at least the message `before` named; newer: what the extra row found
+        return IndexPage(rows, messages[-1], messages[0] if more else None)
+    return IndexPage(rows, messages[-1] if more else None, messages[0] if after is not None or offset else None)
 
 
 def counts(conn: sqlite3.Connection, query: IndexQuery) -> list[tuple[str, str | None, int]]:

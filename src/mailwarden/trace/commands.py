@@ -199,6 +199,14 @@ def demo(config: Config, server: str | None, config_file: str | None = None) -> 
     print(f"  {command} trace --since 10m")
     for ref in refs[:2]:
         print(f"  {command} explain {ref} --lang de")
+    if config.web.listen:
+        scheme = "https" if config.web.cert else "http"
+        who = (
+            f"as {config.web.first_admin} with the password printed at the first start"
+            if config.web.first_admin
+            else ""
+        )
+        print(f"  or in the browser: {scheme}://{config.web.listen}/search {f'(log in {who})' if who else ''}".rstrip())
     return 0
 
 

@@ -60,7 +60,8 @@ class AddressFilter:
 @dataclass(frozen=True)
 class SearchSpec:
     """A question to the message index. `allowed_domains` scopes it to those recipient domains
-    (None: unscoped); `cursor` continues after the message a previous page ended with."""
+    (None: unscoped); `cursor` continues after the message a previous page ended with, `before`
+    goes back to the page just newer than the message a page began with."""
 
     sender: AddressFilter | None = None
     recipient: AddressFilter | None = None
@@ -76,6 +77,7 @@ class SearchSpec:
     offset: int = 0
     cursor: str | None = None
     allowed_domains: frozenset[str] | None = None
+    before: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -89,8 +91,9 @@ class SearchSpec:
                 ) from None
         if self.limit < 1 or self.offset < 0:
             raise ValueError("--limit and --page must be at least 1")
-        if self.cursor is not None:
-            parse_cursor(self.cursor)
+        for position in (self.cursor, self.before):
+            if position is not None:
+                parse_cursor(position)
 
     def index_query(self) -> IndexQuery:
         fields: dict[str, object] = {}
@@ -162,20 +165,23 @@ class Counts:
 
 @dataclass(frozen=True)
 class SearchPage:
-    """One page of the index: the rows of its messages, where the next page begins, and the counts."""
+    """One page of the index: the rows of its messages, where the next and the previous page begin, and the counts."""
 
     rows: list[IndexRow]
     next_cursor: str | None
     counts: Counts | None = None
+    previous_cursor: str | None = None  # `before` of the previous (newer) page; None on the first
 
 
 def search_index(store: Store, spec: SearchSpec, *, counts: bool = False) -> SearchPage:
     """The index rows of one page of messages matching `spec` (for the web center and the CLI)."""
     after = parse_cursor(spec.cursor) if spec.cursor is not None else None
+    before = parse_cursor(spec.before) if spec.before is not None else None
     query = spec.index_query()
-    page = store.index_page(query, limit=spec.limit, after=after, offset=0 if after else spec.offset)
+    page = store.index_page(query, limit=spec.limit, after=after, offset=0 if after else spec.offset, before=before)
     following = cursor_of(*page.after) if page.after is not None else None
-    return SearchPage(page.rows, following, Counts(store.index_counts(query)) if counts else None)
+    previous = cursor_of(*page.before) if page.before is not None else None
+    return SearchPage(page.rows, following, Counts(store.index_counts(query)) if counts else None, previous)
 
 
 def count(store: Store, spec: SearchSpec) -> Counts:
