@@ -20,9 +20,10 @@ from mailwarden.checks.base import Action, Check, CheckContext, Services, Verdic
 from mailwarden.checks.chain import CheckChain
 from mailwarden.cli import main
 from mailwarden.config import Config
-from mailwarden.events import Event
+from mailwarden.events import KINDS, Event
 from mailwarden.ingest import parse_lines
-from mailwarden.messages.index import INDEX_FIELDS
+from mailwarden.messages.fates import DECIDING_KINDS, build
+from mailwarden.messages.index import INDEX_FIELDS, message_rows
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace.correlate import load
 from tests.support.corpora import all_lines
@@ -237,3 +238,15 @@ def test_two_writers_of_one_store_keep_the_index_a_rebuild_makes(tmp_path: Path)
     finally:
         daemon.close()
         importer.close()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS - DECIDING_KINDS))
+def test_a_message_of_events_that_decide_nothing_has_no_fate_and_no_row(kind: str) -> None:
+    """`message_rows` skips the fold of such messages: the trace's fold must agree that they have no fate."""
+    common = {"recipient": "bob@example.test", "smtp_code": 550, "reason": "rcpt.unknown_user", "message_key": "K"}
+    events = [
+        Event(kind, source, "mx1", T0, id=n, detail={"stage": "rcpt"}, **common)
+        for n, source in enumerate(("gateway", "postfix", "dovecot", "pop3"))
+    ]  # type: ignore[arg-type]
+    assert build("K", list(events)).fates == []
+    assert message_rows("K", events) == []

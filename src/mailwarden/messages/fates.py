@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 from mailwarden.events import Event
@@ -23,6 +22,8 @@ from mailwarden.messages.keys import (
 from mailwarden.trace.model import Access, MessageTrace, RecipientFate
 
 DOWNSTREAM_KINDS: Final = ("deliver", "retrieve", "delete", "defer", "bounce")
+# The kinds that give a message a recipient's fate or its own (`build`): without one, it has none.
+DECIDING_KINDS: Final = frozenset({"rcpt", "reject", "tempfail", "greylist", "deliver", "defer", "bounce"})
 MAILBOX_ACTION_KINDS: Final = frozenset({"deliver", "delete"})
 SECOND_US: Final = 1_000_000
 
@@ -60,13 +61,15 @@ def _addresses(events: Iterable[Event]) -> set[str]:
     return found
 
 
-@dataclass
 class _Fates:
     """Recipient states while walking a message's events in order."""
 
-    by_address: dict[str, RecipientFate] = field(default_factory=dict)
-    by_mailbox: dict[str, RecipientFate] = field(default_factory=dict)  # the first recipient stored in each
-    acknowledged: set[str] = field(default_factory=set)  # got our 250 after DATA
+    __slots__ = ("acknowledged", "by_address", "by_mailbox")
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, RecipientFate] = {}
+        self.by_mailbox: dict[str, RecipientFate] = {}  # the first recipient stored in each
+        self.acknowledged: set[str] = set()  # got our 250 after DATA
 
     def get(self, address: str) -> RecipientFate:
         """The recipient of that address, or of that mailbox (an alias delivered under its mailbox's name)."""

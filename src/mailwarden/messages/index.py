@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 from mailwarden.events import Event
-from mailwarden.messages.fates import build
+from mailwarden.messages.fates import DECIDING_KINDS, build
 from mailwarden.trace.model import MessageTrace
 
 
@@ -80,4 +80,6 @@ def message_rows(root: str, events: Iterable[Event]) -> list[IndexRow]:
     message from its own events alone.
     """
     keyed = [event for event in events if event.message_key is not None]
-    return rows_of(build(root, keyed)) if keyed else []
+    if not any(event.kind in DECIDING_KINDS for event in keyed):  # nothing names a recipient or refuses
+        return []
+    return rows_of(build(root, keyed))

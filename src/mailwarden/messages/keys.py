@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.handoff import lmtp_session
@@ -144,8 +144,7 @@ def handoff_session(event: Event) -> str | None:
     return lmtp_session(event.reply) if event.reply and "Saved" in event.reply else None
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     """One side of a hop: `message_key` handed the message on to `handle` (`upstream`) or arrived as it.
 
     `recipient` is the recipient the upstream side handed on; `hint` marks a link its writer made

@@ -186,6 +186,31 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
         GROUP BY queue_id, node, message_key;
     """,
     ),
+    (
+        # The message index, cheaper to keep up to date (measured on an import: a third less CPU per
+        # event): a rowid table with its key unique, the domain index covering a page (the message
+        # key in it), and no index by sender domain, reason or status alone (those searches walk the
+        # time index, or a recipient's or domain's).
+        "message_index_lean",
+        """
+    DROP TABLE message_index;
+    CREATE TABLE message_index (
+        message_key TEXT NOT NULL, recipient TEXT NOT NULL COLLATE NOCASE,
+        first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, node TEXT NOT NULL,
+        sender TEXT COLLATE NOCASE, sender_domain TEXT COLLATE NOCASE, recipient_domain TEXT COLLATE NOCASE,
+        client_ip TEXT, message_id TEXT, ref TEXT, queue_id TEXT,
+        status TEXT NOT NULL, reason TEXT, smtp_code INTEGER, size INTEGER,
+        UNIQUE (message_key, recipient)
+    );
+    CREATE INDEX message_index_seen ON message_index (first_seen);
+    CREATE INDEX message_index_recipient ON message_index (recipient, first_seen);
+    CREATE INDEX message_index_domain ON message_index (recipient_domain, first_seen, message_key, status, reason);
+    CREATE INDEX message_index_sender ON message_index (sender, first_seen);
+    CREATE INDEX message_index_client ON message_index (client_ip, first_seen);
+    CREATE INDEX message_index_message_id ON message_index (message_id) WHERE message_id IS NOT NULL;
+    """,
+    ),
+    ("message_index_lean_rebuilt", sqlite_index.rebuild_all),
 ]
 
 _INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"

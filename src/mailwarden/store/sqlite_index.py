@@ -24,6 +24,8 @@ from mailwarden.store.base import IndexPage, IndexQuery, StoreError
 from mailwarden.store.sqlite_messages import event_rows, insert_rows
 
 _CHUNK: Final = 500  # keys per IN (...) query
+_REBUILD_ROWS: Final = 5000  # rows a rebuild writes at a time
+_COUNTED_PAIRS: Final = 32  # (status, reason) combinations counted one by one in a single pass
 _BUSY_NETWORK: Final = 2000  # rows of a client network beyond which a page walks the time index
 _CACHED_MESSAGES: Final = 4096  # messages whose events the writer keeps (most continue in the next batch)
 _SELECT: Final = f"SELECT id, {', '.join(FIELDS)} FROM events"
@@ -63,7 +65,7 @@ class MessageIndex:
         self._version: int | None = None  # the database's data_version when they were remembered
 
     def forget(self) -> None:
-        """Drop what is remembered (the transaction it came from was rolled back)."""
+        """Drop what is remembered (its transaction was rolled back, or another connection wrote since)."""
         self._messages.clear()
         self._root_of.clear()
 
@@ -75,21 +77,20 @@ class MessageIndex:
                 batch.setdefault(event.message_key, []).append(event)
         if not batch and not links:
             return
-        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._version:  # another connection (process) wrote: what is remembered may be stale
-            self.forget()
-            self._version = version
+        roots, looked_up = self._look_up(list(batch))
         first_id = min((e.id for e in events if e.id is not None), default=1 << 62)
         moved = self._relink(links) if links else set()  # messages whose keys changed: folded again
-        roots = self._roots(list(batch))
+        if links:
+            roots, looked_up = self._roots(list(batch)), {}
         dirty = sorted({roots[key] for key in batch} | moved)
-        members = self._members(dirty)
+        members = self._members(dirty, looked_up)
         earlier = self._earlier([r for r in dirty if r not in self._messages], members, first_id)
         stale = self._stored_rows([r for r in dirty if r not in self._messages and (r in moved or earlier.get(r))])
         upserts: list[tuple[object, ...]] = []
         deletes: list[tuple[str, str]] = []
+        remember = len(dirty) <= _CACHED_MESSAGES // 4  # a live writer's messages go on; a bulk import's are done
         for root in dirty:
-            known = self._messages.pop(root, None)
+            known = self._messages.get(root)
             folded = list(known.events) if known is not None else list(earlier.get(root, ()))
             for key in members[root]:
                 folded.extend(batch.get(key, ()))
@@ -98,7 +99,11 @@ class MessageIndex:
             current = {row.recipient.lower(): row for row in rows}
             upserts.extend(row for name, row in current.items() if before.get(name) != row)
             deletes.extend((root, row.recipient) for name, row in before.items() if name not in current)
-            self._remember(root, _Message(members[root], folded, rows))
+            if remember:
+                self._messages.pop(root, None)  # remembered again as the most recent
+                self._remember(root, _Message(members[root], folded, rows))
+            else:
+                self._drop(root)
         if deletes:
             self.conn.executemany("DELETE FROM message_index WHERE message_key = ? AND recipient = ?", deletes)
         insert_rows(self.conn, _UPSERT, upserts, _ON_CONFLICT)
@@ -118,6 +123,36 @@ class MessageIndex:
             for key in dropped.keys:
                 self._root_of.pop(key, None)
 
+    def _look_up(self, keys: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
+        """Each key's message, and the keys of the messages among them that are roots, together with
+        the database's data_version (what is remembered is dropped when another connection wrote):
+        one statement for a live writer's batch, whose every SQLite call waits for the GIL again."""
+        unknown = [key for key in keys if key not in self._root_of]
+        first = unknown[:_CHUNK]
+        sql = "SELECT NULL, NULL, data_version FROM pragma_data_version()"
+        if first:
+            marks = _marks(first)
+            sql += f" UNION ALL SELECT key, root, NULL FROM message_roots WHERE key IN ({marks}) OR root IN ({marks})"
+        found = self.conn.execute(sql, [*first, *first]).fetchall()
+        version = next(row[2] for row in found if row[0] is None)
+        if version != self._version:  # another connection (process) wrote: what is remembered may be stale
+            had = bool(self._root_of)
+            self.forget()
+            self._version = version
+            if had:
+                return self._look_up(keys)
+        roots = {key: self._root_of.get(key, key) for key in keys}
+        members: dict[str, set[str]] = {key: {key} for key in first}  # complete: every row naming them came
+        for key, root, _ in found:
+            if key is None:
+                continue
+            if key in members or key in roots:
+                roots[key] = root
+            if root in members:
+                members[root].add(key)
+        roots.update(self._roots(unknown[_CHUNK:]))
+        return roots, {root: keys for root, keys in members.items() if roots.get(root, root) == root}
+
     def _roots(self, keys: Sequence[str]) -> dict[str, str]:
         """Each key's message: itself, unless `message_roots` names another."""
         found = {key: self._root_of.get(key, key) for key in keys}
@@ -129,7 +164,7 @@ class MessageIndex:
                 found[key] = root
         return found
 
-    def _members(self, roots: Sequence[str]) -> dict[str, set[str]]:
+    def _members(self, roots: Sequence[str], looked_up: dict[str, set[str]]) -> dict[str, set[str]]:
         """The keys of each message: its root and the keys linked under it."""
         members = {root: {root} for root in roots}
         unknown = []
@@ -137,6 +172,8 @@ class MessageIndex:
             known = self._messages.get(root)
             if known is not None:
                 members[root] = set(known.keys)
+            elif root in looked_up:
+                members[root] = looked_up[root]
             else:
                 unknown.append(root)
         for chunk in _chunks(unknown):
@@ -176,7 +213,9 @@ class MessageIndex:
         """
         conn = self.conn
         refold: set[str] = set()
-        joined = components(sorted({link.message_key for link in links}), lambda keys: _all_chunks(conn, keys))
+        joined = components(
+            sorted({link.message_key for link in links}), lambda keys: sqlite_messages.links(conn, keys)
+        )
         messages = {message.root: message for message in joined.values()}
         previous = self._roots(sorted({key for message in messages.values() for key in message.keys}))
         placed: list[tuple[str, str]] = []
@@ -210,6 +249,11 @@ def index_earlier_events(conn: sqlite3.Connection) -> None:
         rebuild(conn)
 
 
+def rebuild_all(conn: sqlite3.Connection) -> None:
+    """A migration that lays the index out anew: its rows again, from the events."""
+    rebuild(conn)
+
+
 def rebuild(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
     """Make `message_roots` and `message_index` again from the links and events; the rows written.
 
@@ -226,12 +270,15 @@ def rebuild(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
         if root != key:
             conn.execute("INSERT INTO message_roots (key, root) VALUES (?, ?)", (key, root))
     in_component = {key for keys in linked.values() for key in keys}
+    pending: list[IndexRow] = []
     written = folded = 0
     cursor = conn.execute(f"{_SELECT} WHERE message_key IS NOT NULL ORDER BY message_key, id")
     for key, events in _by_key(cursor):
         folded += len(events)
         if key not in in_component:
-            written += _insert(conn, message_rows(key, events))
+            pending.extend(message_rows(key, events))
+        if len(pending) >= _REBUILD_ROWS:
+            written += _insert(conn, pending)
         if progress is not None:
             progress(folded)
     for root, keys in sorted(linked.items()):
@@ -241,12 +288,10 @@ def rebuild(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
             for chunk in _chunks(members)
             for event in event_rows(conn.execute(f"{_SELECT} WHERE message_key IN ({_marks(chunk)})", chunk))
         ]
-        written += _insert(conn, message_rows(root, events))
-    return written
-
-
-def _all_chunks(conn: sqlite3.Connection, keys: Sequence[str]) -> list[Link]:
-    return [link for chunk in _chunks(keys) for link in sqlite_messages.links(conn, chunk)]
+        pending.extend(message_rows(root, events))
+        if len(pending) >= _REBUILD_ROWS:
+            written += _insert(conn, pending)
+    return written + _insert(conn, pending)
 
 
 def _all_links(conn: sqlite3.Connection) -> list[Link]:
@@ -271,8 +316,11 @@ def _by_key(cursor: Iterable[Sequence[object]]) -> Iterator[tuple[str, list[Even
 
 
 def _insert(conn: sqlite3.Connection, rows: list[IndexRow]) -> int:
+    """Write the rows gathered (and forget them); how many."""
     insert_rows(conn, _UPSERT, rows, _ON_CONFLICT)
-    return len(rows)
+    written = len(rows)
+    rows.clear()
+    return written
 
 
 # ---------------------------------------------------------------------------- searching
@@ -409,7 +457,25 @@ def page(
 
 
 def counts(conn: sqlite3.Connection, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+    """Rows by status and reason, in two passes over the rows that match: the combinations (a
+    handful, kept in a tiny temporary index), then one count of each. A GROUP BY would sort every
+    row first: 190 ms against 120 ms for a customer's 150,000 rows of a month (measured)."""
     clauses, params = _where(query)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT status, reason, count(*) FROM message_index{where} GROUP BY status, reason ORDER BY 3 DESC, 1, 2"
-    return [(str(status), reason, int(number)) for status, reason, number in conn.execute(sql, params)]
+    pairs = conn.execute(f"SELECT DISTINCT status, reason FROM message_index{where}", params).fetchall()
+    if not pairs:
+        return []
+    if len(pairs) > _COUNTED_PAIRS:  # many combinations: one count each would cost more than a sort
+        sql = f"SELECT status, reason, count(*) FROM message_index{where} GROUP BY status, reason"
+        return _most_first((str(status), reason, int(number)) for status, reason, number in conn.execute(sql, params))
+    filters = ", ".join("count(*) FILTER (WHERE status = ? AND reason IS ?)" for _ in pairs)
+    (numbers,) = conn.execute(
+        f"SELECT {filters} FROM message_index{where}", [value for pair in pairs for value in pair] + params
+    ).fetchall()
+    return _most_first(
+        (str(status), reason, int(number)) for (status, reason), number in zip(pairs, numbers, strict=True)
+    )
+
+
+def _most_first(rows: Iterable[tuple[str, str | None, int]]) -> list[tuple[str, str | None, int]]:
+    return sorted(rows, key=lambda row: (-row[2], row[0], row[1] or ""))

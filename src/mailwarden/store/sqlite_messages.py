@@ -27,6 +27,7 @@ from mailwarden.messages.keys import (
 from mailwarden.messages.legacy import QUEUE_IDLE_US, LegacyKeys, Life
 
 _HINT_CANDIDATES: Final = 50
+_KEYS_PER_QUERY: Final = 500
 ROWS_PER_STATEMENT: Final = 50  # one statement for many rows (1,000 parameters; SQLite allows 32,766)
 _SELECT: Final = f"SELECT id, {', '.join(FIELDS)} FROM events"
 _INSERT_LINK: Final = "INSERT INTO message_links (handle, message_key, upstream, recipient, hint, ts)"
@@ -241,12 +242,13 @@ def queue_life(conn: sqlite3.Connection, node: str, queue_id: str, at_us: int) -
 
 def links(conn: sqlite3.Connection, keys: Sequence[str]) -> list[Link]:
     """The link rows of `keys` and of every handle they name."""
-    if not keys:
-        return []
-    marks = ", ".join("?" for _ in keys)
-    rows = conn.execute(
-        "SELECT handle, message_key, upstream, recipient, hint FROM message_links"
-        f" WHERE handle IN (SELECT handle FROM message_links WHERE message_key IN ({marks}))",
-        list(keys),
-    ).fetchall()
-    return [Link(row[0], row[1], bool(row[2]), row[3], bool(row[4])) for row in rows]
+    found: list[Link] = []
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[start : start + _KEYS_PER_QUERY]
+        rows = conn.execute(
+            "SELECT handle, message_key, upstream, recipient, hint FROM message_links"
+            f" WHERE handle IN (SELECT handle FROM message_links WHERE message_key IN ({', '.join('?' for _ in chunk)}))",
+            list(chunk),
+        )
+        found.extend(Link(row[0], row[1], bool(row[2]), row[3], bool(row[4])) for row in rows)
+    return found

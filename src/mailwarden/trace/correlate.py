@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from mailwarden.events import Event
 from mailwarden.messages.fates import build, causal_order
-from mailwarden.messages.keys import ACCESS_KINDS, MAILBOX_SERVERS, Component, component
+from mailwarden.messages.keys import ACCESS_KINDS, MAILBOX_SERVERS, Component, components
 from mailwarden.store import EventQuery, Store
 from mailwarden.store.base import IndexQuery
 from mailwarden.trace.model import Attempt, MessageTrace
@@ -36,13 +36,18 @@ class Messages:
         self._by_key: dict[str, Component] = {}
 
     def of(self, key: str) -> Component:
-        found = self._by_key.get(key)
-        if found is None:
-            found = component(key, self.store.links)
-            for member in found.keys:
-                self._by_key[member] = found
-            self._by_key[key] = found
-        return found
+        return self.of_all([key])[key]
+
+    def of_all(self, keys: Iterable[str]) -> dict[str, Component]:
+        """The message of each key, the links of those not known yet read together."""
+        wanted = list(dict.fromkeys(keys))
+        unknown = [key for key in wanted if key not in self._by_key]
+        if unknown:
+            for key, found in components(unknown, self.store.links).items():
+                for member in found.keys:
+                    self._by_key[member] = found
+                self._by_key[key] = found
+        return {key: self._by_key[key] for key in wanted}
 
     def root(self, event: Event) -> str | None:
         """The message an event belongs to (None for a connection's own events)."""
@@ -73,8 +78,7 @@ def load(store: Store, keys: Iterable[str], messages: Messages | None = None) ->
     """The messages the `keys` belong to, each with all its events, newest first."""
     messages = messages or Messages(store)
     roots: dict[str, Component] = {}
-    for key in keys:
-        found = messages.of(key)
+    for found in messages.of_all(keys).values():
         roots.setdefault(found.root, found)
     owner = {member: root for root, found in roots.items() for member in found.keys}
     groups: dict[str, dict[int, Event]] = {root: {} for root in roots}
