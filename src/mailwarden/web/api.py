@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mailwarden.catalog import Lang
@@ -179,6 +179,38 @@ class CountsAnswer(BaseModel):
     counts: list[CountRow]
 
 
+class SenderFinding(BaseModel):
+    """A problem as the gateway would answer it."""
+
+    reason: str
+    smtp_code: int
+    enhanced_code: str
+    reply: str
+    remedy: str
+    dns_error: str | None = Field(default=None, description="set when a lookup failed for now (infra.dns_tempfail)")
+    note: str | None = None
+
+
+class SenderCheckAnswer(BaseModel):
+    """`mailwarden check-sender --format json`: a domain's mail hosts, SPF and each host's address checks,
+    or one address's reverse DNS and DNS lists; the findings are what the gateway would refuse for."""
+
+    model_config = ConfigDict(extra="allow")
+
+    domain: str | None = Field(default=None, description="set when a domain was checked")
+    address: str | None = Field(default=None, description="set when an IP address was checked")
+    checked_at: str
+    checked_by: str
+    ok: bool = Field(description="no findings: our servers would accept mail from here")
+    findings: list[SenderFinding]
+    mail_hosts: dict[str, Any] | None = Field(default=None, description="MX records (domain; absent when DNS failed)")
+    spf_records: list[str] | None = None
+    hosts: list[dict[str, Any]] | None = Field(default=None, description="each mail host's address checks and SPF")
+    ptr: list[str] | None = None
+    confirmed_name: str | None = None
+    dnsbl: dict[str, Any] | None = Field(default=None, description="the DNS lists checked and the listings")
+
+
 class AuditRecord(BaseModel):
     id: int
     at: str
@@ -274,7 +306,18 @@ def explain(
 @router.get(
     "/messages/{trace_id}/report",
     response_class=Response,
-    responses={200: {"content": {media: {} for media in ("text/html", "application/pdf", "text/csv", "text/plain")}}},
+    responses={
+        200: {
+            "description": "The report in the format asked for, as a download",
+            "content": {
+                "text/html": {"schema": {"type": "string"}},
+                "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/Explanation"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        }
+    },
 )
 def download_report(
     request: Request,
@@ -341,10 +384,11 @@ def search_messages(
     return json_of(answer)
 
 
-def json_of(model: BaseModel) -> Response:
+def json_of(model: BaseModel, *, exclude_unset: bool = False) -> Response:
     """A model as JSON, made by pydantic at once: FastAPI would validate it again and walk it in Python
-    (`jsonable_encoder`), which cost more than the search itself; `response_model` still describes it."""
-    return Response(model.model_dump_json(), media_type="application/json")
+    (`jsonable_encoder`), which cost more than the search itself; `response_model` still describes it.
+    `exclude_unset` leaves out the fields an answer does not have (a domain's check has no `ptr`)."""
+    return Response(model.model_dump_json(exclude_unset=exclude_unset), media_type="application/json")
 
 
 @router.get("/counts", response_model=CountsAnswer, responses={422: {"description": "A field cannot be searched for"}})
@@ -403,15 +447,15 @@ def explain_a_bounce(
     )
 
 
-@router.get("/sender-check")
+@router.get("/sender-check", response_model=SenderCheckAnswer)
 async def sender_check(
     request: Request, session: SessionDep, target: Annotated[str, Query(min_length=1, max_length=MAX_FIELD)]
-) -> dict[str, Any]:
+) -> Response:
     """A sending domain or address as the gateway sees it (`mailwarden check-sender --format json`)."""
     web = web_of(request)
     found = await check_sender(web.config, target.strip())
     await run_in_threadpool(web.audit, session.principal.name, "sender.check", request, target.strip())
-    return found
+    return json_of(SenderCheckAnswer.model_validate(found), exclude_unset=True)
 
 
 @router.get("/audit", response_model=list[AuditRecord])
