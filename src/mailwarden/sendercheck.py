@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from mailwarden import catalog
+from mailwarden.catalog import Lang
 from mailwarden.checks.dnsbl import ZoneQuery, build_zones
 from mailwarden.checks.dnsbl import inspect as inspect_lists
 from mailwarden.checks.rdns import GenericNames
@@ -29,26 +30,35 @@ from mailwarden.text import printable
 MAX_ADDRESSES = 10
 
 
-def finding(reason: str, **values: object) -> dict[str, Any]:
-    """A problem as the gateway would word it: reason, reply code, sentence and remedy."""
+# Said of a domain whose SPF record fails its own mail host.
+SPF_NOTE: Final[dict[Lang, str]] = {
+    "en": "{domain}'s SPF record does not authorize its own mail server {name}",
+    "de": "Der SPF-Eintrag von {domain} erlaubt den eigenen Mailserver {name} nicht",
+}
+
+
+def finding(reason: str, lang: Lang, **values: object) -> dict[str, Any]:
+    """A problem as the gateway would word it: reason, reply code, sentence (as sent: English) and
+    the remedy in `lang`."""
     entry = catalog.get(reason)
     return {
         "reason": reason,
         "smtp_code": entry.smtp_code,
         "enhanced_code": entry.enhanced,
         "reply": catalog.render(entry.reply, reason, values),
-        "remedy": catalog.render(entry.remedy["en"], reason, values),
+        "remedy": catalog.render(entry.remedy[lang], reason, values),
     }
 
 
-def dns_problem(what: str, error: DnsTempError) -> dict[str, Any]:
-    return {**finding("infra.dns_tempfail", what=what), "dns_error": str(error)}
+def dns_problem(what: str, error: DnsTempError, lang: Lang) -> dict[str, Any]:
+    return {**finding("infra.dns_tempfail", lang, what=what), "dns_error": str(error)}
 
 
 class SenderCheck:
-    def __init__(self, config: Config, resolver: Resolver) -> None:
+    def __init__(self, config: Config, resolver: Resolver, lang: Lang) -> None:
         self.config = config
         self.resolver = resolver
+        self.lang = lang
         self.zones: list[ZoneQuery] = build_zones(config.dnsbl, resolver)
         self.generic = GenericNames(config.rdns.generic_keywords, config.rdns.generic_patterns)
 
@@ -59,19 +69,21 @@ class SenderCheck:
         try:
             rdns = await inspect_rdns(self.resolver, ip, self.generic)
         except DnsTempError as exc:
-            findings.append(dns_problem(f"the reverse DNS of {ip}", exc))
+            findings.append(dns_problem(f"the reverse DNS of {ip}", exc, self.lang))
         else:
             report["ptr"] = rdns.ptr
             report["forward"] = rdns.forward
             report["confirmed_name"] = rdns.confirmed
             report["generic"] = rdns.generic
             if not rdns.ptr:
-                findings.append(finding("client.no_rdns", client_ip=ip))
+                findings.append(finding("client.no_rdns", self.lang, client_ip=ip))
             elif rdns.confirmed is None:
-                findings.append(finding("client.fcrdns_mismatch", client_ip=ip, client_name=rdns.ptr[0]))
+                findings.append(finding("client.fcrdns_mismatch", self.lang, client_ip=ip, client_name=rdns.ptr[0]))
             if rdns.generic:
                 name = rdns.confirmed or rdns.ptr[0]
-                findings.append(finding("client.dynamic_rdns", client_ip=ip, client_name=name, why=rdns.generic))
+                findings.append(
+                    finding("client.dynamic_rdns", self.lang, client_ip=ip, client_name=name, why=rdns.generic)
+                )
         lists = await inspect_lists(self.zones, ip)
         report["dnsbl"] = {
             "zones": [zone.name for zone in self.zones],
@@ -84,6 +96,7 @@ class SenderCheck:
             findings.append(
                 finding(
                     "client.dnsbl",
+                    self.lang,
                     client_ip=ip,
                     zone=listing.zone,
                     meaning=listing.meaning,
@@ -92,7 +105,7 @@ class SenderCheck:
                 )
             )
         for zone, error in lists.failures.items():
-            findings.append(dns_problem(f"the DNS list {zone}", error))
+            findings.append(dns_problem(f"the DNS list {zone}", error, self.lang))
         return report
 
     async def domain(self, domain: str) -> dict[str, Any]:
@@ -101,11 +114,13 @@ class SenderCheck:
         try:
             mail = await inspect_domain(self.resolver, domain)
         except DnsTempError as exc:
-            findings.append(dns_problem(f"the domain {domain}", exc))
+            findings.append(dns_problem(f"the domain {domain}", exc, self.lang))
             return report
         report["mail_hosts"] = mail.to_dict()
         if mail.problem:
-            findings.append(finding(mail.problem, domain=domain, sender=f"postmaster@{domain}", **mail.values))
+            findings.append(
+                finding(mail.problem, self.lang, domain=domain, sender=f"postmaster@{domain}", **mail.values)
+            )
         report["spf_records"] = await self._spf_records(domain, findings)
         hosts = [(host.name, address) for host in mail.mx for address in host.addresses]
         hosts += [(domain, address) for address in mail.implicit]
@@ -118,7 +133,7 @@ class SenderCheck:
         try:
             texts = await self.resolver.query(domain, "TXT")
         except DnsTempError as exc:
-            findings.append(dns_problem(f"the SPF record of {domain}", exc))
+            findings.append(dns_problem(f"the SPF record of {domain}", exc, self.lang))
             return []
         records = [t.decode("utf-8", "replace") for t in texts.records]
         return [printable(r) for r in records if r.lower().startswith("v=spf1")]
@@ -131,8 +146,8 @@ class SenderCheck:
         if spf.result == "fail":
             report["findings"].append(
                 {
-                    **finding("sender.spf_fail", domain=domain, client_ip=address, spf_detail=spf.detail),
-                    "note": f"{domain}'s SPF record does not authorize its own mail server {name}",
+                    **finding("sender.spf_fail", self.lang, domain=domain, client_ip=address, spf_detail=spf.detail),
+                    "note": SPF_NOTE[self.lang].format(domain=domain, name=name),
                 }
             )
         return report
@@ -150,10 +165,10 @@ class SenderCheck:
         return report
 
 
-async def check_sender(config: Config, target: str) -> dict[str, Any]:
+async def check_sender(config: Config, target: str, lang: Lang = "en") -> dict[str, Any]:
     resolver = Resolver.from_config(config.dns)
     try:
-        return await SenderCheck(config, resolver).run(target)
+        return await SenderCheck(config, resolver, lang).run(target)
     finally:
         resolver.close()
 

@@ -83,7 +83,6 @@ def test_every_mirrored_command_answers_a_real_question_within_its_schema(
 ) -> None:
     operations = _operations(schema)
     refused = web.refs["unknown"]
-    headers, cookies = support
 
     def ask(name: str, auth: Auth = support, **case: Any) -> Any:
         asked = operations[name].Case(**case)

@@ -3,8 +3,10 @@
 Support logs in, searches by recipient, opens a message the gateway refused, reads the verdict
 and downloads its PDF; a customer sees only its own domain's mail in the search and the dashboard,
 and editing the address to another domain's message gets 404; a sender follows the ref of a real
-refusal reply to /why/REF and reads it in German and in English. A screenshot of every page is
-written to the directory the test prints (test-artifacts/web-browser/ by default).
+refusal reply to /why/REF and reads it in German and in English; an admin whose browser asks for
+German (or English) walks every page - login, home, search, message, dashboard, bounce, sender
+check, audit log, accounts - and none shows a label of the other language. A screenshot of every
+page is written to the directory the test prints (test-artifacts/web-browser/ by default).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from mailwarden.catalog import CATALOG
+from mailwarden.trace.phrases import PHRASES
+from mailwarden.web.i18n import TEXTS
 from tests.support.web import PASSWORD, Center, Mail, center, refusal_ref, wait_committed
 
 pytestmark = pytest.mark.integration
@@ -69,6 +74,25 @@ def page(browser: Browser, web: Center) -> Iterator[Page]:
     opened = context.new_page()
     yield opened
     context.close()
+
+
+def _fixed_parts(text: str) -> list[str]:
+    """The words of a text around its `{placeholders}`, long enough not to occur by chance."""
+    return [part.strip(" .:;,()") for part in re.split(r"\{[^}]*\}", text) if len(part.strip(" .:;,()")) >= 8]
+
+
+def _labels_of(lang: str) -> set[str]:
+    """Every fixed part of the pages' and the trace's texts in `lang` that the other language does not share
+    (reason codes such as `delivered` are names, the same in both)."""
+    index = 0 if lang == "en" else 1
+    texts = (*TEXTS.values(), *PHRASES.values())
+    shared = {part for pair in texts for part in _fixed_parts(pair[1 - index])} | set(CATALOG)
+    return {part for pair in texts for part in _fixed_parts(pair[index])} - shared
+
+
+def _word_at(label: str, text: str) -> int:
+    found = re.search(rf"(?<!\w){re.escape(label)}(?![\w=])", text)  # not a recorded key=value
+    return found.start() if found else -1
 
 
 def _log_in(page: Page, name: str, password: str = PASSWORD) -> None:
@@ -181,3 +205,56 @@ def test_a_sender_follows_the_ref_of_a_real_refusal_to_the_why_page_in_german_an
     p.goto("/why/ZZZZZZZZZZZA")
     assert "No such reference" in p.inner_text("#why")
     p.screenshot(path=shots / "11-why-unknown.png", full_page=True)
+
+
+@pytest.mark.parametrize(("lang", "locale", "other"), [("de", "de-DE", "en"), ("en", "en-GB", "de")])
+def test_every_page_speaks_the_language_the_browser_asks_for(
+    browser: Browser, web: Center, shots: Path, lang: str, locale: str, other: str
+) -> None:
+    context = browser.new_context(base_url=web.url, locale=locale)
+    p = context.new_page()
+    foreign = _labels_of(other)
+    headings = {
+        "de": ("Anmelden", "Nachricht finden", "Suche", "Übersicht", "Fehlermeldung erklären", "Absender prüfen"),
+        "en": ("Log in", "Find a message", "Search", "Dashboard", "Explain a bounce", "Check a sender"),
+    }[lang]
+
+    def shown(number: int, name: str, heading: str | None = None) -> None:
+        assert p.locator("html").get_attribute("lang") == lang, name
+        text = p.inner_text("body")
+        if heading is not None:
+            assert p.inner_text("main h1") == heading, name
+        left = {label: text[max(0, at - 60) : at + 60] for label in foreign if (at := _word_at(label, text)) >= 0}
+        assert not left, f"{name} shows {other} text on a {lang} page: {left}"
+        p.screenshot(path=shots / f"{number:02d}-{lang}-{name}.png", full_page=True)
+
+    try:
+        p.goto("/login")
+        shown(20, "login", headings[0])
+        _log_in(p, "admin", web.admin_password)
+        shown(21, "home", headings[1])
+        p.goto("/search?recipient=nobody%40example.test&since=1d")
+        shown(22, "search", headings[2])
+        p.goto(f"/message/{web.refs['unknown']}")
+        assert p.locator("#download-pdf").is_visible()
+        shown(23, "message")
+        p.goto("/dashboard")
+        shown(24, "dashboard", headings[3])
+        p.goto("/bounce")
+        p.fill("#bounce-text", f"550 5.1.1 <nobody@example.test>: no such user here ref={web.refs['unknown']}")
+        p.click("#explain")
+        p.wait_for_selector("#bounce-result")
+        shown(25, "bounce", headings[4])
+        p.goto("/sender-check")
+        p.fill("#target", "sender.test")
+        p.click("#check")
+        p.wait_for_selector("#sender-result")
+        shown(26, "sender-check", headings[5])
+        p.goto("/audit")
+        assert "message.open" in p.inner_text("#audit")
+        shown(27, "audit")
+        p.goto("/accounts")
+        assert "othercustomer" in p.inner_text("#accounts")
+        shown(28, "accounts")
+    finally:
+        context.close()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from mailwarden import sendercheck
+from mailwarden.catalog import CATALOG, Lang
 from mailwarden.cli import main
 from mailwarden.config import Config
 from mailwarden.events import Event
 from mailwarden.store import StoreError
 from mailwarden.store.sqlite import SqliteStore
-from mailwarden.web import accounts
+from mailwarden.web import accounts, pages
 from mailwarden.web.app import create_app
 from mailwarden.web.i18n import from_accept_language
 
@@ -151,6 +155,26 @@ def test_an_unknown_account_is_refused_like_a_wrong_password(store: SqliteStore,
     client = make_client(store, clock)
     assert log_in(client, name="nobody") == 401
     assert log_in(client, name="support", password="wrong password") == 401
+
+
+def test_the_sender_check_page_shows_each_finding_with_its_remedy_in_the_pages_language(
+    store: SqliteStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    async def found(config: Config, target: str, lang: Lang = "en") -> dict[str, Any]:
+        asked.append(lang)
+        problem = sendercheck.finding("client.no_rdns", lang, client_ip="192.0.2.1")  # a finding without a note
+        return {"address": target, "findings": [problem], "checked_at": "now", "checked_by": "mx", "ok": False}
+
+    monkeypatch.setattr(pages, "check_sender", found)
+    client = make_client(store, clock)
+    assert log_in(client) == 303
+    page = client.get("/sender-check", params={"target": "192.0.2.1", "lang": "de"})
+    assert page.status_code == 200 and asked == ["de"]
+    shown = html.unescape(page.text)
+    assert CATALOG["client.no_rdns"].remedy["de"][:40] in shown
+    assert CATALOG["client.no_rdns"].remedy["en"][:40] not in shown
 
 
 def test_the_why_page_is_rate_limited_per_client_address(store: SqliteStore, clock: Clock) -> None:

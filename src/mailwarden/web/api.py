@@ -449,11 +449,15 @@ def explain_a_bounce(
 
 @router.get("/sender-check", response_model=SenderCheckAnswer)
 async def sender_check(
-    request: Request, session: SessionDep, target: Annotated[str, Query(min_length=1, max_length=MAX_FIELD)]
+    request: Request,
+    session: SessionDep,
+    target: Annotated[str, Query(min_length=1, max_length=MAX_FIELD)],
+    lang: LangQuery = None,
 ) -> Response:
-    """A sending domain or address as the gateway sees it (`mailwarden check-sender --format json`)."""
+    """A sending domain or address as the gateway sees it (`mailwarden check-sender --format json`);
+    the remedies in `lang` (the replies are as the gateway sends them)."""
     web = web_of(request)
-    found = await check_sender(web.config, target.strip())
+    found = await check_sender(web.config, target.strip(), _lang(request, lang))
     await run_in_threadpool(web.audit, session.principal.name, "sender.check", request, target.strip())
     return json_of(SenderCheckAnswer.model_validate(found), exclude_unset=True)
 

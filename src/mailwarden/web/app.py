@@ -42,7 +42,7 @@ from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions
 from mailwarden.web.dashboard import DayCounts
 from mailwarden.web.deps import CsrfFailed, Forbidden, LoginRequired, TooManyRequests, client_ip, web_of
-from mailwarden.web.i18n import LANG_COOKIE, negotiate, t
+from mailwarden.web.i18n import LANG_COOKIE, negotiate, status_name, t
 from mailwarden.web.scope import NotVisible, Principal
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Web:
             "lang": lang,
             "t": lambda key, **v: t(key, lang, **v),
             "when": lambda ts_us: when(ts_us, lang),
+            "status_name": lambda status: status_name(status, lang),
             "me": session.principal if session is not None else None,
             "csrf": session.csrf if session is not None else "",
             "nav": nav_for(session.principal) if session is not None else [],

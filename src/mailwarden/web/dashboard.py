@@ -21,7 +21,7 @@ from mailwarden.store import Store
 from mailwarden.trace.model import STATUSES
 from mailwarden.trace.search import Counts, SearchSpec, count
 from mailwarden.web import charts
-from mailwarden.web.i18n import t
+from mailwarden.web.i18n import status_name, t
 
 DAY_US: Final = 86400 * 1_000_000
 DAYS: Final = 30
@@ -82,10 +82,6 @@ class DayCounts:
                     self._kept[(scope, start)] = kept
                 days.append(Day(start, kept[1]))
         return Traffic(days)
-
-
-def status_name(status: str, lang: Lang) -> str:
-    return t(f"state.{status}", lang)
 
 
 def reason_name(reason: str | None, lang: Lang) -> str:

@@ -227,6 +227,12 @@ def t(key: str, lang: Lang, **values: object) -> str:
     raise KeyError(f"no text {key!r}")
 
 
+def status_name(status: str, lang: Lang) -> str:
+    """A message's status in words (`delivered` -> "zugestellt"); one without words as it is."""
+    key = f"state.{status}"
+    return t(key, lang) if key in TEXTS else status
+
+
 def negotiate(query: str | None, cookie: str | None, accept_language: str | None) -> tuple[Lang, bool]:
     """The request's language, and whether it was chosen now (then the cookie remembers it)."""
     if query in LANGS:

@@ -255,7 +255,6 @@ def search_page(request: Request, session: SessionDep, form: FormDep, position: 
         statuses=STATUSES,
         narrowed=lambda **extra: search_link(form, **extra),
         open_link=message_path,
-        status_name=lambda status: dashboard.status_name(status, request.state.lang),
         reason_name=lambda reason: dashboard.reason_name(reason, request.state.lang),
     )
 
@@ -344,7 +343,7 @@ async def sender_check(
     web = web_of(request)
     result = None
     if target.strip():
-        result = await check_sender(web.config, target.strip())
+        result = await check_sender(web.config, target.strip(), request.state.lang)
         await run_in_threadpool(web.audit, session.principal.name, "sender.check", request, target.strip())
     return await run_in_threadpool(web.render, request, "sender.html", 200, target=target, result=result)
 
