@@ -15,7 +15,7 @@ import pytest
 from mailwarden.events import Event
 from mailwarden.ingest.inputs import Follower, Importer, Positions
 from mailwarden.ingest.pipeline import Ingester, Stats
-from mailwarden.ingest.progress import Progress, summary
+from mailwarden.ingest.progress import import_progress, summary
 from mailwarden.ingest.receiver import SyslogReceiver, to_line
 from mailwarden.ingest.service import IngestService
 from mailwarden.ingest.sources import rotation_order
@@ -309,7 +309,7 @@ def test_progress_shows_rate_and_eta_and_the_summary_counts_unknown_programs() -
     stats.unknown["sshd"] = 7
     stats.kinds["deliver"] = 40_000
     out = io.StringIO()
-    progress = Progress(out, total_bytes=10_000_000, stats=stats)
+    progress = import_progress(out, 10_000_000, stats)
     progress.advance(2_500_000)
     progress.show()
     line = out.getvalue().split("\r")[-1]
