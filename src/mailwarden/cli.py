@@ -224,7 +224,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_trace(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.trace import commands
+    from mailwarden import trace_commands as commands
     from mailwarden.trace.search import AddressFilter, SearchSpec
 
     limit = args.limit
@@ -247,7 +247,7 @@ def cmd_trace(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.trace import commands
+    from mailwarden import trace_commands as commands
 
     return commands.explain(
         config,
@@ -261,13 +261,13 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_verify_report(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.trace import commands
+    from mailwarden import trace_commands as commands
 
     return commands.verify_report(config, args.file)
 
 
 def cmd_purge(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.trace import commands
+    from mailwarden import trace_commands as commands
 
     return commands.purge(config, args.days)
 
@@ -285,13 +285,13 @@ def cmd_check_sender(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_explain_bounce(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.trace import commands
+    from mailwarden import trace_commands as commands
 
     return commands.explain_bounce(config, args.source, lang=args.lang, fmt=args.format)
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.trace import commands
+    from mailwarden import trace_commands as commands
 
     return commands.demo(config, args.server, args.config)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -15,11 +17,11 @@ import pytest
 from mailwarden.events import Event
 from mailwarden.ingest.inputs import Follower, Importer, Positions
 from mailwarden.ingest.pipeline import Ingester, Stats
-from mailwarden.ingest.progress import Progress, summary
+from mailwarden.ingest.progress import import_progress, summary
 from mailwarden.ingest.receiver import SyslogReceiver, to_line
 from mailwarden.ingest.service import IngestService
 from mailwarden.ingest.sources import rotation_order
-from mailwarden.store import EventQuery, Position, Store
+from mailwarden.store import EventQuery, Position, Store, StoreError
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.net import free_port
 
@@ -117,6 +119,38 @@ def test_an_import_killed_between_bulk_batches_resumes_without_duplicates_or_gap
     monkeypatch.undo()
     _import(store, [path])
     assert _users(store) == [f"u{n}@x.test" for n in range(40)]
+
+
+def test_a_bulk_import_whose_writer_process_is_killed_stops_and_resumes_without_duplicates_or_gaps(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Importer, "CHECK_EVERY_LINES", 4)
+    monkeypatch.setattr(Positions, "BULK_EVENTS", 5)
+    path = tmp_path / "mail.log"
+    path.write_text("".join(_login(n) for n in range(40)))
+    assert isinstance(store, SqliteStore)
+    handed: list[int] = []
+    commit = store.append_bulk
+
+    def writer_killed_after_two_batches(events: list[Event], positions: list[Position]) -> None:
+        if len(handed) == 2:
+            store.flush()
+            assert store._bulk is not None and store._bulk.pid != os.getpid()  # a process of its own
+            os.kill(store._bulk.pid, signal.SIGKILL)
+        handed.append(len(events))
+        commit(events, positions)
+
+    monkeypatch.setattr(store, "append_bulk", writer_killed_after_two_batches)
+    with pytest.raises(StoreError, match="bulk writer process ended unexpectedly"):
+        _import(store, [path])
+    assert len(_users(store)) == sum(handed[:2])  # the batches committed before, with their positions
+    monkeypatch.undo()
+    restarted = SqliteStore(tmp_path / "store.db")
+    try:
+        _import(restarted, [path])
+        assert _users(restarted) == [f"u{n}@x.test" for n in range(40)]
+    finally:
+        restarted.close()
 
 
 def test_a_renamed_and_compressed_file_is_recognised_by_its_content(store: Store, tmp_path: Path) -> None:
@@ -309,7 +343,7 @@ def test_progress_shows_rate_and_eta_and_the_summary_counts_unknown_programs() -
     stats.unknown["sshd"] = 7
     stats.kinds["deliver"] = 40_000
     out = io.StringIO()
-    progress = Progress(out, total_bytes=10_000_000, stats=stats)
+    progress = import_progress(out, 10_000_000, stats)
     progress.advance(2_500_000)
     progress.show()
     line = out.getvalue().split("\r")[-1]

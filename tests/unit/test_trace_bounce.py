@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden import trace_commands as commands
 from mailwarden.config import Config
 from mailwarden.events import Event
 from mailwarden.store.sqlite import SqliteStore
-from mailwarden.trace import bounce, commands, status_codes
+from mailwarden.trace import bounce, status_codes
 
 # A Postfix DSN as the recipes captured it (shared/recipes/README.md, section 1), shortened.
 POSTFIX_DSN = b"""From: Mail Delivery System <MAILER-DAEMON@mta.example.test>

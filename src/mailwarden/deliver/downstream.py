@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Literal
 
+from mailwarden import replycodes
 from mailwarden.checks.base import Action, Verdict
 from mailwarden.config import DeliveryConfig, parse_hostport
 from mailwarden.dotstuff import DotStuffer
@@ -42,8 +42,6 @@ from mailwarden.text import printable
 CHUNK: Final = 1024 * 1024
 DEDUP_DAYS: Final = 7
 MAX_REPLY_LINES: Final = 100
-_REPLY_LINE: Final = re.compile(rb"^([2-5]\d\d)([ -])(.*?)\r?\n$", re.S)
-_ENHANCED: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 Stage = Literal["mail", "rcpt", "data", "earlier"]
 
@@ -71,8 +69,7 @@ class DownstreamReply:
 
     @property
     def enhanced(self) -> str | None:
-        match = _ENHANCED.match(self.text)
-        return match.group(0) if match else None
+        return replycodes.leading(self.text).enhanced
 
     @property
     def line(self) -> str:
@@ -168,7 +165,7 @@ class _Connection:
     async def reply(self, within: float | None = None) -> DownstreamReply:
         seconds = within or self.timeout
         lines: list[str] = []
-        code = b""
+        code = 0
         while len(lines) < MAX_REPLY_LINES:
             try:
                 raw = await asyncio.wait_for(self.reader.readuntil(b"\n"), seconds)
@@ -178,13 +175,13 @@ class _Connection:
                 raise DownstreamError("the connection was closed") from None
             except asyncio.LimitOverrunError:
                 raise DownstreamError("a reply line is too long") from None
-            match = _REPLY_LINE.match(raw)
-            if match is None or (code and match.group(1) != code):
+            line = replycodes.wire_line(raw)
+            if line is None or (code and line[0] != code):
                 raise DownstreamError(f"not an SMTP/LMTP reply: {printable(raw.decode('latin-1'), 200)}")
-            code = match.group(1)
-            lines.append(printable(match.group(3).decode("utf-8", "replace"), 1000))
-            if match.group(2) == b" ":
-                return DownstreamReply(int(code), " ".join(lines))
+            code, last, text = line
+            lines.append(printable(text.decode("utf-8", "replace"), 1000))
+            if last:
+                return DownstreamReply(code, " ".join(lines))
         raise DownstreamError(f"a reply of more than {MAX_REPLY_LINES} lines")
 
     async def command(self, line: str) -> DownstreamReply:

@@ -13,7 +13,7 @@ from typing import TextIO
 from mailwarden.config import Config
 from mailwarden.ingest.inputs import Importer
 from mailwarden.ingest.pipeline import IngestError
-from mailwarden.ingest.progress import Progress, summary
+from mailwarden.ingest.progress import import_progress, summary
 from mailwarden.ingest.service import IngestService, configured_ingester
 
 
@@ -67,7 +67,7 @@ def ingest(
                 raise service.error
         else:
             show = err.isatty() if progress is None else progress
-            bar = Progress(err, _total_size(paths), ingester.stats) if show else None
+            bar = import_progress(err, _total_size(paths), ingester.stats) if show else None
             importer = Importer(
                 store,
                 ingester,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from mailwarden import replycodes
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
@@ -53,7 +54,6 @@ _VERIFY_FOR: Final = re.compile(r"sender verify fail for <(" + ADDRESS + r")>(?:
 _SA_ACTION: Final = re.compile(r"SA: Action: (.*?): score=(-?[\d.]+) required=(-?[\d.]+)")
 _SA_HOST: Final = re.compile(r"\(host=(\S+) \[([0-9A-Fa-f.:]+)\]\)")
 _SET_ID: Final = re.compile(r"\(set_id=(.*)\)\s*$")
-_SMTP_CODE: Final = re.compile(r"(?:: |^)(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?")
 _QUIET: Final = (
     "Completed",
     "SMTP connection from",
@@ -84,6 +84,19 @@ _QUIET: Final = (
     "dropped:",
     "Received from",
 )
+
+
+def _codes(reply: str | None) -> tuple[int | None, str | None]:
+    """The code and enhanced code of the remote reply Exim quotes: at the text's start or after
+    the first `: ` that is followed by a code (`... after RCPT TO:<a@b>: 550 5.1.1 ...`)."""
+    at = 0
+    while reply is not None and at >= 0:
+        found = replycodes.leading(reply, at)
+        if found.code is not None:
+            return found.code, found.enhanced
+        at = reply.find(": ", at)
+        at = at + 2 if at >= 0 else at
+    return None, None
 
 
 def _fields(text: str) -> dict[str, str]:
@@ -172,16 +185,16 @@ class EximParser(Parser):
             detail["host"] = f"{host[1] or ''} [{host[3]}]".strip()
         if original:
             detail["orig_to"] = original
-        code = _SMTP_CODE.search(reply or "")
+        code, enhanced = _codes(reply)
         event = self.event(
             kind,
             frame,
             queue_id=exim_id,
             recipient=address,
-            smtp_code=int(code[1]) if code else None,
-            enhanced_code=code[2] if code else None,
+            smtp_code=code,
+            enhanced_code=enhanced,
             reply=reply,
-            reason="delivered" if kind == "deliver" else classify(reply, code[2] if code else None),
+            reason="delivered" if kind == "deliver" else classify(reply, enhanced),
             detail=detail,
         )
         self.emit(event, context)
@@ -200,7 +213,7 @@ class EximParser(Parser):
         zone = dnsbl_zone(reply or "")
         if zone:
             detail["zone"] = zone
-        code = _SMTP_CODE.search(reply or "")
+        code, enhanced = _codes(reply)
         event = self.event(
             "tempfail" if found[1] else "reject",
             frame,
@@ -210,10 +223,10 @@ class EximParser(Parser):
             helo=host[2] if host else None,
             sender=sender.strip("<>") if sender is not None else None,
             recipient=recipient,
-            smtp_code=int(code[1]) if code else None,
-            enhanced_code=code[2] if code else None,
+            smtp_code=code,
+            enhanced_code=enhanced,
             reply=reply,
-            reason=classify(reply, code[2] if code else None) or _BY_STAGE.get(stage),
+            reason=classify(reply, enhanced) or _BY_STAGE.get(stage),
             detail=detail,
         )
         self.emit(event, self._message(frame, exim_id) if exim_id else None)
@@ -292,7 +305,7 @@ class EximParser(Parser):
     def _auth_failed(self, frame: Frame, found: re.Match[str]) -> bool:
         reply = found[6]
         user = _SET_ID.search(reply)
-        code = _SMTP_CODE.search(reply)
+        code, _ = _codes(reply)
         event = self.event(
             "login",
             frame,
@@ -300,7 +313,7 @@ class EximParser(Parser):
             client_name=found[2],
             helo=found[3],
             recipient=user[1] if user else None,
-            smtp_code=int(code[1]) if code else None,
+            smtp_code=code,
             reply=reply,
             detail={"result": "failed", "protocol": "smtp", "method": found[1]},
         )

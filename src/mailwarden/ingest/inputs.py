@@ -26,9 +26,9 @@ from typing import IO, Any, Final
 from mailwarden.events import Event
 from mailwarden.ingest.framing import Framer
 from mailwarden.ingest.pipeline import Ingester, Stream
-from mailwarden.ingest.progress import Progress
 from mailwarden.ingest.sources import decode, fingerprint, fingerprint_of, open_binary, rotated_series, skip
 from mailwarden.ingest.timestamps import Clock
+from mailwarden.progress import Progress
 from mailwarden.store import Position, Store
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final, NamedTuple
 
+from mailwarden import replycodes
 from mailwarden.events import Event
 from mailwarden.handoff import lmtp_session
 from mailwarden.ingest.base import (
@@ -43,7 +44,6 @@ from mailwarden.ingest.base import (
     bounded_pop,
     expire,
     message_id,
-    to_int,
 )
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
@@ -61,7 +61,6 @@ _REJECT: Final = re.compile(
     + _CLIENT
     + r": "
 )
-_REPLY: Final = re.compile(r"(?:(\d{3})[ -])?(?:(\d\.\d{1,3}\.\d{1,3}) )?")
 _TAIL_KEYS: Final = ("from=<", "to=<", "proto=", "helo=")
 _TAIL: Final = re.compile(
     rf"; (?:from=<(?P<from>{ADDRESS})>,? ?)?(?:to=<(?P<to>{ADDRESS})>,? ?)?"
@@ -70,11 +69,8 @@ _TAIL: Final = re.compile(
 _DELIVERY: Final = re.compile(
     rf"to=(?:<(?P<to>{ADDRESS})>|(?P<bare>[^\s<>,]+)), (?:orig_to=(?:<(?P<orig>{ADDRESS})>|(?P<orig_bare>[^\s<>,]+)), )?"
     r"relay=(?P<relay>[^\s,]+), (?:conn_use=\d+, )?delay=(?P<delay>[\d.]+), delays=(?P<delays>[\d./]+), "
-    r"(?:tls=[^\s,]+, )?dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z-]+)(?: \((?P<text>.*)\))?"
+    rf"(?:tls=[^\s,]+, )?dsn=(?P<dsn>{replycodes.ENHANCED}), status=(?P<status>[a-z-]+)(?: \((?P<text>.*)\))?"
 )
-_CODES: Final = r"(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?"  # a reply's code and enhanced code
-_SAID: Final = re.compile(r"(?:.*? said: )?" + _CODES)
-_REPLY_CODE: Final = re.compile(_CODES)  # _SAID without anything said
 _DELIVERY_KINDS: Final = {"sent": "deliver", "deferred": "defer", "bounced": "bounce", "expired": "bounce"}
 _QUEUED_AS: Final = re.compile(r"queued as ([0-9A-Za-z]{5,24})\b")
 _SMTPD_CLIENT: Final = re.compile(
@@ -185,6 +181,18 @@ def _kind_for(code: int | None, enhanced: str | None) -> str:
     return "tempfail" if enhanced and enhanced.startswith("4") else "reject"
 
 
+def _said_code(text: str) -> int | None:
+    """The code of the reply a delivery's text quotes: after the first `host ... said: ` that is
+    followed by one, else at the text's start."""
+    at = text.find(" said: ")
+    while at >= 0:
+        code = replycodes.leading(text, at + 7).code
+        if code is not None:
+            return code
+        at = text.find(" said: ", at + 7)
+    return replycodes.leading(text).code
+
+
 def _tail(text: str, client: tuple[str, str]) -> tuple[int, re.Match[str]] | None:
     """The key=value tail of a reject (`; from=<> to=<> proto= helo=<>`) and where it starts.
 
@@ -198,7 +206,7 @@ def _tail(text: str, client: tuple[str, str]) -> tuple[int, re.Match[str]] | Non
             starts.append(position)
         position = text.find("; ", position + 2)
     first: tuple[int, re.Match[str]] | None = None
-    reply_start = _REPLY.match(text).end()  # type: ignore[union-attr]  # all its parts are optional
+    reply_start = replycodes.leading(text).end
     echoes = len(starts) > 1 and text.startswith("<", reply_start)
     for start in starts:
         found = _TAIL.fullmatch(text, start)
@@ -251,11 +259,9 @@ class _Refusal(NamedTuple):
             cut, values = tail
             text, sender, recipient, proto = text[:cut], values["from"], values["to"], values["proto"]
             helo = values["helo"] if values["helo"] is not None else values["bare_helo"] or None
-        reply = _REPLY.match(text)
-        code = to_int(reply[1]) if reply else None
-        enhanced = reply[2] if reply else None
+        code, enhanced, _, start = replycodes.leading(text)
         echoes = (recipient, sender, helo, f"{client[0]}[{client[1]}]", client[1])
-        own = _own_words(text, reply.end() if reply else 0, echoes)
+        own = _own_words(text, start, echoes)
         return cls(text, own, code, enhanced, sender, recipient, helo, proto, dnsbl_zone(text))
 
     @property
@@ -514,10 +520,7 @@ class PostfixParser(SessionParser):
         code: int | None = None
         enhanced = dsn
         if text:
-            # `_SAID` would try ` said: ` at every position of the text first
-            said = _SAID.match(text) if " said: " in text else _REPLY_CODE.match(text)
-            if said is not None:
-                code = int(said[1])
+            code = _said_code(text)
         detail: dict[str, object] = {"relay": found["relay"], "delay": float(found["delay"]), "status": status}
         orig = found["orig"] if found["orig"] is not None else found["orig_bare"]
         if orig:
@@ -587,9 +590,7 @@ class PostfixParser(SessionParser):
         if action not in ("reject", "discard", "hold", "warning", "info", "milter-reject", "milter-discard"):
             return True  # a header rewritten, redirected, filtered: the message goes on
         text = found["text"] or ""
-        reply = _REPLY.match(text)
-        code = to_int(reply[1]) if reply else None
-        enhanced = reply[2] if reply else None
+        code, enhanced, _, _ = replycodes.leading(text)
         kind = {"warning": "check", "info": "check", "hold": "defer"}.get(action) or _kind_for(code, enhanced)
         detail: dict[str, object] = {"action": action, "check": found[2], "match": found["what"]}
         event = self.event(

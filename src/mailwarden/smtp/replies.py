@@ -14,7 +14,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Final
 
-from mailwarden import catalog
+from mailwarden import catalog, replycodes
 from mailwarden.checks.base import Verdict
 from mailwarden.text import ascii_printable, printable
 
@@ -22,8 +22,6 @@ MAX_TEXT: Final = 400  # characters of text per reply line, well inside 512 octe
 MAX_TEXT_OCTETS: Final = 480  # ... and octets, for UTF-8 text: "550-5.7.1 " + text + CRLF stays under 512
 
 _REF_MARK: Final = re.compile(r"(ref)=", re.IGNORECASE)
-_PARTS: Final = re.compile(r"^([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3})(?: (.*))?$", re.S)
-_CODE: Final = re.compile(r"^([245])(\d\d)([ -])(.*)$", re.S)
 
 # Enhanced codes for replies produced by the protocol layer (RFC 3463, RFC 5321 4.2.2).
 _DEFAULT_ENHANCED: Final[dict[str, str]] = {
@@ -53,14 +51,12 @@ _DEFAULT_ENHANCED: Final[dict[str, str]] = {
 
 def with_enhanced_code(reply: str) -> str:
     """Insert a fitting enhanced status code into a reply line that lacks one."""
-    if _PARTS.match(reply):
+    found = replycodes.leading(reply)
+    if found.code is None or found.enhanced is not None:
         return reply
-    match = _CODE.match(reply)
-    if match is None:
-        return reply
-    code = match.group(1) + match.group(2)
-    enhanced = _DEFAULT_ENHANCED.get(code, f"{match.group(1)}.0.0")
-    return f"{code}{match.group(3)}{enhanced} {match.group(4)}"
+    code = reply[:3]
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
+    return f"{code}{reply[3]}{enhanced} {reply[4:]}"
 
 
 @dataclass(frozen=True)
@@ -108,15 +104,15 @@ def with_ref(text: str, ref: str, explain_url: str = "") -> str:
 def parse(reply: str) -> Reply:
     """One of our replies as sent (continuation lines joined), taken apart again."""
     texts: list[str] = []
-    first: re.Match[str] | None = None
+    first: replycodes.Codes | None = None
     for line in reply.split("\r\n"):
-        match = _PARTS.match(line)
-        if match is None:
+        found = replycodes.leading(line)
+        if found.code is None or found.enhanced is None:
             raise ValueError(f"not a reply with an enhanced status code: {line!r}")
-        first = first or match
-        texts.append(match.group(3) or "")
-    assert first is not None  # split() gives at least one line
-    return Reply(int(first.group(1)), first.group(2), " ".join(texts))
+        first = first or found
+        texts.append(line[found.end :])
+    assert first is not None and first.code is not None and first.enhanced is not None  # one line at least
+    return Reply(first.code, first.enhanced, " ".join(texts))
 
 
 def for_verdict(verdict: Verdict, ref: str, explain_url: str, *, utf8: bool) -> Reply:

@@ -6,7 +6,7 @@ import sys
 import time
 
 from mailwarden.config import Config
-from mailwarden.ingest.progress import CountingProgress
+from mailwarden.progress import Progress
 
 
 def reindex(config: Config, *, progress: bool | None = None) -> int:
@@ -18,7 +18,7 @@ def reindex(config: Config, *, progress: bool | None = None) -> int:
     try:
         total = store.count_events()
         show = sys.stderr.isatty() if progress is None else progress
-        bar = CountingProgress(sys.stderr, total, "events") if show else None
+        bar = Progress(sys.stderr, total, "events") if show else None
         rows = store.reindex(bar.update if bar is not None else None)
         if bar is not None:
             bar.update(total)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any, Final, Literal
 
+from mailwarden import replycodes
 from mailwarden.catalog import Lang
 from mailwarden.smtp import refs
 from mailwarden.text import printable
@@ -43,8 +44,6 @@ _HEADER_REF: Final = re.compile(
 )
 _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
 _TEXT_RECIPIENT: Final = re.compile(r"^<([^<>\s]+)>: |after RCPT TO:<([^<>\s]+)>", re.M)
-_REPLY: Final = re.compile(r"\b([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3})\b")
-_ENHANCED: Final = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _POSTFIX_HOST: Final = re.compile(r"host (\S+?)\[([0-9A-Fa-f.:]+)\] said:")
 _EXIM_HOST: Final = re.compile(r"SMTP error from remote mail server after [^\n]*?:\s+host (\S+) \[([0-9A-Fa-f.:]+)\]")
 _MTA_FIELD: Final = re.compile(r"^(Reporting|Remote)-MTA:\s*(?:dns;)?\s*(\S+)", re.I | re.M)
@@ -144,17 +143,16 @@ def parse(data: bytes) -> Bounce:
         bounce.remote_mta = bounce.remote_mta or recipient.remote_mta
     diagnostic = _DIAGNOSTIC.search(text)
     unfolded = _FOLD.sub(" ", text)  # a reply wrapped over indented lines is one line again
-    reply = _REPLY.search(unfolded)
+    reply = replycodes.quoted(unfolded)
     if reply is not None:
-        bounce.smtp_code, bounce.enhanced = int(reply.group(1)), reply.group(2)
-        line_end = unfolded.find("\n", reply.end())
-        bounce.diagnostic = _clean(unfolded[reply.start() : line_end if line_end != -1 else None])
+        bounce.smtp_code, bounce.enhanced = reply.code, reply.enhanced
+        line_end = unfolded.find("\n", reply.end)
+        bounce.diagnostic = _clean(unfolded[reply.start : line_end if line_end != -1 else None])
     if diagnostic is not None:
         bounce.diagnostic = _clean(diagnostic.group(1))
     statuses = [r.status for r in bounce.recipients if r.status]
     if bounce.enhanced is None:
-        enhanced = _ENHANCED.search(text)
-        bounce.enhanced = statuses[0] if statuses else (enhanced.group(1) if enhanced else None)
+        bounce.enhanced = statuses[0] if statuses else replycodes.enhanced_in(text)
     if not bounce.recipients:  # pasted text: Postfix's "<address>: host ... said", Exim's "after RCPT TO:<address>"
         for match in _TEXT_RECIPIENT.finditer(text):
             address = _clean(match.group(1) or match.group(2))

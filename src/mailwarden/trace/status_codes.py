@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
+from mailwarden import replycodes
 from mailwarden.catalog import Lang
-
-CODE: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 
 CLASSES: Final[dict[str, tuple[str, str]]] = {
     "2": (
@@ -178,10 +176,10 @@ DETAILS: Final[dict[str, tuple[str, str]]] = {
 
 def explain(code: str, lang: Lang) -> list[str]:
     """Plain sentences for an enhanced status code: class, subject, detail (when registered)."""
-    match = CODE.match(code.strip())
-    if match is None:
+    found = replycodes.parts(code.strip())
+    if found is None:
         return []
-    klass, subject, detail = match.groups()
+    klass, subject, detail = found
     index = 1 if lang == "de" else 0
     sentences = [CLASSES[klass][index]]
     if subject in SUBJECTS:

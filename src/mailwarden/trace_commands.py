@@ -1,5 +1,8 @@
 """The trace's command-line actions; cli.py parses the arguments and calls these.
 
+The printing for trace/ happens here, outside it: trace/ returns values and text (a listing, a
+report, a bounce's explanation), so the web and the API use the same pieces without a terminal.
+
 Each returns the process exit code: 0 done, 1 a negative answer (nothing found, a report that
 does not verify), 2 an error the user can fix (raised as an exception the CLI prints).
 """

@@ -1,0 +1,42 @@
+"""The layering of docs/architecture.md ("Layers"), checked on the source: shared pieces live in the
+core and are not copied into rooms, and trace/ returns text instead of printing it."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import mailwarden
+
+SOURCE = Path(mailwarden.__file__).parent
+# The shapes of a reply code and an enhanced status code as they appear in a pattern's source.
+_CODE_SHAPES = re.compile(r"\\d\{1,3\}\\.\\d\{1,3\}|\\d\{3\}\)?\[ -\]|\\d\\d\)?\[ -\]|\[245\]\\d\\d|\[2-5\]\\d\\d")
+
+
+def _modules(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def test_trace_prints_nothing_the_command_line_does() -> None:
+    printing = []
+    for path in _modules(SOURCE / "trace"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                printing.append(f"{path.name}:{node.lineno} print()")
+            if isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr"):
+                printing.append(f"{path.name}:{node.lineno} sys.{node.attr}")
+    assert printing == []
+
+
+def test_smtp_reply_codes_are_parsed_only_by_the_shared_parser() -> None:
+    copies = []
+    for path in _modules(SOURCE):
+        if path.name == "replycodes.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+                text = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
+                if _CODE_SHAPES.search(text):
+                    copies.append(f"{path.relative_to(SOURCE)}:{node.lineno}")
+    assert copies == []
