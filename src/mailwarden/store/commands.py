@@ -7,13 +7,12 @@ import time
 
 from mailwarden.config import Config
 from mailwarden.ingest.progress import CountingProgress
+from mailwarden.store import open_store
 
 
 def reindex(config: Config, *, progress: bool | None = None) -> int:
     """Rebuild the message index from the events, with a progress line on a terminal."""
-    from mailwarden.serve import open_configured_store
-
-    store = open_configured_store(config)
+    store = open_store(config)
     started = time.monotonic()
     try:
         total = store.count_events()

@@ -31,9 +31,10 @@ from mailwarden.store.base import (
     IndexQuery,
     Mailbox,
     Position,
-    Store,
     StoreError,
 )
+from mailwarden.store.parts import Store
+from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
 from mailwarden.store.sqlite_index import MessageIndex
@@ -403,6 +404,8 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 class SqliteStore(SqliteAccounts, Store):
+    """Every part of the store in one SQLite file; rate limits are counted in this process (one machine)."""
+
     def __init__(self, path: Path, *, batch_interval: float = 0.05) -> None:
         self.path = path
         try:
@@ -422,6 +425,7 @@ class SqliteStore(SqliteAccounts, Store):
         self._bulk = False  # a bulk import writes here: the writer keeps more index pages in memory
         self._bulk_cache = False
         self._found: dict[str, tuple[float, Mailbox]] = {}  # find_mailbox: address -> (valid until, mailbox)
+        self._rates = MemoryRates()
 
     # -- events
     def _writer_started(self) -> BatchWriter:
@@ -681,6 +685,10 @@ class SqliteStore(SqliteAccounts, Store):
             conn.execute(
                 "INSERT OR REPLACE INTO pregreet_passes (client_ip, passed_us) VALUES (?, ?)", (client_ip, at_us)
             )
+
+    # -- rate limits
+    async def rate_hit(self, counter: str, key: str, now: float) -> int:
+        return await self._rates.rate_hit(counter, key, now)
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
