@@ -270,6 +270,10 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
 def cmd_store(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.store import commands
 
+    if args.action == "forget-node":
+        if not args.node:
+            raise ValueError("name the node: mailwarden store forget-node NAME")
+        return commands.forget_node(config, args.node)
     return commands.reindex(config, progress=args.progress)
 
 
@@ -410,8 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
 
-    store = command("store", cmd_store, "maintain the store: `reindex` rebuilds the message index from the events")
-    store.add_argument("action", choices=["reindex"])
+    store = command(
+        "store",
+        cmd_store,
+        "maintain the store: `reindex` rebuilds the message index from the events, "
+        "`forget-node NAME` frees the ref id of a node that no longer runs",
+    )
+    store.add_argument("action", choices=["reindex", "forget-node"])
+    store.add_argument("node", nargs="?", help="forget-node: the node's [node] name")
     store.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

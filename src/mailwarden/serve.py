@@ -17,7 +17,7 @@ from mailwarden.mta.milter import MilterServer
 from mailwarden.mta.policy import PolicyServer
 from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.refs import RefGenerator
+from mailwarden.smtp.refs import RefGenerator, node_id
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import open_store
 from mailwarden.trace.retention import purge_periodically
@@ -31,6 +31,8 @@ async def run(config: Config) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     store = open_store(config)
     try:
+        store.register_node(config.node.name, node_id(config.node.name))  # refuses a clash
+        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
         demo = mailboxes.create_demo(config, store)
         if demo is not None:
             print(f"created demo mailbox {demo[0]} with password {demo[1]} (shown once)", file=sys.stderr, flush=True)
@@ -43,7 +45,6 @@ async def run(config: Config) -> None:
             cert, key = config.path(config.tls.cert), config.path(config.tls.key)
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
-        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
         gateway = Gateway(
             config,
             store,

@@ -30,6 +30,11 @@ def open_store_url(url: str, *, base_dir: Path | None = None, batch_interval: fl
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return SqliteStore(path, batch_interval=batch_interval)
+    if url.startswith("postgresql://"):
+        raise StoreError(
+            "the PostgreSQL store is not complete yet (its events, message index and web accounts are "
+            "still to come; store/postgres.py): use sqlite:///relative/path or sqlite:////absolute/path"
+        )
     raise StoreError(f"unsupported store url {url!r}: use sqlite:///relative/path or sqlite:////absolute/path")
 
 

@@ -1,4 +1,4 @@
-"""The store's command-line actions (`mailwarden store reindex`); cli.py parses the arguments."""
+"""The store's command-line actions (`mailwarden store reindex`, `forget-node`); cli.py parses the arguments."""
 
 from __future__ import annotations
 
@@ -26,3 +26,14 @@ def reindex(config: Config, *, progress: bool | None = None) -> int:
         store.close()
     print(f"message index rebuilt: {rows:,} rows from {total:,} events in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def forget_node(config: Config, name: str) -> int:
+    """Free the ref id of a node that no longer runs, so another node may take it."""
+    store = open_store(config)
+    try:
+        forgotten = store.forget_node(name)
+    finally:
+        store.close()
+    print(f"node {name} forgotten" if forgotten else f"no node {name} is registered in this store")
+    return 0 if forgotten else 1

@@ -25,6 +25,7 @@ from mailwarden.store.base import (
     IndexQuery,
     Mailbox,
     Position,
+    StoreError,
     committed,
 )
 
@@ -207,7 +208,38 @@ class RateLimitState(Protocol):
         epoch) and return the events of the last minute, this one included, rounded up."""
 
 
-class Store(EventLog, Positions, MessageIndex, Mailboxes, GreylistState, PregreetPasses, RateLimitState, AccountStore):
+class NodeRegistry(Protocol):
+    """The node ids refs carry (smtp/refs.py: 10 bits hashed from the node name), one name per id."""
+
+    @abstractmethod
+    def register_node(self, name: str, node_id: int) -> None:
+        """Record that node `name` issues refs with `node_id`; StoreError when another node holds the id."""
+
+    @abstractmethod
+    def forget_node(self, name: str) -> bool:
+        """Free the id of a node that no longer runs; False when no such node is registered."""
+
+
+def node_clash(name: str, node_id: int, other: str) -> StoreError:
+    """Why a node may not start: its refs would be another node's (every backend says it alike)."""
+    return StoreError(
+        f"node {name!r} hashes to node id {node_id}, which node {other!r} already uses in this store, "
+        "so their refs would collide: give this node another [node] name (if the other node no longer "
+        f"runs, `mailwarden store forget-node {other}` frees the id)"
+    )
+
+
+class Store(
+    EventLog,
+    Positions,
+    MessageIndex,
+    Mailboxes,
+    GreylistState,
+    PregreetPasses,
+    RateLimitState,
+    NodeRegistry,
+    AccountStore,
+):
     """Every part together: what `open_store` returns and a backend implements (the tracking
     center's accounts and audit log are the part `AccountStore`, store/accounts.py)."""
 

@@ -19,16 +19,28 @@ class _Counter:
     current: int = 0
     previous: int = 0
 
-    def rate(self, now: float) -> float:
-        """Events in the last 60 seconds (estimated), counting one more now."""
-        minute = int(now // WINDOW)
+    def rate(self, now: float) -> int:
+        """Events in the last 60 seconds (estimated, rounded up), counting one more now."""
+        minute = minute_of(now)
         if minute != self.minute:
             self.previous = self.current if minute == self.minute + 1 else 0
             self.current = 0
             self.minute = minute
         self.current += 1
-        elapsed = (now % WINDOW) / WINDOW
-        return self.current + self.previous * (1.0 - elapsed)
+        return estimate(self.current, self.previous, now)
+
+
+def minute_of(now: float) -> int:
+    return int(now // WINDOW)
+
+
+def estimate(current: int, previous: int, now: float) -> int:
+    """Events in the 60 seconds before `now` from this minute's and the previous minute's counts:
+    the previous minute weighs as much as of it still lies in the window, and the sum is rounded up."""
+    elapsed = (now % WINDOW) / WINDOW
+    # Up, never down: 3.99 are four events (truncated, the limit 3 let a fourth through). The
+    # rounding to 9 places keeps a float error (2.0000000000000004) from counting one too many.
+    return math.ceil(round(current + previous * (1.0 - elapsed), 9))
 
 
 class SlidingCounter:
@@ -42,15 +54,13 @@ class SlidingCounter:
         """Count one event for `key` and return the events of the last minute, rounded up."""
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = _Counter(int(now // WINDOW))
+            counter = self._counters[key] = _Counter(minute_of(now))
         rate = counter.rate(now)
         self._sweep(now)
-        # Up, never down: 3.99 are four events (truncated, the limit 3 let a fourth through). The
-        # rounding to 9 places keeps a float error (2.0000000000000004) from counting one too many.
-        return math.ceil(round(rate, 9))
+        return rate
 
     def _sweep(self, now: float) -> None:
-        minute = int(now // WINDOW)
+        minute = minute_of(now)
         if minute == self._swept:
             return
         self._swept = minute

@@ -33,7 +33,7 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import Store
+from mailwarden.store.parts import Store, node_clash
 from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
@@ -212,6 +212,13 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
     """,
     ),
     ("message_index_lean_rebuilt", sqlite_index.rebuild_all),
+    (
+        # The node ids refs carry, one node name each (store/parts.py `NodeRegistry`).
+        "node_ids",
+        """
+    CREATE TABLE nodes (node_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, registered_us INTEGER NOT NULL);
+    """,
+    ),
 ]
 
 _INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"
@@ -685,6 +692,28 @@ class SqliteStore(SqliteAccounts, Store):
             conn.execute(
                 "INSERT OR REPLACE INTO pregreet_passes (client_ip, passed_us) VALUES (?, ?)", (client_ip, at_us)
             )
+
+    # -- node ids
+    def register_node(self, name: str, node_id: int) -> None:
+        with self._reading() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT name FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+                if row is not None and row[0] != name:
+                    raise node_clash(name, node_id, row[0])
+                if row is None:
+                    conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+                    conn.execute(
+                        "INSERT INTO nodes (node_id, name, registered_us) VALUES (?, ?, ?)", (node_id, name, now_us())
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def forget_node(self, name: str) -> bool:
+        with self._reading() as conn:
+            return conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
 
     # -- rate limits
     async def rate_hit(self, counter: str, key: str, now: float) -> int:

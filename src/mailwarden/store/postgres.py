@@ -1,0 +1,291 @@
+"""PostgreSQL store for several nodes (psycopg 3 with a connection pool), built part by part.
+
+Implemented so far: the node-id registry, greylisting, the pregreet pass cache, rate-limit
+counters shared by every node, and mailboxes (store/parts.py). Events with the reading positions
+committed among them, the message index and the tracking center's accounts follow (issue 14);
+until they are here, `open_store` refuses a `postgresql://` URL with that sentence instead of
+opening half a store.
+
+Every call takes a connection from the pool in autocommit mode; what must happen together runs
+in an explicit transaction. Schema migrations are named steps in `MIGRATIONS`, applied once
+under an advisory lock, so several nodes starting at once migrate the database once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from mailwarden.events import now_us
+from mailwarden.store.base import GreylistEntry, Mailbox, StoreError
+from mailwarden.store.parts import node_clash
+from mailwarden.store.rates import estimate, minute_of
+
+_MIGRATION_LOCK: Final = 0x6D61_696C_7761  # pg_advisory_xact_lock key: one node migrates at a time
+
+# Named schema migrations, applied in this order and remembered in `migrations` (as in the SQLite
+# store: append new ones, never edit or reorder applied ones).
+MIGRATIONS: Final[list[tuple[str, str]]] = [
+    (
+        "node_ids",
+        "CREATE TABLE nodes (node_id integer PRIMARY KEY, name text NOT NULL UNIQUE, registered_us bigint NOT NULL)",
+    ),
+    (
+        "greylist",
+        """
+        CREATE TABLE greylist (
+            network text NOT NULL, sender text NOT NULL, recipient text NOT NULL,
+            first_seen_us bigint NOT NULL, last_seen_us bigint NOT NULL, passed_us bigint,
+            attempts integer NOT NULL DEFAULT 1,
+            PRIMARY KEY (network, sender, recipient)
+        );
+        CREATE INDEX greylist_passed ON greylist (network, sender, passed_us) WHERE passed_us IS NOT NULL;
+        CREATE INDEX greylist_last_seen ON greylist (last_seen_us)
+        """,
+    ),
+    (
+        "pregreet_passes",
+        """
+        CREATE TABLE pregreet_passes (client_ip text PRIMARY KEY, passed_us bigint NOT NULL);
+        CREATE INDEX pregreet_passes_passed ON pregreet_passes (passed_us)
+        """,
+    ),
+    (
+        # Hits per counter, key and minute: every node adds to the same rows.
+        "rate_counts",
+        """
+        CREATE TABLE rate_counts (
+            counter text NOT NULL, key text NOT NULL, minute bigint NOT NULL, hits integer NOT NULL,
+            PRIMARY KEY (counter, key, minute)
+        );
+        CREATE INDEX rate_counts_minute ON rate_counts (minute)
+        """,
+    ),
+    (
+        "mailboxes",
+        """
+        CREATE TABLE mailboxes (
+            address text PRIMARY KEY, password_hash text NOT NULL, created_us bigint NOT NULL,
+            settings text NOT NULL DEFAULT '{}'
+        )
+        """,
+    ),
+]
+
+_HIT: Final = """
+    WITH hit AS (
+        INSERT INTO rate_counts (counter, key, minute, hits) VALUES (%(counter)s, %(key)s, %(minute)s, 1)
+        ON CONFLICT (counter, key, minute) DO UPDATE SET hits = rate_counts.hits + 1
+        RETURNING hits
+    )
+    SELECT (SELECT hits FROM hit),
+        coalesce((SELECT hits FROM rate_counts
+                  WHERE counter = %(counter)s AND key = %(key)s AND minute = %(minute)s - 1), 0)
+"""
+
+
+def migrate(conn: psycopg.Connection[Any]) -> None:
+    """Apply the migrations not applied yet, each in its own transaction, one node at a time."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    known = {name for name, _ in MIGRATIONS}
+    if applied - known:
+        raise StoreError(
+            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
+        )
+    for name, script in MIGRATIONS:
+        if name in applied:
+            continue
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if conn.execute("SELECT 1 FROM migrations WHERE name = %s", (name,)).fetchone() is None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement.encode())
+                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
+
+
+class PostgresStore:
+    """The parts of the store implemented on PostgreSQL so far (see the module's docstring)."""
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        try:  # a connection of its own first: an unreachable database is reported at once, with its cause
+            with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_SECONDS) as conn:
+                migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open the PostgreSQL store {_redacted(url)}: {exc}; {_REMEDY}") from exc
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=True, name="mailwarden"
+        )
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    # -- node ids
+    def register_node(self, name: str, node_id: int) -> None:
+        with self._conn() as conn, conn.transaction():
+            conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")  # two nodes starting at once
+            row = conn.execute("SELECT name FROM nodes WHERE node_id = %s", (node_id,)).fetchone()
+            if row is not None and row[0] != name:
+                raise node_clash(name, node_id, row[0])
+            if row is None:
+                conn.execute("DELETE FROM nodes WHERE name = %s", (name,))
+                conn.execute(
+                    "INSERT INTO nodes (node_id, name, registered_us) VALUES (%s, %s, %s)", (node_id, name, now_us())
+                )
+
+    def forget_node(self, name: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM nodes WHERE name = %s", (name,)).rowcount > 0
+
+    # -- greylisting
+    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
+                " WHERE network = %s AND sender = %s AND recipient = %s",
+                (network, sender, recipient),
+            ).fetchone()
+        return None if row is None else GreylistEntry(network, sender, recipient, *row)
+
+    def greylist_put(self, entry: GreylistEntry) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO greylist (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (network, sender, recipient) DO UPDATE SET"
+                " first_seen_us = excluded.first_seen_us, last_seen_us = excluded.last_seen_us,"
+                " passed_us = excluded.passed_us, attempts = excluded.attempts",
+                (
+                    entry.network,
+                    entry.sender,
+                    entry.recipient,
+                    entry.first_seen_us,
+                    entry.last_seen_us,
+                    entry.passed_us,
+                    entry.attempts,
+                ),
+            )
+
+    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM greylist WHERE network = %s AND sender = %s AND passed_us IS NOT NULL"
+                " AND last_seen_us >= %s LIMIT 1",
+                (network, sender, since_us),
+            ).fetchone()
+        return row is not None
+
+    def greylist_purge(self, before_us: int) -> int:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM greylist WHERE last_seen_us < %s", (before_us,)).rowcount
+
+    # -- pregreet passes
+    def pregreet_passed(self, client_ip: str) -> int | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = %s", (client_ip,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
+        with self._conn() as conn, conn.transaction():
+            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < %s", (forget_before_us,))
+            conn.execute(
+                "INSERT INTO pregreet_passes (client_ip, passed_us) VALUES (%s, %s)"
+                " ON CONFLICT (client_ip) DO UPDATE SET passed_us = excluded.passed_us",
+                (client_ip, at_us),
+            )
+
+    # -- rate limits, counted across every node of the database
+    async def rate_hit(self, counter: str, key: str, now: float) -> int:
+        return await asyncio.to_thread(self._rate_hit, counter, key, now)
+
+    def _rate_hit(self, counter: str, key: str, now: float) -> int:
+        minute = minute_of(now)
+        with self._conn() as conn:
+            row = conn.execute(_HIT, {"counter": counter, "key": key, "minute": minute}).fetchone()
+            if row is not None and row[0] == 1:  # the first hit of a minute for this key: sweep the old ones
+                conn.execute("DELETE FROM rate_counts WHERE minute < %s", (minute - 1,))
+        assert row is not None
+        return estimate(int(row[0]), int(row[1]), now)
+
+    # -- mailboxes
+    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
+        created = now_us()
+        with self._conn() as conn:
+            inserted = conn.execute(
+                "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (%s, %s, %s)"
+                " ON CONFLICT (address) DO NOTHING",
+                (address, password_hash, created),
+            ).rowcount
+        if not inserted:
+            raise StoreError(f"mailbox {address} already exists; use `users passwd` to change its password")
+        return Mailbox(address, password_hash, created)
+
+    def remove_mailbox(self, address: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM mailboxes WHERE address = %s", (address,)).rowcount > 0
+
+    def set_password(self, address: str, password_hash: str) -> bool:
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE mailboxes SET password_hash = %s WHERE address = %s", (password_hash, address)
+                ).rowcount
+                > 0
+            )
+
+    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE mailboxes SET settings = %s WHERE address = %s",
+                    (json.dumps(settings, sort_keys=True), address),
+                ).rowcount
+                > 0
+            )
+
+    def get_mailbox(self, address: str) -> Mailbox | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = %s", (address,)
+            ).fetchone()
+        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
+
+    def list_mailboxes(self) -> list[Mailbox]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
+            ).fetchall()
+        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def find_mailbox(self, address: str) -> Mailbox | None:
+        return await asyncio.to_thread(self.get_mailbox, address)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+_CONNECT_SECONDS: Final = 10
+_REMEDY: Final = "check that PostgreSQL runs and that [store] url names a database this node may write to"
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (it ends up in logs and error messages)."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.removeprefix("postgresql://"):
+        return url
+    user = head.removeprefix("postgresql://").split(":", 1)[0]
+    return f"postgresql://{user}:***@{tail}"
