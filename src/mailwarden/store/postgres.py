@@ -15,17 +15,44 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from mailwarden.events import now_us
-from mailwarden.store.base import GreylistEntry, Mailbox, StoreError
-from mailwarden.store.parts import node_clash
+from mailwarden.events import Event, now_us
+from mailwarden.messages.keys import Link
+from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages
+from mailwarden.store.base import (
+    BatchWriter,
+    Committed,
+    EventQuery,
+    GreylistEntry,
+    IndexPage,
+    IndexQuery,
+    Mailbox,
+    Position,
+    StoreError,
+)
+from mailwarden.store.parts import (
+    EventLog,
+    GreylistState,
+    Mailboxes,
+    MessageIndex,
+    NodeRegistry,
+    Positions,
+    PregreetPasses,
+    RateLimitState,
+    node_clash,
+)
+from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
+from mailwarden.store.sql import QmarkConnection
+from mailwarden.store.sqlite import events_where
 
 _MIGRATION_LOCK: Final = 0x6D61_696C_7761  # pg_advisory_xact_lock key: one node migrates at a time
 
@@ -76,6 +103,8 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
         )
         """,
     ),
+    # Events partitioned by day, their messages' links and queue files, and the message index.
+    ("events_and_messages", postgres_messages.SCHEMA),
 ]
 
 _HIT: Final = """
@@ -107,17 +136,22 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             if conn.execute("SELECT 1 FROM migrations WHERE name = %s", (name,)).fetchone() is None:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement.encode())
+                conn.execute(script.encode())  # several statements: sent as one simple query
                 conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
 
 
-class PostgresStore:
+class PostgresStore(
+    EventLog, Positions, MessageIndex, Mailboxes, GreylistState, PregreetPasses, RateLimitState, NodeRegistry
+):
     """The parts of the store implemented on PostgreSQL so far (see the module's docstring)."""
 
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, batch_interval: float = 0.05, pool_size: int = 8) -> None:
         self.url = url
+        self._batch_interval = batch_interval
+        self._writer: BatchWriter | None = None
+        self._starting = threading.Lock()
+        self._writer_conn: psycopg.Connection[Any] | None = None
+        self._days: set[int] = set()  # day partitions known to exist
         try:  # a connection of its own first: an unreachable database is reported at once, with its cause
             with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_SECONDS) as conn:
                 migrate(conn)
@@ -134,6 +168,125 @@ class PostgresStore:
                 yield conn
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    # -- events
+    def _writer_started(self) -> BatchWriter:
+        if self._writer is None:
+            with self._starting:
+                if self._writer is None:
+                    self._writer = BatchWriter(self._write_batch, self._batch_interval, "store-writer:postgresql")
+        return self._writer
+
+    def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
+        """Called by the writer thread; a broken connection is replaced at the next batch (the
+        writer keeps the events of a failed one and retries them)."""
+        try:
+            conn = self._writer_conn
+            if conn is None or conn.closed:
+                conn = self._writer_conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS)
+            postgres_messages.ensure_partitions(conn, {event.ts // DAY_US for event in events}, self._days)
+            with conn.transaction():
+                postgres_messages.write_batch(conn, events, positions)
+        except psycopg.Error as exc:
+            if self._writer_conn is not None and self._writer_conn.broken:
+                self._writer_conn.close()
+            raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    def append(self, event: Event) -> None:
+        self._writer_started().put(event)
+
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
+        self._writer_started().commit_soon(events, done)
+
+    def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
+        self._writer_started().put_bulk(events, positions)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def save_position(self, position: Position) -> None:
+        self._writer_started().put_position(position)
+
+    def load_position(self, name: str) -> str | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM positions WHERE name = %s", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_events(self, query: EventQuery) -> list[Event]:
+        where, params = events_where(query)
+        tail = " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
+        if query.limit is not None or query.offset:
+            tail += " LIMIT ? OFFSET ?"
+            params.extend([query.limit, query.offset])
+        with self._conn() as conn:
+            return postgres_messages.query(conn, where, params, tail)
+
+    def links(self, keys: Sequence[str]) -> list[Link]:
+        with self._conn() as conn:
+            return sqlite_messages.links(QmarkConnection(conn), keys)
+
+    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
+        with self._conn() as conn:
+            return sqlite_messages.queue_life(QmarkConnection(conn), node, queue_id, at_us)
+
+    def purge_events(self, before_us: int) -> int:
+        """Whole days older than `before_us` go by dropping their partitions; the day it falls in row by row."""
+        total = 0
+        with self._conn() as conn:
+            parts = conn.execute(
+                "SELECT child.relname FROM pg_inherits JOIN pg_class AS child ON child.oid = inhrelid"
+                " JOIN pg_class AS parent ON parent.oid = inhparent WHERE parent.relname = 'events'"
+            ).fetchall()
+            for (name,) in parts:
+                day = _day_of(str(name))
+                if day is None:
+                    continue
+                if (day + 1) * DAY_US <= before_us:
+                    with conn.transaction():
+                        total += int(conn.execute(f"SELECT count(*) FROM {name}".encode()).fetchone()[0])  # type: ignore[index]
+                        conn.execute(f"DROP TABLE {name}".encode())
+                    self._days.discard(day)
+            with conn.transaction():
+                total += conn.execute("DELETE FROM events WHERE ts < %s", (before_us,)).rowcount
+                conn.execute("DELETE FROM message_index WHERE last_seen < %s", (before_us,))
+                conn.execute("DELETE FROM message_links WHERE ts < %s", (before_us,))
+                conn.execute(
+                    "DELETE FROM message_roots AS r"
+                    " WHERE NOT EXISTS (SELECT 1 FROM message_links AS l WHERE l.message_key = r.key)"
+                )
+        return total
+
+    def count_events(self) -> int:
+        with self._conn() as conn:
+            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])  # type: ignore[index]
+
+    def oldest_event_us(self) -> int | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT min(ts) FROM events").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    # -- the message index
+    def index_page(
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
+    ) -> IndexPage:
+        with self._conn() as conn:
+            return sqlite_index.page(QmarkConnection(conn), query, limit, after, offset, before)
+
+    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+        with self._conn() as conn:
+            return sqlite_index.counts(QmarkConnection(conn), query)
+
+    def reindex(self, progress: Callable[[int], None] | None = None) -> int:
+        self.flush()
+        with self._conn() as conn, conn.transaction():
+            return postgres_messages.rebuild(conn, progress)
 
     # -- node ids
     def register_node(self, name: str, node_id: int) -> None:
@@ -275,7 +428,22 @@ class PostgresStore:
         return await asyncio.to_thread(self.get_mailbox, address)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
         self._pool.close()
+
+
+def _day_of(partition: str) -> int | None:
+    """The day number of a partition named by `postgres_messages.partition_name`, or None."""
+    try:
+        day = datetime.strptime(partition.removeprefix("events_d"), "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(day.timestamp()) // 86_400
 
 
 _CONNECT_SECONDS: Final = 10

@@ -257,7 +257,7 @@ def _in(column: str, values: Sequence[Any], clauses: list[str], params: list[Any
     params.extend(values)
 
 
-def _where(query: EventQuery) -> tuple[str, list[Any]]:
+def events_where(query: EventQuery) -> tuple[str, list[Any]]:
     """The WHERE clause for `query`, written so that each filter can use its index."""
     clauses: list[str] = []
     params: list[Any] = []
@@ -497,7 +497,7 @@ class SqliteStore(SqliteAccounts, Store):
             self._writer.flush()
 
     def query_events(self, query: EventQuery) -> list[Event]:
-        where, params = _where(query)
+        where, params = events_where(query)
         sql = _SELECT + where
         sql += " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
         if query.limit is not None or query.offset:
