@@ -189,7 +189,8 @@ class MailConfig(_Section):
 class StoreConfig(_Section):
     url: str = Field(
         "sqlite:///var/mailwarden.db",
-        description="Event and mailbox store: sqlite:///relative/path or sqlite:////absolute/path.",
+        description="Event and mailbox store: sqlite:///relative/path or sqlite:////absolute/path (one machine), "
+        "or postgresql://user:password@host:port/database, shared by several nodes (docs/architecture.md).",
     )
     batch_interval: float = Field(
         0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."

@@ -22,7 +22,8 @@ from mailwarden.config import Config, GreylistConfig, RateLimitConfig
 from mailwarden.events import Event
 from mailwarden.ingest import parse_lines
 from mailwarden.smtp.refs import node_id
-from mailwarden.store import EventQuery, Position, StoreError, open_store_url
+from mailwarden.store import EventQuery, Position, StoreError, open_store
+from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
 from mailwarden.store.base import IndexQuery
 from mailwarden.store.postgres import MIGRATIONS, PostgresStore
 from mailwarden.store.sqlite import SqliteStore
@@ -170,9 +171,34 @@ def test_an_unreachable_postgresql_is_a_clear_error_without_the_password() -> No
     assert "secret" not in str(err.value) and "check that PostgreSQL runs" in str(err.value)
 
 
-def test_a_postgresql_url_is_refused_until_every_part_is_there() -> None:
-    with pytest.raises(StoreError, match="PostgreSQL store is not complete yet"):
-        open_store_url("postgresql://mw@127.0.0.1/mail")
+def test_a_postgresql_url_opens_the_postgresql_store(postgres: Postgres, tmp_path: Path) -> None:
+    config = Config(store={"url": postgres.new_database()}, base_dir=tmp_path)  # type: ignore[arg-type]
+    store = open_store(config)
+    try:
+        assert isinstance(store, PostgresStore)
+    finally:
+        store.close()
+
+
+def test_web_accounts_sessions_and_the_audit_log_alike(open_node: Opener) -> None:
+    node_a, node_b = open_node(), open_node()
+    node_a.add_account(WebAccount("ann", "customer", "hash", 1, ("example.test",)))
+    with pytest.raises(StoreError, match="exists already"):
+        node_b.add_account(WebAccount("ann", "admin", "other", 2))
+    assert node_b.get_account("ann") == WebAccount("ann", "customer", "hash", 1, ("example.test",))
+    node_b.add_web_session(WebSession("t1", "ann", "c1", 10, 10))
+    node_a.touch_web_session("t1", 20)
+    assert node_b.get_web_session("t1") == WebSession("t1", "ann", "c1", 10, 20)
+    assert node_a.set_account_password("ann", "new") and node_b.get_web_session("t1") is None  # sessions end
+    node_b.add_web_session(WebSession("t2", "ann", "c2", 30, 30))
+    assert node_a.purge_web_sessions(seen_before_us=31, created_before_us=0) == 1
+    for number in range(3):
+        node_a.add_audit(AuditEntry(100 + number, "ann", "search", f"q{number}", "192.0.2.1", {"n": number}))
+    newest = node_b.list_audit(limit=2)
+    assert [(e.target, e.detail) for e in newest] == [("q2", {"n": 2}), ("q1", {"n": 1})]
+    assert [e.target for e in node_b.list_audit(limit=5, before_id=newest[-1].id, account="ann")] == ["q0"]
+    assert node_b.list_audit(limit=5, account="bob") == []
+    assert node_b.remove_account("ann") and node_a.list_accounts() == []
 
 
 # ---------------------------------------------------------------------------- events and the message index

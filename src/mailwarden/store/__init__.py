@@ -1,7 +1,7 @@
 """The store: events, the message index, mailboxes and the checks' state, in narrow parts.
 
-SQLite is the embedded default (`store/sqlite.py`); every backend implements the parts of
-`store/parts.py` (together: `Store`). Nothing outside `store/` writes SQL.
+SQLite is the embedded default (`store/sqlite.py`), PostgreSQL the store several nodes share
+(`store/postgres.py`); both implement the parts of `store/parts.py` (together: `Store`). Nothing outside `store/` writes SQL.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def open_store_url(url: str, *, base_dir: Path | None = None, batch_interval: fl
             path = base_dir / path
         return SqliteStore(path, batch_interval=batch_interval)
     if url.startswith("postgresql://"):
-        raise StoreError(
-            "the PostgreSQL store is not complete yet (its events, message index and web accounts are "
-            "still to come; store/postgres.py): use sqlite:///relative/path or sqlite:////absolute/path"
-        )
-    raise StoreError(f"unsupported store url {url!r}: use sqlite:///relative/path or sqlite:////absolute/path")
+        from mailwarden.store.postgres import PostgresStore
+
+        return PostgresStore(url, batch_interval=batch_interval)
+    raise StoreError(
+        f"unsupported store url {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host/database"
+    )
 
 
 __all__ = ["EventQuery", "Mailbox", "Position", "Store", "StoreError", "open_store", "open_store_url"]

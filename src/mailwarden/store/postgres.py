@@ -1,10 +1,9 @@
-"""PostgreSQL store for several nodes (psycopg 3 with a connection pool), built part by part.
+"""PostgreSQL store for several nodes (psycopg 3 with a connection pool): every part of store/parts.py.
 
-Implemented so far: the node-id registry, greylisting, the pregreet pass cache, rate-limit
-counters shared by every node, and mailboxes (store/parts.py). Events with the reading positions
-committed among them, the message index and the tracking center's accounts follow (issue 14);
-until they are here, `open_store` refuses a `postgresql://` URL with that sentence instead of
-opening half a store.
+Events, their messages and the message index are in `postgres_messages.py`; here the connection
+handling, the migrations and the smaller parts: the node-id registry, greylisting, the pregreet
+pass cache, rate-limit counters shared by every node, mailboxes, and the tracking center's
+accounts. Links by Message-ID hints (a mailbox server's copy no delivery names) are not made yet.
 
 Every call takes a connection from the pool in autocommit mode; what must happen together runs
 in an explicit transaction. Schema migrations are named steps in `MIGRATIONS`, applied once
@@ -27,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from mailwarden.events import Event, now_us
 from mailwarden.messages.keys import Link
 from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages
+from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
@@ -38,21 +38,12 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import (
-    EventLog,
-    GreylistState,
-    Mailboxes,
-    MessageIndex,
-    NodeRegistry,
-    Positions,
-    PregreetPasses,
-    RateLimitState,
-    node_clash,
-)
+from mailwarden.store.parts import Store, node_clash
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
 from mailwarden.store.sql import QmarkConnection
 from mailwarden.store.sqlite import events_where
+from mailwarden.store.sqlite_accounts import ACCOUNT_COLUMNS, SESSION_COLUMNS, account_of, audit_row
 
 _MIGRATION_LOCK: Final = 0x6D61_696C_7761  # pg_advisory_xact_lock key: one node migrates at a time
 
@@ -105,6 +96,37 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
     ),
     # Events partitioned by day, their messages' links and queue files, and the message index.
     ("events_and_messages", postgres_messages.SCHEMA),
+    (
+        # The tracking center: accounts, their sessions and the audit log (store/accounts.py).
+        "web_accounts",
+        """
+        CREATE TABLE web_accounts (
+            name text PRIMARY KEY,
+            role text NOT NULL CHECK (role IN ('admin', 'support', 'customer')),
+            domains text NOT NULL DEFAULT '[]',
+            password_hash text NOT NULL,
+            created_us bigint NOT NULL
+        );
+        CREATE TABLE web_sessions (
+            token_hash text PRIMARY KEY,
+            account text NOT NULL REFERENCES web_accounts (name) ON DELETE CASCADE,
+            csrf text NOT NULL,
+            created_us bigint NOT NULL,
+            seen_us bigint NOT NULL
+        );
+        CREATE INDEX web_sessions_account ON web_sessions (account);
+        CREATE TABLE audit_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts bigint NOT NULL,
+            account text NOT NULL,
+            action text NOT NULL,
+            target text,
+            client_ip text,
+            detail text NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX audit_log_account ON audit_log (account, id)
+        """,
+    ),
 ]
 
 _HIT: Final = """
@@ -140,10 +162,8 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
                 conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
 
 
-class PostgresStore(
-    EventLog, Positions, MessageIndex, Mailboxes, GreylistState, PregreetPasses, RateLimitState, NodeRegistry
-):
-    """The parts of the store implemented on PostgreSQL so far (see the module's docstring)."""
+class PostgresStore(Store):
+    """Every part of the store in one PostgreSQL database, shared by the nodes that name it."""
 
     def __init__(self, url: str, *, batch_interval: float = 0.05, pool_size: int = 8) -> None:
         self.url = url
@@ -426,6 +446,90 @@ class PostgresStore(
 
     async def find_mailbox(self, address: str) -> Mailbox | None:
         return await asyncio.to_thread(self.get_mailbox, address)
+
+    # -- the tracking center's accounts, sessions and audit log (each audit entry is its own commit:
+    # PostgreSQL groups the concurrent ones into one WAL flush itself)
+    def add_account(self, account: WebAccount) -> None:
+        with self._conn() as conn:
+            added = conn.execute(
+                f"INSERT INTO web_accounts ({ACCOUNT_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (account.name, account.role, account.password_hash, account.created_us, json.dumps(account.domains)),
+            ).rowcount
+        if not added:
+            raise StoreError(
+                f"account {account.name} exists already; `mailwarden accounts passwd {account.name}` changes its password"
+            )
+
+    def get_account(self, name: str) -> WebAccount | None:
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts WHERE name = %s", (name,)).fetchone()
+        return None if row is None else account_of(row)
+
+    def list_accounts(self) -> list[WebAccount]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
+        return [account_of(row) for row in rows]
+
+    def remove_account(self, name: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM web_accounts WHERE name = %s", (name,)).rowcount > 0
+
+    def set_account_password(self, name: str, password_hash: str) -> bool:
+        with self._conn() as conn, conn.transaction():
+            changed = conn.execute(
+                "UPDATE web_accounts SET password_hash = %s WHERE name = %s", (password_hash, name)
+            ).rowcount
+            conn.execute("DELETE FROM web_sessions WHERE account = %s", (name,))
+        return changed > 0
+
+    def add_web_session(self, session: WebSession) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
+                (session.token_hash, session.account, session.csrf, session.created_us, session.seen_us),
+            )
+
+    def get_web_session(self, token_hash: str) -> WebSession | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = %s", (token_hash,)
+            ).fetchone()
+        return None if row is None else WebSession(*row)
+
+    def touch_web_session(self, token_hash: str, seen_us: int) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE web_sessions SET seen_us = %s WHERE token_hash = %s", (seen_us, token_hash))
+
+    def remove_web_session(self, token_hash: str) -> None:
+        with self._conn() as conn:
+            conn.execute("DELETE FROM web_sessions WHERE token_hash = %s", (token_hash,))
+
+    def purge_web_sessions(self, seen_before_us: int, created_before_us: int) -> int:
+        with self._conn() as conn:
+            return conn.execute(
+                "DELETE FROM web_sessions WHERE seen_us < %s OR created_us < %s", (seen_before_us, created_before_us)
+            ).rowcount
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (%s, %s, %s, %s, %s, %s)",
+                audit_row(entry),
+            )
+
+    def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
+        clauses = [
+            "(%(before)s::bigint IS NULL OR id < %(before)s)",
+            "(%(account)s::text IS NULL OR account = %(account)s)",
+        ]
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, ts, account, action, target, client_ip, detail FROM audit_log"
+                f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT %(limit)s",
+                {"before": before_id, "account": account, "limit": limit},
+            ).fetchall()
+        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
 
     def close(self) -> None:
         if self._writer is not None:
