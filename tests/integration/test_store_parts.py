@@ -26,6 +26,7 @@ from mailwarden.store import EventQuery, Position, StoreError, open_store
 from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
 from mailwarden.store.base import IndexQuery
 from mailwarden.store.postgres import MIGRATIONS, PostgresStore
+from mailwarden.store.spool import EventSpool
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.clock import FakeClock
 from tests.support.corpora import all_lines
@@ -296,3 +297,83 @@ def all_rows(store: Any) -> list[tuple[object, ...]]:
         if page.after is None:
             return sorted(rows, key=lambda row: (str(row[0]), str(row[1]).lower()))
         after = page.after
+
+
+# ---------------------------------------------------------------------------- the database away
+def spooling_store(postgres: Postgres, tmp_path: Path, max_bytes: int = 1 << 20) -> tuple[PostgresStore, EventSpool]:
+    spool = EventSpool(tmp_path / "spool", max_bytes)
+    return PostgresStore(postgres.new_database(), batch_interval=0.001, spool=spool), spool
+
+
+def refusal(at_us: int, ref: str) -> Event:
+    return gateway_event("reject", at_us, ref, recipient="bob@example.test", reason="rcpt.unknown_user")
+
+
+def refs_stored(store: PostgresStore) -> list[str | None]:
+    return [event.ref for event in store.query_events(EventQuery())]
+
+
+def test_events_written_while_postgresql_is_down_are_spooled_and_replayed_once_in_order(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    store, spool = spooling_store(postgres, tmp_path)
+    refs = [f"1AAAAAAAAAW{n}" for n in range(5)]
+    try:
+        asyncio.run(store.durable([refusal(T0, refs[0])]))
+        postgres.stop()
+        try:
+            asyncio.run(store.durable([refusal(T0 + 1, refs[1])]))  # committed: to the spool
+            store.append(refusal(T0 + 2, refs[2]))
+            store.save_position(Position("mail.log", "77"))
+            store.flush()
+            assert spool.depth() == 2
+        finally:
+            postgres.start()
+        asyncio.run(store.durable([refusal(T0 + 3, refs[3])]))
+        assert spool.depth() == 0
+        assert refs_stored(store) == refs[:4]
+        assert store.load_position("mail.log") == "77"
+        assert [row.message_key for row in store.index_page(IndexQuery(), limit=10).rows] == refs[3::-1]
+    finally:
+        store.close()
+
+
+def test_a_spooled_batch_replayed_again_is_not_written_twice(postgres: Postgres, tmp_path: Path) -> None:
+    """The commit of a replay went through but the node died before removing the file."""
+    store, spool = spooling_store(postgres, tmp_path)
+    try:
+        postgres.stop()
+        try:
+            store.append(gateway_event("accept", T0, "1AAAAAAAAAW0"))
+            store.flush()
+        finally:
+            postgres.start()
+        (spooled,) = spool.directory.iterdir()
+        kept = spooled.read_bytes()
+        store.append(gateway_event("accept", T0 + 1, "1AAAAAAAAAW1"))
+        store.flush()
+        spooled.write_bytes(kept)  # as if its removal had not happened
+        store.append(gateway_event("accept", T0 + 2, "1AAAAAAAAAW2"))
+        store.flush()
+        assert refs_stored(store) == ["1AAAAAAAAAW0", "1AAAAAAAAAW1", "1AAAAAAAAAW2"]
+        assert spool.depth() == 0
+    finally:
+        store.close()
+
+
+def test_a_full_spool_refuses_the_commit_instead_of_accepting_without_evidence(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    store, _ = spooling_store(postgres, tmp_path, max_bytes=600)
+    try:
+        postgres.stop()
+        try:
+            asyncio.run(store.durable([gateway_event("accept", T0, "1AAAAAAAAAW0")]))
+            with pytest.raises(StoreError, match=r"event spool .* is full .* raise \[store\] spool_max_mb"):
+                asyncio.run(store.durable([gateway_event("accept", T0 + 1, "1AAAAAAAAAW1", detail={"x": "y" * 600})]))
+        finally:
+            postgres.start()
+        store.flush()
+        assert refs_stored(store) == ["1AAAAAAAAAW0"]
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ transaction's own events were stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -182,6 +183,19 @@ def test_a_failed_write_keeps_queued_events_for_a_retry_but_not_the_transactions
     asyncio.run(committed(writer.commit_soon, [event("accept", ref="accepted")]))
     writer.close()
     assert disk.written == ["queued-1", "queued-2", "accepted"]
+
+
+def test_no_queued_event_is_dropped_however_long_the_store_stays_unwritable() -> None:
+    """The writer once kept only the newest 200,000 events for a retry and dropped the rest."""
+    disk = FlakyDisk(failures=45)  # a batch takes 5,000: 45 failures keep all 200,005 waiting at once
+    writer = BatchWriter(disk, interval=0.01, name="test-writer")
+    writer.put_many(event(ref=f"q{number}") for number in range(200_005))
+    while disk.failures:
+        with contextlib.suppress(StoreError):
+            writer.flush()
+    writer.flush()
+    writer.close()
+    assert len(disk.written) == 200_005 and disk.written[0] == "q0" and disk.written[-1] == "q200004"
 
 
 class Disk:

@@ -14,15 +14,24 @@ from mailwarden.store.parts import Store
 
 if TYPE_CHECKING:
     from mailwarden.config import Config
+    from mailwarden.store.spool import EventSpool
 
 
 def open_store(config: Config) -> Store:
     """Open the store of `[store]` (each call its own connections: the web reads beside the gateway)."""
-    return open_store_url(config.store.url, base_dir=config.base_dir, batch_interval=config.store.batch_interval)
+    from mailwarden.store.spool import EventSpool
+
+    spool = EventSpool(config.path(config.store.spool_dir), config.store.spool_max_mb * 1024 * 1024)
+    return open_store_url(
+        config.store.url, base_dir=config.base_dir, batch_interval=config.store.batch_interval, spool=spool
+    )
 
 
-def open_store_url(url: str, *, base_dir: Path | None = None, batch_interval: float = 0.05) -> Store:
-    """Open the store named by a URL (`[store] url`); a relative SQLite path is below `base_dir`."""
+def open_store_url(
+    url: str, *, base_dir: Path | None = None, batch_interval: float = 0.05, spool: EventSpool | None = None
+) -> Store:
+    """Open the store named by a URL (`[store] url`); a relative SQLite path is below `base_dir`;
+    `spool` keeps a PostgreSQL store's events while the database is away (SQLite is local: none)."""
     if url.startswith("sqlite:///"):
         from mailwarden.store.sqlite import SqliteStore
 
@@ -33,7 +42,7 @@ def open_store_url(url: str, *, base_dir: Path | None = None, batch_interval: fl
     if url.startswith("postgresql://"):
         from mailwarden.store.postgres import PostgresStore
 
-        return PostgresStore(url, batch_interval=batch_interval)
+        return PostgresStore(url, batch_interval=batch_interval, spool=spool)
     raise StoreError(
         f"unsupported store url {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host/database"
     )

@@ -181,11 +181,20 @@ class BatchWriter:
     """
 
     MAX_BATCH = 5000
-    MAX_RETRY_ROWS = 200_000
     BULK_QUEUED = 2  # bulk batches waiting for the writer before `put_bulk` waits (memory)
 
-    def __init__(self, write_batch: Callable[[list[Event], list[Position]], None], interval: float, name: str) -> None:
+    def __init__(
+        self,
+        write_batch: Callable[[list[Event], list[Position]], None],
+        interval: float,
+        name: str,
+        *,
+        pending: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """`pending` says whether `write_batch` has work of its own even for an empty batch (a
+        spool to replay): then a flush or commit calls it without events."""
         self._write_batch = write_batch
+        self._pending = pending
         self._inbox: Inbox[Event | Position | _Barrier | _Bulk] = Inbox(
             self.MAX_BATCH, interval, ends_batch=_ends_transaction
         )
@@ -257,7 +266,7 @@ class BatchWriter:
                 events.extend(item.events)
                 barriers.append(item)
         error: StoreError | None = None
-        if events or positions:
+        if events or positions or (barriers and self._pending()):
             try:
                 self._write_batch(events, list(positions.values()))
                 self._retry = []
@@ -265,10 +274,8 @@ class BatchWriter:
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
                 log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
-                self._retry = queued[-self.MAX_RETRY_ROWS :]
+                self._retry = queued  # all of them: none is dropped (the gateway refuses mail meanwhile)
                 self._retry_positions = positions
-                if len(queued) > self.MAX_RETRY_ROWS:
-                    log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
             try:
                 barrier.done(error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,9 +42,12 @@ from mailwarden.store.base import (
 from mailwarden.store.parts import Store, node_clash
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
+from mailwarden.store.spool import EventSpool, new_batch_id
 from mailwarden.store.sql import QmarkConnection
 from mailwarden.store.sqlite import events_where
 from mailwarden.store.sqlite_accounts import ACCOUNT_COLUMNS, SESSION_COLUMNS, account_of, audit_row
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK: Final = 0x6D61_696C_7761  # pg_advisory_xact_lock key: one node migrates at a time
 
@@ -127,6 +131,14 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
         CREATE INDEX audit_log_account ON audit_log (account, id)
         """,
     ),
+    (
+        # The ids of the batches written: a batch replayed from a node's spool is written once.
+        "written_batches",
+        """
+        CREATE TABLE written_batches (uid text PRIMARY KEY, ts bigint NOT NULL);
+        CREATE INDEX written_batches_ts ON written_batches (ts)
+        """,
+    ),
 ]
 
 _HIT: Final = """
@@ -165,8 +177,11 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 class PostgresStore(Store):
     """Every part of the store in one PostgreSQL database, shared by the nodes that name it."""
 
-    def __init__(self, url: str, *, batch_interval: float = 0.05, pool_size: int = 8) -> None:
+    def __init__(
+        self, url: str, *, batch_interval: float = 0.05, pool_size: int = 8, spool: EventSpool | None = None
+    ) -> None:
         self.url = url
+        self._spool = spool
         self._batch_interval = batch_interval
         self._writer: BatchWriter | None = None
         self._starting = threading.Lock()
@@ -178,7 +193,13 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             raise StoreError(f"cannot open the PostgreSQL store {_redacted(url)}: {exc}; {_REMEDY}") from exc
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=True, name="mailwarden"
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=True,
+            name="mailwarden",
+            check=ConnectionPool.check_connection,  # a restarted database leaves dead connections behind
         )
 
     @contextmanager
@@ -194,22 +215,60 @@ class PostgresStore(Store):
         if self._writer is None:
             with self._starting:
                 if self._writer is None:
-                    self._writer = BatchWriter(self._write_batch, self._batch_interval, "store-writer:postgresql")
+                    self._writer = BatchWriter(
+                        self._write_batch,
+                        self._batch_interval,
+                        "store-writer:postgresql",
+                        pending=lambda: self._spool is not None and self._spool.depth() > 0,
+                    )
         return self._writer
 
     def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
-        """Called by the writer thread; a broken connection is replaced at the next batch (the
-        writer keeps the events of a failed one and retries them)."""
+        """Called by the writer thread: to the database, or to the local spool while it is away
+        (and the spool first while it holds batches, so that they arrive in order)."""
+        uid = new_batch_id()
+        spool = self._spool
+        try:
+            if spool is not None and spool.depth():
+                self._replay(spool)
+            if events or positions:
+                self._write(uid, events, positions)
+        except _DatabaseAway as exc:
+            if spool is None:
+                raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+            if not events and not positions:
+                return  # a flush: what is spooled stays safe there until the database is back
+            spool.put(uid, events, positions)  # SpoolFull (a StoreError) when it cannot: the batch is refused
+            log.warning("PostgreSQL is away (%s): %d events spooled in %s", exc, len(events), spool.directory)
+
+    def _replay(self, spool: EventSpool) -> None:
+        """Write the spooled batches, oldest first, each once; _DatabaseAway when the database still is."""
+        batches = spool.batches()
+        for batch in batches:
+            self._write(batch.uid, batch.events, batch.positions)
+            spool.remove(batch)
+        log.info("PostgreSQL is back: %d spooled batches replayed", len(batches))
+
+    def _write(self, uid: str, events: list[Event], positions: list[Position]) -> None:
+        """One batch in one transaction that records its id: a batch already written is skipped.
+        A broken connection is replaced at the next batch."""
         try:
             conn = self._writer_conn
             if conn is None or conn.closed:
                 conn = self._writer_conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS)
             postgres_messages.ensure_partitions(conn, {event.ts // DAY_US for event in events}, self._days)
             with conn.transaction():
-                postgres_messages.write_batch(conn, events, positions)
-        except psycopg.Error as exc:
-            if self._writer_conn is not None and self._writer_conn.broken:
+                first = conn.execute(
+                    "INSERT INTO written_batches (uid, ts) VALUES (%s, %s) ON CONFLICT (uid) DO NOTHING",
+                    (uid, now_us()),
+                ).rowcount
+                if first:
+                    postgres_messages.write_batch(conn, events, positions)
+        except psycopg.OperationalError as exc:  # unreachable, shut down, connection lost
+            if self._writer_conn is not None:
                 self._writer_conn.close()
+            raise _DatabaseAway(str(exc).strip()) from exc
+        except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
 
     def append(self, event: Event) -> None:
@@ -271,6 +330,7 @@ class PostgresStore(Store):
                 total += conn.execute("DELETE FROM events WHERE ts < %s", (before_us,)).rowcount
                 conn.execute("DELETE FROM message_index WHERE last_seen < %s", (before_us,))
                 conn.execute("DELETE FROM message_links WHERE ts < %s", (before_us,))
+                conn.execute("DELETE FROM written_batches WHERE ts < %s", (before_us,))
                 conn.execute(
                     "DELETE FROM message_roots AS r"
                     " WHERE NOT EXISTS (SELECT 1 FROM message_links AS l WHERE l.message_key = r.key)"
@@ -539,6 +599,10 @@ class PostgresStore(Store):
             self._writer_conn.close()
             self._writer_conn = None
         self._pool.close()
+
+
+class _DatabaseAway(Exception):
+    """The database cannot be reached (or went away during the batch): spool, retry later."""
 
 
 def _day_of(partition: str) -> int | None:
