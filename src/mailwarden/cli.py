@@ -270,10 +270,13 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
 def cmd_store(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.store import commands
 
+    wanted = {"reindex": 0, "forget-node": 1, "migrate": 2}[args.action]
+    if len(args.arguments) != wanted:
+        raise ValueError("usage: mailwarden store reindex | forget-node NAME | migrate SOURCE_URL TARGET_URL")
     if args.action == "forget-node":
-        if not args.node:
-            raise ValueError("name the node: mailwarden store forget-node NAME")
-        return commands.forget_node(config, args.node)
+        return commands.forget_node(config, args.arguments[0])
+    if args.action == "migrate":
+        return commands.migrate(config, *args.arguments, progress=args.progress)
     return commands.reindex(config, progress=args.progress)
 
 
@@ -418,10 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         "store",
         cmd_store,
         "maintain the store: `reindex` rebuilds the message index from the events, "
-        "`forget-node NAME` frees the ref id of a node that no longer runs",
+        "`forget-node NAME` frees the ref id of a node that no longer runs, "
+        "`migrate SOURCE_URL TARGET_URL` copies a store's history into another (resumable)",
     )
-    store.add_argument("action", choices=["reindex", "forget-node"])
-    store.add_argument("node", nargs="?", help="forget-node: the node's [node] name")
+    store.add_argument("action", choices=["reindex", "forget-node", "migrate"])
+    store.add_argument(
+        "arguments", nargs="*", metavar="ARG", help="forget-node: the node's [node] name; migrate: two store URLs"
+    )
     store.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -18,11 +18,12 @@ import pytest
 from mailwarden.checks.base import Action, CheckContext, Recipient, Services, SessionInfo, Transaction
 from mailwarden.checks.greylist import GreylistCheck
 from mailwarden.checks.ratelimit import RateLimitCheck
+from mailwarden.cli import main
 from mailwarden.config import Config, GreylistConfig, RateLimitConfig
 from mailwarden.events import Event
 from mailwarden.ingest import parse_lines
 from mailwarden.smtp.refs import node_id
-from mailwarden.store import EventQuery, Position, StoreError, open_store
+from mailwarden.store import EventQuery, Position, StoreError, commands, open_store
 from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
 from mailwarden.store.base import IndexQuery
 from mailwarden.store.postgres import MIGRATIONS, PostgresStore
@@ -377,3 +378,48 @@ def test_a_full_spool_refuses_the_commit_instead_of_accepting_without_evidence(
         assert refs_stored(store) == ["1AAAAAAAAAW0"]
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------- store migrate
+class Interrupted(Exception):
+    pass
+
+
+def test_store_migrate_moves_a_sqlite_history_to_postgresql_and_an_interrupted_run_resumes(
+    postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_url = f"sqlite:///{tmp_path}/node.db"
+    lite = SqliteStore(tmp_path / "node.db", batch_interval=0.001)
+    lite.append_bulk(parse_lines(generated_log(), node="mx", reference_us=T0))
+    lite.add_mailbox("bob@example.test", "hash")
+    lite.update_mailbox_settings("bob@example.test", {"spam_folder": "Junk"})
+    lite.add_account(WebAccount("ann", "customer", "hash", 1, ("example.test",)))
+    lite.flush()
+    expected = sorted((e.ts, e.node, e.kind, e.ref, e.recipient) for e in lite.query_events(EventQuery()))
+    target_url = postgres.new_database()
+
+    def interrupt_after_two_batches(copied: int) -> None:
+        if copied >= 2 * 500:
+            raise Interrupted
+
+    target = PostgresStore(target_url)
+    try:
+        with pytest.raises(Interrupted):
+            commands.copy_history(lite, target, f"store-migrate:{source_url}", 500, interrupt_after_two_batches)
+    finally:
+        target.close()  # what was queued is committed with its position, the rest was never read
+    config = tmp_path / "config.toml"
+    config.write_text('[node]\nname = "t"\n')
+    assert main(["-c", str(config), "store", "migrate", source_url, target_url, "--no-progress"]) == 0
+    assert "migrated" in capsys.readouterr().out
+    migrated = PostgresStore(target_url)
+    try:
+        got = sorted((e.ts, e.node, e.kind, e.ref, e.recipient) for e in migrated.query_events(EventQuery()))
+        assert got == expected  # every event, once
+        assert all_rows(migrated) == all_rows(lite)
+        mailbox = migrated.get_mailbox("bob@example.test")
+        assert mailbox is not None and mailbox.settings == {"spam_folder": "Junk"}
+        assert [a.name for a in migrated.list_accounts()] == ["ann"]
+    finally:
+        migrated.close()
+        lite.close()

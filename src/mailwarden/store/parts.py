@@ -75,6 +75,10 @@ class EventLog(Protocol):
             remaining = None if remaining is None else remaining - size
 
     @abstractmethod
+    def events_after(self, after_id: int, limit: int) -> list[Event]:
+        """Up to `limit` events with ids above `after_id`, in id order (the order they were written): an export."""
+
+    @abstractmethod
     def links(self, keys: Sequence[str]) -> list[Link]:
         """The links of these message keys, and every link of the handles they name (both sides of each hop)."""
 

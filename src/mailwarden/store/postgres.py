@@ -301,6 +301,10 @@ class PostgresStore(Store):
         with self._conn() as conn:
             return postgres_messages.query(conn, where, params, tail)
 
+    def events_after(self, after_id: int, limit: int) -> list[Event]:
+        with self._conn() as conn:
+            return postgres_messages.query(conn, " WHERE id > ?", [after_id, limit], " ORDER BY id LIMIT ?")
+
     def links(self, keys: Sequence[str]) -> list[Link]:
         with self._conn() as conn:
             return sqlite_messages.links(QmarkConnection(conn), keys)

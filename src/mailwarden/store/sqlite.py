@@ -507,6 +507,10 @@ class SqliteStore(SqliteAccounts, Store):
             rows = conn.execute(sql, params).fetchall()
         return event_rows(rows)
 
+    def events_after(self, after_id: int, limit: int) -> list[Event]:
+        with self._reading() as conn:
+            return event_rows(conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall())
+
     def links(self, keys: Sequence[str]) -> list[Link]:
         with self._reading() as conn:
             return sqlite_messages.links(conn, keys)
