@@ -15,6 +15,7 @@ from pathlib import Path
 from mailwarden.config import Config
 from mailwarden.store import EventQuery
 from mailwarden.store.postgres import PostgresStore
+from mailwarden.store.spool import EventSpool
 from mailwarden.trace import report
 from mailwarden.trace.correlate import load
 from tests.support.clock import FakeClock
@@ -101,3 +102,59 @@ def test_two_gateway_nodes_and_a_pop3_node_share_greylisting_rate_limits_and_one
     finally:
         for store in (node_a, node_b, pop3_node):
             store.close()
+
+
+def test_mail_keeps_flowing_while_postgresql_is_down_and_every_event_arrives_once_after(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    store = PostgresStore(postgres.new_database(), batch_interval=0.001, spool=EventSpool(tmp_path / "spool", 1 << 20))
+    store.add_mailbox("bob@example.test", "hash")
+    config = node_config(tmp_path, "mx-a", "127.0.0.2")
+    config = config.model_copy(update={"checks": config.checks.model_copy(update={"order": ["recipients"]})})
+
+    async def send(count: int) -> list[list[str]]:
+        async with gateway_in_process(config, store, node="mx-a") as port:
+            return [await converse(port, transaction(data=True), CLIENT, host="127.0.0.2") for _ in range(count)]
+
+    try:
+        (before,) = asyncio.run(send(1))
+        postgres.stop()
+        try:
+            during = asyncio.run(send(3))
+            assert all(replies[5].startswith("250 2.0.0") for replies in during), during  # spooled
+        finally:
+            postgres.start()
+        (after,) = asyncio.run(send(1))
+        store.flush()
+        accepted = [e.ref for e in store.query_events(EventQuery(kinds=("accept",)))]
+        assert accepted == [ref_of(r[5]) for r in (before, *during, after)]  # each once, in order
+    finally:
+        store.close()
+
+
+def test_a_full_spool_while_postgresql_is_down_answers_451_4_3_0_instead_of_accepting(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    store = PostgresStore(postgres.new_database(), batch_interval=0.001, spool=EventSpool(tmp_path / "spool", 1))
+    store.add_mailbox("bob@example.test", "hash")
+    config = node_config(tmp_path, "mx-a", "127.0.0.2")
+    config = config.model_copy(update={"checks": config.checks.model_copy(update={"order": ["recipients"]})})
+
+    async def send() -> list[str]:
+        async with gateway_in_process(config, store, node="mx-a") as port:
+            return await converse(port, transaction(data=True), CLIENT, host="127.0.0.2")
+
+    try:
+        asyncio.run(send())  # the mailbox is known to this node
+        postgres.stop()
+        try:
+            refused = asyncio.run(send())
+        finally:
+            postgres.start()
+        assert refused[5].startswith("451 4.3.0"), refused
+        assert not list((tmp_path / "var" / "mail" / "example.test" / "bob" / "new").iterdir())[1:]  # taken back
+        store.flush()
+        (event,) = store.query_events(EventQuery(reason="infra.event_spool_full"))
+        assert event.smtp_code == 451 and event.ref == ref_of(refused[5])
+    finally:
+        store.close()

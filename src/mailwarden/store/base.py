@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
-    """The store cannot do what was asked; the message says why and what to do."""
+    """The store cannot do what was asked; the message says why and what to do.
+
+    `reason` is the catalog reason a transaction refused for it gets.
+    """
+
+    reason = "infra.storage"
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,8 @@ class BatchWriter:
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
                 log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
+                if isinstance(exc, StoreError):
+                    error.reason = exc.reason  # e.g. a full spool's own catalog reason
                 self._retry = queued  # all of them: none is dropped (the gateway refuses mail meanwhile)
                 self._retry_positions = positions
         for barrier in barriers:

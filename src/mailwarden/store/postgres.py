@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -182,6 +183,8 @@ class PostgresStore(Store):
     ) -> None:
         self.url = url
         self._spool = spool
+        self._known: dict[str, Mailbox] = {}  # find_mailbox's answers, for while the database is away
+        self._away_until = 0.0  # monotonic time until which find_mailbox does not ask a failed database
         self._batch_interval = batch_interval
         self._writer: BatchWriter | None = None
         self._starting = threading.Lock()
@@ -200,6 +203,7 @@ class PostgresStore(Store):
             open=True,
             name="mailwarden",
             check=ConnectionPool.check_connection,  # a restarted database leaves dead connections behind
+            timeout=_POOL_WAIT_SECONDS,  # a session waits this long at most for a connection
         )
 
     @contextmanager
@@ -472,6 +476,7 @@ class PostgresStore(Store):
         return Mailbox(address, password_hash, created)
 
     def remove_mailbox(self, address: str) -> bool:
+        self._known.pop(address, None)
         with self._conn() as conn:
             return conn.execute("DELETE FROM mailboxes WHERE address = %s", (address,)).rowcount > 0
 
@@ -509,7 +514,25 @@ class PostgresStore(Store):
         return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     async def find_mailbox(self, address: str) -> Mailbox | None:
-        return await asyncio.to_thread(self.get_mailbox, address)
+        """`get_mailbox` for the session path; while the database is away, a mailbox found before
+        is still found (mail keeps flowing, its events spooled), an unknown one raises."""
+        known = self._known.get(address)
+        if known is not None and time.monotonic() < self._away_until:
+            return known  # the database failed a moment ago: no session waits for the pool meanwhile
+        try:
+            mailbox = await asyncio.to_thread(self.get_mailbox, address)
+        except StoreError:
+            self._away_until = time.monotonic() + _AWAY_SECONDS
+            if known is not None:
+                return known
+            raise
+        if mailbox is None:
+            self._known.pop(address, None)
+        else:
+            if len(self._known) > _KNOWN_MAILBOXES:
+                self._known.clear()
+            self._known[address] = mailbox
+        return mailbox
 
     # -- the tracking center's accounts, sessions and audit log (each audit entry is its own commit:
     # PostgreSQL groups the concurrent ones into one WAL flush itself)
@@ -619,6 +642,9 @@ def _day_of(partition: str) -> int | None:
 
 
 _CONNECT_SECONDS: Final = 10
+_KNOWN_MAILBOXES: Final = 100_000
+_POOL_WAIT_SECONDS: Final = 3.0
+_AWAY_SECONDS: Final = 5.0
 _REMEDY: Final = "check that PostgreSQL runs and that [store] url names a database this node may write to"
 
 

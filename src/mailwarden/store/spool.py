@@ -33,6 +33,8 @@ class SpooledBatch:
 class SpoolFull(StoreError):
     """The spool cannot take a batch (full or not writable): the batch is not safe anywhere."""
 
+    reason = "infra.event_spool_full"
+
 
 def new_batch_id() -> str:
     return uuid.uuid4().hex
