@@ -138,7 +138,7 @@ def write_batch(conn: psycopg.Connection[Any], events: list[Event], positions: l
             [(ln.handle, ln.message_key, int(ln.upstream), ln.recipient, int(ln.hint), ts) for ln, ts in links],
         )
     touched = {event.message_key for event in events if event.message_key is not None}
-    refold(conn, touched | {link.message_key for link, _ in links})
+    refold(conn, touched | {link.message_key for link, _ in links}, events)
     if positions:
         conn.cursor().executemany(
             "INSERT INTO positions (name, value, updated_us) VALUES (%s, %s, %s)"
@@ -164,8 +164,12 @@ def _record_queues(conn: psycopg.Connection[Any], events: Iterable[Event]) -> No
         )
 
 
-def refold(conn: psycopg.Connection[Any], keys: Iterable[str]) -> int:
-    """Fold again every message these keys belong to, from all its events: its roots and index rows."""
+def refold(conn: psycopg.Connection[Any], keys: Iterable[str], batch: Sequence[Event] = ()) -> int:
+    """Fold again every message these keys belong to, from all its events: its roots and index rows.
+    `batch` are events of this transaction: they are taken as they are, only the others are read
+    back (those of another node's transaction whose ids fall between this batch's, committed at
+    this very moment, are missed until the message's next event or `store reindex`; a batch never
+    sees another's uncommitted events anyway)."""
     wanted = sorted(set(keys))
     if not wanted:
         return 0
@@ -178,14 +182,22 @@ def refold(conn: psycopg.Connection[Any], keys: Iterable[str]) -> int:
     if placed:
         conn.cursor().executemany("INSERT INTO message_roots (key, root) VALUES (%s, %s)", placed)
     conn.execute("DELETE FROM message_index WHERE message_key = ANY(%s)", (members,))
+    ours = [event.id for event in batch if event.id is not None]
+    first_new, last_new = (min(ours), max(ours)) if ours else (1 << 62, -1)
     folded: dict[str, list[Event]] = {}
     for start in range(0, len(members), _KEYS_PER_QUERY):
         chunk = members[start : start + _KEYS_PER_QUERY]
         rows = conn.execute(
-            f"{SELECT_EVENTS} WHERE message_key = ANY(%s) ORDER BY ts, id".encode(), (chunk,)
+            f"{SELECT_EVENTS} WHERE message_key = ANY(%s) AND (id < %s OR id > %s)".encode(),
+            (chunk, first_new, last_new),
         ).fetchall()
         for event in event_rows(rows):
             folded.setdefault(owner[str(event.message_key)], []).append(event)
+    for event in batch:
+        if event.message_key in owner:
+            folded.setdefault(owner[event.message_key], []).append(event)
+    for events in folded.values():
+        events.sort(key=lambda event: (event.ts, event.id or 0))
     unique: dict[tuple[str, str], IndexRow] = {}  # recipients equal but for case are one row, as in SQLite
     for root in sorted(folded):
         for row in message_rows(root, folded[root]):
