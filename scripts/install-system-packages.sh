@@ -3,7 +3,8 @@
 # Idempotent: does nothing when everything is installed. Needs root (or sudo) when it installs.
 set -e
 PACKAGES="postfix dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd clamav-daemon clamdscan clamav-testfiles
-spamassassin spamd spamc rspamd nsd rbldnsd dnsmasq-base bind9-dnsutils swaks rsyslog strace chromium"
+spamassassin spamd spamc rspamd nsd rbldnsd dnsmasq-base bind9-dnsutils swaks rsyslog strace chromium
+postgresql-15"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

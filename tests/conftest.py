@@ -10,6 +10,8 @@ import pytest
 from tests.support.dns import DnsServers, running_dns
 from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
+from tests.support.postgres import Postgres, running_postgres
+from tests.support.postgres import available as postgres_available
 
 
 @pytest.fixture
@@ -31,3 +33,12 @@ def dns_servers(tmp_path: Path) -> Iterator[DnsServers]:
     """NSD and rbldnsd on loopback with the test zones of tests/support/dns.py."""
     with running_dns(tmp_path / "dns") as servers:
         yield servers
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A private PostgreSQL 15 for the whole run (each test takes a database of its own: `new_database`)."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL 15 is not installed: `make system-packages` installs it")
+    with running_postgres(keep_log_in=tmp_path_factory.mktemp("postgres")) as server:
+        yield server

@@ -898,6 +898,27 @@ _ENTRIES: Final[list[Reason]] = [
         ),
     ),
     _r(
+        "infra.event_spool_full",
+        451,
+        "4.3.0",
+        "provider",
+        "Our records of mail cannot be written at the moment; please try again later.",
+        title=("Mail records cannot be written", "Mail-Aufzeichnungen nicht schreibbar"),
+        explanation=(
+            "Our database was unreachable and this node's local spool for the records of mail was full "
+            "or not writable ({problem}), so the message was not accepted: we accept mail only with its "
+            "record. The sending server retries.",
+            "Unsere Datenbank war nicht erreichbar und der lokale Zwischenspeicher dieses Knotens für die "
+            "Aufzeichnungen war voll oder nicht schreibbar ({problem}); die Nachricht wurde deshalb nicht "
+            "angenommen, denn wir nehmen Mail nur mit ihrer Aufzeichnung an. Der sendende Server versucht es erneut.",
+        ),
+        remedy=(
+            "Our team brings the database back or frees the spool; the sender retries automatically.",
+            "Unser Team stellt die Datenbank wieder her oder leert den Zwischenspeicher; der Absender "
+            "wiederholt automatisch.",
+        ),
+    ),
+    _r(
         "infra.downstream",
         451,
         "4.4.1",

@@ -22,7 +22,7 @@ from mailwarden.config import (
     starter,
 )
 from mailwarden.events import Event, us_to_iso
-from mailwarden.store import EventQuery, StoreError
+from mailwarden.store import EventQuery, StoreError, open_store
 from mailwarden.text import printable
 from mailwarden.timespec import TimeSpecError, parse_time
 from mailwarden.trace.report import FORMATS, ReportError
@@ -59,9 +59,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_users(args: argparse.Namespace, config: Config) -> int:
     from mailwarden import mailboxes
     from mailwarden.addresses import normalize_mailbox
-    from mailwarden.serve import open_configured_store
 
-    store = open_configured_store(config)
+    store = open_store(config)
     try:
         if args.action == "list":
             for mailbox in store.list_mailboxes():
@@ -99,10 +98,9 @@ def cmd_users(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_accounts(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.serve import open_configured_store
     from mailwarden.web import accounts
 
-    store = open_configured_store(config)
+    store = open_store(config)
     try:
         if args.action == "list":
             for account in store.list_accounts():
@@ -124,10 +122,9 @@ def cmd_accounts(args: argparse.Namespace, config: Config) -> int:
 def cmd_web(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
-    from mailwarden.serve import open_configured_store
     from mailwarden.web.server import run_alone
 
-    store = open_configured_store(config)
+    store = open_store(config)
     try:
         asyncio.run(run_alone(config, store))
     finally:
@@ -144,9 +141,8 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     from mailwarden import mailboxes
     from mailwarden.checks import build_chain
     from mailwarden.checks.base import Services
-    from mailwarden.serve import open_configured_store
 
-    store = open_configured_store(config)
+    store = open_store(config)
     try:
         build_chain(Services(config=config, store=store, local_domains=frozenset(config.mail.domains)))
         gaps = mailboxes.postmaster_gaps(config, store)
@@ -186,7 +182,6 @@ def _event_row(event: Event) -> str:
 
 
 def cmd_events(args: argparse.Namespace, config: Config) -> int:
-    from mailwarden.serve import open_configured_store
 
     query = EventQuery(
         since_us=parse_time(args.since) if args.since else None,
@@ -195,7 +190,7 @@ def cmd_events(args: argparse.Namespace, config: Config) -> int:
         session=args.session,
         limit=args.limit,
     )
-    store = open_configured_store(config)
+    store = open_store(config)
     try:
         events = store.query_events(query)
     finally:
@@ -275,6 +270,13 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
 def cmd_store(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.store import commands
 
+    wanted = {"reindex": 0, "forget-node": 1, "migrate": 2}[args.action]
+    if len(args.arguments) != wanted:
+        raise ValueError("usage: mailwarden store reindex | forget-node NAME | migrate SOURCE_URL TARGET_URL")
+    if args.action == "forget-node":
+        return commands.forget_node(config, args.arguments[0])
+    if args.action == "migrate":
+        return commands.migrate(config, *args.arguments, progress=args.progress)
     return commands.reindex(config, progress=args.progress)
 
 
@@ -415,8 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
 
-    store = command("store", cmd_store, "maintain the store: `reindex` rebuilds the message index from the events")
-    store.add_argument("action", choices=["reindex"])
+    store = command(
+        "store",
+        cmd_store,
+        "maintain the store: `reindex` rebuilds the message index from the events, "
+        "`forget-node NAME` frees the ref id of a node that no longer runs, "
+        "`migrate SOURCE_URL TARGET_URL` copies a store's history into another (resumable)",
+    )
+    store.add_argument("action", choices=["reindex", "forget-node", "migrate"])
+    store.add_argument(
+        "arguments", nargs="*", metavar="ARG", help="forget-node: the node's [node] name; migrate: two store URLs"
+    )
     store.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -189,12 +189,24 @@ class MailConfig(_Section):
 class StoreConfig(_Section):
     url: str = Field(
         "sqlite:///var/mailwarden.db",
-        description="Event and mailbox store: sqlite:///relative/path or sqlite:////absolute/path.",
+        description="Event and mailbox store: sqlite:///relative/path or sqlite:////absolute/path (one machine), "
+        "or postgresql://user:password@host:port/database, shared by several nodes (docs/architecture.md).",
     )
     batch_interval: float = Field(
         0.05, gt=0, le=5, description="Seconds the event writer waits to gather a batch before committing."
     )
     retention_days: int = Field(90, ge=1, description="Events older than this are purged.")
+    spool_dir: str = Field(
+        "var/event-spool",
+        description="PostgreSQL store: where this node keeps the events the database cannot take while it is "
+        "away (fsynced; replayed in order, each batch once, when it is back).",
+    )
+    spool_max_mb: int = Field(
+        1024,
+        ge=1,
+        description="PostgreSQL store: the most the event spool may hold; when it is full, transactions get a "
+        "temporary failure instead of an accept without evidence.",
+    )
     purge_interval: float = Field(
         3600.0, gt=0, description="Seconds between two purges of expired events while `mailwarden serve` runs."
     )

@@ -17,24 +17,22 @@ from mailwarden.mta.milter import MilterServer
 from mailwarden.mta.policy import PolicyServer
 from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.refs import RefGenerator
+from mailwarden.smtp.refs import RefGenerator, node_id
 from mailwarden.smtp.tls import ensure_self_signed, server_context
-from mailwarden.store import Store, open_store
+from mailwarden.store import open_store
 from mailwarden.trace.retention import purge_periodically
 
 log = logging.getLogger("mailwarden")
-
-
-def open_configured_store(config: Config) -> Store:
-    return open_store(config.store.url, base_dir=str(config.base_dir), batch_interval=config.store.batch_interval)
 
 
 async def run(config: Config) -> None:
     # aiosmtpd logs every connection at INFO ("mail.log"); our events say more, and that logging
     # cost 16 % of the event loop's CPU under load (measured).
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    store = open_configured_store(config)
+    store = open_store(config)
     try:
+        store.register_node(config.node.name, node_id(config.node.name))  # refuses a clash
+        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
         demo = mailboxes.create_demo(config, store)
         if demo is not None:
             print(f"created demo mailbox {demo[0]} with password {demo[1]} (shown once)", file=sys.stderr, flush=True)
@@ -47,7 +45,6 @@ async def run(config: Config) -> None:
             cert, key = config.path(config.tls.cert), config.path(config.tls.key)
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
-        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
         gateway = Gateway(
             config,
             store,
@@ -78,7 +75,7 @@ async def run(config: Config) -> None:
         if config.web.listen:  # its own connection: page views never wait behind the gateway's lookups
             from mailwarden.web.server import start_role as start_web
 
-            web_store = open_configured_store(config)
+            web_store = open_store(config)
             web = await start_web(config, web_store)
             roles.append(f"web {web.url}")
         purging = asyncio.create_task(

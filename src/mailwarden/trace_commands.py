@@ -16,18 +16,12 @@ from typing import BinaryIO
 
 from mailwarden.catalog import Lang
 from mailwarden.config import Config
-from mailwarden.store import Store
+from mailwarden.store import open_store
 from mailwarden.text import printable
 from mailwarden.trace import bounce, listing, report, retention
 from mailwarden.trace import demo as examples
 from mailwarden.trace.diagnose import not_found, retention_text
 from mailwarden.trace.search import SearchSpec, count, search
-
-
-def _store(config: Config) -> Store:
-    from mailwarden.serve import open_configured_store
-
-    return open_configured_store(config)
 
 
 def _write(data: bytes, output: str | None, stdout: BinaryIO) -> None:
@@ -41,7 +35,7 @@ def _write(data: bytes, output: str | None, stdout: BinaryIO) -> None:
 def trace(config: Config, spec: SearchSpec, *, fmt: str, lang: Lang, counts: bool = False) -> int:
     """`mailwarden trace`: messages as a table, CSV or JSON; "nothing found" explained in words.
     With `counts`: how many recipients of the matching messages have each status and reason."""
-    store = _store(config)
+    store = open_store(config)
     try:
         if counts:
             found = count(store, spec)
@@ -84,7 +78,7 @@ def explain(
     """`mailwarden explain`: the evidence report for one message (and recipient)."""
     if fmt == "pdf" and not output and sys.stdout.isatty():
         raise report.ReportError("a PDF is binary: write it to a file with -o FILE.pdf")
-    store = _store(config)
+    store = open_store(config)
     try:
         made = report.build(store, trace_id, recipient=recipient, lang=lang, redact=redact, domains=config.mail.domains)
         _write(report.render(made, fmt), output, sys.stdout.buffer)
@@ -95,7 +89,7 @@ def explain(
 
 def verify_report(config: Config, path: str) -> int:
     """`mailwarden verify-report`: does the report still match the store?"""
-    store = _store(config)
+    store = open_store(config)
     try:
         checked = report.verify(store, Path(path))
     finally:
@@ -116,7 +110,7 @@ def verify_report(config: Config, path: str) -> int:
 def purge(config: Config, days: int | None) -> int:
     """`mailwarden purge`: delete events older than the retention."""
     keep = days if days is not None else config.store.retention_days
-    store = _store(config)
+    store = open_store(config)
     try:
         removed = retention.purge(store, keep)
     finally:
@@ -135,7 +129,7 @@ def explain_bounce(config: Config, source: str, *, lang: Lang, fmt: str) -> int:
         except OSError as exc:
             raise report.ReportError(f"cannot read {source}: {exc.strerror}") from None
     found = bounce.parse(data)
-    store = _store(config)
+    store = open_store(config)
     try:
         linked = []
         unattributed: dict[str, bounce.Mismatch] = {}
@@ -173,7 +167,7 @@ def demo(config: Config, server: str | None, config_file: str | None = None) -> 
         raise report.ReportError(
             f"nothing listens on {host}:{port}; start mailwarden first (`make run`) or give --server"
         )
-    store = _store(config)
+    store = open_store(config)
     try:
         played, notes = examples.cases(config, store)
     finally:
@@ -215,7 +209,7 @@ def demo(config: Config, server: str | None, config_file: str | None = None) -> 
 
 def _fetch_and_delete(config: Config, mailbox: examples.Mailbox, ref: str) -> str:
     """The other device's part, for the message the demo just delivered (found by its ref's UIDL)."""
-    store = _store(config)
+    store = open_store(config)
     try:
         uid = examples.delivered_uid(store, ref)
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from mailwarden.ingest import parse_lines
-from mailwarden.store import open_store
+from mailwarden.store import open_store_url
 from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.pop3 import Device, message, send, wait_events
@@ -52,7 +52,7 @@ def ingest_dovecot_log(mw: Mailwarden, dovecot: Dovecot) -> None:
     zone = datetime.now().astimezone().tzinfo  # Dovecot writes local time
     assert zone is not None
     events = parse_lines(dovecot.log_lines(), fmt="dovecot", node="dovecot", zone=zone)
-    store = open_store(mw.sections["store"]["url"], base_dir=str(mw.root))
+    store = open_store_url(mw.sections["store"]["url"], base_dir=mw.root)
     try:
         store.append_many(events)
         store.flush()

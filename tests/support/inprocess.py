@@ -33,9 +33,14 @@ def config_for(tmp_path: Path, order: list[str], **sections: Any) -> Config:
 
 @asynccontextmanager
 async def gateway_in_process(
-    config: Config, store: Store, *, chain: CheckChain | None = None, clock: Clock | None = None
+    config: Config,
+    store: Store,
+    *,
+    chain: CheckChain | None = None,
+    clock: Clock | None = None,
+    node: str = "test",
 ) -> AsyncIterator[int]:
-    """Run the gateway until the block ends; yields its SMTP port."""
+    """Run the gateway until the block ends; yields its SMTP port. `node` names the node its refs carry."""
     services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
     if clock is not None:
         services.clock = clock
@@ -44,7 +49,7 @@ async def gateway_in_process(
         store,
         chain or build_chain(services),
         services,
-        refs=RefGenerator("test", wait_for_fresh_second=False),
+        refs=RefGenerator(node, wait_for_fresh_second=False),
         tls_context=None,
     )
     (address,) = await gateway.start()
@@ -54,9 +59,9 @@ async def gateway_in_process(
         await gateway.stop(grace=1)
 
 
-async def converse(port: int, lines: list[bytes], source: str = "127.0.0.1") -> list[str]:
-    """Send each line, collect the final line of each reply (the greeting first)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+async def converse(port: int, lines: list[bytes], source: str = "127.0.0.1", host: str = "127.0.0.1") -> list[str]:
+    """Send each line to `host`, collect the final line of each reply (the greeting first)."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
 
     async def reply() -> str:
         line = await reader.readline()

@@ -19,9 +19,10 @@ import pytest
 
 from mailwarden.checks.base import Action, CheckContext, Services, SessionInfo, Transaction, Verdict
 from mailwarden.checks.pregreet import PregreetCheck
-from mailwarden.checks.ratelimit import RateLimitCheck, SlidingCounter
+from mailwarden.checks.ratelimit import RateLimitCheck
 from mailwarden.config import Config, PregreetConfig, RateLimitConfig
 from mailwarden.store import EventQuery
+from mailwarden.store.rates import MemoryRates, SlidingCounter
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace import report
 from mailwarden.trace.search import AddressFilter, SearchSpec, search
@@ -61,7 +62,7 @@ def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minu
     services: Services, first: float
 ) -> None:
     clock = FakeClock(MINUTE - 60 + first)
-    check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), clock)
+    check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), MemoryRates(), clock)
     ctx = context(services)
     verdicts: list[Verdict | None] = []
     for _ in range(4):
@@ -75,7 +76,7 @@ def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minu
 
 def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(services: Services) -> None:
     clock = FakeClock(MINUTE - 0.5)
-    check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), clock)
+    check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), MemoryRates(), clock)
     ctx = context(services)
     verdicts = []
     for _ in range(3):
@@ -89,7 +90,7 @@ def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(s
 
 def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(services: Services) -> None:
     clock = FakeClock()
-    check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), clock)
+    check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), MemoryRates(), clock)
     ctx = context(services)
     assert asyncio.run(check.connect(ctx)) is None
     assert asyncio.run(check.connect(ctx)) is not None
@@ -264,3 +265,15 @@ def test_a_client_is_not_watched_when_the_wait_is_off_or_it_is_exempt(
     check = pregreet_check(services, FakeClock(), **settings)
     assert asyncio.run(check.connect(context(services, client_ip, watch_input=watch))) is None
     assert watch.waited == []
+
+
+def test_two_checks_on_one_rate_limit_state_count_together(services: Services) -> None:
+    """What several nodes on one shared store do: the limit holds for their sum, not for each."""
+    clock = FakeClock()
+    shared = MemoryRates()
+    first, second = (RateLimitCheck(RateLimitConfig(messages_per_minute=2), shared, clock) for _ in range(2))
+    ctx = context(services)
+    assert asyncio.run(first.mail(ctx)) is None
+    assert asyncio.run(second.mail(ctx)) is None
+    refused = asyncio.run(first.mail(ctx))
+    assert refused is not None and refused.values["count"] == 3

@@ -17,6 +17,7 @@ from mailwarden.events import Event
 from mailwarden.mailboxes import hash_password
 from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.refs import RefGenerator
+from mailwarden.store import Store
 from mailwarden.store.base import Committed
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.net import free_port
@@ -55,10 +56,12 @@ TWO_TRANSACTIONS = [
 ]
 
 
-def pop3_session(tmp_path: Path, store: SqliteStore, mailbox: str, commands: list[bytes]) -> None:
-    """A POP3 client of `mailbox` (password "secret") sending `commands` after logging in."""
+def pop3_session(tmp_path: Path, store: Store, mailbox: str, commands: list[bytes], node: str = "test") -> None:
+    """A POP3 client of `mailbox` (password "secret") sending `commands` after logging in, to a POP3
+    server of the node `node`."""
     port = free_port()
     config = Config(
+        node={"name": node},  # type: ignore[arg-type]
         pop3={"listen": [f"127.0.0.1:{port}"], "allow_plaintext_auth": True},  # type: ignore[arg-type]
         mail={"domains": ["example.test"], "maildir_root": str(tmp_path / "var" / "mail")},  # type: ignore[arg-type]
         base_dir=tmp_path,
@@ -66,7 +69,7 @@ def pop3_session(tmp_path: Path, store: SqliteStore, mailbox: str, commands: lis
     store.set_password(mailbox, hash_password("secret"))
 
     async def session() -> None:
-        server = Pop3Server(config, store, refs=RefGenerator("test", wait_for_fresh_second=False), tls_context=None)
+        server = Pop3Server(config, store, refs=RefGenerator(node, wait_for_fresh_second=False), tls_context=None)
         await server.start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -29,7 +29,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 def check(services: Services, address: str) -> Verdict | Recipient | None:
     ctx = CheckContext(services, SessionInfo(id="S", node="n", client_ip="192.0.2.1", client_port=1))
-    return asyncio.run(RecipientsCheck().rcpt(ctx, address))
+    return asyncio.run(RecipientsCheck(services.store).rcpt(ctx, address))
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,19 @@ def test_a_failed_write_keeps_queued_events_for_a_retry_but_not_the_transactions
     assert disk.written == ["queued-1", "queued-2", "accepted"]
 
 
+def test_no_queued_event_is_dropped_however_long_the_store_stays_unwritable() -> None:
+    """The writer once kept only the newest 200,000 events for a retry and dropped the rest."""
+    disk = FlakyDisk(failures=1_000_000)  # unwritable until it is repaired below
+    writer = BatchWriter(disk, interval=0.01, name="test-writer")
+    writer.put_many(event(ref=f"q{number}") for number in range(200_005))
+    with pytest.raises(StoreError, match="disk I/O error"):
+        writer.flush()  # its batch comes after every event: all of them wait for a retry now
+    disk.failures = 0
+    writer.flush()
+    writer.close()
+    assert len(disk.written) == 200_005 and disk.written[0] == "q0" and disk.written[-1] == "q200004"
+
+
 class Disk:
     """A write function that remembers each transaction: its events' refs and its positions' names."""
 

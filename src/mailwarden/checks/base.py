@@ -149,7 +149,10 @@ class Transaction:
 
 @dataclass
 class Services:
-    """Shared things a check may need, built once at start."""
+    """Shared things a check may need, built once at start.
+
+    A check's `create` hands its constructor only the part of `store` it uses (store/parts.py).
+    """
 
     config: Config
     store: Store

@@ -24,8 +24,8 @@ from email.utils import format_datetime
 from mailwarden.checks.base import Action, Check, CheckContext, Clock, Recipient, Services, Verdict
 from mailwarden.config import GreylistConfig
 from mailwarden.events import us_to_iso
-from mailwarden.store import Store
 from mailwarden.store.base import GreylistEntry
+from mailwarden.store.parts import GreylistState
 
 PURGE_EVERY_US = 3600 * 1_000_000
 
@@ -33,7 +33,7 @@ PURGE_EVERY_US = 3600 * 1_000_000
 class GreylistCheck(Check):
     name = "greylist"
 
-    def __init__(self, config: GreylistConfig, store: Store, hostname: str, clock: Clock) -> None:
+    def __init__(self, config: GreylistConfig, store: GreylistState, hostname: str, clock: Clock) -> None:
         self.config = config
         self.store = store
         self.hostname = hostname

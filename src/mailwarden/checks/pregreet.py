@@ -20,7 +20,7 @@ from typing import Final
 
 from mailwarden.checks.base import Action, Check, CheckContext, Clock, Services, Verdict
 from mailwarden.config import PregreetConfig
-from mailwarden.store import Store
+from mailwarden.store.parts import PregreetPasses
 from mailwarden.text import printable
 
 SHOWN: Final = 100  # characters of what an early talker sent, kept in the event
@@ -29,7 +29,7 @@ SHOWN: Final = 100  # characters of what an early talker sent, kept in the event
 class PregreetCheck(Check):
     name = "pregreet"
 
-    def __init__(self, config: PregreetConfig, store: Store, clock: Clock, check_timeout: float) -> None:
+    def __init__(self, config: PregreetConfig, store: PregreetPasses, clock: Clock, check_timeout: float) -> None:
         self.config = config
         self.store = store
         self.clock = clock

@@ -9,11 +9,19 @@ ignored as RFC 5321 4.1.2 says, so only the final address counts.
 from __future__ import annotations
 
 from mailwarden.addresses import ROUTING_CHARS, AddressError, split
-from mailwarden.checks.base import Check, CheckContext, Recipient, Verdict
+from mailwarden.checks.base import Check, CheckContext, Recipient, Services, Verdict
+from mailwarden.store.parts import MailboxLookup
 
 
 class RecipientsCheck(Check):
     name = "recipients"
+
+    def __init__(self, mailboxes: MailboxLookup) -> None:
+        self.mailboxes = mailboxes
+
+    @classmethod
+    def create(cls, services: Services) -> Check:
+        return cls(services.store)
 
     async def rcpt(self, ctx: CheckContext, recipient: str) -> Verdict | Recipient | None:
         try:
@@ -39,7 +47,7 @@ class RecipientsCheck(Check):
                 problem=f"the local part contains the routing character {routing[0]}",
             )
         for candidate in self._candidates(address.local.lower(), address.domain, mail.recipient_delimiter):
-            mailbox = await ctx.services.store.find_mailbox(candidate)
+            mailbox = await self.mailboxes.find_mailbox(candidate)
             if mailbox is not None:
                 return Recipient(recipient, mailbox.address, mailbox.settings)
         if address.local.lower() == "postmaster" and mail.postmaster:

@@ -41,7 +41,7 @@ def ingest(
     err: TextIO | None = None,
 ) -> int:
     """Parse `paths` into the configured store; print a summary. Exit code 0, or 2 on a read error."""
-    from mailwarden.serve import open_configured_store
+    from mailwarden.store import open_store
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -50,7 +50,7 @@ def ingest(
         raise IngestError(f"no such file: {', '.join(missing)}")
     if follow and "-" in paths:
         raise IngestError("--follow needs files; standard input cannot be followed")
-    store = open_configured_store(config)
+    store = open_store(config)
     started = time.monotonic()
     try:
         ingester = configured_ingester(config, store, fmt, node)

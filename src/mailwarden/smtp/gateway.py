@@ -483,7 +483,7 @@ class Connection:
             return self._storage_failed(txn, exc)
         except StoreError as exc:  # the evidence is not safe: the mail was taken back, the sender retries
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
-            return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
+            return self._refuse(Verdict.tempfail(exc.reason, problem="the event store is not writable"), "data")
         return reply.wire()
 
     @staticmethod

@@ -1,27 +1,51 @@
-"""The store: events and mailboxes behind one interface.
+"""The store: events, the message index, mailboxes and the checks' state, in narrow parts.
 
-SQLite is the embedded default (`store/sqlite.py`); a PostgreSQL store for several nodes
-implements the same `Store` interface later. Nothing outside `store/` writes SQL.
+SQLite is the embedded default (`store/sqlite.py`), PostgreSQL the store several nodes share
+(`store/postgres.py`); both implement the parts of `store/parts.py` (together: `Store`). Nothing outside `store/` writes SQL.
 """
 
 from __future__ import annotations
 
-from mailwarden.store.base import EventQuery, Mailbox, Position, Store, StoreError
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mailwarden.store.base import EventQuery, Mailbox, Position, StoreError
+from mailwarden.store.parts import Store
+
+if TYPE_CHECKING:
+    from mailwarden.config import Config
+    from mailwarden.store.spool import EventSpool
 
 
-def open_store(url: str, *, base_dir: str | None = None, batch_interval: float = 0.05) -> Store:
-    """Open the store named by a URL from `[store] url`."""
+def open_store(config: Config) -> Store:
+    """Open the store of `[store]` (each call its own connections: the web reads beside the gateway)."""
+    from mailwarden.store.spool import EventSpool
+
+    spool = EventSpool(config.path(config.store.spool_dir), config.store.spool_max_mb * 1024 * 1024)
+    return open_store_url(
+        config.store.url, base_dir=config.base_dir, batch_interval=config.store.batch_interval, spool=spool
+    )
+
+
+def open_store_url(
+    url: str, *, base_dir: Path | None = None, batch_interval: float = 0.05, spool: EventSpool | None = None
+) -> Store:
+    """Open the store named by a URL (`[store] url`); a relative SQLite path is below `base_dir`;
+    `spool` keeps a PostgreSQL store's events while the database is away (SQLite is local: none)."""
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         from mailwarden.store.sqlite import SqliteStore
 
-        raw = url.removeprefix("sqlite:///")
-        path = Path(raw)
+        path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+            path = base_dir / path
         return SqliteStore(path, batch_interval=batch_interval)
-    raise StoreError(f"unsupported store url {url!r}: use sqlite:///relative/path or sqlite:////absolute/path")
+    if url.startswith("postgresql://"):
+        from mailwarden.store.postgres import PostgresStore
+
+        return PostgresStore(url, batch_interval=batch_interval, spool=spool)
+    raise StoreError(
+        f"unsupported store url {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host/database"
+    )
 
 
-__all__ = ["EventQuery", "Mailbox", "Position", "Store", "StoreError", "open_store"]
+__all__ = ["EventQuery", "Mailbox", "Position", "Store", "StoreError", "open_store", "open_store_url"]

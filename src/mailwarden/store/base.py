@@ -1,27 +1,28 @@
-"""The store interface every backend implements, and the batching event writer they share."""
+"""The store's shared data types (queries, pages, entries) and the batching event writer every backend uses; the interface is store/parts.py."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
 from mailwarden.messages.index import IndexRow
-from mailwarden.messages.keys import Link
-from mailwarden.store.accounts import AccountStore
 
 log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
-    """The store cannot do what was asked; the message says why and what to do."""
+    """The store cannot do what was asked; the message says why and what to do.
+
+    `reason` is the catalog reason a transaction refused for it gets.
+    """
+
+    reason = "infra.storage"
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,20 @@ class BatchWriter:
     """
 
     MAX_BATCH = 5000
-    MAX_RETRY_ROWS = 200_000
     BULK_QUEUED = 2  # bulk batches waiting for the writer before `put_bulk` waits (memory)
 
-    def __init__(self, write_batch: Callable[[list[Event], list[Position]], None], interval: float, name: str) -> None:
+    def __init__(
+        self,
+        write_batch: Callable[[list[Event], list[Position]], None],
+        interval: float,
+        name: str,
+        *,
+        pending: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """`pending` says whether `write_batch` has work of its own even for an empty batch (a
+        spool to replay): then a flush or commit calls it without events."""
         self._write_batch = write_batch
+        self._pending = pending
         self._inbox: Inbox[Event | Position | _Barrier | _Bulk] = Inbox(
             self.MAX_BATCH, interval, ends_batch=_ends_transaction
         )
@@ -261,7 +271,7 @@ class BatchWriter:
                 events.extend(item.events)
                 barriers.append(item)
         error: StoreError | None = None
-        if events or positions:
+        if events or positions or (barriers and self._pending()):
             try:
                 self._write_batch(events, list(positions.values()))
                 self._retry = []
@@ -269,10 +279,10 @@ class BatchWriter:
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
                 log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
-                self._retry = queued[-self.MAX_RETRY_ROWS :]
+                if isinstance(exc, StoreError):
+                    error.reason = exc.reason  # e.g. a full spool's own catalog reason
+                self._retry = queued  # all of them: none is dropped (the gateway refuses mail meanwhile)
                 self._retry_positions = positions
-                if len(queued) > self.MAX_RETRY_ROWS:
-                    log.error("dropped %d events: retry buffer full", len(queued) - self.MAX_RETRY_ROWS)
         for barrier in barriers:
             try:
                 barrier.done(error)
@@ -280,160 +290,3 @@ class BatchWriter:
                 log.exception("a commit's waiter failed")
         for _ in range(bulks):
             self._bulk_room.release()
-
-
-class Store(AccountStore, ABC):
-    """Events and mailboxes (and the tracking center's accounts). Writes of events are queued; reads are direct."""
-
-    # -- events
-    @abstractmethod
-    def append(self, event: Event) -> None:
-        """Queue one event for writing; never blocks on the disk."""
-
-    def append_many(self, events: Iterable[Event]) -> None:
-        for event in events:
-            self.append(event)
-
-    @abstractmethod
-    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
-        """Commit every event queued so far, and `events`, durably and at once; then call `done`.
-
-        `done` is called from another thread: with None once committed, or with the StoreError;
-        then `events` are not stored (queued events are kept and retried), so the caller can
-        undo what they describe and record that instead. It must not block.
-        """
-
-    async def durable(self, events: Sequence[Event] = ()) -> None:
-        """`commit_soon` for a coroutine: returns once committed, raises StoreError when not."""
-        await committed(self.commit_soon, events)
-
-    @abstractmethod
-    def flush(self) -> None:
-        """Synchronous `durable`, for the command line and importers."""
-
-    def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
-        """Queue a bulk import's batch (thousands of events): committed together with `positions`,
-        in a transaction that ends with them, so a restart at a position neither repeats nor skips
-        a line. Few, large transactions instead of many small ones; may wait while earlier batches
-        are still being written. The gateway's `durable` path is not involved."""
-        self.append_many(events)
-        for position in positions:
-            self.save_position(position)
-
-    @abstractmethod
-    def query_events(self, query: EventQuery) -> list[Event]:
-        """Read events matching `query`, oldest first unless `newest_first`."""
-
-    @abstractmethod
-    def links(self, keys: Sequence[str]) -> list[Link]:
-        """The links of these message keys, and every link of the handles they name (both sides of each hop)."""
-
-    @abstractmethod
-    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
-        """The key of the life of `queue_id` on `node` written last before `at_us` (within the ten
-        days a queue file may live), for an ingest run that meets the file in the middle of its life."""
-
-    @abstractmethod
-    def save_position(self, position: Position) -> None:
-        """Queue a reading position; it is committed together with the events queued before it."""
-
-    @abstractmethod
-    def load_position(self, name: str) -> str | None:
-        """The committed value of the position `name`, or None."""
-
-    @abstractmethod
-    def purge_events(self, before_us: int) -> int:
-        """Delete events older than `before_us`; return how many went."""
-
-    @abstractmethod
-    def index_page(
-        self,
-        query: IndexQuery,
-        *,
-        limit: int,
-        after: tuple[int, str] | None = None,
-        offset: int = 0,
-        before: tuple[int, str] | None = None,
-    ) -> IndexPage:
-        """`limit` messages matching `query`, newest first, after the message `after` (a keyset
-        position, which costs the same on every page) or after skipping `offset` messages; with
-        `before`, the `limit` messages just newer than that one (the previous page)."""
-
-    @abstractmethod
-    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
-        """How many rows (recipients of messages) match `query`, by status and reason."""
-
-    @abstractmethod
-    def reindex(self, progress: Callable[[int], None] | None = None) -> int:
-        """Rebuild the message index from the events (`progress` is told how many were folded); the rows written."""
-
-    @abstractmethod
-    def count_events(self) -> int:
-        """How many events belong to a message (what `reindex` folds)."""
-
-    @abstractmethod
-    def oldest_event_us(self) -> int | None:
-        """The time of the oldest event kept (None when there are none): where the data begins."""
-
-    def iter_events(self, query: EventQuery, batch: int = 500) -> Iterator[Event]:
-        """`query_events` in pages, so a caller can stop early (e.g. once a page of messages is full)."""
-        offset, remaining = query.offset, query.limit
-        while remaining is None or remaining > 0:
-            size = batch if remaining is None else min(batch, remaining)
-            page = self.query_events(dataclasses.replace(query, limit=size, offset=offset))
-            yield from page
-            if len(page) < size:
-                return
-            offset += size
-            remaining = None if remaining is None else remaining - size
-
-    # -- mailboxes
-    @abstractmethod
-    def add_mailbox(self, address: str, password_hash: str) -> Mailbox: ...
-
-    @abstractmethod
-    def remove_mailbox(self, address: str) -> bool: ...
-
-    @abstractmethod
-    def set_password(self, address: str, password_hash: str) -> bool: ...
-
-    @abstractmethod
-    def get_mailbox(self, address: str) -> Mailbox | None: ...
-
-    @abstractmethod
-    def list_mailboxes(self) -> list[Mailbox]: ...
-
-    @abstractmethod
-    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool: ...
-
-    # -- greylisting (checks/greylist.py; called off the event loop)
-    @abstractmethod
-    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None: ...
-
-    @abstractmethod
-    def greylist_put(self, entry: GreylistEntry) -> None:
-        """Insert or replace the entry of its triplet."""
-
-    @abstractmethod
-    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
-        """Whether mail from `sender` via `network` passed greylisting (for any recipient) since then."""
-
-    @abstractmethod
-    def greylist_purge(self, before_us: int) -> int:
-        """Forget triplets last seen before then; returns how many."""
-
-    # -- the pregreet pass cache (checks/pregreet.py; called off the event loop)
-    @abstractmethod
-    def pregreet_passed(self, client_ip: str) -> int | None:
-        """When `client_ip` last waited for our greeting (microseconds), or None."""
-
-    @abstractmethod
-    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
-        """Remember that `client_ip` waited for our greeting at `at_us`; forget passes older than the other."""
-
-    async def find_mailbox(self, address: str) -> Mailbox | None:
-        """`get_mailbox` for the session path (a point lookup; backends may override)."""
-        return self.get_mailbox(address)
-
-    @abstractmethod
-    def close(self) -> None: ...

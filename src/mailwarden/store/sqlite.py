@@ -31,9 +31,10 @@ from mailwarden.store.base import (
     IndexQuery,
     Mailbox,
     Position,
-    Store,
     StoreError,
 )
+from mailwarden.store.parts import Store, node_clash
+from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
 from mailwarden.store.sqlite_bulk import BulkProcess
@@ -212,6 +213,13 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
     """,
     ),
     ("message_index_lean_rebuilt", sqlite_index.rebuild_all),
+    (
+        # The node ids refs carry, one node name each (store/parts.py `NodeRegistry`).
+        "node_ids",
+        """
+    CREATE TABLE nodes (node_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, registered_us INTEGER NOT NULL);
+    """,
+    ),
 ]
 
 _INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"
@@ -250,7 +258,7 @@ def _in(column: str, values: Sequence[Any], clauses: list[str], params: list[Any
     params.extend(values)
 
 
-def _where(query: EventQuery) -> tuple[str, list[Any]]:
+def events_where(query: EventQuery) -> tuple[str, list[Any]]:
     """The WHERE clause for `query`, written so that each filter can use its index."""
     clauses: list[str] = []
     params: list[Any] = []
@@ -447,6 +455,8 @@ class BulkWrites:
 
 
 class SqliteStore(SqliteAccounts, Store):
+    """Every part of the store in one SQLite file; rate limits are counted in this process (one machine)."""
+
     def __init__(self, path: Path, *, batch_interval: float = 0.05) -> None:
         self.path = path
         try:
@@ -465,6 +475,7 @@ class SqliteStore(SqliteAccounts, Store):
         self._writer: BatchWriter | None = None
         self._bulk: BulkProcess | None = None  # a bulk import's writer, started by its first batch
         self._found: dict[str, tuple[float, Mailbox]] = {}  # find_mailbox: address -> (valid until, mailbox)
+        self._rates = MemoryRates()
 
     # -- events
     def _writer_started(self) -> BatchWriter:
@@ -511,7 +522,7 @@ class SqliteStore(SqliteAccounts, Store):
             self._writer.flush()
 
     def query_events(self, query: EventQuery) -> list[Event]:
-        where, params = _where(query)
+        where, params = events_where(query)
         sql = _SELECT + where
         sql += " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
         if query.limit is not None or query.offset:
@@ -520,6 +531,10 @@ class SqliteStore(SqliteAccounts, Store):
         with self._reading() as conn:
             rows = conn.execute(sql, params).fetchall()
         return event_rows(rows)
+
+    def events_after(self, after_id: int, limit: int) -> list[Event]:
+        with self._reading() as conn:
+            return event_rows(conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall())
 
     def links(self, keys: Sequence[str]) -> list[Link]:
         with self._reading() as conn:
@@ -706,6 +721,32 @@ class SqliteStore(SqliteAccounts, Store):
             conn.execute(
                 "INSERT OR REPLACE INTO pregreet_passes (client_ip, passed_us) VALUES (?, ?)", (client_ip, at_us)
             )
+
+    # -- node ids
+    def register_node(self, name: str, node_id: int) -> None:
+        with self._reading() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT name FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+                if row is not None and row[0] != name:
+                    raise node_clash(name, node_id, row[0])
+                if row is None:
+                    conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+                    conn.execute(
+                        "INSERT INTO nodes (node_id, name, registered_us) VALUES (?, ?, ?)", (node_id, name, now_us())
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def forget_node(self, name: str) -> bool:
+        with self._reading() as conn:
+            return conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
+
+    # -- rate limits
+    async def rate_hit(self, counter: str, key: str, now: float) -> int:
+        return await self._rates.rate_hit(counter, key, now)
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -42,16 +42,29 @@ SCHEMA: Final = """
     CREATE INDEX audit_log_account ON audit_log (account, id);
 """
 
-_ACCOUNT_COLUMNS: Final = "name, role, password_hash, created_us, domains"
+ACCOUNT_COLUMNS: Final = "name, role, password_hash, created_us, domains"
 _AUDIT_INSERT: Final = (
     "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _FAILURES_KEPT: Final = 1000  # groups back whose failure a late waiter may still ask about
-_SESSION_COLUMNS: Final = "token_hash, account, csrf, created_us, seen_us"
+SESSION_COLUMNS: Final = "token_hash, account, csrf, created_us, seen_us"
 
 
-def _account(row: tuple[Any, ...]) -> WebAccount:
+def account_of(row: tuple[Any, ...]) -> WebAccount:
+    """An account from its `ACCOUNT_COLUMNS` (both stores)."""
     return WebAccount(row[0], cast(Role, row[1]), row[2], row[3], tuple(json.loads(row[4])))
+
+
+def audit_row(entry: AuditEntry) -> tuple[object, ...]:
+    """The audit_log values of an entry: ts, account, action, target, client_ip, detail (both stores)."""
+    return (
+        entry.ts,
+        entry.account,
+        entry.action,
+        entry.target,
+        entry.client_ip,
+        json.dumps(entry.detail, sort_keys=True),
+    )
 
 
 class AuditLog:
@@ -135,7 +148,7 @@ class SqliteAccounts(AccountStore):
         with self._reading() as conn:
             try:
                 conn.execute(
-                    f"INSERT INTO web_accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    f"INSERT INTO web_accounts ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                     (
                         account.name,
                         account.role,
@@ -151,13 +164,13 @@ class SqliteAccounts(AccountStore):
 
     def get_account(self, name: str) -> WebAccount | None:
         with self._reading() as conn:
-            row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM web_accounts WHERE name = ?", (name,)).fetchone()
-        return None if row is None else _account(row)
+            row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts WHERE name = ?", (name,)).fetchone()
+        return None if row is None else account_of(row)
 
     def list_accounts(self) -> list[WebAccount]:
         with self._reading() as conn:
-            rows = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
-        return [_account(row) for row in rows]
+            rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
+        return [account_of(row) for row in rows]
 
     def remove_account(self, name: str) -> bool:
         with self._reading() as conn:
@@ -180,14 +193,14 @@ class SqliteAccounts(AccountStore):
     def add_web_session(self, session: WebSession) -> None:
         with self._reading() as conn:
             conn.execute(
-                f"INSERT INTO web_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 (session.token_hash, session.account, session.csrf, session.created_us, session.seen_us),
             )
 
     def get_web_session(self, token_hash: str) -> WebSession | None:
         with self._reading() as conn:
             row = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM web_sessions WHERE token_hash = ?", (token_hash,)
+                f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = ?", (token_hash,)
             ).fetchone()
         return None if row is None else WebSession(*row)
 
@@ -206,16 +219,7 @@ class SqliteAccounts(AccountStore):
             ).rowcount
 
     def add_audit(self, entry: AuditEntry) -> None:
-        self._audit_log.add(
-            (
-                entry.ts,
-                entry.account,
-                entry.action,
-                entry.target,
-                entry.client_ip,
-                json.dumps(entry.detail, sort_keys=True),
-            )
-        )
+        self._audit_log.add(audit_row(entry))
 
     def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
         clauses: list[str] = []

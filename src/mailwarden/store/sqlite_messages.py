@@ -25,6 +25,7 @@ from mailwarden.messages.keys import (
     links_of,
 )
 from mailwarden.messages.legacy import QUEUE_IDLE_US, LegacyKeys, Life
+from mailwarden.store.sql import SqlConnection
 
 _HINT_CANDIDATES: Final = 50
 _KEYS_PER_QUERY: Final = 500
@@ -60,7 +61,7 @@ def event_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
     return [Event.from_row(tuple(row[1:]), event_id=row[0]) for row in rows]
 
 
-def _recall(conn: sqlite3.Connection, node: str, queue_id: str) -> Life | None:
+def recall(conn: SqlConnection, node: str, queue_id: str) -> Life | None:
     """The latest life of a queue id written to the store, for events that arrive without a key."""
     row = conn.execute(
         "SELECT message_key, last_us FROM message_queues WHERE queue_id = ? AND node = ? ORDER BY last_us DESC LIMIT 1",
@@ -81,7 +82,7 @@ class MessageBook:
 
     def __init__(self, conn: sqlite3.Connection, legacy: LegacyKeys | None = None) -> None:
         self.conn = conn
-        self._legacy = legacy or LegacyKeys(lambda node, queue_id: _recall(conn, node, queue_id))
+        self._legacy = legacy or LegacyKeys(lambda node, queue_id: recall(conn, node, queue_id))
 
     def stamp(self, events: Iterable[Event]) -> None:
         """Give an event written without a key the one the old correlation rules give it."""
@@ -231,7 +232,7 @@ def hint_earlier_events(conn: sqlite3.Connection) -> int:
         made += len(book.hint_links(batch))
 
 
-def queue_life(conn: sqlite3.Connection, node: str, queue_id: str, at_us: int) -> str | None:
+def queue_life(conn: SqlConnection, node: str, queue_id: str, at_us: int) -> str | None:
     row = conn.execute(
         "SELECT message_key FROM message_queues WHERE queue_id = ? AND node = ? AND last_us <= ? AND last_us >= ?"
         " ORDER BY last_us DESC LIMIT 1",
@@ -240,7 +241,7 @@ def queue_life(conn: sqlite3.Connection, node: str, queue_id: str, at_us: int) -
     return None if row is None else str(row[0])
 
 
-def links(conn: sqlite3.Connection, keys: Sequence[str]) -> list[Link]:
+def links(conn: SqlConnection, keys: Sequence[str]) -> list[Link]:
     """The link rows of `keys` and of every handle they name."""
     found: list[Link] = []
     for start in range(0, len(keys), _KEYS_PER_QUERY):

@@ -31,12 +31,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from mailwarden import __version__
 from mailwarden.catalog import LANGS, Lang
-from mailwarden.checks.ratelimit import SlidingCounter
 from mailwarden.config import Config
 from mailwarden.events import now_us
 from mailwarden.loginguard import LoginGuard
 from mailwarden.store import Store
 from mailwarden.store.accounts import AuditEntry
+from mailwarden.store.rates import SlidingCounter
 from mailwarden.text import printable
 from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions

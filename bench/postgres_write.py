@@ -1,0 +1,97 @@
+"""Events/s written to one PostgreSQL by two nodes at once (issue 14's target: 50,000 together).
+
+    .venv/bin/python -m bench.postgres_write [--events 400000] [--url postgresql://...]
+
+Without `--url` it starts a private PostgreSQL 15 as the tests do (tests/support/postgres.py:
+initdb, fsync on, loopback). Each node is a PostgresStore of its own (pool, writer thread) that
+gets gateway-like messages (rcpt, accept, deliver per message, keys stamped, index kept) in bulk
+batches of 5,000 events, as `mailwarden ingest` hands them over; the clock runs until both have
+committed everything. The same events written by one node to SQLite are the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from mailwarden.events import Event
+from mailwarden.smtp.refs import RefGenerator
+from mailwarden.store import Store
+from mailwarden.store.postgres import PostgresStore
+from mailwarden.store.sqlite import SqliteStore
+
+BATCH = 5000
+T0 = 1_764_979_200_000_000  # 2025-12-06 00:00:00 UTC
+
+
+def node_events(node: str, total: int) -> list[Event]:
+    """`total` events of messages to 1,000 mailboxes, 3 per message, a millisecond apart."""
+    refs = RefGenerator(node, wait_for_fresh_second=False)
+    events: list[Event] = []
+    number = 0
+    while len(events) < total:
+        ref = refs.new()
+        recipient = f"user{number % 1000}@example.test"
+        at = T0 + number * 1000
+        common = {"ref": ref, "message_key": ref, "session": ref, "recipient": recipient}
+        client = f"192.0.2.{number % 250}"
+        events.append(Event("rcpt", "gateway", node, at, client_ip=client, sender="ann@example.org", **common))
+        events.append(Event("accept", "gateway", node, at + 1, smtp_code=250, size=2048, **common))
+        events.append(Event("deliver", "gateway", node, at + 2, reason="delivered", **common))
+        number += 1
+    return events[:total]
+
+
+def write(store: Store, events: list[Event]) -> None:
+    for start in range(0, len(events), BATCH):
+        store.append_bulk(events[start : start + BATCH])
+    store.flush()
+
+
+def two_nodes(url: str, total: int) -> float:
+    stores = [PostgresStore(url), PostgresStore(url)]
+    loads = [node_events(name, total // 2) for name in ("mx-a", "mx-b")]
+    threads = [threading.Thread(target=write, args=pair) for pair in zip(stores, loads, strict=True)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.monotonic() - started
+    for store in stores:
+        store.close()
+    return total / seconds
+
+
+def sqlite_reference(total: int) -> float:
+    with tempfile.TemporaryDirectory() as directory:
+        store = SqliteStore(Path(directory) / "bench.db")
+        events = node_events("mx-a", total)
+        started = time.monotonic()
+        write(store, events)
+        seconds = time.monotonic() - started
+        store.close()
+    return total / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--url", help="an empty database; default: a private PostgreSQL started for the run")
+    args = parser.parse_args()
+    if args.url:
+        rate = two_nodes(args.url, args.events)
+    else:
+        from tests.support.postgres import running_postgres
+
+        with running_postgres() as server:
+            rate = two_nodes(server.new_database(), args.events)
+    print(f"PostgreSQL, two nodes at once: {args.events:,} events, {rate:,.0f} events/s together")
+    print(f"SQLite, one node (reference):  {args.events:,} events, {sqlite_reference(args.events):,.0f} events/s")
+
+
+if __name__ == "__main__":
+    main()

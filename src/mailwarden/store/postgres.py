@@ -1,0 +1,657 @@
+"""PostgreSQL store for several nodes (psycopg 3 with a connection pool): every part of store/parts.py.
+
+Events, their messages and the message index are in `postgres_messages.py`; here the connection
+handling, the migrations and the smaller parts: the node-id registry, greylisting, the pregreet
+pass cache, rate-limit counters shared by every node, mailboxes, and the tracking center's
+accounts. Links by Message-ID hints (a mailbox server's copy no delivery names) are not made yet.
+
+Every call takes a connection from the pool in autocommit mode; what must happen together runs
+in an explicit transaction. Schema migrations are named steps in `MIGRATIONS`, applied once
+under an advisory lock, so several nodes starting at once migrate the database once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from mailwarden.events import Event, now_us
+from mailwarden.messages.keys import Link
+from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages
+from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
+from mailwarden.store.base import (
+    BatchWriter,
+    Committed,
+    EventQuery,
+    GreylistEntry,
+    IndexPage,
+    IndexQuery,
+    Mailbox,
+    Position,
+    StoreError,
+)
+from mailwarden.store.parts import Store, node_clash
+from mailwarden.store.postgres_messages import DAY_US
+from mailwarden.store.rates import estimate, minute_of
+from mailwarden.store.spool import EventSpool, new_batch_id
+from mailwarden.store.sql import QmarkConnection
+from mailwarden.store.sqlite import events_where
+from mailwarden.store.sqlite_accounts import ACCOUNT_COLUMNS, SESSION_COLUMNS, account_of, audit_row
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_LOCK: Final = 0x6D61_696C_7761  # pg_advisory_xact_lock key: one node migrates at a time
+
+# Named schema migrations, applied in this order and remembered in `migrations` (as in the SQLite
+# store: append new ones, never edit or reorder applied ones).
+MIGRATIONS: Final[list[tuple[str, str]]] = [
+    (
+        "node_ids",
+        "CREATE TABLE nodes (node_id integer PRIMARY KEY, name text NOT NULL UNIQUE, registered_us bigint NOT NULL)",
+    ),
+    (
+        "greylist",
+        """
+        CREATE TABLE greylist (
+            network text NOT NULL, sender text NOT NULL, recipient text NOT NULL,
+            first_seen_us bigint NOT NULL, last_seen_us bigint NOT NULL, passed_us bigint,
+            attempts integer NOT NULL DEFAULT 1,
+            PRIMARY KEY (network, sender, recipient)
+        );
+        CREATE INDEX greylist_passed ON greylist (network, sender, passed_us) WHERE passed_us IS NOT NULL;
+        CREATE INDEX greylist_last_seen ON greylist (last_seen_us)
+        """,
+    ),
+    (
+        "pregreet_passes",
+        """
+        CREATE TABLE pregreet_passes (client_ip text PRIMARY KEY, passed_us bigint NOT NULL);
+        CREATE INDEX pregreet_passes_passed ON pregreet_passes (passed_us)
+        """,
+    ),
+    (
+        # Hits per counter, key and minute: every node adds to the same rows.
+        "rate_counts",
+        """
+        CREATE TABLE rate_counts (
+            counter text NOT NULL, key text NOT NULL, minute bigint NOT NULL, hits integer NOT NULL,
+            PRIMARY KEY (counter, key, minute)
+        );
+        CREATE INDEX rate_counts_minute ON rate_counts (minute)
+        """,
+    ),
+    (
+        "mailboxes",
+        """
+        CREATE TABLE mailboxes (
+            address text PRIMARY KEY, password_hash text NOT NULL, created_us bigint NOT NULL,
+            settings text NOT NULL DEFAULT '{}'
+        )
+        """,
+    ),
+    # Events partitioned by day, their messages' links and queue files, and the message index.
+    ("events_and_messages", postgres_messages.SCHEMA),
+    (
+        # The tracking center: accounts, their sessions and the audit log (store/accounts.py).
+        "web_accounts",
+        """
+        CREATE TABLE web_accounts (
+            name text PRIMARY KEY,
+            role text NOT NULL CHECK (role IN ('admin', 'support', 'customer')),
+            domains text NOT NULL DEFAULT '[]',
+            password_hash text NOT NULL,
+            created_us bigint NOT NULL
+        );
+        CREATE TABLE web_sessions (
+            token_hash text PRIMARY KEY,
+            account text NOT NULL REFERENCES web_accounts (name) ON DELETE CASCADE,
+            csrf text NOT NULL,
+            created_us bigint NOT NULL,
+            seen_us bigint NOT NULL
+        );
+        CREATE INDEX web_sessions_account ON web_sessions (account);
+        CREATE TABLE audit_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts bigint NOT NULL,
+            account text NOT NULL,
+            action text NOT NULL,
+            target text,
+            client_ip text,
+            detail text NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX audit_log_account ON audit_log (account, id)
+        """,
+    ),
+    (
+        # The ids of the batches written: a batch replayed from a node's spool is written once.
+        "written_batches",
+        """
+        CREATE TABLE written_batches (uid text PRIMARY KEY, ts bigint NOT NULL);
+        CREATE INDEX written_batches_ts ON written_batches (ts)
+        """,
+    ),
+]
+
+_HIT: Final = """
+    WITH hit AS (
+        INSERT INTO rate_counts (counter, key, minute, hits) VALUES (%(counter)s, %(key)s, %(minute)s, 1)
+        ON CONFLICT (counter, key, minute) DO UPDATE SET hits = rate_counts.hits + 1
+        RETURNING hits
+    )
+    SELECT (SELECT hits FROM hit),
+        coalesce((SELECT hits FROM rate_counts
+                  WHERE counter = %(counter)s AND key = %(key)s AND minute = %(minute)s - 1), 0)
+"""
+
+
+def migrate(conn: psycopg.Connection[Any]) -> None:
+    """Apply the migrations not applied yet, each in its own transaction, one node at a time."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    known = {name for name, _ in MIGRATIONS}
+    if applied - known:
+        raise StoreError(
+            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
+        )
+    for name, script in MIGRATIONS:
+        if name in applied:
+            continue
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if conn.execute("SELECT 1 FROM migrations WHERE name = %s", (name,)).fetchone() is None:
+                conn.execute(script.encode())  # several statements: sent as one simple query
+                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
+
+
+class PostgresStore(Store):
+    """Every part of the store in one PostgreSQL database, shared by the nodes that name it."""
+
+    def __init__(
+        self, url: str, *, batch_interval: float = 0.05, pool_size: int = 8, spool: EventSpool | None = None
+    ) -> None:
+        self.url = url
+        self._spool = spool
+        self._known: dict[str, Mailbox] = {}  # find_mailbox's answers, for while the database is away
+        self._away_until = 0.0  # monotonic time until which find_mailbox does not ask a failed database
+        self._batch_interval = batch_interval
+        self._writer: BatchWriter | None = None
+        self._starting = threading.Lock()
+        self._writer_conn: psycopg.Connection[Any] | None = None
+        self._days: set[int] = set()  # day partitions known to exist
+        try:  # a connection of its own first: an unreachable database is reported at once, with its cause
+            with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_SECONDS) as conn:
+                migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open the PostgreSQL store {_redacted(url)}: {exc}; {_REMEDY}") from exc
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=True,
+            name="mailwarden",
+            check=ConnectionPool.check_connection,  # a restarted database leaves dead connections behind
+            timeout=_POOL_WAIT_SECONDS,  # a session waits this long at most for a connection
+        )
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    # -- events
+    def _writer_started(self) -> BatchWriter:
+        if self._writer is None:
+            with self._starting:
+                if self._writer is None:
+                    self._writer = BatchWriter(
+                        self._write_batch,
+                        self._batch_interval,
+                        "store-writer:postgresql",
+                        pending=lambda: self._spool is not None and self._spool.depth() > 0,
+                    )
+        return self._writer
+
+    def _write_batch(self, events: list[Event], positions: list[Position]) -> None:
+        """Called by the writer thread: to the database, or to the local spool while it is away
+        (and the spool first while it holds batches, so that they arrive in order)."""
+        uid = new_batch_id()
+        spool = self._spool
+        try:
+            if spool is not None and spool.depth():
+                self._replay(spool)
+            if events or positions:
+                self._write(uid, events, positions)
+        except _DatabaseAway as exc:
+            if spool is None:
+                raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+            if not events and not positions:
+                return  # a flush: what is spooled stays safe there until the database is back
+            spool.put(uid, events, positions)  # SpoolFull (a StoreError) when it cannot: the batch is refused
+            log.warning("PostgreSQL is away (%s): %d events spooled in %s", exc, len(events), spool.directory)
+
+    def _replay(self, spool: EventSpool) -> None:
+        """Write the spooled batches, oldest first, each once; _DatabaseAway when the database still is."""
+        batches = spool.batches()
+        for batch in batches:
+            self._write(batch.uid, batch.events, batch.positions)
+            spool.remove(batch)
+        log.info("PostgreSQL is back: %d spooled batches replayed", len(batches))
+
+    def _write(self, uid: str, events: list[Event], positions: list[Position]) -> None:
+        """One batch in one transaction that records its id: a batch already written is skipped.
+        A broken connection is replaced at the next batch."""
+        try:
+            conn = self._writer_conn
+            if conn is None or conn.closed:
+                conn = self._writer_conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS)
+            postgres_messages.ensure_partitions(conn, {event.ts // DAY_US for event in events}, self._days)
+            with conn.transaction():
+                first = conn.execute(
+                    "INSERT INTO written_batches (uid, ts) VALUES (%s, %s) ON CONFLICT (uid) DO NOTHING",
+                    (uid, now_us()),
+                ).rowcount
+                if first:
+                    postgres_messages.write_batch(conn, events, positions)
+        except psycopg.OperationalError as exc:  # unreachable, shut down, connection lost
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+            raise _DatabaseAway(str(exc).strip()) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    def append(self, event: Event) -> None:
+        self._writer_started().put(event)
+
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None:
+        self._writer_started().commit_soon(events, done)
+
+    def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
+        self._writer_started().put_bulk(events, positions)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def save_position(self, position: Position) -> None:
+        self._writer_started().put_position(position)
+
+    def load_position(self, name: str) -> str | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM positions WHERE name = %s", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_events(self, query: EventQuery) -> list[Event]:
+        where, params = events_where(query)
+        tail = " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
+        if query.limit is not None or query.offset:
+            tail += " LIMIT ? OFFSET ?"
+            params.extend([query.limit, query.offset])
+        with self._conn() as conn:
+            return postgres_messages.query(conn, where, params, tail)
+
+    def events_after(self, after_id: int, limit: int) -> list[Event]:
+        with self._conn() as conn:
+            return postgres_messages.query(conn, " WHERE id > ?", [after_id, limit], " ORDER BY id LIMIT ?")
+
+    def links(self, keys: Sequence[str]) -> list[Link]:
+        with self._conn() as conn:
+            return sqlite_messages.links(QmarkConnection(conn), keys)
+
+    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
+        with self._conn() as conn:
+            return sqlite_messages.queue_life(QmarkConnection(conn), node, queue_id, at_us)
+
+    def purge_events(self, before_us: int) -> int:
+        """Whole days older than `before_us` go by dropping their partitions; the day it falls in row by row."""
+        total = 0
+        with self._conn() as conn:
+            parts = conn.execute(
+                "SELECT child.relname FROM pg_inherits JOIN pg_class AS child ON child.oid = inhrelid"
+                " JOIN pg_class AS parent ON parent.oid = inhparent WHERE parent.relname = 'events'"
+            ).fetchall()
+            for (name,) in parts:
+                day = _day_of(str(name))
+                if day is None:
+                    continue
+                if (day + 1) * DAY_US <= before_us:
+                    with conn.transaction():
+                        total += int(conn.execute(f"SELECT count(*) FROM {name}".encode()).fetchone()[0])  # type: ignore[index]
+                        conn.execute(f"DROP TABLE {name}".encode())
+                    self._days.discard(day)
+            with conn.transaction():
+                total += conn.execute("DELETE FROM events WHERE ts < %s", (before_us,)).rowcount
+                conn.execute("DELETE FROM message_index WHERE last_seen < %s", (before_us,))
+                conn.execute("DELETE FROM message_links WHERE ts < %s", (before_us,))
+                conn.execute("DELETE FROM written_batches WHERE ts < %s", (before_us,))
+                conn.execute(
+                    "DELETE FROM message_roots AS r"
+                    " WHERE NOT EXISTS (SELECT 1 FROM message_links AS l WHERE l.message_key = r.key)"
+                )
+        return total
+
+    def count_events(self) -> int:
+        with self._conn() as conn:
+            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])  # type: ignore[index]
+
+    def oldest_event_us(self) -> int | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT min(ts) FROM events").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    # -- the message index
+    def index_page(
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
+    ) -> IndexPage:
+        with self._conn() as conn:
+            return sqlite_index.page(QmarkConnection(conn), query, limit, after, offset, before)
+
+    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+        with self._conn() as conn:
+            return sqlite_index.counts(QmarkConnection(conn), query)
+
+    def reindex(self, progress: Callable[[int], None] | None = None) -> int:
+        self.flush()
+        with self._conn() as conn, conn.transaction():
+            return postgres_messages.rebuild(conn, progress)
+
+    # -- node ids
+    def register_node(self, name: str, node_id: int) -> None:
+        with self._conn() as conn, conn.transaction():
+            conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")  # two nodes starting at once
+            row = conn.execute("SELECT name FROM nodes WHERE node_id = %s", (node_id,)).fetchone()
+            if row is not None and row[0] != name:
+                raise node_clash(name, node_id, row[0])
+            if row is None:
+                conn.execute("DELETE FROM nodes WHERE name = %s", (name,))
+                conn.execute(
+                    "INSERT INTO nodes (node_id, name, registered_us) VALUES (%s, %s, %s)", (node_id, name, now_us())
+                )
+
+    def forget_node(self, name: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM nodes WHERE name = %s", (name,)).rowcount > 0
+
+    # -- greylisting
+    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
+                " WHERE network = %s AND sender = %s AND recipient = %s",
+                (network, sender, recipient),
+            ).fetchone()
+        return None if row is None else GreylistEntry(network, sender, recipient, *row)
+
+    def greylist_put(self, entry: GreylistEntry) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO greylist (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (network, sender, recipient) DO UPDATE SET"
+                " first_seen_us = excluded.first_seen_us, last_seen_us = excluded.last_seen_us,"
+                " passed_us = excluded.passed_us, attempts = excluded.attempts",
+                (
+                    entry.network,
+                    entry.sender,
+                    entry.recipient,
+                    entry.first_seen_us,
+                    entry.last_seen_us,
+                    entry.passed_us,
+                    entry.attempts,
+                ),
+            )
+
+    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM greylist WHERE network = %s AND sender = %s AND passed_us IS NOT NULL"
+                " AND last_seen_us >= %s LIMIT 1",
+                (network, sender, since_us),
+            ).fetchone()
+        return row is not None
+
+    def greylist_purge(self, before_us: int) -> int:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM greylist WHERE last_seen_us < %s", (before_us,)).rowcount
+
+    # -- pregreet passes
+    def pregreet_passed(self, client_ip: str) -> int | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = %s", (client_ip,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
+        with self._conn() as conn, conn.transaction():
+            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < %s", (forget_before_us,))
+            conn.execute(
+                "INSERT INTO pregreet_passes (client_ip, passed_us) VALUES (%s, %s)"
+                " ON CONFLICT (client_ip) DO UPDATE SET passed_us = excluded.passed_us",
+                (client_ip, at_us),
+            )
+
+    # -- rate limits, counted across every node of the database
+    async def rate_hit(self, counter: str, key: str, now: float) -> int:
+        return await asyncio.to_thread(self._rate_hit, counter, key, now)
+
+    def _rate_hit(self, counter: str, key: str, now: float) -> int:
+        minute = minute_of(now)
+        with self._conn() as conn:
+            row = conn.execute(_HIT, {"counter": counter, "key": key, "minute": minute}).fetchone()
+            if row is not None and row[0] == 1:  # the first hit of a minute for this key: sweep the old ones
+                conn.execute("DELETE FROM rate_counts WHERE minute < %s", (minute - 1,))
+        assert row is not None
+        return estimate(int(row[0]), int(row[1]), now)
+
+    # -- mailboxes
+    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
+        created = now_us()
+        with self._conn() as conn:
+            inserted = conn.execute(
+                "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (%s, %s, %s)"
+                " ON CONFLICT (address) DO NOTHING",
+                (address, password_hash, created),
+            ).rowcount
+        if not inserted:
+            raise StoreError(f"mailbox {address} already exists; use `users passwd` to change its password")
+        return Mailbox(address, password_hash, created)
+
+    def remove_mailbox(self, address: str) -> bool:
+        self._known.pop(address, None)
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM mailboxes WHERE address = %s", (address,)).rowcount > 0
+
+    def set_password(self, address: str, password_hash: str) -> bool:
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE mailboxes SET password_hash = %s WHERE address = %s", (password_hash, address)
+                ).rowcount
+                > 0
+            )
+
+    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE mailboxes SET settings = %s WHERE address = %s",
+                    (json.dumps(settings, sort_keys=True), address),
+                ).rowcount
+                > 0
+            )
+
+    def get_mailbox(self, address: str) -> Mailbox | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = %s", (address,)
+            ).fetchone()
+        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
+
+    def list_mailboxes(self) -> list[Mailbox]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
+            ).fetchall()
+        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def find_mailbox(self, address: str) -> Mailbox | None:
+        """`get_mailbox` for the session path; while the database is away, a mailbox found before
+        is still found (mail keeps flowing, its events spooled), an unknown one raises."""
+        known = self._known.get(address)
+        if known is not None and time.monotonic() < self._away_until:
+            return known  # the database failed a moment ago: no session waits for the pool meanwhile
+        try:
+            mailbox = await asyncio.to_thread(self.get_mailbox, address)
+        except StoreError:
+            self._away_until = time.monotonic() + _AWAY_SECONDS
+            if known is not None:
+                return known
+            raise
+        if mailbox is None:
+            self._known.pop(address, None)
+        else:
+            if len(self._known) > _KNOWN_MAILBOXES:
+                self._known.clear()
+            self._known[address] = mailbox
+        return mailbox
+
+    # -- the tracking center's accounts, sessions and audit log (each audit entry is its own commit:
+    # PostgreSQL groups the concurrent ones into one WAL flush itself)
+    def add_account(self, account: WebAccount) -> None:
+        with self._conn() as conn:
+            added = conn.execute(
+                f"INSERT INTO web_accounts ({ACCOUNT_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (account.name, account.role, account.password_hash, account.created_us, json.dumps(account.domains)),
+            ).rowcount
+        if not added:
+            raise StoreError(
+                f"account {account.name} exists already; `mailwarden accounts passwd {account.name}` changes its password"
+            )
+
+    def get_account(self, name: str) -> WebAccount | None:
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts WHERE name = %s", (name,)).fetchone()
+        return None if row is None else account_of(row)
+
+    def list_accounts(self) -> list[WebAccount]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
+        return [account_of(row) for row in rows]
+
+    def remove_account(self, name: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM web_accounts WHERE name = %s", (name,)).rowcount > 0
+
+    def set_account_password(self, name: str, password_hash: str) -> bool:
+        with self._conn() as conn, conn.transaction():
+            changed = conn.execute(
+                "UPDATE web_accounts SET password_hash = %s WHERE name = %s", (password_hash, name)
+            ).rowcount
+            conn.execute("DELETE FROM web_sessions WHERE account = %s", (name,))
+        return changed > 0
+
+    def add_web_session(self, session: WebSession) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
+                (session.token_hash, session.account, session.csrf, session.created_us, session.seen_us),
+            )
+
+    def get_web_session(self, token_hash: str) -> WebSession | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = %s", (token_hash,)
+            ).fetchone()
+        return None if row is None else WebSession(*row)
+
+    def touch_web_session(self, token_hash: str, seen_us: int) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE web_sessions SET seen_us = %s WHERE token_hash = %s", (seen_us, token_hash))
+
+    def remove_web_session(self, token_hash: str) -> None:
+        with self._conn() as conn:
+            conn.execute("DELETE FROM web_sessions WHERE token_hash = %s", (token_hash,))
+
+    def purge_web_sessions(self, seen_before_us: int, created_before_us: int) -> int:
+        with self._conn() as conn:
+            return conn.execute(
+                "DELETE FROM web_sessions WHERE seen_us < %s OR created_us < %s", (seen_before_us, created_before_us)
+            ).rowcount
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (%s, %s, %s, %s, %s, %s)",
+                audit_row(entry),
+            )
+
+    def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
+        clauses = [
+            "(%(before)s::bigint IS NULL OR id < %(before)s)",
+            "(%(account)s::text IS NULL OR account = %(account)s)",
+        ]
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, ts, account, action, target, client_ip, detail FROM audit_log"
+                f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT %(limit)s",
+                {"before": before_id, "account": account, "limit": limit},
+            ).fetchall()
+        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+        self._pool.close()
+
+
+class _DatabaseAway(Exception):
+    """The database cannot be reached (or went away during the batch): spool, retry later."""
+
+
+def _day_of(partition: str) -> int | None:
+    """The day number of a partition named by `postgres_messages.partition_name`, or None."""
+    try:
+        day = datetime.strptime(partition.removeprefix("events_d"), "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(day.timestamp()) // 86_400
+
+
+_CONNECT_SECONDS: Final = 10
+_KNOWN_MAILBOXES: Final = 100_000
+_POOL_WAIT_SECONDS: Final = 3.0
+_AWAY_SECONDS: Final = 5.0
+_REMEDY: Final = "check that PostgreSQL runs and that [store] url names a database this node may write to"
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (it ends up in logs and error messages)."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.removeprefix("postgresql://"):
+        return url
+    user = head.removeprefix("postgresql://").split(":", 1)[0]
+    return f"postgresql://{user}:***@{tail}"

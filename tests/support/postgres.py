@@ -1,0 +1,105 @@
+"""A private PostgreSQL 15 on a free loopback port: initdb and pg_ctl, started by the tests themselves.
+
+PostgreSQL refuses to run as root, so when the tests run as root the cluster belongs to the
+`postgres` user (runuser); its directory lives under the system temp dir, which that user can
+traverse (pytest's 0700 base directory it cannot). fsync stays on, as in production. Local
+connections are trusted (loopback only). Each test gets a database of its own (`new_database`),
+so one server serves a whole test run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.net import free_port
+
+BIN = Path(os.environ.get("MAILWARDEN_PG_BIN", "/usr/lib/postgresql/15/bin"))
+OWNER = "postgres"
+
+
+def available() -> bool:
+    return (BIN / "initdb").exists() and (os.geteuid() != 0 or _owner_exists())
+
+
+def _owner_exists() -> bool:
+    try:
+        pwd.getpwnam(OWNER)
+    except KeyError:
+        return False
+    return True
+
+
+@dataclass
+class Postgres:
+    root: Path
+    port: int
+    host: str = "127.0.0.1"
+    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{OWNER}@{self.host}:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """Create an empty database and return its URL."""
+        name = f"test_{os.getpid()}_{next(self._numbers)}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [BIN / "psql", "-X", "-q", "-At", "-h", self.host, "-p", str(self.port), "-U", OWNER, "-d", database],
+            input=sql,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout
+
+    def stop(self) -> None:
+        """Stop the server (fast: open transactions are rolled back); `start` brings it back with its data."""
+        _as_owner([BIN / "pg_ctl", "-D", self.root / "data", "-m", "fast", "-w", "stop"])
+
+    def start(self) -> None:
+        _as_owner([BIN / "pg_ctl", "-D", self.root / "data", "-l", self.root / "log", "-w", "-t", "60", "start"])
+
+
+def _as_owner(argv: list[str | Path]) -> None:
+    command = [str(arg) for arg in argv]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", OWNER, "--", *command]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+@contextmanager
+def running_postgres(keep_log_in: Path | None = None) -> Iterator[Postgres]:
+    root = Path(tempfile.mkdtemp(prefix="mailwarden-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, OWNER, OWNER)
+    server = Postgres(root, free_port())
+    _as_owner([BIN / "initdb", "-D", root / "data", "-U", OWNER, "--auth=trust", "-E", "UTF8", "--no-locale"])
+    with (root / "data" / "postgresql.conf").open("a") as conf:
+        conf.write(
+            f"listen_addresses = '{server.host}'\nport = {server.port}\nunix_socket_directories = '{root}'\n"
+            "max_connections = 200\nshared_buffers = 128MB\n"
+        )
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped by the test
+        if keep_log_in is not None and (root / "log").exists():
+            shutil.copy(root / "log", keep_log_in / "postgres.log")
+        shutil.rmtree(root, ignore_errors=True)
