@@ -302,3 +302,22 @@ def test_a_ref_a_stranger_wrote_links_nothing() -> None:
     )
     assert len(events) == 3
     assert not any("prev_key" in e.detail for e in events)
+
+
+def test_each_of_our_transactions_refused_before_a_queue_file_stays_a_message_of_its_own() -> None:
+    refusal = (
+        "Dec 07 03:50:0{second} mta postfix/smtpd[400]: NOQUEUE: milter-reject: RCPT from unknown[127.0.0.10]: 550 5.1.1 "
+        "The mailbox {to} does not exist here; please check the address for typing errors. ref={ref}; "
+        "from=<alice@good.test> to=<{to}> proto=ESMTP helo=<mail.good.test>"
+    )
+    events = _events(
+        [
+            "Dec 07 03:50:00 mta postfix/smtpd[400]: connect from unknown[127.0.0.10]",
+            refusal.format(second=1, to="a@example.test", ref="1C4525SHG004"),
+            refusal.format(second=1, to="b@example.test", ref="1C4525SHG004"),  # one transaction, two recipients
+            refusal.format(second=2, to="a@example.test", ref="1C4525SHG005"),  # the same sender after RSET
+        ]
+    )
+    first, second, third = (e for e in events if e.kind == "reject")
+    assert first.message_key == second.message_key != third.message_key
+    assert (first.detail["prev_key"], third.detail["prev_key"]) == ("1C4525SHG004", "1C4525SHG005")

@@ -316,20 +316,30 @@ class _Queue(Context):
 class _Session(Context):
     """An smtpd or postscreen session: its client, and the transaction its NOQUEUE refusals belong to."""
 
-    __slots__ = ("open_key", "open_sender", "transactions")
+    __slots__ = ("open_key", "open_ref", "open_sender", "transactions")
 
     def __init__(self, seen_us: int) -> None:
         Context.__init__(self, seen_us)
         self.transactions = 0
         self.open_key: str | None = None  # the transaction refusals go to, until the sender changes
         self.open_sender: str | None = None
+        self.open_ref: str | None = None  # our milter's ref for it: another ref is another transaction
 
-    def transaction_key(self, node: str, sender: str | None) -> str:
-        """The key of the transaction a refusal (from `sender`, if it names one) belongs to."""
-        if self.open_key is None or (sender is not None and sender != self.open_sender):
+    def transaction_key(self, node: str, sender: str | None, ref: str | None = None) -> str:
+        """The key of the transaction a refusal (from `sender`, with our milter's `ref`, if it names
+        them) belongs to. Our milter gives each transaction its own ref, so a new ref starts a new
+        one even with the same sender (after RSET): two of our transactions never share a key."""
+        if (
+            self.open_key is None
+            or (sender is not None and sender != self.open_sender)
+            or (ref is not None and self.open_ref is not None and ref != self.open_ref)
+        ):
             self.transactions += 1
             self.open_key = session_transaction_key(node, str(self.get("session")), self.transactions)
             self.open_sender = sender
+            self.open_ref = None
+        if ref is not None:
+            self.open_ref = ref
         return self.open_key
 
 
@@ -791,7 +801,8 @@ class PostfixParser(SessionParser):
             detail["proto"] = refusal.proto
         if refusal.zone:
             detail["zone"] = refusal.zone
-        if action == "milter-reject" and (ours := _OUR_REPLY_REF.search(refusal.text)) is not None:
+        ours = _OUR_REPLY_REF.search(refusal.text) if action == "milter-reject" else None
+        if ours is not None:
             detail["prev_key"] = ours[1]
         event = refusal.event(
             "check" if action == "reject_warning" else refusal.kind,
@@ -809,7 +820,7 @@ class PostfixParser(SessionParser):
             session = context = self._session(frame, program, name, ip)
             if refusal.helo and context.get("helo") is None:
                 context["helo"] = refusal.helo
-            event.message_key = session.transaction_key(frame.node, refusal.sender)
+            event.message_key = session.transaction_key(frame.node, refusal.sender, ours[1] if ours else None)
         self.emit(event, context)
         return True
 
