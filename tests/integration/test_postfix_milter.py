@@ -268,11 +268,6 @@ def test_message_over_the_size_limit_gets_552_with_ref_through_postfix(tmp_path:
         assert refusal(milter, reply.ref)["reason"] == "msg.too_big"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the message index (issue 12): ingest must link Postfix's queue file to our ref "
-    "(milter-reject / milter-header-info lines name it) so one trace holds both",
-)
 def test_trace_shows_our_events_and_postfix_lines_of_each_case_as_one_message(
     milter: Mailwarden, postfix: Postfix
 ) -> None:

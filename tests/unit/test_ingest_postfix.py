@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailwarden.events import Event
 from mailwarden.ingest import parse_lines
+from mailwarden.messages.keys import hop, links_of
 from tests.support.postfix import RELAY_LOG
 
 
@@ -251,3 +252,72 @@ def test_one_line_never_makes_two_events_even_with_a_newline_inside() -> None:
     )
     events = parse_lines([line])
     assert [e.kind for e in events] == ["reject"]
+
+
+# mailwarden as this Postfix's milter (docs/postfix.md): the lines Postfix logs of one test run,
+# our refs in the refusals and in our header field logged through milter_header_checks.
+MILTER_LOG = [
+    "Dec 07 03:33:31 mta postfix/smtpd[12567]: A469A228285: client=unknown[127.0.0.10]",
+    "Dec 07 03:33:31 mta postfix/cleanup[12575]: A469A228285: milter-header-info: header X-Mailwarden-Ref: "
+    "1C4525SHG001 from unknown[127.0.0.10]; from=<alice@good.test> to=<bob@example.test> proto=ESMTP "
+    "helo=<mail.good.test>: ",
+    "Dec 07 03:33:31 mta postfix/virtual[12577]: A469A228285: to=<bob@example.test>, relay=virtual, delay=0.11, "
+    "delays=0.08/0.02/0/0, dsn=2.0.0, status=sent (delivered to maildir)",
+    "Dec 07 03:33:31 mta postfix/smtpd[12568]: NOQUEUE: milter-reject: RCPT from unknown[127.0.0.10]: 550 5.1.1 "
+    "The mailbox nobody@example.test does not exist here; please check the address for typing errors. "
+    "ref=1C4525SHG002; from=<alice@good.test> to=<nobody@example.test> proto=ESMTP helo=<mail.good.test>",
+    "Dec 07 03:33:32 mta postfix/smtpd[12567]: B7C992281C2: client=unknown[127.0.0.10]",
+    "Dec 07 03:33:32 mta postfix/cleanup[12575]: B7C992281C2: milter-reject: END-OF-MESSAGE from "
+    "unknown[127.0.0.10]: 5.7.1 Virus Eicar-Test-Signature.UNOFFICIAL found in the attachment invoice.com; "
+    "the message was not accepted. Clean the sender's computer and send the message again without the "
+    "infected file. ref=1C4525SHG003; from=<alice@good.test> to=<bob@example.test> proto=ESMTP helo=<mail.good.test>",
+]
+
+
+def test_our_ref_in_a_milter_reject_or_our_header_field_links_postfixs_message_to_our_transaction() -> None:
+    events = _events(MILTER_LOG)
+    linked = {e.detail["prev_key"]: e.message_key for e in events if "prev_key" in e.detail}
+    clean = next(e.message_key for e in _of(events, "A469A228285") if e.kind == "deliver")
+    refused = next(e.message_key for e in events if e.recipient == "nobody@example.test")
+    virus = next(e.message_key for e in _of(events, "B7C992281C2"))
+    assert linked == {"1C4525SHG001": clean, "1C4525SHG002": refused, "1C4525SHG003": virus}
+    assert all(links_of(e) == hop(e.detail["prev_key"], e.message_key, None) for e in events if "prev_key" in e.detail)
+
+
+def test_a_ref_a_stranger_wrote_links_nothing() -> None:
+    events = _events(
+        [
+            # Postfix's own refusal echoing a HELO, not a reply of our milter
+            "Dec 07 03:40:01 mta postfix/smtpd[300]: NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 504 5.5.2 "
+            "<x ref=1C4525SHG001>: Helo command rejected: need fully-qualified hostname; "
+            "from=<a@b.test> to=<bob@example.test> proto=ESMTP helo=<x ref=1C4525SHG001>",
+            # a ref inside the reply's text, not ours at its end
+            "Dec 07 03:40:02 mta postfix/smtpd[300]: NOQUEUE: milter-reject: RCPT from unknown[192.0.2.9]: 550 5.7.1 "
+            "said ref=1C4525SHG001 and more; from=<a@b.test> to=<bob@example.test> proto=ESMTP helo=<x>",
+            # the sender's own field, seen by header_checks rather than milter_header_checks
+            "Dec 07 03:40:03 mta postfix/smtpd[301]: C0FFEE12345: client=unknown[192.0.2.9]",
+            "Dec 07 03:40:03 mta postfix/cleanup[302]: C0FFEE12345: info: header X-Mailwarden-Ref: 1C4525SHG001 "
+            "from unknown[192.0.2.9]; from=<a@b.test> to=<bob@example.test> proto=ESMTP helo=<x>",
+        ]
+    )
+    assert len(events) == 3
+    assert not any("prev_key" in e.detail for e in events)
+
+
+def test_each_of_our_transactions_refused_before_a_queue_file_stays_a_message_of_its_own() -> None:
+    refusal = (
+        "Dec 07 03:50:0{second} mta postfix/smtpd[400]: NOQUEUE: milter-reject: RCPT from unknown[127.0.0.10]: 550 5.1.1 "
+        "The mailbox {to} does not exist here; please check the address for typing errors. ref={ref}; "
+        "from=<alice@good.test> to=<{to}> proto=ESMTP helo=<mail.good.test>"
+    )
+    events = _events(
+        [
+            "Dec 07 03:50:00 mta postfix/smtpd[400]: connect from unknown[127.0.0.10]",
+            refusal.format(second=1, to="a@example.test", ref="1C4525SHG004"),
+            refusal.format(second=1, to="b@example.test", ref="1C4525SHG004"),  # one transaction, two recipients
+            refusal.format(second=2, to="a@example.test", ref="1C4525SHG005"),  # the same sender after RSET
+        ]
+    )
+    first, second, third = (e for e in events if e.kind == "reject")
+    assert first.message_key == second.message_key != third.message_key
+    assert (first.detail["prev_key"], third.detail["prev_key"]) == ("1C4525SHG004", "1C4525SHG005")

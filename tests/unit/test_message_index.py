@@ -29,6 +29,7 @@ from mailwarden.trace.correlate import load
 from tests.support.corpora import all_lines
 from tests.support.mailwarden import BASE_ORDER
 from tests.unit.test_gateway_in_process import MESSAGE, run_gateway
+from tests.unit.test_ingest_postfix import MILTER_LOG
 from tests.unit.test_message_keys import FILTERED, MX1, STORE1
 from tests.unit.test_message_keys_writers import pop3_session
 
@@ -89,10 +90,26 @@ def linked() -> list[Event]:
     ]
 
 
+def milter_run(order: str) -> list[Event]:
+    """mailwarden as Postfix's milter: our events (keyed by our refs, with Postfix's queue id once
+    it is known) and Postfix's log of the same messages, ingested before or after them."""
+    ours = [
+        Event(
+            "accept", "milter", "mta", T0 + 1, ref="1C4525SHG001", queue_id="A469A228285", recipient="bob@example.test"
+        ),
+        Event("reject", "milter", "mta", T0 + 2, ref="1C4525SHG002", recipient="nobody@example.test", smtp_code=550),
+        Event("reject", "milter", "mta", T0 + 3, ref="1C4525SHG003", queue_id="B7C992281C2", smtp_code=554),
+    ]
+    for event in ours:
+        event.message_key = event.ref
+    postfix = parse_lines(MILTER_LOG, node="mta", reference_us=T0)
+    return [*ours, *postfix] if order == "milter first" else [*postfix, *ours]
+
+
 CORPORA = ["fail2ban", "crowdsec-hub", "postfix-grok-patterns", "exim-testsuite"]
 
 
-@pytest.mark.parametrize("source", [*CORPORA, "generated", "linked"])
+@pytest.mark.parametrize("source", [*CORPORA, "generated", "linked", "milter first", "postfix first"])
 @pytest.mark.parametrize("batches", ["small", "bulk"])
 def test_the_index_rebuilt_from_the_events_equals_the_one_kept_as_they_were_written(
     store: SqliteStore, source: str, batches: str
@@ -101,8 +118,10 @@ def test_the_index_rebuilt_from_the_events_equals_the_one_kept_as_they_were_writ
         events = parse_lines([line for _, line in all_lines(source)], node="corpus")
     elif source == "generated":
         events = parse_lines(generated_log(), node="mx", reference_us=T0)
-    else:
+    elif source == "linked":
         events = linked()
+    else:
+        events = milter_run(source)
     if batches == "small":
         write_in_small_batches(store, events)
     else:
@@ -112,6 +131,18 @@ def test_the_index_rebuilt_from_the_events_equals_the_one_kept_as_they_were_writ
     assert kept or source == "postfix-grok-patterns"  # its lines lack the syslog head: no message
     store.reindex()
     assert index_rows(store) == kept
+
+
+@pytest.mark.parametrize("order", ["milter first", "postfix first"])
+def test_our_milter_events_and_postfixs_lines_are_one_message_whichever_is_written_first(
+    store: SqliteStore, order: str
+) -> None:
+    write_in_small_batches(store, milter_run(order), size=1)
+    refs = ["1C4525SHG001", "1C4525SHG002", "1C4525SHG003"]
+    traces = load(store, refs)
+    assert sorted(t.key or "" for t in traces) == refs
+    assert all({e.source for e in t.events} == {"milter", "postfix"} for t in traces)
+    assert {str(row[0]) for row in index_rows(store)} == set(refs)
 
 
 def test_index_rows_are_the_traces_own_statuses(store: SqliteStore) -> None:

@@ -19,6 +19,10 @@ Correlation (docs/ingest.md has the conventions):
 * `status=sent (250 ... queued as NEWQID)` and smtpd's `orig_queue_id=` link a content filter's
   re-injected copy to the original (`detail.next_key`, `detail.prev_key`: one message, two
   hops); `sender non-delivery notification: CHILD` names a bounce (a message of its own).
+* mailwarden as Postfix's milter keys its events by our ref: a `milter-reject` with our reply
+  (`... ref=REF`) and the `milter-header-info` line of our `X-Mailwarden-Ref` field (docs/postfix.md)
+  link the queue file, or the NOQUEUE transaction, to that ref (`detail.prev_key`: our
+  transaction is the message, Postfix's lines continue it), whichever is ingested first.
 
 Values a stranger controls (HELO, addresses, reply texts, headers) are parsed with anchored
 patterns: addresses may contain `>` only inside quotes, the key=value tail of a reject is taken
@@ -48,6 +52,8 @@ from mailwarden.ingest.base import (
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
 from mailwarden.messages.keys import queue_life_key, session_transaction_key
+from mailwarden.smtp.refs import ALPHABET as REF_ALPHABET
+from mailwarden.smtp.refs import LENGTH as REF_LENGTH
 
 _SHORT_QID: Final = r"[0-9A-F]{6,21}"
 _LONG_QID: Final = r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{6,16}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{1,12}"
@@ -86,6 +92,11 @@ _HEADER_CHECK: Final = re.compile(
     r"([a-z][a-z_-]*): (header|body|mime-header|nested-header) (?P<what>.*) from (?P<client>\S+?); "
     rf"from=<(?P<from>{ADDRESS})>(?: to=<(?P<to>{ADDRESS})>)?(?: proto=\S+)?(?: helo=<(?P<helo>.*?)>)?(?:: (?P<text>.*))?"
 )
+# Our ref where a milter reply of ours puts it: last, after the sentence (our replies escape the
+# `=` of any `ref=` a stranger's text brings along); and our header field, as milter_header_checks logs it.
+_REF: Final = rf"[{REF_ALPHABET}]{{{REF_LENGTH}}}"
+_OUR_REPLY_REF: Final = re.compile(rf"(?:^|\s)ref=({_REF})(?:\s+\S*/why/\1)?\s*$")
+_OUR_REF_FIELD: Final = re.compile(rf"X-Mailwarden-Ref:[ \t]*({_REF})[ \t]*", re.IGNORECASE)
 _PROXY: Final = re.compile(r"(proxy-accept|proxy-reject): (\S+?): ")
 _SASL_FAILED: Final = re.compile(_CLIENT + r": SASL (\S+) authentication failed: ?(.*?)(?:, sasl_username=(.*))?")
 _SESSION_END: Final = re.compile(
@@ -305,20 +316,30 @@ class _Queue(Context):
 class _Session(Context):
     """An smtpd or postscreen session: its client, and the transaction its NOQUEUE refusals belong to."""
 
-    __slots__ = ("open_key", "open_sender", "transactions")
+    __slots__ = ("open_key", "open_ref", "open_sender", "transactions")
 
     def __init__(self, seen_us: int) -> None:
         Context.__init__(self, seen_us)
         self.transactions = 0
         self.open_key: str | None = None  # the transaction refusals go to, until the sender changes
         self.open_sender: str | None = None
+        self.open_ref: str | None = None  # our milter's ref for it: another ref is another transaction
 
-    def transaction_key(self, node: str, sender: str | None) -> str:
-        """The key of the transaction a refusal (from `sender`, if it names one) belongs to."""
-        if self.open_key is None or (sender is not None and sender != self.open_sender):
+    def transaction_key(self, node: str, sender: str | None, ref: str | None = None) -> str:
+        """The key of the transaction a refusal (from `sender`, with our milter's `ref`, if it names
+        them) belongs to. Our milter gives each transaction its own ref, so a new ref starts a new
+        one even with the same sender (after RSET): two of our transactions never share a key."""
+        if (
+            self.open_key is None
+            or (sender is not None and sender != self.open_sender)
+            or (ref is not None and self.open_ref is not None and ref != self.open_ref)
+        ):
             self.transactions += 1
             self.open_key = session_transaction_key(node, str(self.get("session")), self.transactions)
             self.open_sender = sender
+            self.open_ref = None
+        if ref is not None:
+            self.open_ref = ref
         return self.open_key
 
 
@@ -585,14 +606,17 @@ class PostfixParser(SessionParser):
         return True
 
     def _header_check(self, frame: Frame, qid: str, found: re.Match[str]) -> bool:
-        action = found[1]
+        """header_checks and body_checks actions, and milter_header_checks' (`milter-header-ACTION`)."""
+        action = found[1].removeprefix("milter-header-")
         record = self.queue(frame.node, qid, frame.ts)
         if action not in ("reject", "discard", "hold", "warning", "info", "milter-reject", "milter-discard"):
             return True  # a header rewritten, redirected, filtered: the message goes on
         text = found["text"] or ""
         code, enhanced, _, _ = replycodes.leading(text)
         kind = {"warning": "check", "info": "check", "hold": "defer"}.get(action) or _kind_for(code, enhanced)
-        detail: dict[str, object] = {"action": action, "check": found[2], "match": found["what"]}
+        detail: dict[str, object] = {"action": found[1], "check": found[2], "match": found["what"]}
+        if found[1] == "milter-header-info" and (ours := _OUR_REF_FIELD.fullmatch(found["what"])) is not None:
+            detail["prev_key"] = ours[1]
         event = self.event(
             kind,
             frame,
@@ -777,6 +801,9 @@ class PostfixParser(SessionParser):
             detail["proto"] = refusal.proto
         if refusal.zone:
             detail["zone"] = refusal.zone
+        ours = _OUR_REPLY_REF.search(refusal.text) if action == "milter-reject" else None
+        if ours is not None:
+            detail["prev_key"] = ours[1]
         event = refusal.event(
             "check" if action == "reject_warning" else refusal.kind,
             frame,
@@ -793,7 +820,7 @@ class PostfixParser(SessionParser):
             session = context = self._session(frame, program, name, ip)
             if refusal.helo and context.get("helo") is None:
                 context["helo"] = refusal.helo
-            event.message_key = session.transaction_key(frame.node, refusal.sender)
+            event.message_key = session.transaction_key(frame.node, refusal.sender, ours[1] if ours else None)
         self.emit(event, context)
         return True
 
