@@ -664,7 +664,9 @@ class Connection:
 
     def on_timeout(self, seconds: float, *, in_data: bool) -> str:
         verdict = Verdict.tempfail("protocol.timeout", seconds=int(seconds))
-        reply = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
+        rendered = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
+        # "421 <hostname> ..." (RFC 5321 3.8); the event records the reply as sent
+        reply = replies.Reply(rendered.code, rendered.enhanced, f"{self.config.smtp.hostname} {rendered.text}")
         self._event(
             "tempfail",
             smtp_code=reply.code,
@@ -673,7 +675,7 @@ class Connection:
             reason="protocol.timeout",
             detail={"stage": "data" if in_data else "command", "seconds": seconds},
         )
-        return f"{reply.code} {reply.enhanced} {self.config.smtp.hostname} {reply.text}"
+        return reply.line
 
     def on_proxy_refused(self, peer_ip: str, peer_port: int, problem: str) -> str:
         """A connection without a usable PROXY header (smtp.proxy_protocol): recorded, answered 421, closed."""
