@@ -1,9 +1,9 @@
 """The gateway's policy and evidence: what to answer at each SMTP stage, and the events it leaves.
 
 `Gateway` holds what all connections share (config, checks, store, mailboxes, limits);
-`Connection` is aiosmtpd's handler for one connection. Every decision becomes an event; the
-reply to DATA is "250" only after the message is fsynced into every recipient's Maildir and
-the transaction's events are committed.
+`Connection` is the policy of one connection, called by the protocol layer (smtp/server.py).
+Every decision becomes an event; the reply to DATA is "250" only after the message is fsynced
+into every recipient's Maildir and the transaction's events are committed.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class Gateway:
         while any(p.conn.txn is not None for p in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for protocol in list(self.connections):
-            protocol._hang_up(protocol.conn.shutdown_reply())
+            protocol.hang_up(protocol.conn.shutdown_reply())
         if self._finishing:  # accepted messages are delivered and recorded before we exit
             await asyncio.wait(set(self._finishing))
         for server in self._servers:
@@ -140,7 +140,7 @@ class Gateway:
 
 
 class Connection:
-    """aiosmtpd handler for one connection: decisions, replies and events."""
+    """The policy of one connection: decisions, replies and events (`on_*`, called by smtp/server.py)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -278,12 +278,10 @@ class Connection:
             self.pending = result.verdict
         return None
 
-    def handle_STARTTLS(self, server: Any, session: Any, envelope: Any) -> bool:
-        ssl_object = session.ssl.get("ssl_object") if isinstance(session.ssl, dict) else None
-        self.session.tls = ssl_object.version() if ssl_object is not None else "TLS"
+    def on_starttls(self, version: str) -> None:
+        self.session.tls = version
         self.session.helo = None  # RFC 3207 4.2: forget everything learnt before TLS
         self.txn = None
-        return True
 
     # ------------------------------------------------------------------ MAIL and RCPT
     async def on_mail(self, path: EnvelopePath) -> str:
