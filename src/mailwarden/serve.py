@@ -1,4 +1,9 @@
-"""`mailwarden serve`: start every configured role and run until SIGTERM/SIGINT."""
+"""`mailwarden serve`: the SMTP workers under their supervisor, and the roles that run once, until SIGTERM/SIGINT.
+
+This process is the supervisor (workers/supervisor.py): it starts `smtp.workers` SMTP worker
+processes, owns the store's event writer, and runs POP3, the tracking center, the ingest
+followers and the purge itself (once, not per worker). SIGHUP reloads the workers' configuration.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,15 @@ import signal
 import sys
 
 from mailwarden import mailboxes
-from mailwarden.checks import build_chain
-from mailwarden.checks.base import Services
 from mailwarden.config import Config
 from mailwarden.ingest.service import start_role as start_ingest
 from mailwarden.ingest.service import stop_role as stop_ingest
 from mailwarden.pop3.server import Pop3Server
-from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
 from mailwarden.trace.retention import purge_periodically
+from mailwarden.workers.supervisor import Supervisor, WorkerFailed
 
 log = logging.getLogger("mailwarden")
 
@@ -27,7 +30,7 @@ def open_configured_store(config: Config) -> Store:
     return open_store(config.store.url, base_dir=str(config.base_dir), batch_interval=config.store.batch_interval)
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, config_path: str | None = None) -> None:
     store = open_configured_store(config)
     try:
         demo = mailboxes.create_demo(config, store)
@@ -36,24 +39,15 @@ async def run(config: Config) -> None:
         gaps = mailboxes.postmaster_gaps(config, store)
         if gaps:
             log.warning("%s", mailboxes.postmaster_warning(gaps))
-        services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
         tls_context = None
-        if config.tls.enabled:
+        if config.tls.enabled:  # made here once, before the workers load it
             cert, key = config.path(config.tls.cert), config.path(config.tls.key)
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
-        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
-        gateway = Gateway(
-            config,
-            store,
-            build_chain(services),
-            services,
-            refs=refs,
-            tls_context=tls_context,
-        )
-        gateway.recover()
-        bound = await gateway.start()
-        roles = [f"smtp {' '.join(bound)}"]
+        supervisor = Supervisor(config, config_path, store)
+        await supervisor.start()  # recovery first, then the workers
+        roles = [f"smtp {' '.join(supervisor.addresses)} ({len(supervisor.workers)} workers)"]
+        refs = RefGenerator(config.node.name, slot=0)  # the supervisor's share; the workers have theirs
         pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
         if pop3 is not None:
             roles.append(f"pop3 {' '.join(await pop3.start())}")
@@ -63,7 +57,7 @@ async def run(config: Config) -> None:
         if ingest is not None:
             roles.append(f"ingest {' '.join(ingest[2])}")
         web = None
-        if config.web.listen:  # its own connection: page views never wait behind the gateway's lookups
+        if config.web.listen:  # its own connection: page views never wait behind the event writer
             from mailwarden.web.server import start_role as start_web
 
             web_store = open_configured_store(config)
@@ -81,6 +75,14 @@ async def run(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloading: set[asyncio.Task[None]] = set()
+
+        def reload() -> None:
+            task = loop.create_task(supervisor.reload(), name="reload")
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         log.info("shutting down")
         purging.cancel()
@@ -90,17 +92,21 @@ async def run(config: Config) -> None:
             web_store.close()
         if pop3 is not None:
             await pop3.stop()
-        await gateway.stop()
-        services.close()
+        await supervisor.stop()  # the workers finish their transactions and hand over their events
     finally:
         store.close()
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, config_path: str | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(config))
+        runner = asyncio.run
     else:
-        uvloop.run(run(config))
+        runner = uvloop.run
+    try:
+        runner(run(config, config_path))
+    except WorkerFailed as exc:
+        print(f"mailwarden: {exc}", file=sys.stderr)
+        return 1
     return 0

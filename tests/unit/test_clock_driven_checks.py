@@ -12,6 +12,7 @@ and the same answer wherever the wall clock's minute turns.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import pytest
 
 from mailwarden.checks.base import Action, CheckContext, Services, SessionInfo, Transaction, Verdict
 from mailwarden.checks.pregreet import PregreetCheck
-from mailwarden.checks.ratelimit import RateLimitCheck, SlidingCounter
+from mailwarden.checks.ratelimit import RateLimitCheck
 from mailwarden.config import Config, PregreetConfig, RateLimitConfig
+from mailwarden.smtp.clients import ClientCounts, LocalCounts, SharedCounts, SlidingCounter, create_table
 from mailwarden.store import EventQuery
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace import report
@@ -48,6 +50,21 @@ def context(services: Services, client_ip: str = "192.0.2.7", **session: object)
 
 
 # ---------------------------------------------------------------------------- rate limits
+@pytest.fixture(params=["in the process", "shared by workers"])
+def counts(request: pytest.FixtureRequest) -> Iterator[ClientCounts]:
+    """The counts of one process, or of a worker whose counts live in the table the workers share."""
+    if request.param == "in the process":
+        yield LocalCounts()
+        return
+    fd = create_table(workers=2)
+    shared = SharedCounts(fd, slot=1)
+    try:
+        yield shared
+    finally:
+        shared.close()
+        os.close(fd)
+
+
 def test_a_window_estimate_of_3_96_events_counts_as_four_not_three() -> None:
     counter = SlidingCounter()
     for second in range(4):  # four in the minute from 60 s on
@@ -58,10 +75,10 @@ def test_a_window_estimate_of_3_96_events_counts_as_four_not_three() -> None:
 
 @pytest.mark.parametrize("first", [59.7, 59.8, 59.9, 60.0], ids=lambda s: f"first at :{s:04.1f}")
 def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minute_turns(
-    services: Services, first: float
+    services: Services, counts: ClientCounts, first: float
 ) -> None:
     clock = FakeClock(MINUTE - 60 + first)
-    check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), clock)
+    check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), clock, counts)
     ctx = context(services)
     verdicts: list[Verdict | None] = []
     for _ in range(4):
@@ -73,9 +90,11 @@ def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minu
     assert refused.values["count"] == 4 and refused.values["limit"] == 3
 
 
-def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(services: Services) -> None:
+def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(
+    services: Services, counts: ClientCounts
+) -> None:
     clock = FakeClock(MINUTE - 0.5)
-    check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), clock)
+    check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), clock, counts)
     ctx = context(services)
     verdicts = []
     for _ in range(3):
@@ -87,9 +106,9 @@ def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(s
     assert (refused.code, refused.enhanced_code) == (451, "4.7.0")
 
 
-def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(services: Services) -> None:
+def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(services: Services, counts: ClientCounts) -> None:
     clock = FakeClock()
-    check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), clock)
+    check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), clock, counts)
     ctx = context(services)
     assert asyncio.run(check.connect(ctx)) is None
     assert asyncio.run(check.connect(ctx)) is not None

@@ -12,12 +12,12 @@ from mailwarden.checks.base import Action, Check, CheckContext, Services, Sessio
 from mailwarden.checks.chain import CheckChain
 from mailwarden.checks.dnsbl import DnsblCheck, ZoneQuery
 from mailwarden.checks.helo import helo_problem
-from mailwarden.checks.ratelimit import SlidingCounter
 from mailwarden.checks.rdns import GenericNames
 from mailwarden.checks.sender_domain import inspect as inspect_domain
 from mailwarden.checks.sender_domain import ip_literal
 from mailwarden.config import Config, DnsblZone, FindingPolicy
 from mailwarden.dns import MX, Answer, DnsTempError, dnsbl_name
+from mailwarden.smtp.clients import SlidingCounter
 from tests.support.fakedns import ScriptedResolver
 
 GENERIC = GenericNames(Config().rdns.generic_keywords, [r"^host-\d+"])

@@ -23,6 +23,7 @@ from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
+    EventWriter,
     GreylistEntry,
     Mailbox,
     Position,
@@ -306,7 +307,8 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 class SqliteStore(SqliteAccounts, Store):
-    def __init__(self, path: Path, *, batch_interval: float = 0.05) -> None:
+    def __init__(self, path: Path, *, batch_interval: float = 0.05, writer: EventWriter | None = None) -> None:
+        """`writer`: where event writes go instead of this store's own writer thread (an SMTP worker's link)."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,13 +320,13 @@ class SqliteStore(SqliteAccounts, Store):
         self._lock = threading.Lock()
         self._starting = threading.Lock()
         self._writer_conn: sqlite3.Connection | None = None
-        self._writer: BatchWriter | None = None
+        self._writer: EventWriter | None = writer
         self._bulk = False  # a bulk import writes here: the writer keeps more index pages in memory
         self._bulk_cache = False
         self._found: dict[str, tuple[float, Mailbox]] = {}  # find_mailbox: address -> (valid until, mailbox)
 
     # -- events
-    def _writer_started(self) -> BatchWriter:
+    def _writer_started(self) -> EventWriter:
         if self._writer is None:
             with self._starting:  # the gateway's delivery threads commit too, not only the event loop
                 if self._writer is None:

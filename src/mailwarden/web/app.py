@@ -29,10 +29,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from mailwarden import __version__
 from mailwarden.catalog import LANGS, Lang
-from mailwarden.checks.ratelimit import SlidingCounter
 from mailwarden.config import Config
 from mailwarden.events import now_us
 from mailwarden.loginguard import LoginGuard
+from mailwarden.smtp.clients import SlidingCounter
 from mailwarden.store import Store
 from mailwarden.store.accounts import AuditEntry
 from mailwarden.text import printable
