@@ -1,12 +1,20 @@
-"""Trace search latency on a 10-million-event SQLite store, against zgrep over the same events as logs.
+"""Trace search latency on a 10-million-event SQLite store (the message index), against zgrep over the
+same events as logs.
 
     .venv/bin/python bench/trace_search.py [--dir /tmp/mailwarden-bench] [--events 10000000] [--runs 20]
 
 Generates (once; reused on later runs) a store with ~1.4 M messages over 30 days: most of them
 spam refused at RCPT, some greylisted, a fifth delivered and then fetched (and mostly deleted)
-over POP3 - plus the same events as daily gzip-compressed log files, one line per event. Then it
-times typical support queries through the real trace code (search + correlation of a page of
-50 messages) and the same questions answered with zgrep, and prints p50/p95 and the ratio.
+over POP3, for 500 customer domains of which one (customer0.example) has a tenth of the
+mailboxes - the events as our gateway and POP3 server write them (with their message keys),
+then the message index built from them (`Store.reindex`, the same fold the writer uses) - plus
+the same events as daily gzip-compressed log files, one line per event.
+
+Then it times, warm (after one untimed pass) and cold (the store's pages evicted from the page
+cache before each query with posix_fadvise(DONTNEED), and a new connection), each kind of query
+through the real code - the page of the message index (`search_index`, what the web center
+calls) and the page with its 50 messages loaded in full (`search`, what `mailwarden trace`
+prints) - and prints p50/p95; and zgrep over the logs for the kinds it can answer.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -24,23 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from mailwarden.events import FIELDS, us_to_iso
+from mailwarden.messages.keys import CONNECTION_KINDS
 from mailwarden.smtp.refs import encode
 from mailwarden.store.sqlite import SqliteStore
-from mailwarden.trace.search import AddressFilter, SearchSpec, search
+from mailwarden.trace.search import AddressFilter, SearchSpec, count, search, search_index
 
 DAY_US = 86400 * 1_000_000
 DAYS = 30
 START_US = 1_800_000_000_000_000
+END_US = START_US + DAYS * DAY_US
+BIG = "customer0.example"
 INSERT = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
 
 
 class World:
-    """The population: our mailboxes, spam targets, sending servers."""
+    """The population: our mailboxes (a tenth of them at one big customer), spam targets, sending servers."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.domains = [f"customer{n}.example" for n in range(500)]
-        self.mailboxes = [f"user{n}@{self.domains[n % 500]}" for n in range(20_000)]
+        self.mailboxes = [f"user{n}@{BIG if n % 10 == 0 else self.domains[n % 499 + 1]}" for n in range(20_000)]
         self.spam_ips = [
             f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
             for _ in range(100_000)
@@ -59,6 +71,7 @@ def row(ts: int, kind: str, ref: str, client_ip: str, **f: Any) -> tuple[Any, ..
         "session": f.pop("session", ref),
         "ref": ref,
         "client_ip": client_ip,
+        "message_key": None if kind in CONNECTION_KINDS else ref,  # as the gateway and POP3 stamp them
         **f,
     }
     values["detail"] = json.dumps(detail, separators=(",", ":")) if detail else None
@@ -224,6 +237,8 @@ def log_line(values: tuple[Any, ...]) -> str:
 
 def generate(directory: Path, total: int) -> None:
     db_path = directory / "events.db"
+    for stale in directory.glob("events.db*"):
+        stale.unlink()
     SqliteStore(db_path).close()  # the schema with every migration (indexes included)
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
@@ -245,10 +260,19 @@ def generate(directory: Path, total: int) -> None:
     conn.execute("BEGIN")
     conn.executemany(INSERT, batch)
     conn.execute("COMMIT")
-    conn.execute("ANALYZE")
     conn.close()
     for handle in logs.values():
         handle.close()
+    store = SqliteStore(db_path)
+    started = time.monotonic()
+    rows_written = store.reindex(
+        lambda done: print(f"  indexed {done:,} events", file=sys.stderr, flush=True) if done % 500_000 < 10 else None
+    )
+    print(f"  message index: {rows_written:,} rows in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    store.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("ANALYZE")
+    conn.close()
     (directory / "complete").write_text(str(total))
 
 
@@ -263,15 +287,31 @@ def timed(action: Callable[[], object]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def evict(directory: Path) -> None:
+    """Push the store's pages out of the page cache (only ours: the machine is shared)."""
+    for path in directory.glob("events.db*"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def zgrep(pattern: str, files: list[Path]) -> None:
     subprocess.run(["zgrep", "-hF", pattern, *map(str, files)], stdout=subprocess.DEVNULL, check=False)
+
+
+Case = tuple[str, list[SearchSpec], Callable[[SearchSpec], tuple[str, list[Path]]] | None]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default="/tmp/mailwarden-bench", help="where the store and logs live (reused)")
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--runs", type=int, default=20, help="queries per kind against the store")
+    parser.add_argument("--runs", type=int, default=20, help="queries per kind, warm")
+    parser.add_argument(
+        "--cold-runs", type=int, default=10, help="queries per kind with the store's pages evicted first"
+    )
     parser.add_argument("--grep-runs", type=int, default=3, help="zgrep runs per kind (each reads the logs)")
     args = parser.parse_args()
     directory = Path(args.dir)
@@ -280,15 +320,16 @@ def main() -> None:
     if not marker.exists() or marker.read_text() != str(args.events):
         print(f"generating {args.events:,} events in {directory} (once) ...", file=sys.stderr)
         generate(directory, args.events)
-    store = SqliteStore(directory / "events.db")
     conn = sqlite3.connect(directory / "events.db")
     total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    indexed = conn.execute("SELECT count(*) FROM message_index").fetchone()[0]
     rng = random.Random(11)
     max_id = conn.execute("SELECT max(id) FROM events").fetchone()[0]
+    runs = max(args.runs, args.cold_runs)
 
     def sample(kind: str, column: str) -> list[tuple[Any, int]]:
         found: list[tuple[Any, int]] = []
-        while len(found) < args.runs:
+        while len(found) < runs:
             hit = conn.execute(
                 f"SELECT {column}, ts FROM events WHERE id >= ? AND kind = ? AND {column} IS NOT NULL LIMIT 1",
                 (rng.randint(1, max_id), kind),
@@ -303,44 +344,114 @@ def main() -> None:
         last = min((ts - START_US) // DAY_US, DAYS - 1)
         return [directory / f"mail.log.{d:02d}.gz" for d in range(max(0, last - 6), last + 1)]
 
-    cases: list[
-        tuple[
-            str, list[tuple[Any, int]], Callable[[Any, int], SearchSpec], Callable[[Any, int], tuple[str, list[Path]]]
-        ]
-    ] = [
+    month = START_US
+    recipients = sample("deliver", "recipient")
+    domains = [str(address).rpartition("@")[2] for address, _ in sample("reject", "recipient")]
+    networks = [str(ip).rpartition(".")[0] + ".0/24" for ip, _ in sample("reject", "client_ip")]
+    cases: list[Case] = [
         (
-            "recipient + 7-day window",
-            sample("deliver", "recipient"),
-            lambda v, ts: SearchSpec(
-                recipient=AddressFilter("exact", v), since_us=ts - 7 * DAY_US + DAY_US // 2, until_us=ts + DAY_US // 2
-            ),
-            lambda v, ts: (f"recipient=<{v}>", window_logs(ts)),
-        ),
-        ("ref", sample("deliver", "ref"), lambda v, ts: SearchSpec(ref=v), lambda v, ts: (f"ref={v}", all_logs)),
-        (
-            "message-id",
-            sample("data", "message_id"),
-            lambda v, ts: SearchSpec(message_id=v),
-            lambda v, ts: (f"message_id={v}", all_logs),
+            "recipient + 7 days",
+            [
+                SearchSpec(
+                    recipient=AddressFilter("exact", v),
+                    since_us=ts - 7 * DAY_US + DAY_US // 2,
+                    until_us=ts + DAY_US // 2,
+                )
+                for v, ts in recipients
+            ],
+            lambda s: (f"recipient=<{s.recipient.value if s.recipient else ''}>", window_logs(s.until_us or END_US)),
         ),
         (
-            "client address",
-            sample("reject", "client_ip"),
-            lambda v, ts: SearchSpec(client=v),
-            lambda v, ts: (f"client={v} ", all_logs),
+            "domain + status + 30 days",
+            [
+                SearchSpec(
+                    recipient=AddressFilter("domain", d),
+                    status=rng.choice(("rejected", "delivered", "deleted")),
+                    since_us=month,
+                )
+                for d in domains
+            ],
+            None,
         ),
+        ("client network /24", [SearchSpec(client=n) for n in networks], None),
+        ("ref", [SearchSpec(ref=v) for v, _ in sample("deliver", "ref")], lambda s: (f"ref={s.ref}", all_logs)),
     ]
     size_mb = (directory / "events.db").stat().st_size / 1e6
     logs_mb = sum(p.stat().st_size for p in all_logs) / 1e6
     print(
-        f"store: {total:,} events, {size_mb:,.0f} MB SQLite; logs: {len(all_logs)} daily gzip files, {logs_mb:,.0f} MB"
+        f"store: {total:,} events, {indexed:,} index rows, {size_mb:,.0f} MB SQLite; "
+        f"logs: {len(all_logs)} daily gzip files, {logs_mb:,.0f} MB"
     )
-    print(f"{'query':26} {'trace p50':>10} {'trace p95':>10} {'zgrep p50':>10} {'zgrep p95':>10} {'ratio p50':>10}")
-    for name, values, spec_of, grep_of in cases:
-        ours = [timed(lambda v=v, ts=ts, f=spec_of: search(store, f(v, ts), retention_days=3650)) for v, ts in values]
-        theirs = [timed(lambda v=v, ts=ts, f=grep_of: zgrep(*f(v, ts))) for v, ts in values[: args.grep_runs]]
-        p50, p95, g50, g95 = percentile(ours, 50), percentile(ours, 95), percentile(theirs, 50), percentile(theirs, 95)
-        print(f"{name:26} {p50:8.1f}ms {p95:8.1f}ms {g50:8.0f}ms {g95:8.0f}ms {g50 / p50:9.0f}x")
+    print(
+        f"{'query':28} {'index p50':>9} {'p95':>7} {'cold p50':>9} {'p95':>7}"
+        f" {'+traces p50':>12} {'p95':>7} {'cold p50':>9} {'p95':>7} {'zgrep p50':>10}"
+    )
+    store = SqliteStore(directory / "events.db")
+
+    def measure(
+        action: Callable[[SqliteStore, SearchSpec], object], specs: list[SearchSpec]
+    ) -> tuple[list[float], list[float]]:
+        for spec in specs[: args.runs]:
+            action(store, spec)  # warm-up pass
+        warm = [timed(lambda s=spec: action(store, s)) for spec in specs[: args.runs]]
+        cold = []
+        for spec in specs[: args.cold_runs]:
+            fresh = SqliteStore(directory / "events.db")
+            evict(directory)
+            cold.append(timed(lambda s=spec, f=fresh: action(f, s)))
+            fresh.close()
+        return warm, cold
+
+    def index_page(db: SqliteStore, spec: SearchSpec) -> object:
+        return search_index(db, spec)
+
+    def full_page(db: SqliteStore, spec: SearchSpec) -> object:
+        return search(db, spec, retention_days=3650)
+
+    for name, specs, grep_of in cases:
+        warm, cold = measure(index_page, specs)
+        traced_warm, traced_cold = measure(full_page, specs)
+        grep = [timed(lambda s=spec, g=grep_of: zgrep(*g(s))) for spec in specs[: args.grep_runs]] if grep_of else []
+        print(
+            f"{name:28} {percentile(warm, 50):7.1f}ms {percentile(warm, 95):5.1f}ms"
+            f" {percentile(cold, 50):7.1f}ms {percentile(cold, 95):5.1f}ms"
+            f" {percentile(traced_warm, 50):10.1f}ms {percentile(traced_warm, 95):5.1f}ms"
+            f" {percentile(traced_cold, 50):7.1f}ms {percentile(traced_cold, 95):5.1f}ms"
+            + (f" {percentile(grep, 50):8.0f}ms" if grep else f" {'-':>10}")
+        )
+
+    # page 1 against page 100 of the big customer's messages (keyset: the cursor of page 99's last message)
+    domain = SearchSpec(recipient=AddressFilter("domain", BIG), since_us=month)
+    cursor = None
+    for _ in range(99):
+        cursor = search_index(store, SearchSpec(recipient=domain.recipient, since_us=month, cursor=cursor)).next_cursor
+    page100 = SearchSpec(recipient=domain.recipient, since_us=month, cursor=cursor)
+    first = [timed(lambda: search_index(store, domain)) for _ in range(args.runs)]
+    hundredth = [timed(lambda: search_index(store, page100)) for _ in range(args.runs)]
+    print(
+        f"{BIG}, 30 days, 50 per page: page 1 p50 {percentile(first, 50):.1f}ms p95 {percentile(first, 95):.1f}ms;"
+        f" page 100 p50 {percentile(hundredth, 50):.1f}ms p95 {percentile(hundredth, 95):.1f}ms"
+        f" ({percentile(hundredth, 50) / percentile(first, 50):.2f}x)"
+    )
+    for name, spec in (
+        (f"counts by status and reason, {BIG}, 30 days", domain),
+        (
+            "counts by status and reason, a small domain, 30 days",
+            SearchSpec(recipient=AddressFilter("domain", domains[0]), since_us=month),
+        ),
+    ):
+        counted = count(store, spec)
+        warm = [timed(lambda s=spec: count(store, s)) for _ in range(args.runs)]
+        cold = []
+        for _ in range(args.cold_runs):
+            fresh = SqliteStore(directory / "events.db")
+            evict(directory)
+            cold.append(timed(lambda s=spec, f=fresh: count(f, s)))
+            fresh.close()
+        print(
+            f"{name}: {counted.total:,} recipients; warm p50 {percentile(warm, 50):.1f}ms p95 {percentile(warm, 95):.1f}ms,"
+            f" cold p50 {percentile(cold, 50):.1f}ms p95 {percentile(cold, 95):.1f}ms"
+        )
     store.close()
 
 

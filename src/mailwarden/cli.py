@@ -241,8 +241,9 @@ def cmd_trace(args: argparse.Namespace, config: Config) -> int:
         reason=args.reason,
         limit=limit,
         offset=(args.page - 1) * limit if args.page > 0 else -1,
+        cursor=args.cursor,
     )
-    return commands.trace(config, spec, fmt=args.format, lang=args.lang)
+    return commands.trace(config, spec, fmt=args.format, lang=args.lang, counts=args.count)
 
 
 def cmd_explain(args: argparse.Namespace, config: Config) -> int:
@@ -269,6 +270,12 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.trace import commands
 
     return commands.purge(config, args.days)
+
+
+def cmd_store(args: argparse.Namespace, config: Config) -> int:
+    from mailwarden.store import commands
+
+    return commands.reindex(config, progress=args.progress)
 
 
 def cmd_check_sender(args: argparse.Namespace, config: Config) -> int:
@@ -379,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--format", choices=["table", "json", "csv"], default="table")
     trace.add_argument("--limit", type=int, default=50, help="messages per page (default 50)")
     trace.add_argument("--page", type=int, default=1, help="page number, newest first (default 1)")
+    trace.add_argument("--cursor", help="continue after the message whose `cursor` this is (faster than --page)")
+    trace.add_argument("--count", action="store_true", help="count recipients by status and reason instead")
     trace.add_argument("--lang", choices=["en", "de"], default="en", help="language of notes and 'nothing found'")
 
     explain = command("explain", cmd_explain, "evidence report for one message: verdict, timeline, evidence")
@@ -405,6 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
+
+    store = command("store", cmd_store, "maintain the store: `reindex` rebuilds the message index from the events")
+    store.add_argument("action", choices=["reindex"])
+    store.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress line on stderr (default: on a terminal)",
+    )
 
     bounce = command("explain-bounce", cmd_explain_bounce, "explain a bounce (DSN or pasted text) a sender received")
     bounce.add_argument("source", metavar="FILE|-", help="the bounce message, or - to read it from standard input")

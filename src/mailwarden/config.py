@@ -639,6 +639,77 @@ class Pop3Config(_Section):
     _listen = field_validator("listen")(_check_listen)
 
 
+def _check_socket_listen(values: list[str]) -> list[str]:
+    for value in values:
+        if not value.startswith("unix:"):
+            parse_hostport(value)
+        elif not value.removeprefix("unix:"):
+            raise ValueError(f"{value!r}: give the socket's path, as in unix:/run/mailwarden/milter.sock")
+    return values
+
+
+def _check_mode(value: str) -> str:
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"{value!r}: give an octal file mode, as in 0660")
+    return value
+
+
+class MilterConfig(_Section):
+    listen: list[str] = Field(
+        default_factory=list,
+        description='Addresses for Postfix\'s milter connections (`smtpd_milters`), as "host:port" or '
+        '"unix:PATH" (relative paths are relative to this file). Empty: no milter. docs/postfix.md has the '
+        "Postfix side.",
+    )
+    socket_mode: str = Field(
+        "0660",
+        description="File mode of a unix socket in `listen`: Postfix's smtpd (user postfix) must be able to "
+        "write to it, so put it in a group of postfix's or widen this.",
+    )
+    timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds Postfix may stay silent on a milter connection before we close it; keep it above "
+        "Postfix's smtpd_timeout (300 s), which bounds how long its client may think.",
+    )
+    max_packet: int = Field(
+        1_048_576,
+        ge=65_536,
+        description="Largest milter packet in bytes (a header field; a body chunk is at most 64 KiB); a bigger "
+        "one closes the connection, and Postfix applies milter_default_action. Keep it above Postfix's "
+        "header_size_limit (100 KiB).",
+    )
+    max_macros: int = Field(
+        65_536,
+        ge=1024,
+        description="Largest packet of macros in bytes; a bigger one closes the connection as above.",
+    )
+
+    _listen = field_validator("listen")(_check_socket_listen)
+    _mode = field_validator("socket_mode")(_check_mode)
+
+
+class PolicyConfig(_Section):
+    listen: list[str] = Field(
+        default_factory=list,
+        description='Addresses for Postfix\'s policy delegation (`check_policy_service`), as "host:port" or '
+        '"unix:PATH". Empty: no policy service. docs/postfix.md has the Postfix side.',
+    )
+    socket_mode: str = Field("0660", description="File mode of a unix socket in `listen` (see `milter.socket_mode`).")
+    timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a policy connection may stay silent before we close it; keep it above Postfix's "
+        "smtpd_policy_service_max_idle (300 s), after which Postfix closes it itself.",
+    )
+    max_request: int = Field(
+        65_536, ge=4096, description="Largest request in bytes; a bigger one closes the connection."
+    )
+
+    _listen = field_validator("listen")(_check_socket_listen)
+    _mode = field_validator("socket_mode")(_check_mode)
+
+
 class WebConfig(_Section):
     listen: str = Field(
         "",
@@ -841,6 +912,13 @@ class Config(_Section):
         default_factory=DeliveryConfig, description="Local Maildir delivery or proxy mode (LMTP/SMTP downstream)."
     )
     pop3: Pop3Config = Field(default_factory=Pop3Config, description="The POP3 server.")
+    milter: MilterConfig = Field(
+        default_factory=MilterConfig, description="The checks as a milter inside Postfix (docs/postfix.md)."
+    )
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="The envelope checks as Postfix's policy delegation service (docs/postfix.md).",
+    )
     web: WebConfig = Field(default_factory=WebConfig, description="The web tracking center.")
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Public explanations of refusals.")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="The decision chain.")

@@ -62,7 +62,12 @@ FIELDS: Final = (
     "detail",
     "size",
     "evidence",
+    "message_key",
 )
+
+
+# `json.dumps` with options makes an encoder per call: one, made once, for every event the store writes.
+_DETAIL_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def now_us() -> int:
@@ -103,6 +108,7 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict)
     size: int | None = None
     evidence: str | None = None
+    message_key: str | None = None  # the message it belongs to, decided by its writer (design.md)
     id: int | None = None  # assigned by the store
 
     def __post_init__(self) -> None:
@@ -129,9 +135,10 @@ class Event:
             self.enhanced_code,
             self.reply,
             self.reason,
-            json.dumps(self.detail, separators=(",", ":"), ensure_ascii=False) if self.detail else None,
+            _DETAIL_JSON(self.detail) if self.detail else None,
             self.size,
             self.evidence,
+            self.message_key,
         )
 
     @classmethod

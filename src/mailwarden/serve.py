@@ -1,8 +1,8 @@
 """`mailwarden serve`: the SMTP workers under their supervisor, and the roles that run once, until SIGTERM/SIGINT.
 
 This process is the supervisor (workers/supervisor.py): it starts `smtp.workers` SMTP worker
-processes, owns the store's event writer, and runs POP3, the tracking center, the ingest
-followers and the purge itself (once, not per worker). SIGHUP reloads the workers' configuration.
+processes, owns the store's event writer, and runs the milter and policy service for Postfix (mta/),
+POP3, the tracking center, the ingest followers and the purge itself (once, not per worker). SIGHUP reloads the workers' configuration.
 """
 
 from __future__ import annotations
@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from mailwarden import mailboxes
+from mailwarden.checks import build_chain
+from mailwarden.checks.base import Services
 from mailwarden.config import Config
 from mailwarden.ingest.service import start_role as start_ingest
 from mailwarden.ingest.service import stop_role as stop_ingest
+from mailwarden.mta.milter import MilterServer
+from mailwarden.mta.policy import PolicyServer
 from mailwarden.pop3.server import Pop3Server
+from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
@@ -28,6 +34,14 @@ log = logging.getLogger("mailwarden")
 
 def open_configured_store(config: Config) -> Store:
     return open_store(config.store.url, base_dir=str(config.base_dir), batch_interval=config.store.batch_interval)
+
+
+def _hosted_gateway(
+    config: Config, store: Store, refs: RefGenerator, tls_context: ssl.SSLContext | None
+) -> tuple[Gateway, Services]:
+    """The gateway of the sessions Postfix runs (mta/): it listens on no SMTP socket and delivers nothing itself."""
+    services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
+    return Gateway(config, store, build_chain(services), services, refs=refs, tls_context=tls_context), services
 
 
 async def run(config: Config, config_path: str | None = None) -> None:
@@ -45,9 +59,22 @@ async def run(config: Config, config_path: str | None = None) -> None:
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
         supervisor = Supervisor(config, config_path, store)
-        await supervisor.start()  # recovery first, then the workers
-        roles = [f"smtp {' '.join(supervisor.addresses)} ({len(supervisor.workers)} workers)"]
+        await supervisor.start()  # recovery first, then the workers (none without smtp.listen)
+        roles = (
+            [f"smtp {' '.join(supervisor.addresses)} ({len(supervisor.workers)} workers)"] if supervisor.workers else []
+        )
         refs = RefGenerator(config.node.name, slot=0)  # the supervisor's share; the workers have theirs
+        # Postfix's sessions (milter, policy service) are served here, once, by a gateway of their own:
+        # its checks, refs and events are the SMTP workers', its connection counts its own.
+        hosted = (
+            _hosted_gateway(config, store, refs, tls_context) if config.milter.listen or config.policy.listen else None
+        )
+        milter = MilterServer(hosted[0], config.milter) if hosted is not None and config.milter.listen else None
+        if milter is not None:
+            roles.append(f"milter {' '.join(await milter.start())}")
+        policy = PolicyServer(hosted[0], config.policy) if hosted is not None and config.policy.listen else None
+        if policy is not None:
+            roles.append(f"policy {' '.join(await policy.start())}")
         pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
         if pop3 is not None:
             roles.append(f"pop3 {' '.join(await pop3.start())}")
@@ -92,6 +119,13 @@ async def run(config: Config, config_path: str | None = None) -> None:
             web_store.close()
         if pop3 is not None:
             await pop3.stop()
+        if milter is not None:
+            await milter.stop()
+        if policy is not None:
+            await policy.stop()
+        if hosted is not None:
+            await hosted[0].stop()
+            hosted[1].close()
         await supervisor.stop()  # the workers finish their transactions and hand over their events
     finally:
         store.close()

@@ -2,7 +2,10 @@
 
 Every operation gets generated requests, logged in as support with the session's CSRF token:
 no answer may be a 5xx, and every answer must match the schema (status code, content type,
-body). Bounded: a few hundred examples in all, no shrinking of failures past that.
+body). Bounded: a few hundred examples in all, no shrinking of failures past that. The search
+fields take the command line's grammar (`7d` or an ISO time, an address or `@domain`, an address
+or a network), which no JSON Schema pattern spells out; there a 422 naming the field is the right
+answer to a string the schema admits, so that one check is left out for the search and the counts.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from tests.support.web import Center, center
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 40  # per operation; 10 operations
+EXAMPLES = 40  # per operation; 12 operations
+FREE_TEXT = {"/api/search", "/api/counts"}  # fields with the command line's grammar (see above)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +57,9 @@ def test_the_api_answers_every_request_within_its_schema_and_never_with_a_server
             database=None,
         )
         def run(case: schemathesis.Case) -> None:
-            case.call_and_validate(headers=headers, cookies=cookies, timeout=60)
+            excluded = [positive_data_acceptance] if case.operation.path in FREE_TEXT else []
+            case.call_and_validate(headers=headers, cookies=cookies, timeout=60, excluded_checks=excluded)
 
         run()
         tested.append(f"{operation.method.upper()} {operation.path}")
-    assert len(tested) >= 9, tested
+    assert {"GET /api/search", "GET /api/counts"} <= set(tested) and len(tested) >= 11, tested

@@ -1,9 +1,11 @@
 """The tracking center's security promises, against a real `mailwarden serve` and mail from the real gateway.
 
 Forms without a CSRF token are refused; a login always gets a new session id; stranger text
-(HELO, envelope addresses, Message-ID) is inert in pages, reports and CSV; a customer gets 404
-for another domain's message by id, ref and report download, on pages and in the API; password
-guessing locks out; /why answers unknown, malformed and accepted-mail refs identically.
+(HELO, envelope addresses, Message-ID) is inert in pages, search results, the dashboard, reports
+and CSV; a customer gets 404 for another domain's message by id, ref and report download, on pages
+and in the API, and its searches and counts by ref, Message-ID and client address find nothing of
+another domain; password guessing locks out; /why answers unknown, malformed and accepted-mail
+refs identically.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,9 @@ import pytest
 from tests.support.web import (
     PASSWORD,
     XSS_MARKERS,
+    XSS_MESSAGE_ID,
+    XSS_RECIPIENT,
+    XSS_SENDER,
     Center,
     center,
     form_token,
@@ -73,6 +79,23 @@ def test_a_form_post_without_the_csrf_token_is_refused(web: Center) -> None:
         assert forged.status_code == 403
         token = form_token(client.get("/bounce").text)
         assert client.post("/bounce", data={"text": "x", "csrf": token}).status_code == 200
+
+
+def test_every_form_that_posts_needs_the_csrf_token(web: Center) -> None:
+    with web.login("admin", web.admin_password) as client:
+        for path, data in (
+            ("/bounce", {"text": "550 5.1.1 unknown user"}),
+            ("/accounts", {"name": "planted", "role": "support", "password": PASSWORD}),
+            ("/accounts/support/remove", {}),
+            ("/logout", {}),
+        ):
+            assert client.post(path, data=data).status_code == 403, path
+            assert client.post(path, data={**data, "csrf": "forged"}).status_code == 403, path
+        accounts = client.get("/accounts").text
+        assert "planted" not in accounts and ">support<" in accounts
+        for path in ("/search", "/dashboard"):  # these change nothing: their forms are GETs, and no other posts
+            forms = re.findall(r'<form method="(\w+)" action="([^"]+)"', client.get(path).text)
+            assert ("post", "/logout") in forms and all(m == "get" for m, a in forms if a != "/logout"), forms
 
 
 def test_the_login_form_needs_its_token_too(web: Center) -> None:
@@ -175,6 +198,24 @@ def test_stranger_text_is_inert_in_reports_and_csv(web: Center) -> None:
         assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
 
 
+def test_stranger_text_is_inert_in_search_results_and_the_dashboard(web: Center) -> None:
+    with web.login("support") as client:
+        for params in (
+            {"since": "1d"},
+            {"sender": XSS_SENDER.strip('"')},
+            {"message_id": XSS_MESSAGE_ID},
+            {"recipient": XSS_RECIPIENT, "reason": "<script>alert('reason')</script>"},
+        ):
+            page = client.get("/search", params=params)
+            assert page.status_code == 200, params
+            _inert(page.text)
+        results = client.get("/search", params={"since": "1d"}).text
+        assert "&lt;img src=x onerror=alert(1)" in results and "&lt;img src=y onerror=alert(2)" in results  # as text
+        dashboard = client.get("/dashboard")
+        assert dashboard.status_code == 200 and "<svg" in dashboard.text
+        _inert(dashboard.text)
+
+
 def test_stranger_text_is_inert_on_the_public_page(web: Center) -> None:
     with web.client() as client:
         page = client.get(f"/why/{web.refs['xss_recipient']}")
@@ -225,6 +266,32 @@ def test_a_customer_gets_404_for_another_domains_message_in_the_api(web: Center)
         assert verified.status_code == 404
 
 
+def test_a_customers_search_by_ref_message_id_or_client_address_finds_nothing_of_another_domain(web: Center) -> None:
+    carol = web.refs["carol"]
+    foreign = (
+        {"ref": carol},
+        {"ref": carol.lower()},
+        {"message_id": "<carol-1@sender.test>"},
+        {"client": "127.0.0.1", "recipient": "carol@other.test"},
+        {"client": "127.0.0.0/8", "sender": "alice@sender.test", "recipient": "@other.test"},
+    )
+    with web.api("customer") as (client, _):
+        for params in foreign:
+            assert client.get("/api/search", params=params).json()["rows"] == [], params
+            assert client.get("/api/counts", params=params).json()["total"] == 0, params
+        own = client.get("/api/search", params={"client": "127.0.0.1"}).json()["rows"]
+        assert own and all(row["recipient"].endswith("@example.test") for row in own)
+    with web.login("customer") as client:
+        for params in foreign:
+            page = _main(client.get("/search", params=params).text)
+            assert 'id="nothing"' in page and "carol@" not in page[page.index('id="counts"') :], params
+        assert "other.test" not in _main(client.get("/dashboard").text)
+    with web.api("othercustomer") as (client, _):
+        assert [row["recipient"] for row in client.get("/api/search", params={"ref": carol}).json()["rows"]] == [
+            "carol@other.test"
+        ]
+
+
 def test_a_bounce_naming_another_domains_ref_links_nothing_for_a_customer(web: Center) -> None:
     bounce = f"550 5.1.1 <carol@other.test>: refused ref={web.refs['carol']}".encode()
     with web.api("customer") as (client, token):
@@ -250,13 +317,21 @@ def test_admin_pages_are_for_admins(web: Center) -> None:
         assert page.status_code == 200 and "message.open" in page.text
 
 
-def test_opening_a_message_is_audited(web: Center) -> None:
+def test_supports_searches_and_opened_messages_are_audited(web: Center) -> None:
     with web.login("support") as client:
+        client.get("/search", params={"recipient": "carol@other.test", "since": "1d"})
         client.get(f"/message/{web.refs['carol']}")
     with web.api("admin", web.admin_password) as (admin, _):
         entries = admin.get("/api/audit", params={"limit": 1000}).json()
     assert any(
         e["account"] == "support" and e["action"] == "message.open" and e["target"] == web.refs["carol"]
+        for e in entries
+    )
+    assert any(
+        e["account"] == "support"
+        and e["action"] == "search"
+        and e["target"] == "recipient=carol@other.test since=1d"
+        and e["detail"] == {"found": "1"}
         for e in entries
     )
 
@@ -310,11 +385,17 @@ def test_api_login_needs_json(web: Center) -> None:
 def test_the_openapi_schema_is_served(web: Center) -> None:
     with web.client() as client:
         schema = json.loads(client.get("/api/openapi.json").text)
-    assert {"/api/messages/{trace_id}", "/api/reports/verify", "/api/sender-check"} <= set(schema["paths"])
+    assert {
+        "/api/messages/{trace_id}",
+        "/api/reports/verify",
+        "/api/sender-check",
+        "/api/search",
+        "/api/counts",
+    } <= set(schema["paths"])
 
 
 def test_nothing_is_loaded_from_elsewhere(web: Center, tmp_path: Path) -> None:
     with web.login("support") as client:
-        for path in ("/", f"/message/{web.refs['bob']}", "/bounce", "/sender-check"):
+        for path in ("/", f"/message/{web.refs['bob']}", "/bounce", "/sender-check", "/search", "/dashboard"):
             text = client.get(path).text
             assert "http://" not in text and "https://" not in text and "<script" not in text

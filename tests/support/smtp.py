@@ -57,10 +57,13 @@ def send(
     sender: str,
     recipient: str = "bob@example.test",
     message: bytes = MESSAGE,
+    *,
+    port: int | None = None,
 ) -> Attempt:
+    """`port`: another server than `gateway`'s SMTP listener (a Postfix that asks it as milter or policy service)."""
     attempt = Attempt()
     with smtplib.SMTP(timeout=60, source_address=(client_ip, 0)) as client:
-        code, banner = client.connect("127.0.0.1", gateway.smtp_port)
+        code, banner = client.connect("127.0.0.1", port or gateway.smtp_port)
         attempt.replies.append(Reply("connect", code, banner.decode()))
         if code != 220:
             return attempt

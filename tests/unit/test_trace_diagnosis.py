@@ -117,9 +117,9 @@ def pop3(
 
 def traced(store: SqliteStore, trace_id: str) -> MessageTrace:
     store.flush()
-    found = key_of_id(store, trace_id)
-    assert found is not None, f"{trace_id} not found"
-    (trace,) = load(store, {found[0]: found[1]})
+    key = key_of_id(store, trace_id)
+    assert key is not None, f"{trace_id} not found"
+    (trace,) = load(store, [key])
     link_attempts(store, trace)
     return trace
 
@@ -645,8 +645,8 @@ def test_postfix_on_mx1_and_dovecot_on_store1_imported_apart_are_one_message(sto
         assert ("dovecot", "deliver") in placed(trace)
         assert trace.recipients[0].status == "deleted"
     saved = store.query_events(EventQuery(node="store1", kinds=("deliver",)))[0]
-    found = key_of_id(store, f"E{saved.id}")  # explain of Dovecot's delivery explains the Postfix message
-    assert found is not None and found[0] == ("queue", "mx1", "3F1A22066C")
+    postfix = store.query_events(EventQuery(node="mx1", queue_id="3F1A22066C"))[0]
+    assert key_of_id(store, f"E{saved.id}") == postfix.message_key  # explain of Dovecot's delivery: the Postfix message
 
 
 def test_one_import_of_both_hosts_logs_gives_one_message(store: SqliteStore) -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from mailwarden.cli import main
 from mailwarden.config import Config
+from mailwarden.events import Event
 from mailwarden.store import StoreError
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.web import accounts
@@ -161,6 +162,20 @@ def test_the_why_page_is_rate_limited_per_client_address(store: SqliteStore, clo
     assert other.get("/why/1C3X2M3AG000").status_code == 200
     clock.advance(120)
     assert one.get("/why/1C3X2M3AG000").status_code == 200
+
+
+def test_the_why_page_explains_a_refusal_postfix_sent_for_our_milter(store: SqliteStore, clock: Clock) -> None:
+    reply = "550 5.1.1 The mailbox nobody@example.test does not exist here. ref=1C3X2M3AG001"
+    store.append(
+        Event(
+            "reject", "milter", "mx1", ref="1C3X2M3AG001", queue_id="4F1A2B3C4D", client_ip="192.0.2.9",
+            recipient="nobody@example.test", smtp_code=550, enhanced_code="5.1.1", reply=reply,
+            reason="rcpt.unknown_user", detail={"values": {"recipient": "nobody@example.test"}},
+        )
+    )  # fmt: skip
+    store.flush()
+    page = make_client(store, clock).get("/why/1C3X2M3AG001").text
+    assert "nobody@example.test does not exist here" in page
 
 
 def test_forwarded_addresses_are_believed_only_from_a_configured_proxy(store: SqliteStore, clock: Clock) -> None:

@@ -36,7 +36,7 @@ _REASONS: Final = {
 class AmavisParser(Parser):
     source = "amavis"
 
-    def __init__(self, emit: Emit, queue_of: QueueLookup, link: Callable[[str, str, Context], None]) -> None:
+    def __init__(self, emit: Emit, queue_of: QueueLookup, link: Callable[[str, str, Context, int], str | None]) -> None:
         super().__init__(emit)
         self._queue_of = queue_of
         self._link = link
@@ -70,8 +70,9 @@ class AmavisParser(Parser):
         queued_as = fields.get("queued_as")
         if queued_as:
             detail["next_queue_id"] = queued_as
-            if context is not None:
-                self._link(frame.node, queued_as, context)
+            following = self._link(frame.node, queued_as, context, frame.ts) if context is not None else None
+            if following is not None:
+                detail["next_key"] = following
         event = self.event(
             "reject" if blocked else "scan",
             frame,

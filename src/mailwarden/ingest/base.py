@@ -54,6 +54,8 @@ Emit = Callable[[Event, "Context | None"], None]
 Parse = Callable[[Frame], bool]
 # Finds an MTA queue file's context by (node, queue id), for filters that log the MTA's queue id.
 QueueLookup = Callable[[str, str], "Context | None"]
+# The key of the life of (node, queue id) an earlier run wrote last before a time (the store's `queue_life`).
+LifeLookup = Callable[[str, str, int], "str | None"]
 Key = TypeVar("Key")
 AnyContext = TypeVar("AnyContext", bound=Context)
 
@@ -64,7 +66,8 @@ class Handoffs:
     Postfix logs Dovecot's LMTP reply (`250 2.0.0 <rcpt> SESSION Saved`), Dovecot logs the same
     SESSION with its `saved mail` line: whichever comes first makes the context, and Dovecot's
     delivery event gets Postfix's queue id from it. Keyed by the session alone, so it works for
-    two hosts' logs in one run; logs imported apart are joined by the trace (trace/correlate.py).
+    two hosts' logs in one run; the messages of both sides are linked by the session in any case
+    (`messages.keys.links_of`), also for logs imported apart.
     """
 
     LIMIT: Final = 100_000

@@ -3,7 +3,7 @@
 A message is keyed by Exim's message id (old `1Unmew-0000ea-SE`, new `10HmaX-000000005vi-0000`),
 which becomes the event's `queue_id`; the arrival line (`<=`) gives sender, client, size and
 Message-ID (`id=`) for every later line of that message, until `Completed`. Rejects before DATA
-carry no message id: they are keyed by the client (`H=`) alone.
+carry no message id: each is a message of its own (`messages.keys.line_key`), with the client (`H=`).
 
 Flags: `<=` arrival (`accept`), `=>` delivery and `->` further address of it, `>>` cutthrough, `*>`
 suppressed (all `deliver`), `**` failure (`bounce`), `==` deferral (`defer`). Field values are
@@ -19,6 +19,7 @@ from typing import Final
 from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
+from mailwarden.messages.keys import derived_key
 
 _ID: Final = r"[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{11}-[0-9A-Za-z]{4}|[0-9A-Za-z]{6}-[0-9A-Za-z]{2})"
 _PREFIX: Final = re.compile(r"(?:\[\d+\] )?(?:(" + _ID + r") )?")
@@ -137,6 +138,7 @@ class EximParser(Parser):
         if context is None:
             bounded_pop(self.messages, self.MESSAGE_LIMIT)
             context = self.messages[key] = Context(frame.ts)
+            context["message_key"] = derived_key("X", frame.node, exim_id)  # Exim never reuses its ids
         context.seen_us = frame.ts
         return context
 

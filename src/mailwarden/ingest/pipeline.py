@@ -19,7 +19,7 @@ from typing import Final
 from mailwarden.config import INGEST_FORMATS
 from mailwarden.events import Event, now_us
 from mailwarden.ingest.amavis import AmavisParser
-from mailwarden.ingest.base import Context, Handoffs, Parse, Parser
+from mailwarden.ingest.base import Context, Handoffs, LifeLookup, Parse, Parser
 from mailwarden.ingest.clamav import ClamavMilterParser
 from mailwarden.ingest.correlate import Holdback
 from mailwarden.ingest.dovecot import SERVICES as DOVECOT_SERVICES
@@ -29,6 +29,7 @@ from mailwarden.ingest.framing import Frame, Framer
 from mailwarden.ingest.postfix import PostfixParser
 from mailwarden.ingest.rspamd import RspamdParser
 from mailwarden.ingest.timestamps import Clock
+from mailwarden.messages.keys import MAILBOX_SERVERS, MESSAGE_KINDS, line_key, mailbox_server_key
 
 Sink = Callable[[Event], None]
 
@@ -97,7 +98,9 @@ class Ingester:
         default_node: str = "localhost",
         zone: tzinfo = UTC,
         holdback_s: float = 2.0,
+        lives: LifeLookup | None = None,
     ) -> None:
+        """`lives` finds the key of a queue file's life an earlier run began (the store's `queue_life`)."""
         if fmt not in FORMATS:
             raise IngestError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.fmt = fmt
@@ -111,7 +114,7 @@ class Ingester:
         self._replaying = False
         handoffs = Handoffs()
         self.dovecot = DovecotParser(self._emit, handoffs)
-        self.postfix = PostfixParser(self._emit, handoffs)
+        self.postfix = PostfixParser(self._emit, handoffs, lives)
         self.exim = EximParser(self._emit)
         queue_of = self.postfix.known_queue
         self._parsers: tuple[Parser, ...] = (
@@ -201,6 +204,8 @@ class Ingester:
         self.stats.emitted += 1
         origin, offset, line = self._current
         event.evidence = f"{origin}:{offset}: {line}"
+        if context is None and event.message_key is None and event.kind in MESSAGE_KINDS:
+            event.message_key = line_key(event.node, line)  # a refusal logged on its own: a message of its own
         self.holdback.add(event, context, origin, offset)
 
     def _unknown(self, frame: Frame | None, program: str, ts: int) -> None:
@@ -217,6 +222,8 @@ class Ingester:
         self._emit(event, None)
 
     def _release(self, event: Event) -> None:
+        if event.message_key is None and event.source in MAILBOX_SERVERS:  # complete now (user, folder, uid)
+            event.message_key = mailbox_server_key(event)
         stats = self.stats
         stats.events += 1
         stats.kinds[event.kind] += 1

@@ -12,8 +12,13 @@ Correlation (docs/ingest.md has the conventions):
 * A queue file lives from its first line (`client=`, pickup's `uid=`) to qmgr's `removed`; its
   Message-ID (cleanup), sender and size (qmgr) and its session's client fill every event of that
   queue id. Postfix reuses short queue ids later, so a new life starts at the next `client=`.
+  Each life is one message: its key (`messages.keys.queue_life_key`) goes on every event of it.
+  A life met in its middle (a follower restarted after its start) is looked up in the store.
+* Refusals in a session that never got a queue id (NOQUEUE) are keyed per transaction: a new
+  one begins with another sender or after the session queued a message.
 * `status=sent (250 ... queued as NEWQID)` and smtpd's `orig_queue_id=` link a content filter's
-  re-injected copy to the original; `sender non-delivery notification: CHILD` links a bounce.
+  re-injected copy to the original (`detail.next_key`, `detail.prev_key`: one message, two
+  hops); `sender non-delivery notification: CHILD` names a bounce (a message of its own).
 
 Values a stranger controls (HELO, addresses, reply texts, headers) are parsed with anchored
 patterns: addresses may contain `>` only inside quotes, the key=value tail of a reject is taken
@@ -32,6 +37,7 @@ from mailwarden.ingest.base import (
     Context,
     Emit,
     Handoffs,
+    LifeLookup,
     Parse,
     SessionParser,
     bounded_pop,
@@ -41,6 +47,7 @@ from mailwarden.ingest.base import (
 )
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
+from mailwarden.messages.keys import queue_life_key, session_transaction_key
 
 _SHORT_QID: Final = r"[0-9A-F]{6,21}"
 _LONG_QID: Final = r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{6,16}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{1,12}"
@@ -278,14 +285,35 @@ class _Refusal(NamedTuple):
 
 
 class _Queue(Context):
-    """A queue file's life: its Message-ID, sender, size, client and links to other queue files."""
+    """A queue file's life: its key, Message-ID, sender, size, client and links to other queue files."""
 
     __slots__ = ("accepted", "qid")
 
-    def __init__(self, seen_us: int, qid: str, parent: Context | None = None) -> None:
+    def __init__(self, seen_us: int, qid: str, key: str, parent: Context | None = None) -> None:
         Context.__init__(self, seen_us, parent)  # (super() cost a lookup for every new queue file)
         self.qid = qid
         self.accepted = False
+        self["message_key"] = key
+
+
+class _Session(Context):
+    """An smtpd or postscreen session: its client, and the transaction its NOQUEUE refusals belong to."""
+
+    __slots__ = ("open_key", "open_sender", "transactions")
+
+    def __init__(self, seen_us: int) -> None:
+        Context.__init__(self, seen_us)
+        self.transactions = 0
+        self.open_key: str | None = None  # the transaction refusals go to, until the sender changes
+        self.open_sender: str | None = None
+
+    def transaction_key(self, node: str, sender: str | None) -> str:
+        """The key of the transaction a refusal (from `sender`, if it names one) belongs to."""
+        if self.open_key is None or (sender is not None and sender != self.open_sender):
+            self.transactions += 1
+            self.open_key = session_transaction_key(node, str(self.get("session")), self.transactions)
+            self.open_sender = sender
+        return self.open_key
 
 
 class PostfixParser(SessionParser):
@@ -294,10 +322,12 @@ class PostfixParser(SessionParser):
     source = "postfix"
     QUEUE_LIMIT = 500_000
 
-    def __init__(self, emit: Emit, handoffs: Handoffs) -> None:
+    def __init__(self, emit: Emit, handoffs: Handoffs, lives: LifeLookup | None = None) -> None:
         super().__init__(emit, handoffs)
         self.queues: dict[tuple[str, str], _Queue] = {}  # (node, queue id)
-        self.links: dict[tuple[str, str], Context] = {}  # (node, next queue id) -> the queue that handed it on
+        # (node, next queue id) -> what handed it on, its key and when (a re-injection not logged yet)
+        self.links: dict[tuple[str, str], tuple[Context, str | None, int]] = {}
+        self.lives = lives
         self._daemons = {
             "smtpd": self._smtpd,
             "postscreen": self._postscreen,
@@ -346,16 +376,26 @@ class PostfixParser(SessionParser):
 
     # ------------------------------------------------------------------ queue files
     def queue(self, node: str, qid: str, ts: int, *, new_life: bool = False) -> _Queue:
-        """The record of queue id `qid`; a new one if it is unknown, or removed and `new_life`."""
-        key = (node, qid)
-        record = self.queues.get(key)
+        """The record of queue id `qid`; a new one if it is unknown, or removed and `new_life`.
+
+        A new life's key is made from its first line; a queue id met in the middle of its life
+        (not at `client=` or pickup) may be a life an earlier run began: the store knows its key.
+        """
+        slot = (node, qid)
+        record = self.queues.get(slot)
         if record is not None and (
             record.closed_us is None or (not new_life and ts - record.closed_us <= _CLOSED_GRACE_US)
         ):
             record.seen_us = ts
             return record
         bounded_pop(self.queues, self.QUEUE_LIMIT)
-        record = self.queues[key] = _Queue(ts, qid, self.links.pop(key, None))
+        key = None if new_life or self.lives is None else self.lives(node, qid, ts)
+        record = self.queues[slot] = _Queue(ts, qid, key or queue_life_key(node, qid, ts))
+        handed = self.links.pop(slot, None)
+        if handed is not None and ts - handed[2] <= _CLOSED_GRACE_US:  # the re-injection its upstream announced
+            record.parent = handed[0]
+            if handed[1] is not None:
+                record.detail = {"prev_key": handed[1]}
         return record
 
     def known_queue(self, node: str, qid: str) -> _Queue | None:
@@ -486,7 +526,9 @@ class PostfixParser(SessionParser):
             queued = _QUEUED_AS.findall(text)
             if queued and kind == "deliver":
                 detail["next_queue_id"] = queued[-1]
-                self.link(frame.node, queued[-1], record)
+                following = self.link(frame.node, queued[-1], record, frame.ts)
+                if following is not None:
+                    detail["next_key"] = following
             session = lmtp_session(text)
             if session is not None:
                 detail["downstream_session"] = session
@@ -507,16 +549,20 @@ class PostfixParser(SessionParser):
         self.emit(event, record)
         return True
 
-    def link(self, node: str, next_qid: str, record: Context) -> None:
-        """`next_qid` (a content filter's re-injection) continues `record`'s message."""
+    def link(self, node: str, next_qid: str, record: Context, ts: int, key: str | None = None) -> str | None:
+        """`next_qid` (a content filter's re-injection) continues `record`'s message (whose key is
+        `key`, by default `record`'s own): the key of its life if that began already (it usually
+        has: the filter re-injects before it answers), else None, and the life that begins next
+        (within a minute) names that key as its upstream."""
         existing = self.queues.get((node, next_qid))
-        if existing is not None and existing.closed_us is None:
+        if existing is not None and (existing.closed_us is None or ts - existing.closed_us <= _CLOSED_GRACE_US):
             if existing.parent is None:
                 existing.parent = record
-            return
+            return str(existing["message_key"])
         if len(self.links) >= self.QUEUE_LIMIT:
             self.links.clear()
-        self.links[(node, next_qid)] = record
+        self.links[(node, next_qid)] = (record, key or record.get("message_key"), ts)
+        return None
 
     def _notification(self, frame: Frame, qid: str, found: re.Match[str]) -> bool:
         record = self.queue(frame.node, qid, frame.ts)
@@ -592,22 +638,22 @@ class PostfixParser(SessionParser):
         return True
 
     # ------------------------------------------------------------------ smtpd sessions
-    def _session(self, frame: Frame, program: str, name: str | None = None, ip: str | None = None) -> Context:
+    def _session(self, frame: Frame, program: str, name: str | None = None, ip: str | None = None) -> _Session:
         key = (frame.node, frame.pid)
         context = self.sessions.get(key)
-        if context is None or context.closed_us is not None:
+        if not isinstance(context, _Session) or context.closed_us is not None:
             context = self._new_session(frame, program, key)
             if ip is not None:
                 context["client_ip"], context["client_name"] = ip, _client_name(name or "")
         context.seen_us = frame.ts
         return context
 
-    def _new_session(self, frame: Frame, program: str, key: object, name: str | None = None) -> Context:
+    def _new_session(self, frame: Frame, program: str, key: object, name: str | None = None) -> _Session:
         """A session whose id is `name` (default `PROGRAM[PID]@START`), with `-2`, `-3` ... when one
         process starts several sessions within a second (the ids stay the same on every reading)."""
         bounded_pop(self.sessions, self.SESSION_LIMIT)
         previous = self.sessions.get(key)
-        context = self.sessions[key] = Context(frame.ts)
+        context = self.sessions[key] = _Session(frame.ts)
         base = name or f"{program}[{frame.pid}]@{frame.ts // 1_000_000}"
         earlier = previous.get("session") if previous is not None else None
         if earlier is not None and earlier.partition("-")[0] == base:
@@ -696,6 +742,7 @@ class PostfixParser(SessionParser):
             parent = self.queues.get((frame.node, found[6]))
             if parent is not None:
                 record.parent = parent
+                detail["prev_key"] = parent["message_key"]
             detail["orig_queue_id"] = found[6]
         if found[8] is not None:  # XFORWARD from a content filter: the real client
             record["client_ip"], record["client_name"] = found[8], _client_name(found[7])
@@ -703,7 +750,10 @@ class PostfixParser(SessionParser):
         else:
             record["client_ip"], record["client_name"] = found[2], _client_name(found[1])
         record["session"] = session.get("session")
-        record.detail = detail or None
+        if detail:
+            record.detail = {**(record.detail or {}), **detail}
+        if isinstance(session, _Session):
+            session.open_key = None  # this transaction got a queue file: a later refusal is another one
         return True
 
     def _reject(self, frame: Frame, program: str, text: str, qid: str | None) -> bool:
@@ -726,13 +776,6 @@ class PostfixParser(SessionParser):
             detail["proto"] = refusal.proto
         if refusal.zone:
             detail["zone"] = refusal.zone
-        context: Context
-        if qid is not None:
-            context = self.queue(frame.node, qid, frame.ts)
-        else:
-            context = self._session(frame, program, name, ip)
-            if refusal.helo and context.get("helo") is None:
-                context["helo"] = refusal.helo
         event = refusal.event(
             "check" if action == "reject_warning" else refusal.kind,
             frame,
@@ -742,6 +785,14 @@ class PostfixParser(SessionParser):
             client_name=_client_name(name),
             detail=detail,
         )
+        context: Context
+        if qid is not None:
+            context = self.queue(frame.node, qid, frame.ts)
+        else:
+            session = context = self._session(frame, program, name, ip)
+            if refusal.helo and context.get("helo") is None:
+                context["helo"] = refusal.helo
+            event.message_key = session.transaction_key(frame.node, refusal.sender)
         self.emit(event, context)
         return True
 
@@ -757,17 +808,24 @@ class PostfixParser(SessionParser):
         refusal = _Refusal.parse(text[found.end() :], ("", ""))
         accepted = found[1] == "proxy-accept"
         detail: dict[str, object] = {"stage": found[2], "action": found[1]}
+        session = self._session(frame, program)
+        context: Context = session if qid is None else self.queue(frame.node, qid, frame.ts)
+        key = session.transaction_key(frame.node, refusal.sender) if qid is None else None
         queued = _QUEUED_AS.findall(refusal.text)
         if queued:
             detail["next_queue_id"] = queued[-1]
+            following = self.link(frame.node, queued[-1], context, frame.ts, key)
+            if following is not None:
+                detail["next_key"] = following
         event = refusal.event(
             "accept" if accepted else refusal.kind,
             frame,
             reason=None if accepted else refusal.reason,
             queue_id=qid,
             detail=detail,
+            message_key=key,
         )
-        self.emit(event, self._session(frame, program))
+        self.emit(event, context)
         return True
 
     def _smtpd_warning(self, frame: Frame, program: str, text: str) -> bool:
@@ -800,6 +858,7 @@ class PostfixParser(SessionParser):
                 reply=text,
                 reason="protocol.violation",
                 detail={"command": command} if command else {},
+                message_key=context.transaction_key(frame.node, None),
             )
             self.emit(event, context)
             return True
@@ -817,6 +876,7 @@ class PostfixParser(SessionParser):
                 reply=text,
                 reason=reason,
                 detail={"limit": limited[1], "count": int(limited[2]), "service": limited[6]},
+                message_key=context.transaction_key(frame.node, None),
             )
             self.emit(event, context)
             return True
@@ -889,10 +949,10 @@ class PostfixParser(SessionParser):
             return True
         return text.startswith(_QUIET) or (text.startswith("warning: ") and self._quiet_warning(text))
 
-    def _postscreen_session(self, frame: Frame, program: str, ip: str, port: str) -> Context:
+    def _postscreen_session(self, frame: Frame, program: str, ip: str, port: str) -> _Session:
         key = (frame.node, frame.pid, ip, port)
         context = self.sessions.get(key)
-        if context is None:
+        if not isinstance(context, _Session):
             context = self._new_session(
                 frame, program, key, f"{program}[{frame.pid}]:{ip}:{port}@{frame.ts // 1_000_000}"
             )
@@ -909,7 +969,14 @@ class PostfixParser(SessionParser):
         detail: dict[str, object] = {"stage": found[1], "check": "postscreen"}
         if refusal.zone:
             detail["zone"] = refusal.zone
-        event = refusal.event(refusal.kind, frame, reason=refusal.reason, client_ip=found[2], detail=detail)
+        event = refusal.event(
+            refusal.kind,
+            frame,
+            reason=refusal.reason,
+            client_ip=found[2],
+            detail=detail,
+            message_key=context.transaction_key(frame.node, refusal.sender),
+        )
         self.emit(event, context)
         return True
 

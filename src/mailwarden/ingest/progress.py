@@ -63,6 +63,42 @@ class Progress:
         self.out.flush()
 
 
+class CountingProgress:
+    """One status line on a terminal for work counted in items (`store reindex`): done, share, rate, ETA."""
+
+    def __init__(self, out: TextIO, total: int, unit: str) -> None:
+        self.out = out
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self._started = time.monotonic()
+        self._shown = 0.0
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = time.monotonic()
+        if now - self._shown >= 0.5:
+            self._shown = now
+            self.show(now)
+
+    def show(self, now: float | None = None) -> None:
+        elapsed = max((now or time.monotonic()) - self._started, 1e-6)
+        line = f"{self.done:,} of {self.total:,} {self.unit}"
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            line += f" ({share:.0%})"
+            if share > 0:
+                line += f"  ETA {_clock(elapsed / share - elapsed)}"
+        line += f"  {self.done / elapsed:,.0f} {self.unit}/s"
+        self.out.write("\r" + line[:150].ljust(80))
+        self.out.flush()
+
+    def close(self) -> None:
+        self.show()
+        self.out.write("\n")
+        self.out.flush()
+
+
 def summary(stats: Stats, seconds: float) -> str:
     """What a run did, for people: lines, events by kind, unknown lines by program."""
     rate = stats.lines / seconds if seconds > 0 else 0.0

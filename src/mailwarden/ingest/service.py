@@ -39,6 +39,7 @@ def configured_ingester(config: Config, store: Store, fmt: str | None = None, no
         default_node=node or settings.node or config.node.name,
         zone=local_zone(settings.timezone),
         holdback_s=settings.holdback,
+        lives=store.queue_life,
     )
 
 

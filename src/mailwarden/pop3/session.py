@@ -123,6 +123,7 @@ class Pop3Session:
             kind,
             recipient=self.mailbox,
             ref=identity.ref,
+            message_key=identity.ref,  # the delivery's message (its X-Mailwarden-Ref)
             message_id=identity.message_id,
             size=entry.stored.size,
             reason="access.retrieved" if kind == "retrieve" else "access.deleted",

@@ -47,7 +47,9 @@ from mailwarden.deliver.journal import JOURNAL_DIR, reconcile
 from mailwarden.deliver.maildir import Delivered, MaildirError, Maildirs, Sink, Target
 from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
+from mailwarden.handoff import lmtp_session
 from mailwarden.headers import header_fields, message_id
+from mailwarden.messages.keys import CONNECTION_KINDS
 from mailwarden.smtp import replies
 from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.server import GatewaySMTP
@@ -167,6 +169,8 @@ class Gateway:
 class Connection:
     """The policy of one connection: decisions, replies and events (`on_*`, called by smtp/server.py)."""
 
+    source: str = "gateway"  # the events' source; the handler of a session Postfix runs says "milter" or "policy"
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.session = SessionInfo(id="", node=gateway.node, client_ip="", client_port=0)
@@ -192,12 +196,14 @@ class Connection:
         return CheckContext(self.gateway.services, self.session, self.txn)
 
     def _new_event(self, kind: str, **fields: Any) -> Event:
-        fields.setdefault("ref", self.ref)
+        ref = fields.setdefault("ref", self.ref)
+        if kind not in CONNECTION_KINDS:  # the transaction's events are its message's; connect/HELO the connection's
+            fields.setdefault("message_key", ref)
         if self.txn is not None:
             fields.setdefault("sender", self.txn.sender)
         return Event(
             kind=kind,
-            source="gateway",
+            source=self.source,
             node=self.gateway.node,
             session=self.session.id,
             client_ip=self.session.client_ip,
@@ -596,6 +602,9 @@ class Connection:
                 "downstream_stage": outcome.stage,
                 "content_sha256": digest,
             }
+            handed_to = lmtp_session(outcome.reply.line)  # the link to Dovecot's side (messages/keys.py)
+            if handed_to is not None:
+                detail["downstream_session"] = handed_to
             if outcome.reply.accepted:
                 self._event(
                     "deliver",
@@ -662,9 +671,22 @@ class Connection:
             f"\tby {self.config.smtp.hostname} (mailwarden) with {protocol} id {txn.ref}{recipient};\r\n"
             f"\t{format_datetime(datetime.now(UTC))}\r\n"
         )
-        extra = "".join(f"{name}: {printable(value)}\r\n" for name, value in txn.headers)
-        auth = authresults.header(self.config.smtp.hostname, txn.results) or ""
-        return (received + auth + f"X-Mailwarden-Ref: {txn.ref}\r\n" + extra).encode("utf-8")
+        fields = "".join(f"{name}: {value}\r\n" for name, value in self._evidence_fields(txn))
+        return (received + fields).encode("utf-8")
+
+    def _evidence_fields(self, txn: Transaction) -> list[tuple[str, str]]:
+        """The fields an accepted message gets below our Received: Authentication-Results, our ref, the checks' tags.
+
+        Values are ready to send (folded with CRLF+TAB where long, stranger text escaped).
+        """
+        fields: list[tuple[str, str]] = []
+        auth = authresults.header(self.config.smtp.hostname, txn.results)
+        if auth is not None:
+            name, _, value = auth.partition(": ")
+            fields.append((name, value.removesuffix("\r\n")))
+        fields.append(("X-Mailwarden-Ref", txn.ref))
+        fields.extend((name, printable(value)) for name, value in txn.headers)
+        return fields
 
     # ------------------------------------------------------------------ endings and protocol errors
     def on_protocol_reply(self, reply: str, command: str | None = None) -> str:
@@ -728,10 +750,14 @@ class Connection:
             self.session.id = self.gateway.refs.new()
         return self._refuse(Verdict.tempfail("infra.shutdown"), "shutdown")
 
-    def on_disconnect(self, *, lost: bool) -> None:
+    def release_slot(self) -> None:
+        """No longer count this connection against the limits (`smtp.max_connections`, `max_connections_per_ip`)."""
         if self._counted:
             self.gateway.services.counts.closed(self.session.client_ip)
             self._counted = False
+
+    def on_disconnect(self, *, lost: bool) -> None:
+        self.release_slot()
         if not self.session.id:
             return
         detail: dict[str, Any] = {"commands": dict(self.counts)}

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
+from mailwarden.messages.index import IndexRow
+from mailwarden.messages.keys import Link
 from mailwarden.store.accounts import AccountStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ class EventQuery:
 
     Addresses (`recipient`, `sender`) match without regard to case. The `*_domain` and
     `*_contains` forms, `client_network` (an address or CIDR network), `reason` and the lists
-    (`ids`, `refs`, `sessions`, `message_ids`, `queue_ids`: any of them) serve the trace.
+    (`ids`, `refs`, `sessions`, `message_ids`, `queue_ids`, `message_keys`: any of them) serve the
+    trace; `keyless` keeps only events of no message (a connection's own events).
     """
 
     since_us: int | None = None
@@ -67,6 +70,45 @@ class EventQuery:
     client_network: str | None = None  # "192.0.2.7" or "192.0.2.0/24" or "2001:db8::/32"
     reason: str | None = None
     message_id_prefix: str | None = None  # Message-IDs starting with it (Dovecot logs long ones cut)
+    message_keys: Sequence[str] = ()
+    keyless: bool = False
+
+
+@dataclass(frozen=True)
+class IndexQuery:
+    """Filters on the message index; a message matches when one of its rows (recipients) meets them all.
+
+    Addresses and domains match without regard to case; `client_network` is an address or CIDR
+    network; `message_key` a message's key (our ref is its message's key); `queue_id` names any
+    hop of a message (a content filter's re-injection too). Times bound the message's first
+    event. `allowed_domains` scopes everything to the recipients of those domains (a customer's
+    view): no other filter reaches past it, and an empty set finds nothing; None is unscoped.
+    """
+
+    since_us: int | None = None
+    until_us: int | None = None
+    status: str | None = None
+    reason: str | None = None
+    sender: str | None = None
+    sender_domain: str | None = None
+    sender_contains: str | None = None
+    recipient: str | None = None
+    recipient_domain: str | None = None
+    recipient_contains: str | None = None
+    client_network: str | None = None
+    message_key: str | None = None
+    message_id: str | None = None
+    queue_id: str | None = None
+    allowed_domains: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    """A page of messages from the index: all their matching rows, newest message first."""
+
+    rows: list[IndexRow]
+    after: tuple[int, str] | None  # where the next page begins (first_seen, key of the last message); None: no more
+    before: tuple[int, str] | None = None  # where the previous (newer) page ends (its first message); None: none
 
 
 @dataclass(frozen=True)
@@ -302,6 +344,15 @@ class Store(AccountStore, ABC):
         """Read events matching `query`, oldest first unless `newest_first`."""
 
     @abstractmethod
+    def links(self, keys: Sequence[str]) -> list[Link]:
+        """The links of these message keys, and every link of the handles they name (both sides of each hop)."""
+
+    @abstractmethod
+    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
+        """The key of the life of `queue_id` on `node` written last before `at_us` (within the ten
+        days a queue file may live), for an ingest run that meets the file in the middle of its life."""
+
+    @abstractmethod
     def save_position(self, position: Position) -> None:
         """Queue a reading position; it is committed together with the events queued before it."""
 
@@ -312,6 +363,32 @@ class Store(AccountStore, ABC):
     @abstractmethod
     def purge_events(self, before_us: int) -> int:
         """Delete events older than `before_us`; return how many went."""
+
+    @abstractmethod
+    def index_page(
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
+    ) -> IndexPage:
+        """`limit` messages matching `query`, newest first, after the message `after` (a keyset
+        position, which costs the same on every page) or after skipping `offset` messages; with
+        `before`, the `limit` messages just newer than that one (the previous page)."""
+
+    @abstractmethod
+    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+        """How many rows (recipients of messages) match `query`, by status and reason."""
+
+    @abstractmethod
+    def reindex(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuild the message index from the events (`progress` is told how many were folded); the rows written."""
+
+    @abstractmethod
+    def count_events(self) -> int:
+        """How many events belong to a message (what `reindex` folds)."""
 
     @abstractmethod
     def oldest_event_us(self) -> int | None:

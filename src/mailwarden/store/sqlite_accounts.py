@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final, cast
 
@@ -41,6 +43,10 @@ SCHEMA: Final = """
 """
 
 _ACCOUNT_COLUMNS: Final = "name, role, password_hash, created_us, domains"
+_AUDIT_INSERT: Final = (
+    "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_FAILURES_KEPT: Final = 1000  # groups back whose failure a late waiter may still ask about
 _SESSION_COLUMNS: Final = "token_hash, account, csrf, created_us, seen_us"
 
 
@@ -48,11 +54,82 @@ def _account(row: tuple[Any, ...]) -> WebAccount:
     return WebAccount(row[0], cast(Role, row[1]), row[2], row[3], tuple(json.loads(row[4])))
 
 
+class AuditLog:
+    """Audit entries committed in groups, on a connection of their own (group commit without a thread).
+
+    Every page view and search of the tracking center writes an entry, and a commit is an fsync
+    (synchronous=FULL): written one by one on the store's reading connection, they held every
+    reader behind a disk flush. Here whoever finds no commit running commits every entry that
+    queued up meanwhile - one fsync for all of them - while the others wait for it; `add` returns
+    once its own entry is committed (or raises what went wrong), so no answer goes out before its
+    entry is on disk, and reading goes on meanwhile (WAL).
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._ready = threading.Condition()
+        self._pending: list[Sequence[object]] = []
+        self._collecting = 0  # the group new entries join
+        self._committed = -1  # the last group written (or failed)
+        self._failed: dict[int, str] = {}
+        self._busy = False
+
+    def add(self, row: Sequence[object]) -> None:
+        with self._ready:
+            self._pending.append(row)
+            group = self._collecting
+            while self._committed < group:
+                if self._busy:
+                    self._ready.wait()
+                    continue
+                self._busy = True
+                rows, self._pending = self._pending, []
+                number = self._collecting
+                self._collecting += 1
+                self._ready.release()
+                try:
+                    self._write(rows)
+                except (sqlite3.Error, StoreError) as exc:
+                    self._failed[number] = str(exc)
+                finally:
+                    self._ready.acquire()
+                    self._busy = False
+                    self._committed = number
+                    self._failed.pop(number - _FAILURES_KEPT, None)
+                    self._ready.notify_all()
+            if group in self._failed:
+                raise StoreError(f"the audit log could not be written: {self._failed[group]}")
+
+    def _write(self, rows: list[Sequence[object]]) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_AUDIT_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._ready:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 class SqliteAccounts(AccountStore):
-    """Mixed into SqliteStore; every statement runs on its reading connection (small, point writes)."""
+    """Mixed into SqliteStore; statements run on its reading connection (small, point writes),
+    audit entries through `AuditLog`."""
 
     @abstractmethod
     def _reading(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    @property
+    @abstractmethod
+    def _audit_log(self) -> AuditLog: ...
 
     def add_account(self, account: WebAccount) -> None:
         with self._reading() as conn:
@@ -129,18 +206,16 @@ class SqliteAccounts(AccountStore):
             ).rowcount
 
     def add_audit(self, entry: AuditEntry) -> None:
-        with self._reading() as conn:
-            conn.execute(
-                "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    entry.ts,
-                    entry.account,
-                    entry.action,
-                    entry.target,
-                    entry.client_ip,
-                    json.dumps(entry.detail, sort_keys=True),
-                ),
+        self._audit_log.add(
+            (
+                entry.ts,
+                entry.account,
+                entry.action,
+                entry.target,
+                entry.client_ip,
+                json.dumps(entry.detail, sort_keys=True),
             )
+        )
 
     def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
         clauses: list[str] = []

@@ -18,7 +18,7 @@ from mailwarden.text import printable
 from mailwarden.trace import bounce, listing, report, retention
 from mailwarden.trace import demo as examples
 from mailwarden.trace.diagnose import not_found, retention_text
-from mailwarden.trace.search import SearchSpec, search
+from mailwarden.trace.search import SearchSpec, count, search
 
 
 def _store(config: Config) -> Store:
@@ -35,10 +35,15 @@ def _write(data: bytes, output: str | None, stdout: BinaryIO) -> None:
         stdout.flush()
 
 
-def trace(config: Config, spec: SearchSpec, *, fmt: str, lang: Lang) -> int:
-    """`mailwarden trace`: messages as a table, CSV or JSON; "nothing found" explained in words."""
+def trace(config: Config, spec: SearchSpec, *, fmt: str, lang: Lang, counts: bool = False) -> int:
+    """`mailwarden trace`: messages as a table, CSV or JSON; "nothing found" explained in words.
+    With `counts`: how many recipients of the matching messages have each status and reason."""
     store = _store(config)
     try:
+        if counts:
+            found = count(store, spec)
+            sys.stdout.write(listing.counts_json(found) if fmt == "json" else listing.counts_table(found))
+            return 0 if found.total else 1
         result = search(store, spec, retention_days=config.store.retention_days)
         if fmt == "json":
             sys.stdout.write(listing.as_json(result))
@@ -47,7 +52,8 @@ def trace(config: Config, spec: SearchSpec, *, fmt: str, lang: Lang) -> int:
         else:
             sys.stdout.write(listing.table(result))
             if result.more:
-                print(f"(more: --page {spec.offset // spec.limit + 2})")
+                page = f"--page {spec.offset // spec.limit + 2} or " if spec.cursor is None else ""
+                print(f"(more: {page}--cursor {result.next_cursor})")
         if result.retention is not None:
             print(retention_text(result.retention, lang), file=sys.stderr)
         if not result.rows:
@@ -193,6 +199,14 @@ def demo(config: Config, server: str | None, config_file: str | None = None) -> 
     print(f"  {command} trace --since 10m")
     for ref in refs[:2]:
         print(f"  {command} explain {ref} --lang de")
+    if config.web.listen:
+        scheme = "https" if config.web.cert else "http"
+        who = (
+            f"as {config.web.first_admin} with the password printed at the first start"
+            if config.web.first_admin
+            else ""
+        )
+        print(f"  or in the browser: {scheme}://{config.web.listen}/search {f'(log in {who})' if who else ''}".rstrip())
     return 0
 
 

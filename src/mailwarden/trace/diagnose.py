@@ -14,7 +14,8 @@ from typing import Any, Final
 from mailwarden import catalog
 from mailwarden.catalog import Actor, Lang
 from mailwarden.events import now_us, us_to_iso
-from mailwarden.store import EventQuery, Store
+from mailwarden.store import Store
+from mailwarden.store.base import IndexQuery
 from mailwarden.trace import evidence, nearmiss
 from mailwarden.trace.correlate import timeline
 from mailwarden.trace.model import MessageTrace, RecipientFate
@@ -207,9 +208,8 @@ def near_misses(store: Store, spec: SearchSpec, domains: Iterable[str]) -> list[
     mailboxes = [m.address for m in store.list_mailboxes()]
     found = []
     for address in nearmiss.suggest(spec.recipient.value, mailboxes, domains):
-        query = EventQuery(recipient=address, since_us=spec.since_us, until_us=spec.until_us, limit=1000)
-        refs = {e.ref or e.queue_id or e.session for e in store.query_events(query)}
-        found.append((address, len(refs)))
+        query = IndexQuery(recipient=address, since_us=spec.since_us, until_us=spec.until_us)
+        found.append((address, sum(number for _, _, number in store.index_counts(query))))
     return found
 
 

@@ -13,7 +13,7 @@ from typing import Final
 from mailwarden.events import us_to_iso
 from mailwarden.text import printable, spreadsheet_safe
 from mailwarden.trace.model import MessageTrace, RecipientFate
-from mailwarden.trace.search import SearchResult
+from mailwarden.trace.search import Counts, SearchResult
 
 CSV_COLUMNS: Final = (
     "id",
@@ -91,4 +91,18 @@ def as_csv(result: SearchResult) -> str:
 
 
 def as_json(result: SearchResult) -> str:
-    return json.dumps([trace.to_json() for trace in result.messages], ensure_ascii=False, indent=1) + "\n"
+    """The messages, each with the `cursor` that continues after it (`trace --cursor`)."""
+    messages = [trace.to_json() | {"cursor": result.cursors.get(trace.key or "")} for trace in result.messages]
+    return json.dumps(messages, ensure_ascii=False, indent=1) + "\n"
+
+
+def counts_table(counts: Counts) -> str:
+    """`trace --count`: recipients by status and reason, most first, and the total."""
+    lines = [f"{'STATUS':<12}{'REASON':<32}{'RECIPIENTS':>10}"]
+    lines += [f"{status:<12}{_cell(reason or '-', 31)} {number:>10,}" for status, reason, number in counts.rows]
+    lines.append(f"{'total':<44}{counts.total:>10,}")
+    return "\n".join(lines) + "\n"
+
+
+def counts_json(counts: Counts) -> str:
+    return json.dumps(counts.to_json(), ensure_ascii=False, indent=1) + "\n"

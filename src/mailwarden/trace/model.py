@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mailwarden.events import Event, us_to_iso
+from mailwarden.messages.keys import ACCESS_KINDS, CONNECTION_KINDS
+
+__all__ = ["ACCESS_KINDS", "CONNECTION_KINDS", "STATUSES", "Access", "Attempt", "MessageTrace", "RecipientFate"]
 
 # design.md "Contracts": the statuses of a recipient, in the order a message lives through them.
 STATUSES: Final = (
@@ -23,9 +26,6 @@ STATUSES: Final = (
     "retrieved",
     "deleted",
 )
-# Kinds that belong to a connection or a mailbox login rather than to one message.
-CONNECTION_KINDS: Final = frozenset({"connect", "helo", "disconnect", "login", "logout"})
-ACCESS_KINDS: Final = frozenset({"retrieve", "delete"})
 
 
 @dataclass
@@ -100,7 +100,8 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
 
 @dataclass
 class MessageTrace:
-    """One message (one SMTP transaction, or one queue id of a foreign MTA) and everything after it."""
+    """One message (one SMTP transaction at our gateway, or one life of a foreign MTA's queue file) and
+    everything after it: the events of its key and of the keys linked to it (messages/keys.py)."""
 
     id: str  # the ref, or E<event id> for foreign messages without one
     ref: str | None
@@ -118,6 +119,7 @@ class MessageTrace:
     queue_id: str | None = None
     size: int | None = None
     outcome: RecipientFate | None = None  # the fate when no recipient was named (e.g. refused at MAIL)
+    key: str | None = None  # the message key (messages/keys.py): the root of the keys linked to it
 
     @property
     def fates(self) -> list[RecipientFate]:
@@ -138,6 +140,7 @@ class MessageTrace:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "key": self.key,
             "ref": self.ref,
             "first_seen": us_to_iso(self.first_seen),
             "last_seen": us_to_iso(self.last_seen),

@@ -93,11 +93,8 @@ class Report:
 
 def find(store: Store, trace_id: str) -> MessageTrace | None:
     """The message a ref or trace id names, with all its events; None when the store has none."""
-    found = key_of_id(store, trace_id)
-    if found is None:
-        return None
-    key, seed_ts = found
-    traces = load(store, {key: seed_ts})
+    key = key_of_id(store, trace_id)
+    traces = load(store, [key]) if key is not None else []
     return traces[0] if traces else None
 
 

@@ -149,10 +149,12 @@ def _same_network(a: str, b: str) -> bool:
 
 
 def usual_clients(store: Store, mailbox: str, before_us: int, exclude_session: str | None) -> Counter[str]:
-    """Client addresses that accessed `mailbox` in the `USUAL_DAYS` before `before_us`."""
+    """Client addresses that logged in to `mailbox` in the `USUAL_DAYS` before `before_us` (every
+    retrieval and deletion comes after a login of its session, from the same address)."""
     query = EventQuery(
         recipient=mailbox,
-        kinds=("login", "retrieve", "delete"),
+        keyless=True,  # a login belongs to its session, not to a message
+        kinds=("login",),
         since_us=before_us - USUAL_DAYS * DAY_US,
         until_us=before_us,
         newest_first=True,

@@ -1,23 +1,28 @@
 """Search: find messages by sender, recipient, time, ref, message-id, queue id, client, status, reason.
 
-Filters select events in the store (each through an index); the events are grouped into
-messages (`correlate.message_key`), newest first, and a page of them is correlated in full.
-Gateway, POP3 and ingested events are searched alike.
+Every filter runs in the store, on the message index (one row per message and recipient, kept
+by the writers: messages/index.py): a message matches when one of its recipients' rows meets
+every filter. Pages are keyset pages (a cursor names the last message shown, so page 100 costs
+what page 1 does; `--page` still skips by count). Counts by status and reason come from the same
+filters. A scope of allowed recipient domains (a customer's view) is part of every query, so no
+other filter reaches past it. The CLI then loads each message of a page in full (its events).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from mailwarden.events import Event, now_us
-from mailwarden.store import EventQuery, Store
-from mailwarden.trace.correlate import Key, link_attempts, load, message_key, upstream_key
+from mailwarden.events import now_us
+from mailwarden.messages.index import IndexRow
+from mailwarden.store import Store
+from mailwarden.store.base import IndexQuery
+from mailwarden.trace.correlate import link_attempts, load
 from mailwarden.trace.model import STATUSES, MessageTrace, RecipientFate
 
 DAY_US: Final = 86400 * 1_000_000
-_SCAN_BATCH: Final = 500
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class AddressFilter:
 
 @dataclass(frozen=True)
 class SearchSpec:
+    """A question to the message index. `allowed_domains` scopes it to those recipient domains
+    (None: unscoped); `cursor` continues after the message a previous page ended with, `before`
+    goes back to the page just newer than the message a page began with."""
+
     sender: AddressFilter | None = None
     recipient: AddressFilter | None = None
     since_us: int | None = None
@@ -66,6 +75,9 @@ class SearchSpec:
     reason: str | None = None
     limit: int = 50
     offset: int = 0
+    cursor: str | None = None
+    allowed_domains: frozenset[str] | None = None
+    before: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -79,66 +91,102 @@ class SearchSpec:
                 ) from None
         if self.limit < 1 or self.offset < 0:
             raise ValueError("--limit and --page must be at least 1")
+        for position in (self.cursor, self.before):
+            if position is not None:
+                parse_cursor(position)
 
-    def event_query(self) -> EventQuery:
-        """The store query for candidate messages: the most selective filter and the time window.
+    def index_query(self) -> IndexQuery:
+        fields: dict[str, object] = {}
+        for name, flt in (("sender", self.sender), ("recipient", self.recipient)):
+            if flt is not None:
+                fields[name if flt.mode == "exact" else f"{name}_{flt.mode}"] = flt.value
+        return IndexQuery(
+            since_us=self.since_us,
+            until_us=self.until_us,
+            status=self.status,
+            reason=self.reason,
+            client_network=self.client,
+            message_key=self.ref,
+            message_id=self.message_id,
+            queue_id=self.queue_id,
+            allowed_domains=self.allowed_domains,
+            **fields,  # type: ignore[arg-type]
+        )
 
-        Filters may match different events of one message (the recipient is named at RCPT, the
-        refusal for its content comes after DATA), so the others are checked on the whole message.
-        """
-        seed: dict[str, object] = {}
-        for name in ("ref", "message_id", "queue_id"):
-            if getattr(self, name) is not None:
-                seed = {name: getattr(self, name)}
-                break
-        else:
-            exact = [
-                (n, f) for n, f in (("recipient", self.recipient), ("sender", self.sender)) if f and f.mode == "exact"
-            ]
-            if exact:
-                seed = {exact[0][0]: exact[0][1].value}
-            elif self.client is not None:
-                seed = {"client_network": self.client}
-            elif self.recipient is not None or self.sender is not None:
-                name, flt = ("recipient", self.recipient) if self.recipient is not None else ("sender", self.sender)
-                assert flt is not None
-                seed = {f"{name}_domain" if flt.mode == "domain" else f"{name}_contains": flt.value}
-            elif self.reason is not None:
-                seed = {"reason": self.reason}
-        return EventQuery(since_us=self.since_us, until_us=self.until_us, newest_first=True, **seed)  # type: ignore[arg-type]
+    def visible(self, address: str) -> bool:
+        """Whether a recipient is within the scope (always, unscoped)."""
+        if self.allowed_domains is None:
+            return True
+        return address.rpartition("@")[2].lower() in {d.lower().lstrip("@") for d in self.allowed_domains}
 
-    def matches(self, trace: MessageTrace) -> bool:
-        """Whether the whole message satisfies every filter (any of its events may carry the value)."""
-        events = trace.events
 
-        def any_event(name: str, value: str | None) -> bool:
-            return value is None or any(getattr(e, name) == value for e in events)
+def cursor_of(first_seen: int, key: str) -> str:
+    """The position after a message, for the next page (opaque to callers)."""
+    return f"{first_seen}_{key}"
 
-        if not (
-            any_event("ref", self.ref)
-            and any_event("message_id", self.message_id)
-            and any_event("queue_id", self.queue_id)
-        ):
-            return False
-        if self.sender is not None and not self.sender.matches(trace.sender):
-            return False
-        if self.recipient is not None and not any(
-            self.recipient.matches(f.address) or self.recipient.matches(f.mailbox) for f in trace.fates
-        ):
-            return False
-        if self.reason is not None and not any(e.reason == self.reason for e in events):
-            return False
-        if self.client is not None:
-            network = ipaddress.ip_network(self.client, strict=False)
-            if not any(_in_network(e.client_ip, network) for e in events):
-                return False
-        return any(self.wants(fate) for fate in trace.fates)
 
-    def wants(self, fate: RecipientFate) -> bool:
-        """Whether a recipient's row belongs in the result (status and recipient filters)."""
-        if self.status is not None and fate.status != self.status:
-            return False
-        return self.recipient is None or self.recipient.matches(fate.address) or self.recipient.matches(fate.mailbox)
+def parse_cursor(text: str) -> tuple[int, str]:
+    seen, _, key = text.strip().partition("_")
+    if not seen.isdigit() or not key:
+        raise ValueError(f"--cursor {text!r} is not a cursor from an earlier page (the `cursor` of its last message)")
+    return int(seen), key
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many recipients of the matching messages have each status and reason."""
+
+    rows: list[tuple[str, str | None, int]]  # (status, reason, recipients), most first
+
+    @property
+    def total(self) -> int:
+        return sum(number for _, _, number in self.rows)
+
+    def by_status(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for status, _, number in self.rows:
+            found[status] = found.get(status, 0) + number
+        return found
+
+    def by_reason(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for _, reason, number in self.rows:
+            found[reason or ""] = found.get(reason or "", 0) + number
+        return found
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "total": self.total,
+            "by_status": self.by_status(),
+            "by_reason": self.by_reason(),
+            "counts": [{"status": s, "reason": r, "recipients": n} for s, r, n in self.rows],
+        }
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of the index: the rows of its messages, where the next and the previous page begin, and the counts."""
+
+    rows: list[IndexRow]
+    next_cursor: str | None
+    counts: Counts | None = None
+    previous_cursor: str | None = None  # `before` of the previous (newer) page; None on the first
+
+
+def search_index(store: Store, spec: SearchSpec, *, counts: bool = False) -> SearchPage:
+    """The index rows of one page of messages matching `spec` (for the web center and the CLI)."""
+    after = parse_cursor(spec.cursor) if spec.cursor is not None else None
+    before = parse_cursor(spec.before) if spec.before is not None else None
+    query = spec.index_query()
+    page = store.index_page(query, limit=spec.limit, after=after, offset=0 if after else spec.offset, before=before)
+    following = cursor_of(*page.after) if page.after is not None else None
+    previous = cursor_of(*page.before) if page.before is not None else None
+    return SearchPage(page.rows, following, Counts(store.index_counts(query)) if counts else None, previous)
+
+
+def count(store: Store, spec: SearchSpec) -> Counts:
+    """Counts by status and reason of every recipient row matching `spec` (dashboards)."""
+    return Counts(store.index_counts(spec.index_query()))
 
 
 @dataclass(frozen=True)
@@ -157,6 +205,8 @@ class SearchResult:
     more: bool = False  # a further page exists
     retention: RetentionNote | None = None
     rows: list[tuple[MessageTrace, RecipientFate]] = field(default_factory=list)
+    next_cursor: str | None = None  # where the next page begins
+    cursors: dict[str, str] = field(default_factory=dict)  # message key -> the position after it
 
 
 def retention_note(
@@ -171,49 +221,33 @@ def retention_note(
 
 
 def search(store: Store, spec: SearchSpec, *, retention_days: int, now: int | None = None) -> SearchResult:
-    """One page of messages matching `spec`, newest first."""
-    wanted = spec.offset + spec.limit + 1
-    matched: list[MessageTrace] = []
-    seen: set[Key] = set()
-    pending: dict[Key, int] = {}
-
-    def flush() -> None:
-        for trace in load(store, pending):
-            if spec.matches(trace):
-                matched.append(trace)
-        pending.clear()
-
-    for event in store.iter_events(spec.event_query(), batch=_SCAN_BATCH):
-        key = _key(store, event)
-        if key is None or key in seen:
-            continue
-        seen.add(key)
-        pending[key] = event.ts
-        if len(pending) >= wanted - len(matched):
-            flush()
-            if len(matched) >= wanted:
-                break
-    flush()
-    page = matched[spec.offset : spec.offset + spec.limit]
-    for trace in page:
+    """One page of messages matching `spec`, newest first, each loaded in full."""
+    page = search_index(store, spec)
+    keys = list(dict.fromkeys(row.message_key for row in page.rows))
+    traces = {trace.key: trace for trace in load(store, keys)}
+    messages = [_scoped(traces[key], spec) for key in keys if key in traces]
+    for trace in messages:
         if any(f.status == "tempfailed" for f in trace.recipients):
             link_attempts(store, trace)
-    result = SearchResult(spec, page, more=len(matched) > spec.offset + spec.limit)
+    result = SearchResult(spec, messages, more=page.next_cursor is not None, next_cursor=page.next_cursor)
     result.retention = retention_note(store, spec.since_us, retention_days, now)
-    result.rows = [(trace, fate) for trace in page for fate in trace.fates if spec.wants(fate)]
+    by_key = {trace.key: trace for trace in messages}
+    for row in page.rows:
+        result.cursors[row.message_key] = cursor_of(row.first_seen, row.message_key)
+        shown = by_key.get(row.message_key)
+        if shown is None:
+            continue
+        fate = shown.fate(row.recipient) if row.recipient else shown.outcome
+        if fate is not None:
+            result.rows.append((shown, fate))
     return result
 
 
-def _in_network(address: str | None, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address) in network
-    except ValueError:
-        return False
-
-
-def _key(store: Store, event: Event) -> Key | None:
-    """The message of a matching event; a mailbox server's delivery or access joins the delivery that handed it over."""
-    key = message_key(event)
-    if key is None or key[0] == "ref":
-        return key
-    return upstream_key(store, event) or key
+def _scoped(trace: MessageTrace, spec: SearchSpec) -> MessageTrace:
+    """The message as a scoped reader may see it: its recipients in scope and the events of no other."""
+    if spec.allowed_domains is None:
+        return trace
+    mine = [fate for fate in trace.recipients if spec.visible(fate.address)]
+    names = {name.lower() for fate in mine for name in (fate.address, fate.mailbox) if name}
+    events = [e for e in trace.events if e.recipient is None or e.recipient.lower() in names]
+    return dataclasses.replace(trace, recipients=mine, events=events, outcome=None)

@@ -4,7 +4,7 @@ Authentication is the pages' session cookie: `POST /api/session` with a JSON bod
 `{"name": ..., "password": ...}` logs in (the same throttling and lockout as the login page) and
 answers the session's `csrf_token`; `POST` and `DELETE` calls must send it as `X-CSRF-Token`.
 Messages are scoped exactly as on the pages: a customer gets 404 for a message without a
-recipient in its domains. Search and counts come with the message index.
+recipient in its domains, and its searches and counts see only its domains' recipients.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -20,11 +21,21 @@ from mailwarden.catalog import Lang
 from mailwarden.events import us_to_iso
 from mailwarden.sendercheck import check_sender
 from mailwarden.trace import report
-from mailwarden.web import scope
+from mailwarden.trace.search import SearchSpec, count, search_index
+from mailwarden.web import scope, search
 from mailwarden.web.app import forget_cookie, set_cookie
 from mailwarden.web.auth import SESSION_COOKIE, Session
 from mailwarden.web.deps import AdminDep, CsrfDep, LoginRefused, SessionDep, log_in, web_of
-from mailwarden.web.pages import MAX_FIELD, explain_bounce, open_for, report_response
+from mailwarden.web.i18n import t
+from mailwarden.web.pages import (
+    MAX_FIELD,
+    FormDep,
+    PositionDep,
+    audit_search,
+    explain_bounce,
+    open_for,
+    report_response,
+)
 
 DESCRIPTION: Final = __doc__ or ""
 ERRORS: Final[dict[int | str, dict[str, Any]]] = {
@@ -128,6 +139,46 @@ class BounceExplanation(BaseModel):
     lang: Lang
 
 
+class SearchRow(BaseModel):
+    """One recipient of a matching message (a message refused before any recipient has one row without)."""
+
+    id: str = Field(description="what opens the message: GET /api/messages/{id}")
+    ref: str | None
+    first_seen: str
+    last_seen: str
+    node: str
+    sender: str | None
+    recipient: str | None
+    status: str
+    reason: str | None
+    smtp_code: int | None
+    client_ip: str | None
+    message_id: str | None
+    queue_id: str | None
+    size: int | None
+
+
+class SearchResults(BaseModel):
+    rows: list[SearchRow] = Field(description="newest message first; all matching recipients of each")
+    next_cursor: str | None = Field(description="`cursor` of the next (older) page; null: none")
+    previous_cursor: str | None = Field(description="`before` of the previous (newer) page; null: none")
+
+
+class CountRow(BaseModel):
+    status: str
+    reason: str | None
+    recipients: int
+
+
+class CountsAnswer(BaseModel):
+    """`mailwarden trace --count --format json`: the recipients of every matching message."""
+
+    total: int
+    by_status: dict[str, int]
+    by_reason: dict[str, int] = Field(description='"" for recipients without a reason')
+    counts: list[CountRow]
+
+
 class AuditRecord(BaseModel):
     id: int
     at: str
@@ -145,7 +196,7 @@ def _lang(request: Request, lang: Lang | None) -> Lang:
 
 def _open(
     request: Request, session: Session, trace_id: str, recipient: str | None, lang: Lang, action: str
-) -> report.Report:
+) -> scope.Opened:
     request.state.lang = lang
     return open_for(request, session, trace_id, recipient, action)
 
@@ -198,11 +249,10 @@ def message_detail(
     request: Request, session: SessionDep, trace_id: str, recipient: RecipientQuery = None, lang: LangQuery = None
 ) -> MessageDetail:
     """A message as this account may see it: its recipients' fates and the timeline of one of them."""
-    made = _open(request, session, trace_id, recipient, _lang(request, lang), "message.open")
-    trace = made.trace
-    assert trace is not None
-    whole = trace.to_json()
-    fates = [Fate.model_validate(f.to_json()) for f in scope.visible_fates(session.principal, trace)]
+    opened = _open(request, session, trace_id, recipient, _lang(request, lang), "message.open")
+    made = opened.report
+    whole = opened.trace.to_json()
+    fates = [Fate.model_validate(f.to_json()) for f in opened.visible]
     return MessageDetail(
         **{k: whole[k] for k in MessageDetail.model_fields if k in whole and k != "recipients"},
         recipients=fates,
@@ -218,7 +268,7 @@ def explain(
     request: Request, session: SessionDep, trace_id: str, recipient: RecipientQuery = None, lang: LangQuery = None
 ) -> Explanation:
     """The verdict: status, cause, who must act, the remedy and the evidence (`mailwarden explain`)."""
-    return _explanation(_open(request, session, trace_id, recipient, _lang(request, lang), "message.explain"))
+    return _explanation(_open(request, session, trace_id, recipient, _lang(request, lang), "message.explain").report)
 
 
 @router.get(
@@ -235,8 +285,74 @@ def download_report(
     lang: LangQuery = None,
 ) -> Response:
     """The evidence report as a file, with its manifest for `verify`."""
-    made = _open(request, session, trace_id, recipient, _lang(request, lang), f"report.{format}")
+    made = _open(request, session, trace_id, recipient, _lang(request, lang), f"report.{format}").report
     return report_response(made, format)
+
+
+# ---------------------------------------------------------------------------- search, counts
+def _spec(request: Request, session: Session, form: search.Form, position: search.Position, limit: int) -> SearchSpec:
+    """The search in the account's scope; a field that cannot be searched for is a 422 naming it."""
+    spec, problems = search.spec_of(form, session.principal, position, web_of(request).now_us(), limit)
+    if problems:
+        raise RequestValidationError(
+            [
+                {"loc": ["query", p.field], "msg": t(p.key, "en", field=p.field, value=p.value), "type": "value_error"}
+                for p in problems
+            ]
+        )
+    return spec
+
+
+@router.get("/search", response_model=SearchResults, responses={422: {"description": "A field cannot be searched for"}})
+def search_messages(
+    request: Request,
+    session: SessionDep,
+    form: FormDep,
+    position: PositionDep,
+    limit: Annotated[int, Query(ge=1, le=search.MAX_PAGE, description="messages per page")] = search.PAGE_SIZE,
+) -> Response:
+    """Messages by sender, recipient, period, status, reason, ref, Message-ID or client (`mailwarden trace`),
+    newest first, a page at a time; a customer sees only its domains' recipients."""
+    found = search_index(web_of(request).store, _spec(request, session, form, position, limit))
+    audit_search(request, session, "search", form, len(found.rows))
+    answer = SearchResults(
+        rows=[
+            SearchRow(
+                id=row.message_key,
+                ref=row.ref,
+                first_seen=us_to_iso(row.first_seen),
+                last_seen=us_to_iso(row.last_seen),
+                node=row.node,
+                sender=row.sender,
+                recipient=row.recipient or None,
+                status=row.status,
+                reason=row.reason,
+                smtp_code=row.smtp_code,
+                client_ip=row.client_ip,
+                message_id=row.message_id,
+                queue_id=row.queue_id,
+                size=row.size,
+            )
+            for row in found.rows
+        ],
+        next_cursor=found.next_cursor,
+        previous_cursor=found.previous_cursor,
+    )
+    return json_of(answer)
+
+
+def json_of(model: BaseModel) -> Response:
+    """A model as JSON, made by pydantic at once: FastAPI would validate it again and walk it in Python
+    (`jsonable_encoder`), which cost more than the search itself; `response_model` still describes it."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+@router.get("/counts", response_model=CountsAnswer, responses={422: {"description": "A field cannot be searched for"}})
+def count_messages(request: Request, session: SessionDep, form: FormDep) -> Response:
+    """How many recipients of the matching messages have each status and reason (`trace --count`)."""
+    found = count(web_of(request).store, _spec(request, session, form, search.Position(), search.PAGE_SIZE))
+    audit_search(request, session, "count", form, found.total)
+    return json_of(CountsAnswer.model_validate(found.to_json()))
 
 
 @router.post("/reports/verify", response_model=VerifyResult)
@@ -254,7 +370,7 @@ def verify_report(
         manifest = report.read_manifest(data)
     except report.ReportError as exc:
         return VerifyResult(ok=False, problems=[str(exc)], id=None, recipient=None, evidence_events=0)
-    if not scope.may_verify(session.principal, manifest.get("recipient")):
+    if not scope.may_verify(web.store, session.principal, manifest):
         raise scope.NotVisible(str(manifest.get("id")))
     checked = report.verify_bytes(web.store, data)
     web.audit(session.principal.name, "report.verify", request, str(manifest.get("id")), ok=checked.ok)

@@ -24,7 +24,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from mailwarden import __version__
@@ -38,6 +40,7 @@ from mailwarden.store.accounts import AuditEntry
 from mailwarden.text import printable
 from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions
+from mailwarden.web.dashboard import DayCounts
 from mailwarden.web.deps import CsrfFailed, Forbidden, LoginRequired, TooManyRequests, client_ip, web_of
 from mailwarden.web.i18n import LANG_COOKIE, negotiate, t
 from mailwarden.web.scope import NotVisible, Principal
@@ -73,6 +76,7 @@ class Web:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the delay after a failed login
     why_counter: SlidingCounter = field(default_factory=SlidingCounter)
     why_lock: threading.Lock = field(default_factory=threading.Lock)
+    day_counts: DayCounts = field(default_factory=lambda: DayCounts(time.time))  # the dashboard's
 
     def audit(self, account: str, action: str, request: Request, target: str | None = None, **detail: Any) -> None:
         entry = AuditEntry(
@@ -112,9 +116,10 @@ class Web:
             raise TooManyRequests(60)
 
 
-# The navigation: (text key, path, admins only). The search page and the dashboard join here
-# when the message index lands (issue 12), with their routes in pages.py.
+# The navigation: (text key, path, admins only).
 NAV: Final = (
+    ("nav.search", "/search", False),
+    ("nav.dashboard", "/dashboard", False),
     ("nav.message", "/", False),
     ("nav.bounce", "/bounce", False),
     ("nav.sender", "/sender-check", False),
@@ -169,6 +174,7 @@ def create_app(
         now_us=now,
         wall=wall,
         sleep=sleep,
+        day_counts=DayCounts(wall),
     )
     app = FastAPI(
         title="mailwarden tracking center",
@@ -183,23 +189,6 @@ def create_app(
     app.include_router(pages.router)
     static = resources.files("mailwarden.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-
-    @app.middleware("http")
-    async def language_and_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        lang, chosen = negotiate(
-            request.query_params.get("lang"), request.cookies.get(LANG_COOKIE), request.headers.get("accept-language")
-        )
-        request.state.lang = lang
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.url.scheme == "https":
-            response.headers.setdefault("strict-transport-security", f"max-age={ONE_YEAR}")
-        if not request.url.path.startswith("/static/"):
-            response.headers.setdefault("cache-control", "no-store")
-        if chosen:
-            set_cookie(request, response, LANG_COOKIE, lang, max_age=ONE_YEAR)
-        return response
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
@@ -240,9 +229,52 @@ def create_app(
             return JSONResponse({"detail": _jsonable(exc.errors())}, status_code=422)
         return _error(request, 400, "error.title", "error.title")
 
+    app.add_middleware(LanguageAndHeaders)
     # Outermost: the client address and scheme come from X-Forwarded-* only when a configured proxy sent them.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     return app
+
+
+class LanguageAndHeaders:
+    """The request's language (`request.state.lang`) and the headers every answer carries.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which runs every request's answer
+    through a task and a stream of its own: measurable at hundreds of requests a second.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        lang, chosen = negotiate(
+            request.query_params.get("lang"), request.cookies.get(LANG_COOKIE), request.headers.get("accept-language")
+        )
+        scope.setdefault("state", {})["lang"] = lang
+        extra = dict(SECURITY_HEADERS)
+        if request.url.scheme == "https":
+            extra["strict-transport-security"] = f"max-age={ONE_YEAR}"
+        if not request.url.path.startswith("/static/"):
+            extra["cache-control"] = "no-store"
+        remembered = Response()
+        if chosen:
+            set_cookie(request, remembered, LANG_COOKIE, lang, max_age=ONE_YEAR)
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    if name not in headers:
+                        headers[name] = value
+                for name, value in remembered.headers.items():
+                    if name == "set-cookie":
+                        headers.append(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _with_lang(request: Request, lang: str) -> str:

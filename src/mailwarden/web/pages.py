@@ -1,26 +1,30 @@
 """The tracking center's pages: server-rendered HTML in German and English, plain forms, no script.
 
 Handlers that read the store or make a report are plain functions (FastAPI runs them in worker
-threads). Every form carries the session's CSRF token; every message goes through `scope`.
-The search page and the dashboard come here when the message index lands (issue 12), next to
-the message page they lead to, with their entries in `app.NAV`.
+threads). Every form that changes something posts the session's CSRF token (the search is a GET:
+it changes nothing but the audit log); every message goes through `scope`, every search and count
+runs in the account's scope.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from mailwarden.events import us_to_iso
 from mailwarden.sendercheck import check_sender
 from mailwarden.smtp.refs import normalize
 from mailwarden.store import StoreError
 from mailwarden.trace import bounce, report
-from mailwarden.web import accounts, scope
+from mailwarden.trace.model import STATUSES
+from mailwarden.trace.search import search_index
+from mailwarden.web import accounts, dashboard, scope, search
 from mailwarden.web import timeline as visual
 from mailwarden.web.app import forget_cookie, set_cookie
 from mailwarden.web.auth import PRE_COOKIE, SESSION_COOKIE, Session, same
@@ -137,7 +141,7 @@ def find_message(
     return RedirectResponse(message_path(id.strip(), recipient.strip() or None), status_code=303)
 
 
-def open_for(request: Request, session: Session, trace_id: str, recipient: str | None, action: str) -> report.Report:
+def open_for(request: Request, session: Session, trace_id: str, recipient: str | None, action: str) -> scope.Opened:
     """The report of a message this session may see (audited, found or not); NotVisible otherwise."""
     web = web_of(request)
     try:
@@ -152,7 +156,9 @@ def open_for(request: Request, session: Session, trace_id: str, recipient: str |
     except scope.NotVisible:
         web.audit(session.principal.name, action, request, trace_id, recipient=recipient, found="no")
         raise
-    web.audit(session.principal.name, action, request, made.diagnosis.id, recipient=made.diagnosis.recipient)
+    web.audit(
+        session.principal.name, action, request, made.report.diagnosis.id, recipient=made.report.diagnosis.recipient
+    )
     return made
 
 
@@ -163,9 +169,8 @@ def message(
     trace_id: str,
     recipient: Annotated[str | None, Query(max_length=MAX_FIELD)] = None,
 ) -> Response:
-    made = open_for(request, session, trace_id, recipient, "message.open")
-    assert made.trace is not None
-    visible = scope.visible_fates(session.principal, made.trace)
+    opened = open_for(request, session, trace_id, recipient, "message.open")
+    made = opened.report
     downloads = [
         (fmt, f"{message_path(made.diagnosis.id)}/report.{ext}" + _recipient_query(made.diagnosis.recipient))
         for fmt, ext in DOWNLOADS.items()
@@ -176,7 +181,7 @@ def message(
         made=made,
         d=made.diagnosis,
         timeline=visual.build(made),
-        recipients=[(fate, message_path(made.diagnosis.id, fate.address)) for fate in visible if fate.address],
+        recipients=[(fate, message_path(made.diagnosis.id, fate.address)) for fate in opened.visible if fate.address],
         downloads=downloads,
     )
 
@@ -196,7 +201,7 @@ def download(
     fmt = next((f for f, e in DOWNLOADS.items() if e == ext), None)
     if fmt is None:
         raise scope.NotVisible(ext)
-    made = open_for(request, session, trace_id, recipient, f"report.{fmt}")
+    made = open_for(request, session, trace_id, recipient, f"report.{fmt}").report
     return report_response(made, fmt)
 
 
@@ -208,6 +213,84 @@ def report_response(made: report.Report, fmt: str) -> Response:
         media_type=MEDIA_TYPES[fmt],
         headers={"content-disposition": f'attachment; filename="{name}"'},
     )
+
+
+# ---------------------------------------------------------------------------- search, dashboard
+FormDep = Annotated[search.Form, Depends(search.form_fields)]
+PositionDep = Annotated[search.Position, Depends(search.position_fields)]
+
+
+def search_link(form: search.Form, **extra: str) -> str:
+    return "/search?" + urlencode([*form.items(), *extra.items()])
+
+
+def audit_search(request: Request, session: Session, action: str, form: search.Form, found: int | None) -> None:
+    """Who searched for what (every search and count; support's above all)."""
+    summary = " ".join(f"{name}={value}" for name, value in form.items()) or "everything"
+    web_of(request).audit(session.principal.name, action, request, summary, found=found)
+
+
+@router.get("/search")
+def search_page(request: Request, session: SessionDep, form: FormDep, position: PositionDep) -> Response:
+    """The search form, one page of results (newest first) and the counts of all of them by status and reason."""
+    web = web_of(request)
+    if form.empty and position.first:
+        form = search.Form(since=search.DEFAULT_SINCE)
+    spec, problems = search.spec_of(form, session.principal, position, web.now_us())
+    found = None if problems else search_index(web.store, spec, counts=True)
+    audit_search(request, session, "search", form, len(found.rows) if found is not None else None)
+    pages = {}
+    if found is not None and found.next_cursor:
+        pages["next"] = search_link(form, cursor=found.next_cursor)
+    if found is not None and found.previous_cursor:
+        pages["previous"] = search_link(form, before=found.previous_cursor)
+    return web.render(
+        request,
+        "search.html",
+        400 if problems else 200,
+        form=form,
+        problems=problems,
+        found=found,
+        pages=pages,
+        statuses=STATUSES,
+        narrowed=lambda **extra: search_link(form, **extra),
+        open_link=message_path,
+        status_name=lambda status: dashboard.status_name(status, request.state.lang),
+        reason_name=lambda reason: dashboard.reason_name(reason, request.state.lang),
+    )
+
+
+@router.get("/dashboard")
+def dashboard_page(request: Request, session: SessionDep) -> Response:
+    """Today's and the last 30 days' traffic by outcome and by reason, as charts drawn here."""
+    web = web_of(request)
+    lang = request.state.lang
+    traffic = web.day_counts.traffic(web.store, session.principal.scope, web.now_us())
+    today, first = traffic.days[-1].start_us, traffic.days[0].start_us
+
+    def period(since: int, until: int | None = None) -> Callable[..., str]:
+        form = search.Form(since=when_iso(since), until=when_iso(until) if until is not None else "")
+        return lambda **extra: search_link(form, **{k: v or "" for k, v in extra.items()})
+
+    return web.render(
+        request,
+        "dashboard.html",
+        traffic=traffic,
+        today_status=dashboard.by_status(traffic.today, lang, period(today)),
+        today_reason=dashboard.by_reason(traffic.today, lang, period(today)),
+        month_days=dashboard.by_day(
+            traffic, lang, lambda start, status: period(start, start + dashboard.DAY_US)(status=status)
+        ),
+        month_status=dashboard.by_status(traffic.month, lang, period(first)),
+        month_reason=dashboard.by_reason(traffic.month, lang, period(first)),
+        search_today=period(today)(),
+        search_month=period(first)(),
+    )
+
+
+def when_iso(ts_us: int) -> str:
+    """A time as the search's period fields take it (minutes, UTC)."""
+    return us_to_iso(ts_us)[:16]
 
 
 # ---------------------------------------------------------------------------- bounce, sender check

@@ -26,6 +26,8 @@ from mailwarden.trace.rules import scalar_values, when
 # A well-formed ref no node can issue before 2092: what a malformed ref is looked up as.
 _NO_REF: Final = "ZZZZZZZZZZZZ"
 MAX_SHOWN: Final = 20
+# Who writes refusals with our refs: the gateway, and the milter and policy service inside Postfix.
+OUR_SOURCES: Final = frozenset({"gateway", "milter", "policy"})
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,12 @@ def refusals(store: Store, asked: str, lang: Lang) -> list[Refusal]:
     """Our refusals in the transaction `asked` names; empty for anything else."""
     text = asked[:40]
     ref = normalize(text) if is_ref(text) else _NO_REF
-    query = EventQuery(ref=ref, kinds=("reject", "tempfail"), source="gateway", limit=MAX_SHOWN)
-    return [_refusal(event, lang) for event in store.query_events(query) if event.smtp_code is not None]
+    query = EventQuery(ref=ref, kinds=("reject", "tempfail"), limit=MAX_SHOWN)
+    return [
+        _refusal(event, lang)
+        for event in store.query_events(query)
+        if event.source in OUR_SOURCES and event.smtp_code is not None
+    ]
 
 
 def _refusal(event: Event, lang: Lang) -> Refusal:

@@ -50,6 +50,8 @@ _HELD: Final = {
     "pop3": None,
     "web": None,
     "ingest": None,
+    "milter": None,  # served by the supervisor itself (serve.py)
+    "policy": None,
     "mail": ("maildir_root", "spool_dir"),
     "smtp": ("listen",),
 }
@@ -92,6 +94,8 @@ class Supervisor:
     async def start(self) -> None:
         """Recover what a crash left, then start every worker and wait until each listens."""
         await asyncio.to_thread(recover, self.config, self.store)
+        if not self.config.smtp.listen:  # no SMTP of our own (Postfix in front, with the milter): no workers
+            return
         slots = range(1, self.config.smtp.worker_count + 1)
         for slot in slots:
             self.sockets[slot] = self._bind()
@@ -118,6 +122,9 @@ class Supervisor:
             config = held(self.config, load(self.config_path))
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        if not config.smtp.listen:
+            self.config = config
             return
         async with self._changing:
             self.config = config

@@ -1,0 +1,223 @@
+"""What mailwarden as a milter costs Postfix: its throughput into the queue with and without us, same run.
+
+    python bench/milter_throughput.py                 # 5 alternating rounds of 5,000 messages each way
+    python bench/milter_throughput.py --rounds 3 --messages 2000
+
+Postfix's smtp-source sends 10 kB messages over 20 sessions (one message per connection, as
+smtp_throughput.py does) to a private Postfix that only receives into its queue (its queue
+manager is off: smtpd, cleanup, fsync of the queue file). Once as it is, once with
+`smtpd_milters` pointing at `mailwarden serve` over TCP on loopback with the test base config's
+checks (recipients, size, content) and no scanners configured - so the figure is what the
+milter protocol, the session handling, spooling, the content check's own file inspection and
+our events cost, not clamd's or rspamd's time. Every message must reach the queue (counted),
+and with the milter every one must have our accept event. The two runs alternate (which comes
+first rotates), each with a fresh Postfix and mailwarden; the ratio is per round, its median
+and spread are printed with the load average. Target (issue 15): with/without >= 0.7.
+
+A third run per round puts the milter protocol's own cost beside it: the same Postfix with a
+null milter (our protocol layer negotiating as our milter does, but no checks and no events;
+it adds the same two header fields). Its ratio is the ceiling for any milter at that moment, since Postfix's
+milter machinery (a connection per session, the round trips, cleanup applying header changes)
+costs Postfix itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from tests.support.mailwarden import Mailwarden  # noqa: E402
+from tests.support.net import free_port, wait_port  # noqa: E402
+from tests.support.postfix import Postfix, running_postfix  # noqa: E402
+
+from bench.smtp_throughput import MESSAGE_BYTES, MESSAGES, RECIPIENT, SESSIONS, smtp_source  # noqa: E402
+
+WARM_UP = 300
+
+
+@contextmanager
+def milter(root: Path) -> Iterator[tuple[Mailwarden, int]]:
+    port = free_port()
+    overrides: dict[str, dict[str, object]] = {
+        "smtp": {"max_connections": 5000, "max_connections_per_ip": 5000},
+        "milter": {"listen": [f"127.0.0.1:{port}"]},
+        "tls": {"enabled": False},
+        "log": {"level": "warning"},
+        # No DNS in this benchmark (bench/network_checks.py measures it): DKIM and DMARC need it.
+        "scan.auth": {"dkim": False, "dmarc": False},
+    }
+    instance = Mailwarden(root, overrides)
+    instance.add_user(RECIPIENT)
+    instance.start()
+    try:
+        yield instance, port
+    finally:
+        instance.stop()
+
+
+@contextmanager
+def postfix(milter_port: int | None) -> Iterator[Postfix]:
+    settings = {
+        "master_service_disable": "qmgr.unix",  # receive into the queue, deliver nothing
+        "in_flow_delay": "0",
+        "smtpd_client_connection_count_limit": "0",
+        "smtpd_client_connection_rate_limit": "0",
+    }
+    if milter_port is not None:
+        settings |= {
+            "smtpd_milters": f"inet:127.0.0.1:{milter_port}",
+            "milter_default_action": "tempfail",
+            "milter_protocol": "6",
+        }
+    with running_postfix(settings=settings) as instance:
+        yield instance
+
+
+def queued(instance: Postfix) -> int:
+    return sum(1 for path in (instance.queue / "incoming").rglob("*") if path.is_file())
+
+
+def serve_null(port: int) -> None:
+    """A milter that negotiates as ours does (the same macros, the same stages without reply) and decides nothing."""
+    import asyncio
+
+    from mailwarden.mta import milter_protocol as wire
+    from mailwarden.mta.milter import ACTIONS, MACROS, NO_REPLY, OPTIONS
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        options = 0
+        try:
+            while True:
+                command, data = await wire.read_packet(reader, 1 << 20)
+                if command == wire.NEGOTIATE:
+                    offer = wire.negotiation(data)
+                    options = OPTIONS & offer.options
+                    writer.write(wire.negotiation_reply(ACTIONS & offer.actions, options, MACROS))
+                elif command == wire.END_OF_MESSAGE:
+                    fields = [
+                        wire.insert_header(0, "Authentication-Results", " mx; none"),
+                        wire.insert_header(1, "X-Mailwarden-Ref", " 1C3Z00000000"),
+                    ]
+                    writer.write(b"".join(fields) + wire.packet(wire.CONTINUE))
+                elif command == wire.QUIT:
+                    return
+                elif command not in (wire.MACRO, wire.ABORT) and not options & NO_REPLY.get(command, 0):
+                    writer.write(wire.packet(wire.CONTINUE))
+                await writer.drain()
+        except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+@contextmanager
+def null_milter() -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--serve-null", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run_null(messages: int) -> float:
+    with null_milter() as port, postfix(port) as filtered:
+        smtp_source(filtered.smtp_port, WARM_UP)
+        rate = smtp_source(filtered.smtp_port, messages)
+        found = queued(filtered)
+    if found != WARM_UP + messages:
+        raise RuntimeError(f"with the null milter: {found} queued of {WARM_UP + messages}")
+    return rate
+
+
+def run(workdir: Path, messages: int, with_milter: bool) -> float:
+    if not with_milter:
+        with postfix(None) as plain:
+            smtp_source(plain.smtp_port, WARM_UP)
+            rate = smtp_source(plain.smtp_port, messages)
+            found = queued(plain)
+        if found != WARM_UP + messages:
+            raise RuntimeError(f"Postfix queued {found} of {WARM_UP + messages}")
+        return rate
+    with milter(workdir) as (instance, port), postfix(port) as filtered:
+        smtp_source(filtered.smtp_port, WARM_UP)
+        rate = smtp_source(filtered.smtp_port, messages)
+        found = queued(filtered)
+    accepts = accept_events(instance.root / "var" / "mailwarden.db")  # after stop: all are committed
+    if found != WARM_UP + messages or accepts != WARM_UP + messages:
+        raise RuntimeError(f"with the milter: {found} queued, {accepts} accept events, of {WARM_UP + messages}")
+    return rate
+
+
+def accept_events(store: Path) -> int:
+    with sqlite3.connect(store) as db:
+        (count,) = db.execute("SELECT count(*) FROM events WHERE kind = 'accept' AND source = 'milter'").fetchone()
+    return int(count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=MESSAGES)
+    parser.add_argument("--serve-null", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_null:
+        serve_null(args.serve_null)
+        return
+    print(
+        f"smtp-source: {args.messages} messages of {MESSAGE_BYTES} bytes over {SESSIONS} sessions; "
+        f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
+    rates: dict[str, list[float]] = {"postfix": [], "mailwarden": [], "null": []}
+    with tempfile.TemporaryDirectory(prefix="mw-milter-bench-") as tmp:
+        for number in range(args.rounds):
+            names = list(rates)
+            for name in names[number % 3 :] + names[: number % 3]:
+                if name == "null":
+                    rate = run_null(args.messages)
+                else:
+                    rate = run(Path(tmp) / f"round-{number}", args.messages, name == "mailwarden")
+                rates[name].append(rate)
+            plain, ours, null = (rates[name][-1] for name in ("postfix", "mailwarden", "null"))
+            print(
+                f"round {number + 1}: postfix {plain:.0f} msg/s, + mailwarden milter {ours:.0f} (ratio "
+                f"{ours / plain:.2f}), + null milter {null:.0f} (ratio {null / plain:.2f}); load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+    ours_ratios = [f / p for f, p in zip(rates["mailwarden"], rates["postfix"], strict=True)]
+    null_ratios = [f / p for f, p in zip(rates["null"], rates["postfix"], strict=True)]
+    print(
+        f"median: postfix {statistics.median(rates['postfix']):.0f} msg/s; with mailwarden "
+        f"{statistics.median(rates['mailwarden']):.0f} msg/s, ratio {statistics.median(ours_ratios):.2f} "
+        f"(rounds {min(ours_ratios):.2f}-{max(ours_ratios):.2f}; target >= 0.7); with the null milter "
+        f"{statistics.median(rates['null']):.0f} msg/s, ratio {statistics.median(null_ratios):.2f} "
+        f"(rounds {min(null_ratios):.2f}-{max(null_ratios):.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
