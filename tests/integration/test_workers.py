@@ -2,7 +2,8 @@
 
 Limits hold for all workers together (the shared client table), refs stay unique (each worker its
 own share of the sequence), SIGHUP restarts the workers one by one with the new configuration and
-SIGTERM lets a transaction in progress finish. Crashes of workers and of the supervisor are in
+SIGTERM lets a transaction in progress finish. The milter for Postfix is served by the supervisor,
+also when there is no SMTP of our own (and then no worker). Crashes of workers and of the supervisor are in
 test_crash_safety.py.
 """
 
@@ -17,6 +18,8 @@ import pytest
 
 from mailwarden.smtp import refs
 from tests.support.mailwarden import Mailwarden, running, write_config
+from tests.support.milter import MilterClient
+from tests.support.net import free_port
 from tests.support.smtp import events_of
 from tests.support.wire import Closed, Reply, Wire
 
@@ -145,3 +148,18 @@ def test_sigterm_lets_a_transaction_finish_and_answers_idle_sessions_421(tmp_pat
         ]
     finally:
         server.stop()
+
+
+def test_without_smtp_listen_no_worker_starts_and_the_supervisor_serves_the_milter(tmp_path: Path) -> None:
+    port = free_port()
+    overrides = {"smtp": {"listen": []}, "milter": {"listen": [f"127.0.0.1:{port}"]}}
+    with running(tmp_path / "mw", overrides) as server:
+        assert f"mailwarden ready: milter 127.0.0.1:{port};" in server.log.read_text()
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in server.worker_pids()]
+        assert not [c for c in commands if b"mailwarden.workers.worker" in c], commands
+        with MilterClient(port) as client:
+            replies = client.session()
+        assert replies[-1].command == "c", replies
+        (added,) = [r for r in replies if r.command == "i" and b"X-Mailwarden-Ref" in r.data]
+        (accept,) = [e for e in server.events() if e["kind"] == "accept"]
+        assert accept["source"] == "milter" and accept["ref"].encode() in added.data
