@@ -53,7 +53,7 @@ def _read_password(args: argparse.Namespace) -> str:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.serve import serve
 
-    return serve(config)
+    return serve(config, args.config)
 
 
 def cmd_users(args: argparse.Namespace, config: Config) -> int:

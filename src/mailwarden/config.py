@@ -139,8 +139,20 @@ class SmtpConfig(_Section):
         description="Networks allowed to send a PROXY header; others are disconnected.",
     )
     timeouts: SmtpTimeouts = Field(default_factory=SmtpTimeouts, description="Timeouts (seconds).")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=63,
+        description="SMTP worker processes, each with its own event loop on its own core; 0 = one per CPU core. "
+        "Connection and rate limits hold for all of them together; a reload (SIGHUP) restarts them one by one.",
+    )
 
     _listen = field_validator("listen")(_check_listen)
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved to the cores this process may run on (at most 63)."""
+        return self.workers or min(len(os.sched_getaffinity(0)), 63)
 
     @field_validator("proxy_trusted")
     @classmethod

@@ -1,10 +1,16 @@
-"""`mailwarden serve`: start every configured role and run until SIGTERM/SIGINT."""
+"""`mailwarden serve`: the SMTP workers under their supervisor, and the roles that run once, until SIGTERM/SIGINT.
+
+This process is the supervisor (workers/supervisor.py): it starts `smtp.workers` SMTP worker
+processes, owns the store's event writer, and runs the milter and policy service for Postfix (mta/),
+POP3, the tracking center, the ingest followers and the purge itself (once, not per worker). SIGHUP reloads the workers' configuration.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from mailwarden import mailboxes
@@ -19,48 +25,52 @@ from mailwarden.pop3.server import Pop3Server
 from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.refs import RefGenerator, node_id
 from mailwarden.smtp.tls import ensure_self_signed, server_context
-from mailwarden.store import open_store
+from mailwarden.store import Store, open_store
 from mailwarden.trace.retention import purge_periodically
+from mailwarden.workers.supervisor import Supervisor, WorkerFailed
 
 log = logging.getLogger("mailwarden")
 
 
-async def run(config: Config) -> None:
-    # aiosmtpd logs every connection at INFO ("mail.log"); our events say more, and that logging
-    # cost 16 % of the event loop's CPU under load (measured).
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+def _hosted_gateway(
+    config: Config, store: Store, refs: RefGenerator, tls_context: ssl.SSLContext | None
+) -> tuple[Gateway, Services]:
+    """The gateway of the sessions Postfix runs (mta/): it listens on no SMTP socket and delivers nothing itself."""
+    services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
+    return Gateway(config, store, build_chain(services), services, refs=refs, tls_context=tls_context), services
+
+
+async def run(config: Config, config_path: str | None = None) -> None:
     store = open_store(config)
     try:
-        store.register_node(config.node.name, node_id(config.node.name))  # refuses a clash
-        refs = RefGenerator(config.node.name)  # one per process: two would issue the same refs
+        # Once per node, here in the supervisor (its workers share the node's name and id): refuses a clash.
+        store.register_node(config.node.name, node_id(config.node.name))
         demo = mailboxes.create_demo(config, store)
         if demo is not None:
             print(f"created demo mailbox {demo[0]} with password {demo[1]} (shown once)", file=sys.stderr, flush=True)
         gaps = mailboxes.postmaster_gaps(config, store)
         if gaps:
             log.warning("%s", mailboxes.postmaster_warning(gaps))
-        services = Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
         tls_context = None
-        if config.tls.enabled:
+        if config.tls.enabled:  # made here once, before the workers load it
             cert, key = config.path(config.tls.cert), config.path(config.tls.key)
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
-        gateway = Gateway(
-            config,
-            store,
-            build_chain(services),
-            services,
-            refs=refs,
-            tls_context=tls_context,
+        supervisor = Supervisor(config, config_path, store)
+        await supervisor.start()  # recovery first, then the workers (none without smtp.listen)
+        roles = (
+            [f"smtp {' '.join(supervisor.addresses)} ({len(supervisor.workers)} workers)"] if supervisor.workers else []
         )
-        gateway.recover()
-        bound = await gateway.start()
-        roles = [f"smtp {' '.join(bound)}"] if bound else []
-        # Postfix's sessions go through the same gateway: its checks, limits, refs and events.
-        milter = MilterServer(gateway, config.milter) if config.milter.listen else None
+        refs = RefGenerator(config.node.name, slot=0)  # the supervisor's share; the workers have theirs
+        # Postfix's sessions (milter, policy service) are served here, once, by a gateway of their own:
+        # its checks, refs and events are the SMTP workers', its connection counts its own.
+        hosted = (
+            _hosted_gateway(config, store, refs, tls_context) if config.milter.listen or config.policy.listen else None
+        )
+        milter = MilterServer(hosted[0], config.milter) if hosted is not None and config.milter.listen else None
         if milter is not None:
             roles.append(f"milter {' '.join(await milter.start())}")
-        policy = PolicyServer(gateway, config.policy) if config.policy.listen else None
+        policy = PolicyServer(hosted[0], config.policy) if hosted is not None and config.policy.listen else None
         if policy is not None:
             roles.append(f"policy {' '.join(await policy.start())}")
         pop3 = Pop3Server(config, store, refs=refs, tls_context=tls_context) if config.pop3.listen else None
@@ -72,7 +82,7 @@ async def run(config: Config) -> None:
         if ingest is not None:
             roles.append(f"ingest {' '.join(ingest[2])}")
         web = None
-        if config.web.listen:  # its own connection: page views never wait behind the gateway's lookups
+        if config.web.listen:  # its own connection: page views never wait behind the event writer
             from mailwarden.web.server import start_role as start_web
 
             web_store = open_store(config)
@@ -90,6 +100,14 @@ async def run(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloading: set[asyncio.Task[None]] = set()
+
+        def reload() -> None:
+            task = loop.create_task(supervisor.reload(), name="reload")
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         log.info("shutting down")
         purging.cancel()
@@ -103,17 +121,24 @@ async def run(config: Config) -> None:
             await milter.stop()
         if policy is not None:
             await policy.stop()
-        await gateway.stop()
-        services.close()
+        if hosted is not None:
+            await hosted[0].stop()
+            hosted[1].close()
+        await supervisor.stop()  # the workers finish their transactions and hand over their events
     finally:
         store.close()
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, config_path: str | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(config))
+        runner = asyncio.run
     else:
-        uvloop.run(run(config))
+        runner = uvloop.run
+    try:
+        runner(run(config, config_path))
+    except WorkerFailed as exc:
+        print(f"mailwarden: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -2,6 +2,8 @@
 
 Every message whose client saw 250 is in the Maildir, byte for byte, with its events (accept and
 deliver, with the ref of the reply), and after the restart's recovery no file is left in tmp/.
+With SMTP workers, SIGKILLs hit single workers (the supervisor restarts them while the others go on)
+and the supervisor itself (its workers die with it); none of it may deliver or record a message twice.
 Messages that did not get 250 may or may not be there (the sender retries) - but every one that
 is there has its deliver event after the restart: one killed between the Maildir link and the
 commit of its events is recorded as `delivered.unconfirmed` (delivered, the sender got no
@@ -11,7 +13,9 @@ reply, it may arrive twice), so `trace` and `explain` never deny what a mailbox 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import smtplib
 import threading
 import time
@@ -57,6 +61,44 @@ def test_sigkill_while_20_clients_send_loses_no_message_that_got_250(tmp_path: P
     assert found.without_events == [], f"seed {seed}: files in the Maildir without their deliver event"
 
 
+def test_sigkills_to_workers_and_to_the_supervisor_under_load_lose_nothing_and_deliver_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    seed = int(time.time())
+    rng = random.Random(seed)
+    server = Mailwarden(tmp_path / "mw", {"smtp": {"max_connections_per_ip": 100, "workers": 2}})
+    server.add_user(BOB)
+    senders = Senders(server.smtp_port, CLIENTS, seed)
+    killed = []
+    server.start()
+    try:
+        senders.start()
+        for _ in range(KILLS * 2):
+            senders.wait_for_acknowledged(rng.randint(1, ACKNOWLEDGED_BETWEEN_KILLS))
+            workers = server.worker_pids()
+            if rng.random() < 0.7 and workers:  # a worker: the supervisor restarts it, the other serves on
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                killed.append("worker")
+            else:  # the supervisor: its workers die with it
+                server.kill()
+                server.start()
+                killed.append("supervisor")
+        senders.stop()
+        server.kill()
+        server.start()  # the last recovery: every journal
+        assert list((server.maildir(BOB) / "tmp").iterdir()) == [], f"seed {seed}: recovery left files in tmp/"
+    finally:
+        senders.stop()
+        server.stop()
+
+    found = figures(server, senders.acknowledged)
+    print(f"\ncrash figures (seed {seed}, kills {', '.join(killed)}): {found.line()}")
+    assert len(senders.acknowledged) > CLIENTS, f"seed {seed}: too few messages got through to show anything"
+    assert found.acknowledged_missing == [], f"seed {seed}: got 250 but not intact on disk with accept/deliver events"
+    assert found.without_events == [], f"seed {seed}: files in the Maildir without their deliver event"
+    assert found.twice == [], f"seed {seed}: delivered or recorded twice"
+
+
 def test_sigkills_inside_the_link_commit_window_under_load_leave_no_file_without_its_events(tmp_path: Path) -> None:
     """Each kill waits for a message that is in new/ but not yet acknowledged: the window is hit every time."""
     seed = int(time.time())
@@ -83,6 +125,7 @@ def test_sigkills_inside_the_link_commit_window_under_load_leave_no_file_without
     print(f"\ncrash figures (seed {seed}, {KILLS + 1} kills inside the window): {found.line()}")
     assert found.acknowledged_missing == [], f"seed {seed}: got 250 but not intact on disk with accept/deliver events"
     assert found.without_events == [], f"seed {seed}: files in the Maildir without their deliver event"
+    assert found.twice == [], f"seed {seed}: delivered or recorded twice"
     assert found.unconfirmed >= 1, f"seed {seed}: no kill hit the window between link and commit"
 
 

@@ -20,14 +20,12 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 import tests.support.dovecot as dovecot_support
 import tests.support.postfix as postfix_support
@@ -35,6 +33,7 @@ from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.net import free_port
 from tests.support.postfix import Postfix, running_postfix
+from tests.support.remote_smtp import remote_smtp
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,32 +42,17 @@ pytestmark = [
 ]
 
 
-class _RemoteServer:
+def _remote_rcpt(address: str) -> str:
     """The far side for dest.test: 550 for reject-*, 451 for defer-*, 250 otherwise."""
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address.startswith("reject-"):
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
-        if address.startswith("defer-"):
-            return f"451 4.7.1 <{address}>: Recipient address rejected: Greylisted, try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        return "250 2.0.0 Ok: queued as REMOTE1"
+    if address.startswith("reject-"):
+        return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
+    if address.startswith("defer-"):
+        return f"451 4.7.1 <{address}>: Recipient address rejected: Greylisted, try again later"
+    return "250 2.1.5 OK"
 
 
-@contextmanager
-def remote_server() -> Iterator[int]:
-    port = free_port()
-    controller = Controller(_RemoteServer(), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port
-    finally:
-        controller.stop()
+def remote_server() -> AbstractContextManager[int]:
+    return remote_smtp(_remote_rcpt, "250 2.0.0 Ok: queued as REMOTE1")
 
 
 def _message(message_id: str, recipient: str) -> EmailMessage:

@@ -13,6 +13,7 @@ import re
 import smtplib
 import threading
 import time
+from collections import Counter
 from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.mailwarden import Mailwarden
 
 BOB = "bob@example.test"
 REF_FIELD = re.compile(rb"^X-Mailwarden-Ref: ([0-9A-Z]{12})\r$", re.M)
+MESSAGE_ID = re.compile(rb"^Message-ID: (<[0-9]+\.[0-9]+@sender\.test>)\r$", re.M)
 HEAD = 4096  # our trace fields are at the top of a delivered file
 
 
@@ -145,12 +147,14 @@ class Figures:
     unconfirmed: int  # of them, recorded at start as delivered.unconfirmed (their sender got no 250)
     without_events: list[str]  # files without a deliver event: must be none
     acknowledged_missing: list[str]  # refs that got 250 but whose file, content or accept/deliver events are missing
+    twice: list[str]  # messages in the mailbox more than once, copies recorded twice: must be none
 
     def line(self) -> str:
         return (
             f"250s received {self.acknowledged}, files found {self.files}, files with events {self.with_events} "
             f"(recorded at restart as delivered.unconfirmed {self.unconfirmed}), files without events "
-            f"{len(self.without_events)}, acknowledged but missing {len(self.acknowledged_missing)}"
+            f"{len(self.without_events)}, acknowledged but missing {len(self.acknowledged_missing)}, "
+            f"delivered or recorded twice {len(self.twice)}"
         )
 
 
@@ -158,16 +162,20 @@ def figures(server: Mailwarden, acknowledged: dict[str, bytes]) -> Figures:
     directory = server.maildir(BOB)
     paths = sorted((directory / "new").glob("*")) + sorted((directory / "cur").glob("*"))
     events = server.events()
-    deliveries: dict[str, dict[str, Any]] = {
-        e["detail"]["uid"]: e for e in events if e["kind"] == "deliver" and e["recipient"] == BOB
-    }
+    recorded = [e for e in events if e["kind"] == "deliver" and e["recipient"] == BOB]
+    deliveries: dict[str, dict[str, Any]] = {e["detail"]["uid"]: e for e in recorded}
+    twice = [uid for uid, n in Counter(e["detail"]["uid"] for e in recorded).items() if n > 1]
     accepted = {e["ref"] for e in events if e["kind"] == "accept" and e["smtp_code"] == 250}
     stored: dict[str, bytes] = {}
     without: list[str] = []
+    message_ids: Counter[str] = Counter()
     for path in paths:
         content = path.read_bytes()
         found = REF_FIELD.search(content[:HEAD])
         assert found is not None, content[:300]
+        sent_as = MESSAGE_ID.search(content[:HEAD])  # each message is sent once, never again
+        if sent_as is not None:
+            message_ids[sent_as.group(1).decode()] += 1
         stored[found.group(1).decode()] = content
         uid = path.name.partition(":")[0]
         if uid not in deliveries or deliveries[uid]["ref"] != found.group(1).decode():
@@ -181,4 +189,5 @@ def figures(server: Mailwarden, acknowledged: dict[str, bytes]) -> Figures:
         or ref not in accepted
     ]
     unconfirmed = sum(1 for e in deliveries.values() if e["reason"] == "delivered.unconfirmed")
-    return Figures(len(acknowledged), len(paths), len(paths) - len(without), unconfirmed, without, missing)
+    twice += [message_id for message_id, n in message_ids.items() if n > 1]
+    return Figures(len(acknowledged), len(paths), len(paths) - len(without), unconfirmed, without, missing, twice)

@@ -154,6 +154,13 @@ class Mailwarden:
         children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
         return int(children[0])
 
+    def worker_pids(self) -> list[int]:
+        """The SMTP worker processes (the supervisor's children); empty while none runs."""
+        try:
+            return [int(pid) for pid in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -42,14 +42,22 @@ class Wire:
     def send(self, data: bytes | str) -> None:
         self.sock.sendall(data.encode() if isinstance(data, str) else data)
 
-    def _line(self) -> bytes:
+    def raw_line(self) -> bytes:
+        """The next line as it came, with its line end."""
         while b"\n" not in self._buffer:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise Closed(f"connection closed; unread: {self._buffer!r}")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.rstrip(b"\r")
+        return line + b"\n"
+
+    def _line(self) -> bytes:
+        return self.raw_line()[:-1].rstrip(b"\r")
+
+    def pending(self) -> bytes:
+        """What the server sent that no reply has read yet."""
+        return self._buffer
 
     def reply(self) -> Reply:
         lines: list[str] = []

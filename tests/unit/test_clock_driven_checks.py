@@ -12,6 +12,7 @@ and the same answer wherever the wall clock's minute turns.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from mailwarden.checks.base import Action, CheckContext, Services, SessionInfo, 
 from mailwarden.checks.pregreet import PregreetCheck
 from mailwarden.checks.ratelimit import RateLimitCheck
 from mailwarden.config import Config, PregreetConfig, RateLimitConfig
+from mailwarden.smtp.clients import SharedCounts, create_table
 from mailwarden.store import EventQuery
+from mailwarden.store.parts import RateLimitState
 from mailwarden.store.rates import MemoryRates, SlidingCounter
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace import report
@@ -49,6 +52,21 @@ def context(services: Services, client_ip: str = "192.0.2.7", **session: object)
 
 
 # ---------------------------------------------------------------------------- rate limits
+@pytest.fixture(params=["in the process", "shared by workers"])
+def rates(request: pytest.FixtureRequest) -> Iterator[RateLimitState]:
+    """The rate counters of one process (SQLite's), or of a worker whose counts live in the table the workers share."""
+    if request.param == "in the process":
+        yield MemoryRates()
+        return
+    fd = create_table(workers=2)
+    shared = SharedCounts(fd, slot=1)
+    try:
+        yield shared
+    finally:
+        shared.close()
+        os.close(fd)
+
+
 def test_a_window_estimate_of_3_96_events_counts_as_four_not_three() -> None:
     counter = SlidingCounter()
     for second in range(4):  # four in the minute from 60 s on
@@ -59,10 +77,10 @@ def test_a_window_estimate_of_3_96_events_counts_as_four_not_three() -> None:
 
 @pytest.mark.parametrize("first", [59.7, 59.8, 59.9, 60.0], ids=lambda s: f"first at :{s:04.1f}")
 def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minute_turns(
-    services: Services, first: float
+    services: Services, rates: RateLimitState, first: float
 ) -> None:
     clock = FakeClock(MINUTE - 60 + first)
-    check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), MemoryRates(), clock)
+    check = RateLimitCheck(RateLimitConfig(connections_per_minute=3), rates, clock)
     ctx = context(services)
     verdicts: list[Verdict | None] = []
     for _ in range(4):
@@ -74,9 +92,11 @@ def test_the_fourth_connection_within_half_a_second_is_refused_wherever_the_minu
     assert refused.values["count"] == 4 and refused.values["limit"] == 3
 
 
-def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(services: Services) -> None:
+def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(
+    services: Services, rates: RateLimitState
+) -> None:
     clock = FakeClock(MINUTE - 0.5)
-    check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), MemoryRates(), clock)
+    check = RateLimitCheck(RateLimitConfig(messages_per_minute=2), rates, clock)
     ctx = context(services)
     verdicts = []
     for _ in range(3):
@@ -88,9 +108,9 @@ def test_the_third_message_within_a_second_is_refused_across_a_minute_boundary(s
     assert (refused.code, refused.enhanced_code) == (451, "4.7.0")
 
 
-def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(services: Services) -> None:
+def test_a_client_is_admitted_again_once_a_quiet_minute_has_passed(services: Services, rates: RateLimitState) -> None:
     clock = FakeClock()
-    check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), MemoryRates(), clock)
+    check = RateLimitCheck(RateLimitConfig(connections_per_minute=1), rates, clock)
     ctx = context(services)
     assert asyncio.run(check.connect(ctx)) is None
     assert asyncio.run(check.connect(ctx)) is not None

@@ -31,6 +31,15 @@ def test_two_nodes_issue_different_refs_in_the_same_second() -> None:
     assert not first & second
 
 
+def test_the_processes_of_a_node_issue_different_refs_in_the_same_second() -> None:
+    """The supervisor (slot 0) and every SMTP worker (1-63) have their own share of the sequence."""
+    generators = [RefGenerator("mx1", slot=slot, wait_for_fresh_second=False) for slot in range(refs.MAX_SLOT + 1)]
+    issued = [generator.new() for generator in generators for _ in range(100)]
+    assert len(set(issued)) == len(issued)
+    with pytest.raises(ValueError, match="between 0 and 63"):
+        RefGenerator("mx1", slot=64)
+
+
 def test_a_restarted_node_never_repeats_a_ref() -> None:
     before = RefGenerator("mx1", wait_for_fresh_second=False)
     issued = {before.new() for _ in range(1000)}
@@ -40,7 +49,7 @@ def test_a_restarted_node_never_repeats_a_ref() -> None:
 
 def test_more_than_the_sequence_holds_in_one_second_borrows_the_next_second() -> None:
     generator = RefGenerator("mx1", wait_for_fresh_second=False)
-    generator._seq = (1 << 19) - 1
+    generator._seq = (1 << 13) - 1
     last_of_second, borrowed = generator.new(), generator.new()
     assert borrowed > last_of_second
     assert refs.timestamp(borrowed) >= refs.timestamp(last_of_second)

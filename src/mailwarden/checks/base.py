@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mailwarden import catalog
 from mailwarden.dns import Resolver
+from mailwarden.smtp.clients import ClientCounts, LocalCounts
 
 if TYPE_CHECKING:
     from mailwarden.config import Config, FindingPolicy
@@ -158,6 +159,7 @@ class Services:
     store: Store
     local_domains: frozenset[str]
     clock: Clock = field(default=time.time)
+    counts: ClientCounts = field(default_factory=LocalCounts)  # per client address, shared by SMTP workers
 
     @cached_property
     def resolver(self) -> Resolver:

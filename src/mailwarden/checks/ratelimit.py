@@ -2,7 +2,9 @@
 
 Counted by the store's `RateLimitState` with a sliding window (the previous minute's count
 weighted by how much of it still lies in the window): in this process's memory with SQLite
-(store/rates.py), across every node with a shared store.
+(store/rates.py), in the table the SMTP workers share (smtp/clients.py `SharedCounts`, which the
+worker's SQLite store counts in), so the limit holds for all workers together; across every node
+and worker with a shared store (PostgreSQL).
 Too many connections: 421 4.7.0 at once (the connection closes); too many messages: 451 4.7.0
 at MAIL. Both are temporary: a well-behaved sender slows down and retries. The estimate is
 rounded up: 3.01 events in the window are four, so the limit is never exceeded by rounding.

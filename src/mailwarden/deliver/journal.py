@@ -125,10 +125,12 @@ class Journal:
         return fd
 
 
-def journaled(directory: Path) -> list[Event]:
-    """Every `deliver` event the journal files hold (from every thread and both of its files), once each."""
+def journaled(directory: Path, owner: str = "") -> list[Event]:
+    """Every `deliver` event the journal files hold (from every thread and both of its files), once each.
+
+    With `owner`, only the files whose names start with it (one SMTP worker's)."""
     found: dict[tuple[str, str, str], Event] = {}
-    for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+    for path in sorted(directory.glob(f"{owner}*")) if directory.is_dir() else []:
         for event in _decode(path.read_bytes()) or []:
             found.setdefault(_copy(event), event)
     return list(found.values())
@@ -142,15 +144,16 @@ class Reconciliation:
     recorded: list[Event] = field(default_factory=list)
 
 
-def reconcile(maildirs: Maildirs, store: Store, directory: Path) -> Reconciliation:
+def reconcile(maildirs: Maildirs, store: Store, directory: Path, owner: str = "") -> Reconciliation:
     """At start, before any delivery: record every journaled copy that is in a mailbox without its event.
 
     Each gets its planned `deliver` event with the reason `delivered.unconfirmed` (its time is
     the delivery's; `detail.recorded_at` says when it was recorded). Committed before the journal
     is emptied, so a crash here only repeats the work. Raises StoreError when the store cannot
-    take them (the journal is kept for the next start).
+    take them (the journal is kept for the next start). With `owner`, only the journal files whose
+    names start with it: an SMTP worker's, before its successor starts (the others deliver on).
     """
-    planned = journaled(directory)
+    planned = journaled(directory, owner)
     result = Reconciliation(journaled=len(planned))
     by_ref: dict[str | None, list[Event]] = {}
     for event in planned:
@@ -173,7 +176,7 @@ def reconcile(maildirs: Maildirs, store: Store, directory: Path) -> Reconciliati
             len(result.recorded),
             ", ".join(sorted({str(e.ref) for e in result.recorded})[:_REFS_LOGGED]),
         )
-    for path in directory.glob("*") if directory.is_dir() else []:
+    for path in directory.glob(f"{owner}*") if directory.is_dir() else []:
         os.truncate(path, 0)
     return result
 

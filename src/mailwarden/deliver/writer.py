@@ -49,14 +49,20 @@ class _Request:
 
 
 class DeliveryThreads:
-    def __init__(self, maildirs: Maildirs, commit: Commit, journal: Path, threads: int = THREADS) -> None:
-        """`journal` is the directory of the delivery journal (`journal.JOURNAL_DIR` in the Maildir root)."""
+    def __init__(
+        self, maildirs: Maildirs, commit: Commit, journal: Path, owner: str = "", threads: int = THREADS
+    ) -> None:
+        """`journal` is the directory of the delivery journal (`journal.JOURNAL_DIR` in the Maildir root);
+        `owner` starts the names of these threads' journal files (an SMTP worker's)."""
         self.maildirs = maildirs
         self._commit = commit
         self._inbox: Inbox[_Request] = Inbox(MAX_GROUP)
         self._threads = [
             threading.Thread(
-                target=self._run, args=(Journal(journal, f"delivery-{n}"),), name=f"maildir-delivery-{n}", daemon=True
+                target=self._run,
+                args=(Journal(journal, f"{owner}delivery-{n}"),),
+                name=f"maildir-delivery-{n}",
+                daemon=True,
             )
             for n in range(threads)
         ]

@@ -1,19 +1,20 @@
 """The gateway's policy and evidence: what to answer at each SMTP stage, and the events it leaves.
 
 `Gateway` holds what all connections share (config, checks, store, mailboxes, limits);
-`Connection` is aiosmtpd's handler for one connection. Every decision becomes an event; the
-reply to DATA is "250" only after the message is fsynced into every recipient's Maildir and
-the transaction's events are committed.
+`Connection` is the policy of one connection, called by the protocol layer (smtp/server.py).
+Every decision becomes an event; the reply to DATA is "250" only after the message is fsynced
+into every recipient's Maildir and the transaction's events are committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Final
@@ -62,6 +63,31 @@ log = logging.getLogger(__name__)
 PROTOCOL_REASONS: Final[Mapping[tuple[int, str], str]] = {(553, "5.6.7"): "protocol.smtputf8_required"}
 
 
+BACKLOG: Final = 1024
+
+
+def worker_files(worker: int) -> str:
+    """What the names of a worker's journal and spool files start with (none for the only process)."""
+    return f"w{worker}-" if worker else ""
+
+
+def recover(config: Config, store: Store, worker: int | None = None) -> None:
+    """Before accepting mail: record what a crash left in mailboxes unrecorded, clear what it left half-done.
+
+    With `worker`, only what that SMTP worker left (its successor is about to start; the others
+    deliver on): its journal and spool files. Without, everything, also tmp/ of every Maildir.
+    """
+    maildirs = Maildirs(config.path(config.mail.maildir_root))
+    files = "" if worker is None else worker_files(worker)
+    reconcile(maildirs, store, maildirs.root / JOURNAL_DIR, files)
+    if worker is None:
+        maildirs.recover()
+    spool_dir = config.path(config.mail.spool_dir)
+    if spool_dir.is_dir():
+        for leftover in spool_dir.glob(f"msg-{files}*.spool"):
+            leftover.unlink(missing_ok=True)
+
+
 class Gateway:
     """Shared state of the SMTP gateway."""
 
@@ -74,7 +100,9 @@ class Gateway:
         *,
         refs: RefGenerator,
         tls_context: ssl.SSLContext | None,
+        worker: int = 0,
     ) -> None:
+        """`worker`: the SMTP worker's slot (0: the only process); its journal and spool files carry it."""
         self.config = config
         self.store = store
         self.chain = chain
@@ -83,14 +111,13 @@ class Gateway:
         self.tls_context = tls_context
         self.maildirs = Maildirs(config.path(config.mail.maildir_root))
         self.journal = self.maildirs.root / JOURNAL_DIR
-        self.delivery = DeliveryThreads(self.maildirs, store.commit_soon, self.journal)
+        self.files = worker_files(worker)
+        self.delivery = DeliveryThreads(self.maildirs, store.commit_soon, self.journal, self.files)
         self.downstream = (
             Downstream(config.delivery, config.smtp.hostname) if config.delivery.mode != "maildir" else None
         )
         self.spool_dir = config.path(config.mail.spool_dir)
         self.node = config.node.name
-        self.active = 0
-        self.per_ip: Counter[str] = Counter()
         self.connections: set[GatewaySMTP] = set()
         self.shutting_down = False
         self._servers: list[asyncio.AbstractServer] = []
@@ -101,21 +128,19 @@ class Gateway:
 
     def recover(self) -> None:
         """Before accepting mail: record what a crash left in mailboxes unrecorded, clear what it left half-done."""
-        reconcile(self.maildirs, self.store, self.journal)
-        self.maildirs.recover()
-        if self.spool_dir.is_dir():
-            for leftover in self.spool_dir.glob("msg-*.spool"):
-                leftover.unlink(missing_ok=True)
+        recover(self.config, self.store)
 
-    async def start(self) -> list[str]:
+    async def start(self, sockets: Sequence[socket.socket] = ()) -> list[str]:
+        """Listen on `smtp.listen`, or on `sockets` bound for this worker by the supervisor."""
         loop = asyncio.get_running_loop()
-        bound: list[str] = []
-        for address in self.config.smtp.listen:
+        servers = [await loop.create_server(self.protocol, sock=sock, backlog=BACKLOG) for sock in sockets]
+        for address in self.config.smtp.listen if not sockets else ():
             host, port = parse_hostport(address)
-            server = await loop.create_server(self.protocol, host=host, port=port, reuse_address=True, backlog=1024)
-            self._servers.append(server)
-            bound.extend(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
-        return bound
+            servers.append(
+                await loop.create_server(self.protocol, host=host, port=port, reuse_address=True, backlog=BACKLOG)
+            )
+        self._servers.extend(servers)
+        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for server in servers for s in server.sockets]
 
     def finish_soon(self, work: Coroutine[Any, Any, str]) -> asyncio.Task[str]:
         """Run the end of a transaction (decide, deliver, record) to completion, even if its client goes away."""
@@ -133,7 +158,7 @@ class Gateway:
         while any(p.conn.txn is not None for p in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for protocol in list(self.connections):
-            protocol._hang_up(protocol.conn.shutdown_reply())
+            protocol.hang_up(protocol.conn.shutdown_reply())
         if self._finishing:  # accepted messages are delivered and recorded before we exit
             await asyncio.wait(set(self._finishing))
         for server in self._servers:
@@ -142,7 +167,7 @@ class Gateway:
 
 
 class Connection:
-    """aiosmtpd handler for one connection: decisions, replies and events."""
+    """The policy of one connection: decisions, replies and events (`on_*`, called by smtp/server.py)."""
 
     source: str = "gateway"  # the events' source; the handler of a session Postfix runs says "milter" or "policy"
 
@@ -243,18 +268,17 @@ class Connection:
             client_port=client_port,
             watch_input=watch_input,
         )
-        gateway.active += 1
-        gateway.per_ip[client_ip] += 1
+        from_client, in_total = gateway.services.counts.opened(client_ip)  # all workers' connections
         self._counted = True
         limits = self.config.smtp
         result = ChainResult()
         if gateway.shutting_down:
             result.verdict = Verdict.tempfail("infra.shutdown")
-        elif gateway.per_ip[client_ip] > limits.max_connections_per_ip:  # the client's load
+        elif from_client > limits.max_connections_per_ip:  # the client's load
             result.verdict = Verdict.tempfail(
                 "client.too_many_connections", client_ip=client_ip, limit=limits.max_connections_per_ip
             )
-        elif gateway.active > limits.max_connections:  # ours: the client may hold just this one
+        elif in_total > limits.max_connections:  # ours: the client may hold just this one
             result.verdict = Verdict.tempfail("infra.server_busy", client_ip=client_ip, limit=limits.max_connections)
         else:
             result = await gateway.chain.run(Stage.CONNECT, self._ctx())
@@ -284,12 +308,10 @@ class Connection:
             self.pending = result.verdict
         return None
 
-    def handle_STARTTLS(self, server: Any, session: Any, envelope: Any) -> bool:
-        ssl_object = session.ssl.get("ssl_object") if isinstance(session.ssl, dict) else None
-        self.session.tls = ssl_object.version() if ssl_object is not None else "TLS"
+    def on_starttls(self, version: str) -> None:
+        self.session.tls = version
         self.session.helo = None  # RFC 3207 4.2: forget everything learnt before TLS
         self.txn = None
-        return True
 
     # ------------------------------------------------------------------ MAIL and RCPT
     async def on_mail(self, path: EnvelopePath) -> str:
@@ -373,7 +395,7 @@ class Connection:
 
     def new_spool(self) -> Spool:
         smtp = self.config.smtp
-        return Spool(self.gateway.spool_dir, smtp.memory_spool_limit, smtp.max_message_size)
+        return Spool(self.gateway.spool_dir, smtp.memory_spool_limit, smtp.max_message_size, self.gateway.files)
 
     def on_data_lost(self, spool: Spool) -> None:
         spool.discard()
@@ -686,7 +708,9 @@ class Connection:
 
     def on_timeout(self, seconds: float, *, in_data: bool) -> str:
         verdict = Verdict.tempfail("protocol.timeout", seconds=int(seconds))
-        reply = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
+        rendered = replies.for_verdict(verdict, self.ref, self.config.explain.url, utf8=True)
+        # "421 <hostname> ..." (RFC 5321 3.8); the event records the reply as sent
+        reply = replies.Reply(rendered.code, rendered.enhanced, f"{self.config.smtp.hostname} {rendered.text}")
         self._event(
             "tempfail",
             smtp_code=reply.code,
@@ -695,7 +719,7 @@ class Connection:
             reason="protocol.timeout",
             detail={"stage": "data" if in_data else "command", "seconds": seconds},
         )
-        return f"{reply.code} {reply.enhanced} {self.config.smtp.hostname} {reply.text}"
+        return reply.line
 
     def on_proxy_refused(self, peer_ip: str, peer_port: int, problem: str) -> str:
         """A connection without a usable PROXY header (smtp.proxy_protocol): recorded, answered 421, closed."""
@@ -729,10 +753,7 @@ class Connection:
     def release_slot(self) -> None:
         """No longer count this connection against the limits (`smtp.max_connections`, `max_connections_per_ip`)."""
         if self._counted:
-            self.gateway.active -= 1
-            self.gateway.per_ip[self.session.client_ip] -= 1
-            if self.gateway.per_ip[self.session.client_ip] <= 0:
-                del self.gateway.per_ip[self.session.client_ip]
+            self.gateway.services.counts.closed(self.session.client_ip)
             self._counted = False
 
     def on_disconnect(self, *, lost: bool) -> None:

@@ -1,18 +1,22 @@
-"""The SMTP protocol: aiosmtpd 1.4.6, extended where it falls short for an MX.
+"""The SMTP protocol on `asyncio.Protocol`: bytes in, one command at a time to the policy, replies out.
 
-aiosmtpd provides the stream plumbing and STARTTLS; this subclass adds what it lacks (measured):
-- a connect-time decision before the greeting (its 220 is sent from a private method),
-- an inactivity timeout that any received byte resets, also during DATA, that does not run
-  while we are still deciding, and that ends with a 421,
-- streaming DATA (`smtp/data.py`, `smtp/spool.py`) instead of buffering the whole message,
-  with lines up to a configurable length instead of refusing anything over 1,001 bytes,
+Our own lean layer (aiosmtpd was a shell around our code by the end, pinned for the private
+methods we replaced). Per connection: a byte buffer in which commands are found with
+`bytearray.find`, and one task that runs the commands and awaits the policy (`smtp/gateway.py`,
+`Connection.on_*`, which decides what to answer). Message content does not pass through the
+buffer or wake the task: `data_received` feeds it straight into the decoder and the spool, and
+the task only wakes when the message is complete. Beyond the plain protocol:
+- a connect-time decision before the greeting, with a look at what an early talker sent (pregreet),
+- an inactivity timeout that any received byte resets, also during DATA and BDAT, that does not
+  run while we are still deciding and ends with a 421; a bound on the whole session,
+- streaming DATA (`smtp/data.py`, `smtp/spool.py`) with lines up to a configurable length, and
+  CHUNKING/BDAT (RFC 3030) with the same checks and replies,
 - strict MAIL/RCPT parsing (`addresses.parse_path`) and enhanced status codes on every reply,
-- limits on command length and errors, a half-closing client is answered before we close,
-  and once a message is complete its transaction finishes even if the client goes away.
-aiosmtpd's constructor introspects the handler with `inspect` on every connection (14 % of the
-CPU per connection, measured), so this class sets up its state itself. Policy (what to
-answer) lives in `smtp/gateway.py`; this module only speaks the protocol. Because it overrides
-private methods, aiosmtpd is pinned to 1.4.6.
+- limits on command length and errors, PROXY v1/v2 (`smtp/proxy.py`), STARTTLS (`loop.start_tls`),
+- a half-closing client is answered before we close, and once a message is complete its
+  transaction finishes even if the client goes away.
+Replies are written when the next command must be waited for, so a pipelined group is answered
+with one write (RFC 2920); a client that does not read them is not read from either.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, AnyStr, Final
-
-from aiosmtpd.proxy_protocol import get_proxy
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from mailwarden.addresses import EnvelopePath, PathSyntaxError, parse_path
-from mailwarden.smtp.data import DataDecoder
+from mailwarden.smtp import proxy
+from mailwarden.smtp.data import DataDecoder, LineChecks
 from mailwarden.smtp.replies import with_enhanced_code
+from mailwarden.smtp.spool import Spool
 from mailwarden.text import printable
 
 if TYPE_CHECKING:
@@ -38,243 +42,303 @@ log = logging.getLogger(__name__)
 
 ERROR_LIMIT: Final = 20  # error replies in one session before we hang up (Postfix: smtpd_hard_error_limit)
 NON_SMTP: Final = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "USER"})
-READ_CHUNK: Final = 64 * 1024
 PREGREET_PEEK: Final = 512  # bytes of an early talker's input looked at before the greeting
-STREAM_LIMIT: Final = 64 * 1024  # what the stream reader buffers before pausing the socket
+BUFFER_LIMIT: Final = 64 * 1024  # input kept while we decide; past it the socket is not read
+PENDING_REPLIES: Final = 64  # replies to pipelined commands written together at most
+CHUNK_SIZE_DIGITS: Final = 20
 COMMANDS: Final = (
-    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH",
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS",
+    "AUTH",
 )  # fmt: skip
-NEED_HELO: Final = frozenset({"MAIL", "RCPT", "DATA"})
+NEED_HELO: Final = frozenset({"MAIL", "RCPT", "DATA", "BDAT"})
 
 
-class GatewaySMTP(SMTP):
+class _Body(Protocol):
+    """Where message content goes while it arrives, instead of the command buffer."""
+
+    done: bool
+    failure: Exception | None
+
+    def feed(self, data: bytes) -> bytes:
+        """Take content; return what came after the body's end (pipelined commands)."""
+
+
+class _Dotted:
+    """DATA: content up to <CR><LF>.<CR><LF>, unstuffed, into the spool."""
+
+    def __init__(self, decoder: DataDecoder, spool: Spool) -> None:
+        self.decoder = decoder
+        self.spool = spool
+        self.done = False
+        self.failure: Exception | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        self.spool.write(self.decoder.feed(data))  # the spool never raises; its failure waits for the end
+        if not self.decoder.done:
+            return b""
+        self.done = True
+        self.spool.finish()
+        return self.decoder.leftover
+
+
+class _Chunk:
+    """A BDAT chunk: exactly `size` bytes, handed to `sink` (None: read and thrown away)."""
+
+    def __init__(self, size: int, sink: Callable[[bytes], None] | None) -> None:
+        self.remaining = size
+        self.sink = sink
+        self.done = size == 0
+        self.failure: Exception | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        piece, rest = (data, b"") if len(data) <= self.remaining else (data[: self.remaining], data[self.remaining :])
+        self.remaining -= len(piece)
+        if self.sink is not None:
+            self.sink(piece)
+        self.done = self.remaining == 0
+        return rest
+
+
+class _Chunked:
+    """A message arriving in BDAT chunks: its spool and the line checks DATA's content gets too."""
+
+    def __init__(self, spool: Spool, lines: LineChecks) -> None:
+        self.spool = spool
+        self.lines = lines
+
+    def write(self, data: bytes) -> None:
+        self.spool.write(self.lines.feed(data))
+
+    def finish(self) -> None:
+        self.spool.write(self.lines.finish())
+        self.spool.finish()
+
+
+class _ClientGone(ConnectionError):
+    """The client closed its side while we needed more from it."""
+
+
+class GatewaySMTP(asyncio.Protocol):
     def __init__(self, connection: Connection, *, tls_context: ssl.SSLContext | None) -> None:
-        # Deliberately not SMTP.__init__ (see the module docstring); these are the attributes
-        # aiosmtpd's remaining code (connection_made, STARTTLS, push) relies on.
-        loop = asyncio.get_running_loop()
-        asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop), client_connected_cb=self._cb_client_connected
-        )
-        settings = connection.gateway.config.smtp
-        self.loop = loop
-        self.hostname = settings.hostname
-        self.tls_context = tls_context
-        self._timeout_duration = settings.timeouts.command
-        self._timeout_handle: asyncio.TimerHandle | None = None
-        self._idle_deadline = 0.0
-        self._tls_handshake_okay = True
-        self._tls_protocol: Any = None
-        self._original_transport: asyncio.BaseTransport | None = None
-        self._handler_coroutine: asyncio.Task[None] | None = None
-        self._handle_hooks = {"STARTTLS": connection.handle_STARTTLS}
-        self.session: Session | None = None
-        self.envelope: Envelope | None = None  # aiosmtpd's; our transaction state is `Connection.txn`
-        self.transport: Any = None
+        self.loop = asyncio.get_running_loop()
         self.conn = connection
-        self.settings = settings
+        self.settings = connection.gateway.config.smtp
+        self.hostname = self.settings.hostname
+        self.tls_context = tls_context
+        self.transport: asyncio.Transport | None = None
+        self._tls = False
+        self._buffer = bytearray()
+        self._body: _Body | None = None  # content goes here, not into the buffer
+        self._waiter: asyncio.Future[None] | None = None  # the task waits for input
+        self._eof = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []  # replies not yet written
+        self._task: asyncio.Task[None] | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0
+        self._session_timer: asyncio.TimerHandle | None = None
         self._busy = False  # deciding on a command: the client is waiting for us, not idle
         self._in_data = False
         self._errors = 0
         self._command: str | None = None  # the verb being answered, for the record of a refusal
-        self._closed_reported = False
-        self._session_timer: asyncio.TimerHandle | None = None
+        self._chunked: _Chunked | None = None  # a BDAT transaction before its LAST chunk
+        self._torn_down = False
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.conn.gateway.connections.add(self)
+        self._reset_timeout(self.settings.timeouts.command)
+        self._session_timer = self.loop.call_later(self.settings.timeouts.session, self._session_expired)
+        self._task = self.loop.create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        # Any byte counts as activity (the deadline only moves here; the timer follows lazily).
+        self._idle_deadline = self.loop.time() + self._idle_limit()
+        body = self._body
+        if body is not None:
+            data = self._into(body, data)
+            if not body.done and body.failure is None:
+                return  # the task sleeps on until the whole message is in
+            self._body = None
+        if data:
+            self._buffer += data
+            if len(self._buffer) > BUFFER_LIMIT and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it already sent, then close (TLS cannot half-close)."""
+        self._eof = True
+        self._wake()
+        return not self._tls
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._teardown()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     # ------------------------------------------------------------------ plumbing
-    def data_received(self, data: bytes) -> None:
-        """Any byte from the client counts as activity (aiosmtpd only counts complete commands)."""
-        super().data_received(data)
-        self._reset_timeout(self._idle_limit())
+    @staticmethod
+    def _into(body: _Body, data: bytes) -> bytes:
+        """Feed a body; a fault in decoding is kept in `body.failure` (where the message ends is unknown then)."""
+        try:
+            return body.feed(data)
+        except Exception as error:
+            body.failure = error
+            return b""
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _more_input(self) -> None:
+        """Send the replies so far, then wait until more bytes arrive; `_ClientGone` at the client's end."""
+        self._flush()
+        if self._writing_paused and self.transport is not None:
+            self._drained = self.loop.create_future()
+            await self._drained  # the client reads no replies: read nothing more from it either
+        if self._eof or self.transport is None:
+            raise _ClientGone("the client closed the connection")
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def _idle_limit(self) -> float:
         timeouts = self.settings.timeouts
         return timeouts.data_block if self._in_data else timeouts.command
 
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        """Move the idle deadline; the timer itself is only re-armed when it fires or must fire earlier.
-
-        (aiosmtpd cancels and creates a timer on every call: on every chunk of data, with us.)
-        """
-        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
-        handle = self._timeout_handle
+    def _reset_timeout(self, duration: float) -> None:
+        """Move the idle deadline; the timer itself is only re-armed when it fires or must fire earlier."""
+        if self._torn_down:  # a session task ending after the connection must not time it out again
+            return
+        self._idle_deadline = self.loop.time() + duration
+        handle = self._idle_handle
         if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
             if handle is not None:
                 handle.cancel()
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._timeout_cb)
+            self._idle_handle = self.loop.call_at(self._idle_deadline, self._timeout_cb)
 
     def _timeout_cb(self) -> None:
-        self._timeout_handle = None  # this one has fired
+        self._idle_handle = None  # this one has fired
         if self.loop.time() < self._idle_deadline:  # activity since the timer was set: wait for the rest
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._timeout_cb)
+            self._idle_handle = self.loop.call_at(self._idle_deadline, self._timeout_cb)
             return
         if self._busy:  # a check is still running: the client is not idle
             self._reset_timeout(self._idle_limit())
             return
-        self._hang_up(self.conn.on_timeout(self._idle_limit(), in_data=self._in_data))
+        self.hang_up(self.conn.on_timeout(self._idle_limit(), in_data=self._in_data))
 
     def _session_expired(self) -> None:
-        self._hang_up(self.conn.on_timeout(self.settings.timeouts.session, in_data=self._in_data))
+        self.hang_up(self.conn.on_timeout(self.settings.timeouts.session, in_data=self._in_data))
 
-    def _hang_up(self, reply: str) -> None:
-        """Send a final reply without waiting for the client, then close."""
+    def hang_up(self, reply: str) -> None:
+        """Send a final reply (with whatever is still pending) without waiting for the client, then close."""
         if self.transport is None:
             return
-        try:
-            self._writer.write(reply.encode("utf-8", "replace") + b"\r\n")
-        except Exception:
-            pass
+        self._out.append(reply.encode("utf-8", "replace") + b"\r\n")
+        self._flush()
         self.transport.close()
 
-    def eof_received(self) -> bool | None:
-        """The client half-closed: answer what it already sent, then close (aiosmtpd drops it all)."""
-        self._reader.feed_eof()
-        return self.session is None or self.session.ssl is None
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._session_timer is not None:
-            self._session_timer.cancel()
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
+    def _teardown(self) -> None:
+        """The connection is gone (or TLS failed, which asyncio does not report as such): count it out once."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        for handle in (self._session_timer, self._idle_handle):
+            if handle is not None:
+                handle.cancel()
         self.conn.gateway.connections.discard(self)
-        if not self._closed_reported:
-            self._closed_reported = True
-            self.conn.on_disconnect(lost=not self.conn.quit_seen)
-        if self._original_transport is not None:
-            self._original_transport.close()
-        asyncio.StreamReaderProtocol.connection_lost(self, error)
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
+        self._drop_chunks(lost=True)
+        self.conn.on_disconnect(lost=not self.conn.quit_seen)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         self.transport = None
 
-    async def push(self, status: AnyStr, *, raw: bool = False) -> None:
-        """Send a reply (`raw`: it has its enhanced code already).
+    def push(self, status: str, *, raw: bool = False) -> None:
+        """Queue a reply (`raw`: it has its enhanced code already); written before we wait for the client.
 
         Every refusal passes here: one the gateway did not decide and record itself gets our ref and
         an event from `Connection.on_protocol_reply`, whichever string it started as.
         """
-        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if not raw:
-            text = "\r\n".join(with_enhanced_code(line) for line in text.split("\r\n"))
-        if text[:1] in "45":
+        text = status if raw else "\r\n".join(with_enhanced_code(line) for line in status.split("\r\n"))
+        if text[:1] in ("4", "5"):
             self._errors += 1
             if not self.conn.is_own_reply(status):
                 text = self.conn.on_protocol_reply(text, self._command)
         if self.transport is None or self.transport.is_closing():
             return
-        self._writer.write(text.encode("utf-8", "replace") + b"\r\n")
-        await self._writer.drain()
+        self._out.append(text.encode("utf-8", "replace") + b"\r\n")
+        if len(self._out) >= PENDING_REPLIES:
+            self._flush()
 
-    # ------------------------------------------------------------------ the session loop
-    async def _handle_client(self) -> None:
-        """Our replacement of aiosmtpd's private loop: PROXY, connect decision, commands."""
-        assert self.session is not None and self.transport is not None
+    # ------------------------------------------------------------------ the session
+    async def _run(self) -> None:
+        """PROXY header, connect decision and greeting, then one command after the other."""
+        assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        self.conn.gateway.connections.add(self)
-        self._session_timer = self.loop.call_later(self.settings.timeouts.session, self._session_expired)
-        if self.settings.proxy_protocol:
-            proxied = await self._read_proxy_header(peer)
-            if proxied is None:
-                return
-            peer = proxied
-        self._busy = True
-        greeting, accepted = await self.conn.on_connect(str(peer[0]), int(peer[1]), self._input_before_greeting)
-        self._busy = False
-        await self.push(greeting, raw=True)
-        if not accepted:
-            self.transport.close()
-            return
-        self._reset_timeout(self.settings.timeouts.command)
         try:
+            if self.settings.proxy_protocol:
+                proxied = await self._read_proxy_header(peer)
+                if proxied is None:
+                    return
+                peer = proxied
+            self._busy = True
+            greeting, accepted = await self.conn.on_connect(str(peer[0]), int(peer[1]), self._input_before_greeting)
+            self._busy = False
+            self.push(greeting, raw=True)
+            if not accepted:
+                return
+            self._reset_timeout(self.settings.timeouts.command)
             while self.transport is not None and not self.transport.is_closing():
                 if not await self._next_command():
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except ConnectionError:
             pass  # the client went away; connection_lost records it
-        except TLSSetupException as error:
-            log.info("session %s: TLS handshake failed: %s", self.conn.session.id, error.__cause__ or error)
         finally:
+            self._flush()
             if self.transport is not None:
                 self.transport.close()
 
     async def _input_before_greeting(self, seconds: float) -> bytes | None:
         """What the client sends within `seconds` before our greeting (`checks.base.InputWatch`).
 
-        It stays in the reader for the command loop; None when the client went away instead.
+        It stays in the buffer for the command loop; None when the client went away instead.
         """
-        try:
-            async with asyncio.timeout(seconds):
-                sent: bytes = await self._reader.read(PREGREET_PEEK)
-        except TimeoutError:
-            return b""
-        except ConnectionError:
-            return None
-        if sent:
-            self._reader._buffer[0:0] = sent  # type: ignore[attr-defined]  # read again as commands
-        return sent or None
-
-    async def _next_command(self) -> bool:
-        """Read, check and run one command; False when the session is over."""
-        self._command = None
-        line = await self._read_command_line()
-        if self._errors >= ERROR_LIMIT:  # every error counts, also lines that are not even a command
-            self._hang_up(self.conn.on_too_many_errors(self._errors))
-            return False
-        if line is None:
-            return True
-        if not line:
-            await self.push("500 5.5.2 Error: empty command")
-            return True
-        problem = _command_problem(line)
-        if problem:
-            await self.push(f"500 5.5.2 Error: {problem}")
-            return True
-        text = line.decode("utf-8")
-        verb, _, arg = text.partition(" ")
-        verb = verb.upper()
-        if verb in NON_SMTP:
-            self._hang_up(self.conn.on_non_smtp(verb))
-            return False
-        if verb not in COMMANDS:
-            await self.push(f'500 5.5.1 Error: command "{printable(verb, 32)}" not recognized')
-            return True
-        self.conn.count(verb)
-        self._command = verb
-        if verb in NEED_HELO and self.conn.session.helo is None:
-            await self.push("503 5.5.1 Error: send HELO or EHLO first")
-            return True
-        self._busy = True
-        try:
-            await getattr(self, "smtp_" + verb)(arg.strip() or None)
-        except (ConnectionError, asyncio.CancelledError, TLSSetupException, asyncio.IncompleteReadError):
-            raise
-        except Exception as error:  # a bug must not end the session silently
-            log.exception("session %s: unexpected error in %s", self.conn.session.id, verb)
-            await self.push(self.conn.on_internal_error(error), raw=True)
-        finally:
-            self._busy = False
-            self._reset_timeout(self._idle_limit())  # the client's silence counts from our reply on
-        return True
-
-    async def _read_command_line(self) -> bytes | None:
-        """One command line without its line end; None when it was too long (already answered)."""
-        limit = self.settings.max_command_line
-        try:
-            line: bytes = await self._reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError as error:
-            await self._skip_overlong_line(error.consumed)
-            line = b""
-        if not line or len(line) > limit:
-            await self.push(f"500 5.5.2 Error: command line too long (at most {limit} bytes)")
-            return None
-        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
-
-    async def _skip_overlong_line(self, consumed: int) -> None:
-        await self._reader.readexactly(consumed)
-        while True:
+        if not self._buffer:
             try:
-                await self._reader.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as again:
-                await self._reader.readexactly(again.consumed)
+                async with asyncio.timeout(seconds):
+                    await self._more_input()
+            except TimeoutError:
+                return b""
+            except ConnectionError:
+                pass
+        return bytes(self._buffer[:PREGREET_PEEK]) or None
 
     async def _read_proxy_header(self, peer: tuple[Any, ...]) -> tuple[str, int] | None:
         """The client's real address from a PROXY v1/v2 header; None (answered, closed) if missing or untrusted."""
@@ -282,23 +346,133 @@ class GatewaySMTP(SMTP):
             ipaddress.ip_address(peer[0]) in ipaddress.ip_network(net, strict=False)
             for net in self.settings.proxy_trusted
         )
-        problem = None
         if not trusted:
             problem = f"{peer[0]} is not allowed to send a PROXY header (smtp.proxy_trusted)"
         else:
+            result: proxy.Proxied | proxy.Unusable | None
             try:
                 async with asyncio.timeout(self.settings.timeouts.command):
-                    data = await get_proxy(self._reader)
-            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                problem = "no PROXY header arrived"
-            else:
-                if not data.valid or data.src_addr is None:
-                    problem = f"invalid PROXY header ({data.error or 'no source address'})"
-        if problem is None:
-            return str(data.src_addr), int(data.src_port or 0)
+                    while (result := proxy.parse(self._buffer)) is None:
+                        await self._more_input()
+            except (TimeoutError, ConnectionError):
+                result = proxy.Unusable("no PROXY header arrived")
+            if isinstance(result, proxy.Proxied):
+                del self._buffer[: result.length]
+                return result.client_ip, result.client_port
+            problem = result.problem
         log.warning("closing the connection from %s: %s", peer[0], problem)
-        self._hang_up(self.conn.on_proxy_refused(str(peer[0]), int(peer[1]), problem))
+        self.hang_up(self.conn.on_proxy_refused(str(peer[0]), int(peer[1]), problem))
         return None
+
+    async def _next_command(self) -> bool:
+        """Read, check and run one command; False when the session is over."""
+        self._command = None
+        line = await self._read_command_line()
+        if self._errors >= ERROR_LIMIT:  # every error counts, also lines that are not even a command
+            self.hang_up(self.conn.on_too_many_errors(self._errors))
+            return False
+        if line is None:
+            return True
+        if not line:
+            self.push("500 5.5.2 Error: empty command")
+            return True
+        problem = _command_problem(line)
+        if problem:
+            self.push(f"500 5.5.2 Error: {problem}")
+            return True
+        verb, _, arg = line.decode("utf-8").partition(" ")
+        verb = verb.upper()
+        if verb in NON_SMTP:
+            self.hang_up(self.conn.on_non_smtp(verb))
+            return False
+        handler = _HANDLERS.get(verb)
+        if handler is None:
+            self.push(f'500 5.5.1 Error: command "{printable(verb, 32)}" not recognized')
+            return True
+        self.conn.count(verb)
+        self._command = verb
+        if verb in NEED_HELO and self.conn.session.helo is None and verb != "BDAT":  # BDAT: its chunk first
+            self.push("503 5.5.1 Error: send HELO or EHLO first")
+            return True
+        self._busy = True
+        try:
+            return await handler(self, arg.strip() or None) is not False
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as error:  # a bug must not end the session silently
+            log.exception("session %s: unexpected error in %s", self.conn.session.id, verb)
+            self.push(self.conn.on_internal_error(error), raw=True)
+            return True
+        finally:
+            self._busy = False
+            self._reset_timeout(self._idle_limit())  # the client's silence counts from our reply on
+
+    async def _read_command_line(self) -> bytes | None:
+        """One command line without its line end; None when it was too long (already answered)."""
+        limit = self.settings.max_command_line
+        skipping = False
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                if skipping or end + 1 > limit:
+                    del self._buffer[: end + 1]
+                    self.push(f"500 5.5.2 Error: command line too long (at most {limit} bytes)")
+                    return None
+                line = bytes(memoryview(self._buffer)[: end - 1 if end and self._buffer[end - 1] == 13 else end])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > limit:  # no end in sight: keep nothing of it
+                skipping = True
+                self._buffer.clear()
+            await self._more_input()
+
+    # ------------------------------------------------------------------ message content
+    async def _receive(self, body: _Body, spool: Spool | None) -> bool:
+        """Stream content into `body` until it is complete; False (answered, closing) if it could not be decoded.
+
+        The connection going away (or the session being cancelled) records the lost content and raises.
+        """
+        self._in_data, self._busy = True, False
+        self._reset_timeout(self.settings.timeouts.data_block)
+        try:
+            if self._buffer:  # what came with the command (pipelined BDAT chunks, an eager client)
+                pending = bytes(self._buffer)
+                self._buffer.clear()
+                self._buffer += self._into(body, pending)
+            while not body.done and body.failure is None:
+                self._body = body
+                await self._more_input()
+        except BaseException:
+            if spool is not None:
+                self.conn.on_data_lost(spool)
+            raise
+        finally:
+            self._body = None
+            self._in_data, self._busy = False, True
+        if body.failure is None:
+            return True
+        # Decoding failed: where the message ends is unknown, so nothing more is read from this client.
+        log.error("session %s: decoding the message failed", self.conn.session.id, exc_info=body.failure)
+        assert spool is not None
+        self.hang_up(self.conn.on_data_undecodable(spool, body.failure))
+        return False
+
+    async def _finish(self, spool: Spool, lines: LineChecks | DataDecoder) -> None:
+        """The message is complete: decide and deliver even if the client goes away now, then answer."""
+        finishing = self.conn.gateway.finish_soon(
+            self.conn.on_data_end(spool, line_too_long=lines.line_too_long, bare_newlines=lines.bare_newlines)
+        )
+        self.push(await asyncio.shield(finishing), raw=True)
+
+    def _drop_chunks(self, *, lost: bool = False) -> None:
+        """A BDAT transaction ends before its LAST chunk (RSET, EHLO, STARTTLS, the connection lost)."""
+        chunked, self._chunked = self._chunked, None
+        if chunked is None:
+            return
+        if lost:
+            self.conn.on_data_lost(chunked.spool)
+        else:
+            chunked.spool.discard()
 
     # ------------------------------------------------------------------ commands
     async def smtp_EHLO(self, hostname: str | None) -> None:
@@ -309,14 +483,15 @@ class GatewaySMTP(SMTP):
 
     async def _greet(self, hostname: str | None, *, esmtp: bool) -> None:
         if not hostname or " " in hostname:
-            await self.push(f"501 5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+            self.push(f"501 5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
             return
+        self._drop_chunks()
         refusal = await self.conn.on_helo(hostname, esmtp=esmtp)
         if refusal is not None:
-            await self.push(refusal, raw=True)
+            self.push(refusal, raw=True)
             return
         if not esmtp:
-            await self.push(f"250 {self.hostname}", raw=True)
+            self.push(f"250 {self.hostname}", raw=True)
             return
         lines = [
             self.hostname,
@@ -325,107 +500,152 @@ class GatewaySMTP(SMTP):
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
+            "CHUNKING",
         ]
-        if self.tls_context is not None and self._tls_protocol is None:
+        if self.tls_context is not None and not self._tls:
             lines.append("STARTTLS")
-        await self.push("\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}", raw=True)
+        self.push("\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}", raw=True)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         path = _parsed(arg, "FROM", null_allowed=True)
         if isinstance(path, str):
-            await self.push(path)
+            self.push(path)
         elif (problem := _mail_params_problem(path, esmtp=self.conn.session.esmtp)) is not None:
-            await self.push(problem)
+            self.push(problem)
         else:
-            await self.push(await self.conn.on_mail(path), raw=True)
+            self.push(await self.conn.on_mail(path), raw=True)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         path = _parsed(arg, "TO", postmaster_allowed=True)
         if isinstance(path, str):
-            await self.push(path)
+            self.push(path)
         elif path.params:  # DSN (NOTIFY, ORCPT) is not offered
-            await self.push(f"555 5.5.4 Unsupported RCPT TO parameter {printable(next(iter(path.params)), 40)}")
+            self.push(f"555 5.5.4 Unsupported RCPT TO parameter {printable(next(iter(path.params)), 40)}")
         else:
-            await self.push(await self.conn.on_rcpt(path), raw=True)
+            self.push(await self.conn.on_rcpt(path), raw=True)
 
-    async def smtp_DATA(self, arg: str | None) -> None:
+    async def smtp_DATA(self, arg: str | None) -> bool:
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
+            self.push("501 5.5.4 Syntax: DATA")
+            return True
+        if self._chunked is not None:
+            self.push("503 5.5.1 Error: DATA after BDAT; a message is sent with one or the other")
+            return True
         refusal = await self.conn.on_data_start()
         if refusal is not None:
-            await self.push(refusal, raw=True)
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>", raw=True)
+            self.push(refusal, raw=True)
+            return True
+        self.push("354 End data with <CR><LF>.<CR><LF>", raw=True)
         decoder = DataDecoder(self.settings.max_line_length, self.settings.bare_newline == "normalize")
         spool = self.conn.new_spool()
-        self._in_data, self._busy = True, False
-        self._reset_timeout(self.settings.timeouts.data_block)
-        try:
-            # The spool never raises (a failure is kept in `spool.failure`): whatever happens to the
-            # content, the loop reads on to the end marker, so no line of the message runs as a command.
-            while not decoder.done:
-                chunk = await self._reader.read(READ_CHUNK)
-                if not chunk:
-                    raise ConnectionResetError("connection closed during DATA")
-                spool.write(decoder.feed(chunk))
-            spool.finish()
-        except BaseException as error:
-            if isinstance(error, OSError) or not isinstance(error, Exception):  # connection gone, or cancelled
-                self.conn.on_data_lost(spool)
-                raise
-            # Decoding failed: where the message ends is unknown, so nothing more is read from this client.
-            log.exception("session %s: decoding DATA failed", self.conn.session.id)
-            self._hang_up(self.conn.on_data_undecodable(spool, error))
-            return
-        finally:
-            self._in_data, self._busy = False, True
-        if decoder.leftover:  # pipelined commands after the final dot: give them back to the reader
-            self._reader._buffer[0:0] = decoder.leftover  # type: ignore[attr-defined]
-        # From here on the message is complete: decide and deliver even if the client goes away.
-        finishing = self.conn.gateway.finish_soon(
-            self.conn.on_data_end(spool, line_too_long=decoder.line_too_long, bare_newlines=decoder.bare_newlines)
-        )
-        reply = await asyncio.shield(finishing)
-        await self.push(reply, raw=True)
+        if not await self._receive(_Dotted(decoder, spool), spool):
+            return False
+        await self._finish(spool, decoder)
+        return True
+
+    async def smtp_BDAT(self, arg: str | None) -> bool:
+        """RFC 3030: the chunk follows the command whatever we answer, so it is read (or skipped) first."""
+        chunk = _chunk_arguments(arg)
+        if chunk is None:  # its size is unknown: the chunk cannot be told apart from commands
+            self.hang_up(
+                self.conn.on_protocol_reply(
+                    f"421 4.7.0 {self.hostname} Error: malformed BDAT command (BDAT chunk-size [LAST]); "
+                    "where its chunk ends is unknown, closing",
+                    "BDAT",
+                )
+            )
+            return False
+        size, last = chunk
+        refusal: str | None = None
+        if self.conn.session.helo is None:
+            refusal = "503 5.5.1 Error: send HELO or EHLO first"
+        elif self._chunked is None:
+            refusal = await self.conn.on_data_start()  # the same checks and replies as DATA
+        if refusal is not None:
+            await self._receive(_Chunk(size, None), None)
+            self.push(refusal, raw=True)
+            return True
+        if self._chunked is None:
+            lines = LineChecks(self.settings.max_line_length, self.settings.bare_newline == "normalize")
+            self._chunked = _Chunked(self.conn.new_spool(), lines)
+        chunked = self._chunked
+        await self._receive(_Chunk(size, chunked.write), None)  # a loss: `_teardown` records it
+        if not last and not chunked.spool.overflowed:
+            self.push(f"250 2.0.0 {size} octets received", raw=True)
+            return True
+        # LAST, or past the size limit (refused at once: the rest need not be sent; later chunks get 503)
+        self._chunked = None
+        chunked.finish()
+        await self._finish(chunked.spool, chunked.lines)
+        return True
 
     async def smtp_RSET(self, arg: str | None) -> None:
         if arg:
-            await self.push("501 5.5.4 Syntax: RSET")
+            self.push("501 5.5.4 Syntax: RSET")
             return
+        self._drop_chunks()
         self.conn.on_rset()
-        await self.push("250 2.0.0 OK", raw=True)
+        self.push("250 2.0.0 OK", raw=True)
 
     async def smtp_NOOP(self, arg: str | None) -> None:
-        await self.push("250 2.0.0 OK", raw=True)
+        self.push("250 2.0.0 OK", raw=True)
 
-    async def smtp_QUIT(self, arg: str | None) -> None:
+    async def smtp_QUIT(self, arg: str | None) -> bool:
         self.conn.quit_seen = True
-        await self.push("221 2.0.0 Bye", raw=True)
-        assert self.transport is not None
-        self.transport.close()
+        self.push("221 2.0.0 Bye", raw=True)
+        return False
 
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        if self._tls_protocol is not None:
-            await self.push("503 5.5.1 Error: TLS is already active")
+    async def smtp_STARTTLS(self, arg: str | None) -> bool:
+        if self._tls:
+            self.push("503 5.5.1 Error: TLS is already active")
         elif arg:
-            await self.push("501 5.5.4 Syntax: STARTTLS")
+            self.push("501 5.5.4 Syntax: STARTTLS")
         elif self.tls_context is None:
-            await self.push("454 4.7.0 TLS not available")
+            self.push("454 4.7.0 TLS not available")
         else:
-            await super().smtp_STARTTLS(arg)
+            return await self._start_tls(self.tls_context)
+        return True
+
+    async def _start_tls(self, context: ssl.SSLContext) -> bool:
+        assert self.transport is not None
+        self.push("220 2.0.0 Ready to start TLS", raw=True)
+        self._flush()
+        self._buffer.clear()  # RFC 3207 4.2: nothing the client sent before the handshake counts
+        self._drop_chunks()
+        plain = self.transport
+        try:
+            secured = await self.loop.start_tls(
+                plain, self, context, server_side=True, ssl_handshake_timeout=self.settings.timeouts.command
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as error:
+            log.info("session %s: TLS handshake failed: %s", self.conn.session.id, error)
+            plain.close()
+            self._teardown()  # asyncio reports no connection_lost for a handshake that failed
+            return False
+        if secured is None or self._torn_down:
+            return False
+        self.transport = secured
+        self._tls = True
+        ssl_object = secured.get_extra_info("ssl_object")
+        self.conn.on_starttls(ssl_object.version() if ssl_object is not None else "TLS")
+        return True
 
     async def smtp_AUTH(self, arg: str | None) -> None:
-        await self.push("502 5.5.1 AUTH is not available on this MX; use your provider's submission service")
+        self.push("502 5.5.1 AUTH is not available on this MX; use your provider's submission service")
 
     async def smtp_VRFY(self, arg: str | None) -> None:
-        await self.push("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+        self.push("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     async def smtp_EXPN(self, arg: str | None) -> None:
-        await self.push("502 5.5.1 EXPN is disabled")
+        self.push("502 5.5.1 EXPN is disabled")
 
     async def smtp_HELP(self, arg: str | None) -> None:
-        await self.push(f"214 2.0.0 This is an inbound MX; commands: {' '.join(COMMANDS)}")
+        self.push(f"214 2.0.0 This is an inbound MX; commands: {' '.join(COMMANDS)}")
+
+
+_HANDLERS: Final[dict[str, Callable[[GatewaySMTP, str | None], Coroutine[Any, Any, bool | None]]]] = {
+    verb: getattr(GatewaySMTP, f"smtp_{verb}") for verb in COMMANDS
+}
 
 
 def _command_problem(line: bytes) -> str | None:
@@ -434,10 +654,24 @@ def _command_problem(line: bytes) -> str | None:
         return "NUL byte in command"
     if b"\r" in line:
         return "bare CR in command"
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return "command is not valid UTF-8"
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return "command is not valid UTF-8"
+    return None
+
+
+def _chunk_arguments(arg: str | None) -> tuple[int, bool] | None:
+    """BDAT's chunk size and whether it is the LAST; None if malformed."""
+    words = (arg or "").split(" ")
+    size = words[0]
+    if not (size.isascii() and size.isdigit() and len(size) <= CHUNK_SIZE_DIGITS):
+        return None
+    if len(words) == 1:
+        return int(size), False
+    if len(words) == 2 and words[1].upper() == "LAST":
+        return int(size), True
     return None
 
 

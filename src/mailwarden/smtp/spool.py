@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class Spool:
-    def __init__(self, spool_dir: Path, memory_limit: int, size_limit: int) -> None:
+    def __init__(self, spool_dir: Path, memory_limit: int, size_limit: int, owner: str = "") -> None:
+        """`owner` starts the spool file's name after "msg-" (an SMTP worker's, to clean up after it)."""
         self._dir = spool_dir
+        self._owner = owner
         self._memory_limit = memory_limit
         self._size_limit = size_limit
         self._chunks: list[bytes] = []
@@ -63,7 +65,7 @@ class Spool:
 
     def _to_file(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="msg-", suffix=".spool", dir=self._dir)
+        fd, name = tempfile.mkstemp(prefix=f"msg-{self._owner}", suffix=".spool", dir=self._dir)
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
         for chunk in self._chunks:

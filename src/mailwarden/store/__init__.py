@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailwarden.store.base import EventQuery, Mailbox, Position, StoreError
-from mailwarden.store.parts import Store
+from mailwarden.store.base import EventQuery, EventWriter, Mailbox, Position, StoreError
+from mailwarden.store.parts import RateLimitState, Store
 
 if TYPE_CHECKING:
     from mailwarden.config import Config
@@ -28,24 +28,33 @@ def open_store(config: Config) -> Store:
 
 
 def open_store_url(
-    url: str, *, base_dir: Path | None = None, batch_interval: float = 0.05, spool: EventSpool | None = None
+    url: str,
+    *,
+    base_dir: Path | None = None,
+    batch_interval: float = 0.05,
+    spool: EventSpool | None = None,
+    writer: EventWriter | None = None,
+    local_rates: RateLimitState | None = None,
 ) -> Store:
     """Open the store named by a URL (`[store] url`); a relative SQLite path is below `base_dir`;
-    `spool` keeps a PostgreSQL store's events while the database is away (SQLite is local: none)."""
+    `spool` keeps a PostgreSQL store's events while the database is away (SQLite is local: none).
+    An SMTP worker's store: `writer` takes its event writes (the link to the supervisor's writer,
+    store/remote.py), and `local_rates` are the rate-limit counters of a store that counts on this
+    machine (SQLite; the table all workers share), where PostgreSQL counts in the database."""
     if url.startswith("sqlite:///"):
         from mailwarden.store.sqlite import SqliteStore
 
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        return SqliteStore(path, batch_interval=batch_interval)
+        return SqliteStore(path, batch_interval=batch_interval, writer=writer, rates=local_rates)
     if url.startswith("postgresql://"):
         from mailwarden.store.postgres import PostgresStore
 
-        return PostgresStore(url, batch_interval=batch_interval, spool=spool)
+        return PostgresStore(url, batch_interval=batch_interval, spool=spool, writer=writer)
     raise StoreError(
         f"unsupported store url {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host/database"
     )
 
 
-__all__ = ["EventQuery", "Mailbox", "Position", "Store", "StoreError", "open_store", "open_store_url"]
+__all__ = ["EventQuery", "EventWriter", "Mailbox", "Position", "Store", "StoreError", "open_store", "open_store_url"]

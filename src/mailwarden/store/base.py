@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
@@ -176,6 +176,25 @@ def _ends_transaction(item: Event | Position | _Barrier | _Bulk) -> bool:
     """A transaction ends with a position (or a bulk batch and its positions): a restart resumes
     there, so no event read after it may be committed with it, or it would be stored twice."""
     return isinstance(item, Position | _Bulk)
+
+
+class EventWriter(Protocol):
+    """What a store hands its event writes to: its own `BatchWriter`, or in an SMTP worker the
+    link to the supervisor's (store/remote.py)."""
+
+    def put(self, event: Event) -> None: ...
+
+    def put_many(self, events: Iterable[Event]) -> None: ...
+
+    def put_position(self, position: Position) -> None: ...
+
+    def put_bulk(self, events: Sequence[Event], positions: Sequence[Position]) -> None: ...
+
+    def commit_soon(self, events: Sequence[Event], done: Committed) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class BatchWriter:

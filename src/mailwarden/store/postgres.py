@@ -33,6 +33,7 @@ from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
+    EventWriter,
     GreylistEntry,
     IndexPage,
     IndexQuery,
@@ -179,14 +180,22 @@ class PostgresStore(Store):
     """Every part of the store in one PostgreSQL database, shared by the nodes that name it."""
 
     def __init__(
-        self, url: str, *, batch_interval: float = 0.05, pool_size: int = 8, spool: EventSpool | None = None
+        self,
+        url: str,
+        *,
+        batch_interval: float = 0.05,
+        pool_size: int = 8,
+        spool: EventSpool | None = None,
+        writer: EventWriter | None = None,
     ) -> None:
+        """`writer`: where event writes go instead of this store's own writer thread (an SMTP worker's
+        link to the supervisor's, which alone keeps the node's spool)."""
         self.url = url
         self._spool = spool
         self._known: dict[str, Mailbox] = {}  # find_mailbox's answers, for while the database is away
         self._away_until = 0.0  # monotonic time until which find_mailbox does not ask a failed database
         self._batch_interval = batch_interval
-        self._writer: BatchWriter | None = None
+        self._writer: EventWriter | None = writer
         self._starting = threading.Lock()
         self._writer_conn: psycopg.Connection[Any] | None = None
         self._days: set[int] = set()  # day partitions known to exist
@@ -215,7 +224,7 @@ class PostgresStore(Store):
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
 
     # -- events
-    def _writer_started(self) -> BatchWriter:
+    def _writer_started(self) -> EventWriter:
         if self._writer is None:
             with self._starting:
                 if self._writer is None:

@@ -26,6 +26,7 @@ from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
+    EventWriter,
     GreylistEntry,
     IndexPage,
     IndexQuery,
@@ -33,7 +34,7 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import Store, node_clash
+from mailwarden.store.parts import RateLimitState, Store, node_clash
 from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
@@ -455,9 +456,19 @@ class BulkWrites:
 
 
 class SqliteStore(SqliteAccounts, Store):
-    """Every part of the store in one SQLite file; rate limits are counted in this process (one machine)."""
+    """Every part of the store in one SQLite file; rate limits are counted on this machine: in this
+    process, or in the table the SMTP workers share (one machine)."""
 
-    def __init__(self, path: Path, *, batch_interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_interval: float = 0.05,
+        writer: EventWriter | None = None,
+        rates: RateLimitState | None = None,
+    ) -> None:
+        """`writer`: where event writes go instead of this store's own writer thread (an SMTP worker's link);
+        `rates`: the rate-limit counters (an SMTP worker's: smtp/clients.py `SharedCounts`), else in memory."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -472,13 +483,13 @@ class SqliteStore(SqliteAccounts, Store):
         self._audit = AuditLog(lambda: _connect(path))
         self._book: MessageBook | None = None
         self._index: MessageIndex | None = None
-        self._writer: BatchWriter | None = None
+        self._writer: EventWriter | None = writer
         self._bulk: BulkProcess | None = None  # a bulk import's writer, started by its first batch
         self._found: dict[str, tuple[float, Mailbox]] = {}  # find_mailbox: address -> (valid until, mailbox)
-        self._rates = MemoryRates()
+        self._rates: RateLimitState = MemoryRates() if rates is None else rates
 
     # -- events
-    def _writer_started(self) -> BatchWriter:
+    def _writer_started(self) -> EventWriter:
         if self._writer is None:
             with self._starting:  # the gateway's delivery threads commit too, not only the event loop
                 if self._writer is None:

@@ -1,0 +1,1 @@
+"""SMTP worker processes, one per core, and their supervisor."""
