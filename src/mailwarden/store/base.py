@@ -197,6 +197,23 @@ class EventWriter(Protocol):
     def close(self) -> None: ...
 
 
+def wait_until_committed(writer: EventWriter) -> None:
+    """Block until everything `writer` was given so far is committed; raise its StoreError if not.
+
+    The `flush` of every writer: an empty `commit_soon` is a barrier behind what is queued."""
+    finished = threading.Event()
+    errors: list[StoreError | None] = []
+
+    def done(error: StoreError | None) -> None:
+        errors.append(error)
+        finished.set()
+
+    writer.commit_soon((), done)
+    finished.wait()
+    if errors[0] is not None:
+        raise errors[0]
+
+
 class BatchWriter:
     """One thread that writes queued events in batches (group commit).
 
@@ -248,17 +265,7 @@ class BatchWriter:
         self._inbox.put(_Barrier(events, done), urgent=True)
 
     def flush(self) -> None:
-        finished = threading.Event()
-        errors: list[StoreError | None] = []
-
-        def done(error: StoreError | None) -> None:
-            errors.append(error)
-            finished.set()
-
-        self.commit_soon((), done)
-        finished.wait()
-        if errors[0] is not None:
-            raise errors[0]
+        wait_until_committed(self)
 
     def close(self) -> None:
         self.flush()

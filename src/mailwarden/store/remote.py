@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from mailwarden.events import Event
-from mailwarden.store.base import Committed, Position, StoreError
+from mailwarden.store.base import Committed, Position, StoreError, wait_until_committed
 from mailwarden.store.parts import Store
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,7 @@ class EventClient:
         done(broken)
 
     def flush(self) -> None:
-        finished = threading.Event()
-        errors: list[StoreError | None] = []
-
-        def done(error: StoreError | None) -> None:
-            errors.append(error)
-            finished.set()
-
-        self.commit_soon((), done)
-        finished.wait()
-        if errors[0] is not None:
-            raise errors[0]
+        wait_until_committed(self)
 
     def close(self) -> None:
         try:
