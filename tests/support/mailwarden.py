@@ -171,10 +171,17 @@ class Mailwarden:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the server (not its wrapper, which then ends by itself) and wait until it is gone."""
+        """SIGKILL the server and its SMTP workers at once - the whole node crashes - (not the wrapper,
+        which then ends by itself) and wait until it is gone.
+
+        The workers go too: a worker that outlived its supervisor would see its commit fail and take
+        its message back, which is another story (test_workers.py kills them one by one).
+        """
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError, FileNotFoundError, IndexError):
-                os.kill(self.pid, signal.SIGKILL)
+                for pid in [*self.worker_pids(), self.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self.process.kill()  # the wrapper too, should it linger
             self.process.wait()
 
