@@ -122,8 +122,12 @@ def cmd_accounts(args: argparse.Namespace, config: Config) -> int:
 def cmd_web(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
+    from mailwarden.web import workers
     from mailwarden.web.server import run_alone
 
+    processes = workers.count(config)
+    if processes > 1:
+        return workers.run(config, processes)
     store = open_store(config)
     try:
         asyncio.run(run_alone(config, store))

@@ -760,6 +760,13 @@ class WebConfig(_Section):
     why_per_minute: int = Field(
         30, ge=1, description="Requests per minute one client address may make to the public /why/REF page."
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes of `mailwarden web` that serve the pages on one socket; they share sessions, login "
+        "locks, the /why limit and the login form's key through the store. 0 = one per CPU core; 1 = no worker "
+        "processes. `mailwarden serve` serves the web pages in its own process, whatever this says.",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -28,6 +28,7 @@ from mailwarden.store.base import (
     StoreError,
     committed,
 )
+from mailwarden.store.web_state import WebState
 
 
 class EventLog(Protocol):
@@ -243,9 +244,11 @@ class Store(
     RateLimitState,
     NodeRegistry,
     AccountStore,
+    WebState,
 ):
     """Every part together: what `open_store` returns and a backend implements (the tracking
-    center's accounts and audit log are the part `AccountStore`, store/accounts.py)."""
+    center's accounts and audit log are the part `AccountStore`, store/accounts.py; what its
+    processes share, `WebState`, store/web_state.py)."""
 
     def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
         """Queue a bulk import's batch (thousands of events): committed together with `positions`,

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from mailwarden.events import Event, now_us
 from mailwarden.messages.keys import Link
-from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages
+from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages, web_state
 from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
 from mailwarden.store.base import (
     BatchWriter,
@@ -141,6 +141,8 @@ MIGRATIONS: Final[list[tuple[str, str]]] = [
         CREATE INDEX written_batches_ts ON written_batches (ts)
         """,
     ),
+    # What the tracking center's processes and nodes share (store/web_state.py; its counter is rate_counts).
+    ("web_shared_state", web_state.SCHEMA),
 ]
 
 _HIT: Final = """
@@ -626,6 +628,11 @@ class PostgresStore(Store):
                 {"before": before_id, "account": account, "limit": limit},
             ).fetchall()
         return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
+
+    @contextmanager
+    def _web_state_sql(self) -> Iterator[QmarkConnection]:
+        with self._conn() as conn:
+            yield QmarkConnection(conn)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +41,8 @@ from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
 from mailwarden.store.sqlite_bulk import BulkProcess
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import ROWS_PER_STATEMENT, MessageBook, event_rows, insert_rows
+from mailwarden.store.web_state import SCHEMA as WEB_STATE_SCHEMA
+from mailwarden.store.web_state import SQLITE_RATE_COUNTS
 
 Migration = str | Callable[[sqlite3.Connection], None]  # an SQL script, or a step over the data
 
@@ -221,6 +223,8 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
     CREATE TABLE nodes (node_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, registered_us INTEGER NOT NULL);
     """,
     ),
+    # What the tracking center's processes share (store/web_state.py), and the /why counter's table.
+    ("web_shared_state", WEB_STATE_SCHEMA + ";" + SQLITE_RATE_COUNTS),
 ]
 
 _INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"
@@ -766,6 +770,9 @@ class SqliteStore(SqliteAccounts, Store):
                 yield self._conn
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    def _web_state_sql(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._reading()
 
     @property
     def _audit_log(self) -> AuditLog:

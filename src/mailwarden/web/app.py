@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from mailwarden.events import now_us
 from mailwarden.loginguard import LoginGuard
 from mailwarden.store import Store
 from mailwarden.store.accounts import AuditEntry
-from mailwarden.store.rates import SlidingCounter
+from mailwarden.store.web_state import StoredGuardState
 from mailwarden.text import printable
 from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions
@@ -60,6 +59,7 @@ SECURITY_HEADERS: Final = {
     "permissions-policy": "camera=(), microphone=(), geolocation=()",
 }
 ONE_YEAR: Final = 365 * 86400
+WHY_COUNTER: Final = "web.why"  # the store counter of /why/REF requests per client address
 
 
 @dataclass
@@ -74,8 +74,6 @@ class Web:
     now_us: Callable[[], int] = now_us
     wall: Callable[[], float] = time.time  # the /why rate limit's minutes
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the delay after a failed login
-    why_counter: SlidingCounter = field(default_factory=SlidingCounter)
-    why_lock: threading.Lock = field(default_factory=threading.Lock)
     day_counts: DayCounts = field(default_factory=lambda: DayCounts(time.time))  # the dashboard's
 
     def audit(self, account: str, action: str, request: Request, target: str | None = None, **detail: Any) -> None:
@@ -111,8 +109,8 @@ class Web:
         return HTMLResponse(self.templates.get_template(name).render(context), status_code=status)
 
     def check_why_rate(self, request: Request) -> None:
-        with self.why_lock:  # handlers run in worker threads; the counter is a plain dict
-            count = self.why_counter.hit(client_ip(request) or "-", self.wall())
+        # Counted in the store: every worker process (and web node) of the tracking center counts the same client.
+        count = self.store.count_hit(WHY_COUNTER, client_ip(request) or "-", self.wall())
         if count > self.config.web.why_per_minute:
             raise TooManyRequests(60)
 
@@ -152,7 +150,6 @@ def create_app(
     store: Store,
     *,
     now: Callable[[], int] = now_us,
-    monotonic: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> FastAPI:
@@ -169,7 +166,8 @@ def create_app(
             max_delay=settings.login_failure_delay_max,
             max_failures=settings.login_max_failures,
             lock_seconds=settings.login_lock_seconds,
-            clock=monotonic,
+            clock=wall,  # the store's locks are seen by other processes: wall-clock times
+            state=StoredGuardState(store),
         ),
         templates=_environment(),
         now_us=now,

@@ -9,7 +9,9 @@ account's sessions.
 
 Every form carries a CSRF token, every state-changing API call sends it as `X-CSRF-Token`. Before
 the login there is no session: the login form's token is an HMAC, under a key this process made,
-of a random value in a second cookie (`mw_pre`), so another site cannot post a login either.
+of a random value in a second cookie (`mw_pre`), so another site cannot post a login either. The
+key is made once and kept in the store (store/web_state.py), so every worker process of the
+tracking center accepts the token another one put into the form.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mailwarden.web.scope import Principal
 SESSION_COOKIE: Final = "mw_session"
 PRE_COOKIE: Final = "mw_pre"
 CSRF_HEADER: Final = "x-csrf-token"
+PRE_KEY: Final = "web.login_form"  # the store secret of the login form's CSRF tokens
 _TOUCH_US: Final = 60 * 1_000_000  # a session's last-seen time is written at most once a minute
 
 
@@ -53,7 +56,7 @@ class Sessions:
         self.idle_us = config.session_idle_minutes * 60 * 1_000_000
         self.max_us = config.session_max_hours * 3600 * 1_000_000
         self.now_us = now_us
-        self._pre_key = secrets.token_bytes(32)
+        self._pre_key = store.web_secret(PRE_KEY)
 
     def start(self, account: WebAccount, previous_token: str | None) -> tuple[str, Session]:
         """A new session for `account` (its token goes into the cookie); the browser's old one ends."""

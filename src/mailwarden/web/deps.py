@@ -98,18 +98,18 @@ async def log_in(request: Request, name: str, password: str) -> tuple[str, Sessi
     web = web_of(request)
     address = client_ip(request) or "-"
     account_key = name.lower()[:64]
-    lock = web.guard.locked(address, account_key)
+    lock = await run_in_threadpool(web.guard.locked, address, account_key)  # the guard's state is in the store
     if lock is not None:
         await run_in_threadpool(web.audit, name[:64], "login.locked", request, None, lock=lock.scope)
         raise LoginRefused(max(1, int(lock.remaining // 60) + 1))
     account: WebAccount | None = await run_in_threadpool(accounts.authenticate, web.store, name, password)
     if account is None:
-        failures, delay = web.guard.failed(address, account_key)
+        failures, delay = await run_in_threadpool(web.guard.failed, address, account_key)
         await run_in_threadpool(web.audit, name[:64], "login.failed", request, None, failures=failures)
         await web.sleep(delay)
-        lock = web.guard.locked(address, account_key)
+        lock = await run_in_threadpool(web.guard.locked, address, account_key)
         raise LoginRefused(max(1, int(lock.remaining // 60) + 1) if lock is not None else None)
-    web.guard.succeeded(account_key)
+    await run_in_threadpool(web.guard.succeeded, account_key)
     token, session = await run_in_threadpool(web.sessions.start, account, request.cookies.get(SESSION_COOKIE))
     await run_in_threadpool(web.audit, account.name, "login", request)
     return token, session

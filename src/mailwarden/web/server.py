@@ -35,7 +35,7 @@ class _Embedded(uvicorn.Server):
         yield  # the process's signals belong to `mailwarden serve` / `web`, which call stop()
 
 
-def _bind(listen: str) -> socket.socket:
+def bind(listen: str) -> socket.socket:
     host, port = parse_hostport(listen)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -52,16 +52,27 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
+def require_listen(config: Config) -> None:
+    if not config.web.listen:
+        raise ConfigError('web.listen is "": set it to "host:port" (e.g. "127.0.0.1:2527") to run the web server')
+
+
+def url_of(config: Config, sock: socket.socket) -> str:
+    """The address pages are reached at on this socket."""
+    scheme = "https" if config.web.cert else "http"
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 class WebServer:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, sock: socket.socket | None = None) -> None:
+        """`sock`: a listening socket shared with other worker processes (web/workers.py); else bound here."""
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # "Started server process": our ready line says it
         self.config = config
         self.store = store
         settings = config.web
-        self._socket = _bind(settings.listen)
-        scheme = "https" if settings.cert else "http"
-        host, port = self._socket.getsockname()[:2]
-        self.url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        self._socket = bind(settings.listen) if sock is None else sock
+        self.url = url_of(config, self._socket)
         self._server = _Embedded(
             uvicorn.Config(
                 create_app(config, store),
@@ -119,13 +130,17 @@ async def start_role(config: Config, store: Store) -> WebServer:
 
 async def run_alone(config: Config, store: Store) -> None:
     """`mailwarden web`: the tracking center without the gateway, until SIGTERM/SIGINT."""
-    if not config.web.listen:
-        raise ConfigError('web.listen is "": set it to "host:port" (e.g. "127.0.0.1:2527") to run the web server')
+    require_listen(config)
     server = await start_role(config, store)
     print(f"mailwarden web ready: {server.url}", file=sys.stderr, flush=True)
+    await until_signalled()
+    await server.stop()
+
+
+async def until_signalled() -> None:
+    """Return at SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop()

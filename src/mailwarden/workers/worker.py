@@ -14,7 +14,6 @@ events, exit.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -34,11 +33,11 @@ from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import server_context
 from mailwarden.store import open_store_url
 from mailwarden.store.remote import EventClient
+from mailwarden.workers.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 
 ENV: Final = "MAILWARDEN_WORKER"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True)
@@ -74,15 +73,6 @@ class Handover:
         """The configuration as `config.load` made it: what was set is set, relative paths from `base_dir`."""
         data: dict[str, Any] = json.loads(self.config)
         return Config(**data["settings"], base_dir=Path(data["base_dir"]))
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL when the supervisor dies (its events could no longer be committed); gone at once if it already did."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 async def run(config: Config, handover: Handover) -> None:
@@ -121,7 +111,7 @@ async def run(config: Config, handover: Handover) -> None:
 
 def main() -> int:
     handover = Handover.decode(os.environ.pop(ENV))
-    _die_with_parent(handover.parent)
+    die_with_parent(handover.parent)  # without the supervisor our events could no longer be committed
     # Ctrl-C reaches the whole process group; the supervisor stops us in order instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
