@@ -1,0 +1,173 @@
+"""`mailwarden web` with two worker processes on one socket: what one worker knows, the other knows.
+
+Which worker accepts a connection is the kernel's choice, so each test holds keep-alive connections
+it has seen accepted by a given worker (the server side of the connection is found among that
+process's sockets in /proc) and asks one worker, then the other. Without the state in the store,
+each worker kept its own lockout counters, /why counter and login-form key in memory.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.support.mailwarden import PYTHON, Mailwarden
+from tests.support.net import free_port
+from tests.support.web import PASSWORD, form_token
+
+pytestmark = pytest.mark.integration
+
+ATTEMPTS = 400  # connections tried before giving up on reaching a given worker
+
+
+@dataclass
+class Served:
+    status: int
+    body: str
+
+
+@dataclass
+class WorkerClient:
+    """A browser's keep-alive connection that worker process `pid` accepted, with its cookies."""
+
+    conn: http.client.HTTPConnection
+    pid: int
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Served:
+        headers = {"cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            headers["content-type"] = "application/x-www-form-urlencoded"
+        self.conn.request(method, path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        text = response.read().decode()
+        for header in response.headers.get_all("set-cookie") or []:
+            for name, morsel in SimpleCookie(header).items():
+                if morsel["max-age"] == "0":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        return Served(response.status, text)
+
+    def login(self, name: str, password: str, csrf: str) -> Served:
+        return self.request("POST", "/login", {"name": name, "password": password, "csrf": csrf, "next": "/search"})
+
+
+@dataclass
+class Web:
+    port: int
+    pids: tuple[int, int]
+
+    def client(self, pid: int, cookies: dict[str, str] | None = None) -> WorkerClient:
+        """A connection that worker `pid` accepted (others are closed again)."""
+        for _ in range(ATTEMPTS):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn.request("GET", "/static/style.css")  # answered: the worker has accepted it
+            conn.getresponse().read()
+            assert conn.sock is not None
+            if serving_pid(self.port, conn.sock.getsockname()[1], self.pids) == pid:
+                return WorkerClient(conn, pid, dict(cookies or {}))
+            conn.close()
+        raise AssertionError(f"no connection reached worker {pid} in {ATTEMPTS} tries")
+
+
+def serving_pid(server_port: int, client_port: int, pids: tuple[int, ...]) -> int | None:
+    """Which of `pids` holds the server side of the connection from `client_port`."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, remote_port = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if local_port == server_port and remote_port == client_port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def children(pid: int) -> tuple[int, ...]:
+    return tuple(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[Web]:
+    port = free_port()
+    settings = {
+        "listen": f"127.0.0.1:{port}",
+        "workers": 2,
+        "login_max_failures": 2,
+        "login_failure_delay": 0.0,
+        "why_per_minute": 2,
+    }
+    instance = Mailwarden(tmp_path, {"web": settings})
+    instance.cli("accounts", "add", "support", "--role", "support", "--password-stdin", input=PASSWORD + "\n")
+    log = tmp_path / "web.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "mailwarden", "-c", str(instance.config), "web"], stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "mailwarden web ready" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        pids = children(process.pid)
+        assert len(pids) == 2, pids
+        yield Web(port, (pids[0], pids[1]))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_login_form_from_one_web_worker_is_accepted_by_the_other(web: Web) -> None:
+    first = web.client(web.pids[0])
+    token = form_token(first.request("GET", "/login").body)
+    second = web.client(web.pids[1], first.cookies)  # the browser's mw_pre cookie goes along
+    answer = second.login("support", PASSWORD, token)
+    assert answer.status == 303, answer.body  # not "the form has expired" (403)
+
+
+def test_a_session_made_by_one_web_worker_is_valid_in_the_other_and_ended_there_for_both(web: Web) -> None:
+    first = web.client(web.pids[0])
+    assert first.login("support", PASSWORD, form_token(first.request("GET", "/login").body)).status == 303
+    second = web.client(web.pids[1], first.cookies)
+    page = second.request("GET", "/search")
+    assert page.status == 200, page.body
+    # The session's own CSRF token, from a page of the first worker, ends the session on the second.
+    csrf = form_token(first.request("GET", "/search").body)
+    assert second.request("POST", "/logout", {"csrf": csrf}).status == 303
+    assert first.request("GET", "/search").status == 303  # back to the login
+
+
+def test_failed_logins_counted_by_both_web_workers_lock_the_account_in_both(web: Web) -> None:
+    first, second = web.client(web.pids[0]), web.client(web.pids[1])
+    assert first.login("support", "wrong", form_token(first.request("GET", "/login").body)).status == 401
+    assert second.login("support", "wrong", form_token(second.request("GET", "/login").body)).status == 429
+    # The lock holds in the first worker too, even for the right password.
+    refused = first.login("support", PASSWORD, form_token(first.request("GET", "/login").body))
+    assert refused.status == 429, refused.body
+
+
+def test_the_why_limit_counts_the_answers_of_every_web_worker(web: Web) -> None:
+    first, second = web.client(web.pids[0]), web.client(web.pids[1])
+    assert first.request("GET", "/why/AAAAAAAAAAAA").status == 200
+    assert first.request("GET", "/why/AAAAAAAAAAAB").status == 200
+    assert second.request("GET", "/why/AAAAAAAAAAAC").status == 429
