@@ -2,7 +2,7 @@
 with 50 concurrent clients on the 10-million-event store of bench/trace_search.py.
 
     .venv/bin/python -m bench.web_load [--source /tmp/mailwarden-bench] [--dir /tmp/mailwarden-web-bench]
-                                       [--connections 50] [--seconds 20] [--rounds 3]
+                                       [--connections 50] [--seconds 20] [--rounds 3] [--workers 0]
 
 The load generator is wrk (Debian's package `wrk`, installed here with apt-get when it is missing;
 never by `make test`), driven by a Lua script that sends the session cookie and cycles through a
@@ -148,17 +148,19 @@ def questions(store: Path, rng: random.Random, count: int) -> dict[str, list[str
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system time of a process so far (all its threads)."""
+    """User and system time so far of a process (all its threads) and of its worker processes."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in workers)
 
 
 @contextmanager
-def web_server(directory: Path, store: Path, port: int) -> Iterator[tuple[str, int]]:
+def web_server(directory: Path, store: Path, port: int, workers: int) -> Iterator[tuple[str, int]]:
     config = directory / "web.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///{store}"\n[web]\nlisten = "127.0.0.1:{port}"\nfirst_admin = ""\n'
-        "login_max_failures = 1000\n"
+        f"login_max_failures = 1000\nworkers = {workers}\n"
     )
     mailwarden = [sys.executable, "-m", "mailwarden", "-c", str(config)]
     subprocess.run(
@@ -249,6 +251,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--questions", type=int, default=400, help="different requests of each kind")
     parser.add_argument("--port", type=int, default=2597)
+    parser.add_argument("--workers", type=int, default=0, help="web.workers (0: one per core)")
     parser.add_argument("--kinds", default=",".join(TARGETS), help="which kinds, comma-separated")
     args = parser.parse_args()
     wrk = ensure_wrk()
@@ -257,7 +260,7 @@ def main() -> None:
     paths = questions(store, random.Random(13), args.questions)
     kinds = [kind for kind in args.kinds.split(",") if kind in TARGETS]
     results: dict[tuple[str, int], list[Figures]] = {}
-    with web_server(directory, store, args.port) as (url, pid):
+    with web_server(directory, store, args.port, args.workers) as (url, pid):
         cookie = session_cookie(url)
         check_answers(url, cookie, paths)
         for kind in kinds:  # one untimed pass: the indexes these questions walk come into the page cache

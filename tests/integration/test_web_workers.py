@@ -9,7 +9,6 @@ each worker kept its own lockout counters, /why counter and login-form key in me
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
 import time
@@ -94,7 +93,7 @@ def serving_pid(server_port: int, client_port: int, pids: tuple[int, ...]) -> in
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
-                if os.readlink(fd) in inodes:
+                if str(fd.readlink()) in inodes:
                     return pid
             except OSError:
                 continue

@@ -61,9 +61,7 @@ def clock() -> Clock:
 
 def make_app(store: SqliteStore, clock: Clock, **web: object) -> FastAPI:
     settings = {"listen": "127.0.0.1:1", "why_per_minute": 3, "login_max_failures": 3, **web}
-    return create_app(
-        Config(web=settings), store, now=clock.now, wall=clock.seconds, sleep=clock.sleep
-    )
+    return create_app(Config(web=settings), store, now=clock.now, wall=clock.seconds, sleep=clock.sleep)
 
 
 def make_client(
