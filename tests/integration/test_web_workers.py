@@ -9,6 +9,7 @@ each worker kept its own lockout counters, /why counter and login-form key in me
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import subprocess
 import time
@@ -104,8 +105,8 @@ def children(pid: int) -> tuple[int, ...]:
     return tuple(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
 
 
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[Web]:
+def start_web(root: Path) -> tuple[subprocess.Popen[bytes], Web]:
+    """`mailwarden web` with two workers; returns once both are ready."""
     port = free_port()
     settings = {
         "listen": f"127.0.0.1:{port}",
@@ -114,26 +115,39 @@ def web(tmp_path: Path) -> Iterator[Web]:
         "login_failure_delay": 0.0,
         "why_per_minute": 2,
     }
-    instance = Mailwarden(tmp_path, {"web": settings})
+    instance = Mailwarden(root, {"web": settings})
     instance.cli("accounts", "add", "support", "--role", "support", "--password-stdin", input=PASSWORD + "\n")
-    log = tmp_path / "web.log"
+    log = root / "web.log"
     with log.open("w") as output:
         process = subprocess.Popen(
             [PYTHON, "-m", "mailwarden", "-c", str(instance.config), "web"], stdout=output, stderr=subprocess.STDOUT
         )
+    deadline = time.monotonic() + 60
+    while "mailwarden web ready" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(log.read_text())
+        time.sleep(0.1)
+    pids = children(process.pid)
+    assert len(pids) == 2, pids
+    return process, Web(port, (pids[0], pids[1]))
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[Web]:
+    process, started = start_web(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while "mailwarden web ready" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        pids = children(process.pid)
-        assert len(pids) == 2, pids
-        yield Web(port, (pids[0], pids[1]))
+        yield started
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
-    assert code == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+    log = (tmp_path / "web.log").read_text()
+    assert code == 0, log
+    assert "Traceback" not in log
+
+
+def gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
 
 
 def test_a_login_form_from_one_web_worker_is_accepted_by_the_other(web: Web) -> None:
@@ -170,3 +184,24 @@ def test_the_why_limit_counts_the_answers_of_every_web_worker(web: Web) -> None:
     assert first.request("GET", "/why/AAAAAAAAAAAA").status == 200
     assert first.request("GET", "/why/AAAAAAAAAAAB").status == 200
     assert second.request("GET", "/why/AAAAAAAAAAAC").status == 429
+
+
+def test_a_web_worker_that_dies_ends_the_other_and_the_supervisor_with_a_failure(tmp_path: Path) -> None:
+    process, web = start_web(tmp_path)
+    try:
+        os.kill(web.pids[0], signal.SIGKILL)
+        assert process.wait(timeout=30) == 1  # the service manager sees it and restarts the whole
+        assert gone(web.pids[1])
+        assert f"worker process {web.pids[0]} ended" in (tmp_path / "web.log").read_text()
+    finally:
+        process.kill()
+
+
+def test_the_web_workers_die_with_their_supervisor(tmp_path: Path) -> None:
+    process, web = start_web(tmp_path)
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in web.pids):
+        assert time.monotonic() < deadline, "a web worker outlived its supervisor"
+        time.sleep(0.05)
