@@ -202,6 +202,11 @@ def test_the_web_workers_die_with_their_supervisor(tmp_path: Path) -> None:
     process.kill()
     process.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while not all(gone(pid) for pid in web.pids):
-        assert time.monotonic() < deadline, "a web worker outlived its supervisor"
-        time.sleep(0.05)
+    try:
+        while not all(gone(pid) for pid in web.pids):
+            assert time.monotonic() < deadline, "a web worker outlived its supervisor"
+            time.sleep(0.05)
+    finally:
+        for pid in web.pids:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
