@@ -306,15 +306,15 @@ Case = tuple[str, list[SearchSpec], Callable[[SearchSpec], tuple[str, list[Path]
 Lookup = Callable[[str, tuple[Any, ...]], tuple[Any, ...] | None]  # one row of `?`-placeholder SQL
 
 
-def query_cases(lookup: Lookup, count: int, logs: Path | None) -> list[Case]:
-    """The kinds of query, each with `count` specs drawn from the store's own events (`lookup` runs SQL
+def query_cases(lookup: Lookup, per_kind: int, logs: Path | None) -> list[Case]:
+    """The kinds of query, each with `per_kind` specs drawn from the store's own events (`lookup` runs SQL
     on it), and the zgrep that answers the same from the daily logs in `logs` where one can."""
     rng = random.Random(11)
     max_id = (lookup("SELECT max(id) FROM events", ()) or (0,))[0]
 
     def sample(kind: str, column: str) -> list[tuple[Any, int]]:
         found: list[tuple[Any, int]] = []
-        while len(found) < count:
+        while len(found) < per_kind:
             hit = lookup(
                 f"SELECT {column}, ts FROM events WHERE id >= ? AND kind = ? AND {column} IS NOT NULL"
                 " ORDER BY id LIMIT 1",

@@ -228,6 +228,20 @@ def test_events_written_on_one_node_are_read_on_another_in_order_with_their_ids(
     assert [e.kind for e in reader.query_events(EventQuery(recipient_contains="OB@EX"))] == ["rcpt", "accept"]
 
 
+def test_the_message_index_is_searched_by_client_network_on_both_stores(open_node: Opener) -> None:
+    writer, reader = open_node(), open_node()
+    asyncio.run(
+        writer.durable(
+            [
+                gateway_event("reject", T0 + 1, "1AAAAAAAAAW0", recipient="bob@example.test", client_ip="192.0.2.7"),
+                gateway_event("reject", T0 + 2, "1AAAAAAAAAW1", recipient="eve@other.test", client_ip="198.51.100.9"),
+            ]
+        )
+    )
+    page = reader.index_page(IndexQuery(client_network="192.0.2.0/24"), limit=10)
+    assert [row.message_key for row in page.rows] == ["1AAAAAAAAAW0"]
+
+
 def test_a_position_is_committed_with_the_events_queued_before_it(open_node: Opener) -> None:
     writer, reader = open_node(), open_node()
     writer.append(gateway_event("rcpt", T0, "1AAAAAAAAAW0", recipient="bob@example.test"))
