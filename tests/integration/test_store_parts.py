@@ -266,6 +266,19 @@ def test_purging_drops_whole_days_and_trims_the_day_the_limit_falls_in(open_node
     assert store.oldest_event_us() == times[3]
 
 
+def test_postgresql_plans_every_read_for_its_own_values_never_a_generic_plan(postgres: Postgres) -> None:
+    """A prepared statement's generic plan read a big customer's whole month for one page's rows
+    (400 ms at 70 M events, bench/postgres_trace.py): reads are not prepared."""
+    store = PostgresStore(postgres.new_database())
+    try:
+        for _ in range(10):  # psycopg would prepare after 5
+            store.index_page(IndexQuery(recipient_domain="example.test"), limit=10)
+        with store._conn() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    finally:
+        store.close()
+
+
 INDEX_SOURCES = ["generated", "linked", "fail2ban"]  # exim-testsuite agrees too, in 45 s: left out
 
 
