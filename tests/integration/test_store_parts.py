@@ -271,6 +271,7 @@ def test_postgresql_plans_every_read_for_its_own_values_never_a_generic_plan(pos
     (400 ms at 70 M events, bench/postgres_trace.py): reads are not prepared."""
     store = PostgresStore(postgres.new_database())
     try:
+        asyncio.run(store.durable([gateway_event("reject", T0, "1AAAAAAAAAW0", recipient="bob@example.test")]))
         for _ in range(10):  # psycopg would prepare after 5
             store.index_page(IndexQuery(recipient_domain="example.test"), limit=10)
         with store._conn() as conn:
