@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,34 @@ def test_events_written_on_one_node_are_read_on_another_in_order_with_their_ids(
     assert [e.kind for e in reader.query_events(EventQuery(client_network="192.0.2.0/24"))] == ["rcpt", "accept"]
     assert [e.kind for e in reader.query_events(EventQuery(newest_first=True, limit=1, offset=1))] == ["accept"]
     assert [e.kind for e in reader.query_events(EventQuery(recipient_contains="OB@EX"))] == ["rcpt", "accept"]
+
+
+def open_at_once(url: str, nodes: int) -> list[Exception]:
+    """`nodes` stores opened on `url` at the same moment; what failed."""
+    start = threading.Barrier(nodes)
+    opened: list[PostgresStore] = []
+    failed: list[Exception] = []
+
+    def open_node() -> None:
+        start.wait()
+        try:
+            opened.append(PostgresStore(url))
+        except Exception as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_node) for _ in range(nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in opened:
+        store.close()
+    return failed
+
+
+def test_nodes_starting_at_once_on_an_empty_postgresql_database_all_start(postgres: Postgres) -> None:
+    for _ in range(3):  # the clash needs two CREATEs at the same moment: a few tries
+        assert open_at_once(postgres.new_database(), 4) == []
 
 
 def test_the_message_index_is_searched_by_client_network_on_both_stores(open_node: Opener) -> None:

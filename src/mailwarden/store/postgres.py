@@ -157,9 +157,9 @@ _HIT: Final = """
 
 def migrate(conn: psycopg.Connection[Any]) -> None:
     """Apply the migrations not applied yet, each in its own transaction, one node at a time."""
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)")
-    with conn.transaction():
+    with conn.transaction():  # the lock first: CREATE ... IF NOT EXISTS of two nodes at once clashes
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)")
         applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
     known = {name for name, _ in MIGRATIONS}
     if applied - known:
