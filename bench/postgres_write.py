@@ -57,7 +57,7 @@ def node(url: str, name: str, total: int, ready: Barrier, done: Queue[float]) ->
     """One node in a process of its own, as on its own machine (threads would share one interpreter)."""
     store = PostgresStore(url)
     events = node_events(name, total)
-    ready.wait()
+    ready.wait(timeout=600)
     write(store, events)
     done.put(time.monotonic())
     store.close()
@@ -69,7 +69,7 @@ def two_nodes(url: str, total: int) -> float:
     nodes = [processes.Process(target=node, args=(url, name, total // 2, ready, done)) for name in ("mx-a", "mx-b")]
     for process in nodes:
         process.start()
-    ready.wait()  # both have their store open and their events made
+    ready.wait(timeout=600)  # both have their store open and their events made (a node that died: an error)
     started = time.monotonic()
     finished = max(done.get(timeout=600) for _ in nodes)
     for process in nodes:
