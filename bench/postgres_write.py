@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.postgres_write [--events 400000] [--url postgresql://...]
 
 Without `--url` it starts a private PostgreSQL 15 as the tests do (tests/support/postgres.py:
-initdb, fsync on, loopback). Each node is a PostgresStore of its own (pool, writer thread) that
+initdb, fsync on, loopback). Each node is a process with a PostgresStore of its own (pool, writer thread) that
 gets gateway-like messages (rcpt, accept, deliver per message, keys stamped, index kept) in bulk
 batches of 5,000 events, as `mailwarden ingest` hands them over; the clock runs until both have
 committed everything. The same events written by one node to SQLite are the reference.
@@ -12,9 +12,11 @@ committed everything. The same events written by one node to SQLite are the refe
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import tempfile
-import threading
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from mailwarden.events import Event
@@ -51,19 +53,28 @@ def write(store: Store, events: list[Event]) -> None:
     store.flush()
 
 
+def node(url: str, name: str, total: int, ready: Barrier, done: Queue[float]) -> None:
+    """One node in a process of its own, as on its own machine (threads would share one interpreter)."""
+    store = PostgresStore(url)
+    events = node_events(name, total)
+    ready.wait(timeout=600)
+    write(store, events)
+    done.put(time.monotonic())
+    store.close()
+
+
 def two_nodes(url: str, total: int) -> float:
-    stores = [PostgresStore(url), PostgresStore(url)]
-    loads = [node_events(name, total // 2) for name in ("mx-a", "mx-b")]
-    threads = [threading.Thread(target=write, args=pair) for pair in zip(stores, loads, strict=True)]
+    processes = multiprocessing.get_context("fork")
+    ready, done = processes.Barrier(3), processes.Queue()
+    nodes = [processes.Process(target=node, args=(url, name, total // 2, ready, done)) for name in ("mx-a", "mx-b")]
+    for process in nodes:
+        process.start()
+    ready.wait(timeout=600)  # both have their store open and their events made (a node that died: an error)
     started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.monotonic() - started
-    for store in stores:
-        store.close()
-    return total / seconds
+    finished = max(done.get(timeout=600) for _ in nodes)
+    for process in nodes:
+        process.join()
+    return total / (finished - started)
 
 
 def sqlite_reference(total: int) -> float:

@@ -35,6 +35,7 @@ from typing import Any
 from mailwarden.events import FIELDS, us_to_iso
 from mailwarden.messages.keys import CONNECTION_KINDS
 from mailwarden.smtp.refs import encode
+from mailwarden.store import Store
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace.search import AddressFilter, SearchSpec, count, search, search_index
 
@@ -302,6 +303,180 @@ def zgrep(pattern: str, files: list[Path]) -> None:
 
 
 Case = tuple[str, list[SearchSpec], Callable[[SearchSpec], tuple[str, list[Path]]] | None]
+Lookup = Callable[[str, tuple[Any, ...]], tuple[Any, ...] | None]  # one row of `?`-placeholder SQL
+
+
+def query_cases(lookup: Lookup, per_kind: int, logs: Path | None) -> list[Case]:
+    """The kinds of query, each with `per_kind` specs drawn from the store's own events (`lookup` runs SQL
+    on it), and the zgrep that answers the same from the daily logs in `logs` where one can."""
+    rng = random.Random(11)
+    max_id = (lookup("SELECT max(id) FROM events", ()) or (0,))[0]
+
+    def sample(kind: str, column: str) -> list[tuple[Any, int]]:
+        found: list[tuple[Any, int]] = []
+        while len(found) < per_kind:
+            hit = lookup(
+                f"SELECT {column}, ts FROM events WHERE id >= ? AND kind = ? AND {column} IS NOT NULL"
+                " ORDER BY id LIMIT 1",
+                (rng.randint(1, max_id), kind),
+            )
+            if hit:
+                found.append((hit[0], hit[1]))
+        return found
+
+    all_logs = sorted(logs.glob("mail.log.*.gz")) if logs else []
+
+    def window_logs(ts: int) -> list[Path]:
+        last = min((ts - START_US) // DAY_US, DAYS - 1)
+        return [p for p in all_logs if last - 6 <= int(p.name.split(".")[2]) <= last]
+
+    month = START_US
+    recipients = sample("deliver", "recipient")
+    domains = [str(address).rpartition("@")[2] for address, _ in sample("reject", "recipient")]
+    networks = [str(ip).rpartition(".")[0] + ".0/24" for ip, _ in sample("reject", "client_ip")]
+    return [
+        (
+            "recipient + 7 days",
+            [
+                SearchSpec(
+                    recipient=AddressFilter("exact", v),
+                    since_us=ts - 7 * DAY_US + DAY_US // 2,
+                    until_us=ts + DAY_US // 2,
+                )
+                for v, ts in recipients
+            ],
+            (lambda s: (f"recipient=<{s.recipient.value if s.recipient else ''}>", window_logs(s.until_us or END_US)))
+            if logs
+            else None,
+        ),
+        (
+            "domain + status + 30 days",
+            [
+                SearchSpec(
+                    recipient=AddressFilter("domain", d),
+                    status=rng.choice(("rejected", "delivered", "deleted")),
+                    since_us=month,
+                )
+                for d in domains
+            ],
+            None,
+        ),
+        ("client network /24", [SearchSpec(client=n) for n in networks], None),
+        (
+            "ref",
+            [SearchSpec(ref=v) for v, _ in sample("deliver", "ref")],
+            (lambda s: (f"ref={s.ref}", all_logs)) if logs else None,
+        ),
+    ]
+
+
+HEADER = (
+    f"{'query':28} {'index p50':>9} {'p95':>7} {'cold p50':>9} {'p95':>7}"
+    f" {'+traces p50':>12} {'p95':>7} {'cold p50':>9} {'p95':>7} {'zgrep p50':>10}"
+)
+
+
+def measure_cases(
+    cases: list[Case],
+    store: Store,
+    cold_store: Callable[[], Store],
+    runs: int,
+    cold_runs: int,
+    grep_runs: int,
+) -> None:
+    """Time each kind through the real trace code and print a line each: warm on `store` (after one
+    untimed pass), cold on a store `cold_store` opens after evicting what it caches; then page 1
+    against page 100 of the big customer and the status counts. The same for every backend."""
+
+    def measure(
+        action: Callable[[Store, SearchSpec], object], specs: list[SearchSpec]
+    ) -> tuple[list[float], list[float]]:
+        for spec in specs[:runs]:
+            action(store, spec)  # warm-up pass
+        warm = [timed(lambda s=spec: action(store, s)) for spec in specs[:runs]]
+        cold = []
+        for spec in specs[:cold_runs]:
+            fresh = cold_store()
+            cold.append(timed(lambda s=spec, f=fresh: action(f, s)))
+            fresh.close()
+        return warm, cold
+
+    def index_page(db: Store, spec: SearchSpec) -> object:
+        return search_index(db, spec)
+
+    def full_page(db: Store, spec: SearchSpec) -> object:
+        return search(db, spec, retention_days=3650)
+
+    print(HEADER)
+    for name, specs, grep_of in cases:
+        warm, cold = measure(index_page, specs)
+        traced_warm, traced_cold = measure(full_page, specs)
+        grep = [timed(lambda s=spec, g=grep_of: zgrep(*g(s))) for spec in specs[:grep_runs]] if grep_of else []
+        print(
+            f"{name:28} {percentile(warm, 50):7.1f}ms {percentile(warm, 95):5.1f}ms"
+            f" {percentile(cold, 50):7.1f}ms {percentile(cold, 95):5.1f}ms"
+            f" {percentile(traced_warm, 50):10.1f}ms {percentile(traced_warm, 95):5.1f}ms"
+            f" {percentile(traced_cold, 50):7.1f}ms {percentile(traced_cold, 95):5.1f}ms"
+            + (f" {percentile(grep, 50):8.0f}ms" if grep else f" {'-':>10}"),
+            flush=True,
+        )
+
+    # page 1 against page 100 of the big customer's messages (keyset: the cursor of page 99's last message)
+    month = START_US
+    domain = SearchSpec(recipient=AddressFilter("domain", BIG), since_us=month)
+    cursor = None
+    for _ in range(99):
+        cursor = search_index(store, SearchSpec(recipient=domain.recipient, since_us=month, cursor=cursor)).next_cursor
+    page100 = SearchSpec(recipient=domain.recipient, since_us=month, cursor=cursor)
+    first = [timed(lambda: search_index(store, domain)) for _ in range(runs)]
+    hundredth = [timed(lambda: search_index(store, page100)) for _ in range(runs)]
+    print(
+        f"{BIG}, 30 days, 50 per page: page 1 p50 {percentile(first, 50):.1f}ms p95 {percentile(first, 95):.1f}ms;"
+        f" page 100 p50 {percentile(hundredth, 50):.1f}ms p95 {percentile(hundredth, 95):.1f}ms"
+        f" ({percentile(hundredth, 50) / percentile(first, 50):.2f}x)"
+    )
+    small = next(s.recipient for name, specs, _ in cases if name.startswith("domain") for s in specs)
+    for name, spec in (
+        (f"counts by status and reason, {BIG}, 30 days", domain),
+        ("counts by status and reason, a small domain, 30 days", SearchSpec(recipient=small, since_us=month)),
+    ):
+        counted = count(store, spec)
+        warm = [timed(lambda s=spec: count(store, s)) for _ in range(runs)]
+        cold = []
+        for _ in range(cold_runs):
+            fresh = cold_store()
+            cold.append(timed(lambda s=spec, f=fresh: count(f, s)))
+            fresh.close()
+        print(
+            f"{name}: {counted.total:,} recipients; warm p50 {percentile(warm, 50):.1f}ms p95 {percentile(warm, 95):.1f}ms,"
+            f" cold p50 {percentile(cold, 50):.1f}ms p95 {percentile(cold, 95):.1f}ms",
+            flush=True,
+        )
+
+
+def measure_sqlite(directory: Path, runs: int, cold_runs: int, grep_runs: int) -> None:
+    """The store in `directory` (made by `generate`), with zgrep over its logs for comparison."""
+    conn = sqlite3.connect(directory / "events.db")
+    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    indexed = conn.execute("SELECT count(*) FROM message_index").fetchone()[0]
+    cases = query_cases(lambda sql, params: conn.execute(sql, params).fetchone(), max(runs, cold_runs), directory)
+    conn.close()
+    all_logs = sorted(directory.glob("mail.log.*.gz"))
+    size_mb = (directory / "events.db").stat().st_size / 1e6
+    logs_mb = sum(p.stat().st_size for p in all_logs) / 1e6
+    print(
+        f"store: {total:,} events, {indexed:,} index rows, {size_mb:,.0f} MB SQLite; "
+        f"logs: {len(all_logs)} daily gzip files, {logs_mb:,.0f} MB"
+    )
+
+    def cold_store() -> Store:
+        fresh = SqliteStore(directory / "events.db")
+        evict(directory)
+        return fresh
+
+    store = SqliteStore(directory / "events.db")
+    measure_cases(cases, store, cold_store, runs, cold_runs, grep_runs)
+    store.close()
 
 
 def main() -> None:
@@ -320,139 +495,7 @@ def main() -> None:
     if not marker.exists() or marker.read_text() != str(args.events):
         print(f"generating {args.events:,} events in {directory} (once) ...", file=sys.stderr)
         generate(directory, args.events)
-    conn = sqlite3.connect(directory / "events.db")
-    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    indexed = conn.execute("SELECT count(*) FROM message_index").fetchone()[0]
-    rng = random.Random(11)
-    max_id = conn.execute("SELECT max(id) FROM events").fetchone()[0]
-    runs = max(args.runs, args.cold_runs)
-
-    def sample(kind: str, column: str) -> list[tuple[Any, int]]:
-        found: list[tuple[Any, int]] = []
-        while len(found) < runs:
-            hit = conn.execute(
-                f"SELECT {column}, ts FROM events WHERE id >= ? AND kind = ? AND {column} IS NOT NULL LIMIT 1",
-                (rng.randint(1, max_id), kind),
-            ).fetchone()
-            if hit:
-                found.append((hit[0], hit[1]))
-        return found
-
-    all_logs = sorted(directory.glob("mail.log.*.gz"))
-
-    def window_logs(ts: int) -> list[Path]:
-        last = min((ts - START_US) // DAY_US, DAYS - 1)
-        return [directory / f"mail.log.{d:02d}.gz" for d in range(max(0, last - 6), last + 1)]
-
-    month = START_US
-    recipients = sample("deliver", "recipient")
-    domains = [str(address).rpartition("@")[2] for address, _ in sample("reject", "recipient")]
-    networks = [str(ip).rpartition(".")[0] + ".0/24" for ip, _ in sample("reject", "client_ip")]
-    cases: list[Case] = [
-        (
-            "recipient + 7 days",
-            [
-                SearchSpec(
-                    recipient=AddressFilter("exact", v),
-                    since_us=ts - 7 * DAY_US + DAY_US // 2,
-                    until_us=ts + DAY_US // 2,
-                )
-                for v, ts in recipients
-            ],
-            lambda s: (f"recipient=<{s.recipient.value if s.recipient else ''}>", window_logs(s.until_us or END_US)),
-        ),
-        (
-            "domain + status + 30 days",
-            [
-                SearchSpec(
-                    recipient=AddressFilter("domain", d),
-                    status=rng.choice(("rejected", "delivered", "deleted")),
-                    since_us=month,
-                )
-                for d in domains
-            ],
-            None,
-        ),
-        ("client network /24", [SearchSpec(client=n) for n in networks], None),
-        ("ref", [SearchSpec(ref=v) for v, _ in sample("deliver", "ref")], lambda s: (f"ref={s.ref}", all_logs)),
-    ]
-    size_mb = (directory / "events.db").stat().st_size / 1e6
-    logs_mb = sum(p.stat().st_size for p in all_logs) / 1e6
-    print(
-        f"store: {total:,} events, {indexed:,} index rows, {size_mb:,.0f} MB SQLite; "
-        f"logs: {len(all_logs)} daily gzip files, {logs_mb:,.0f} MB"
-    )
-    print(
-        f"{'query':28} {'index p50':>9} {'p95':>7} {'cold p50':>9} {'p95':>7}"
-        f" {'+traces p50':>12} {'p95':>7} {'cold p50':>9} {'p95':>7} {'zgrep p50':>10}"
-    )
-    store = SqliteStore(directory / "events.db")
-
-    def measure(
-        action: Callable[[SqliteStore, SearchSpec], object], specs: list[SearchSpec]
-    ) -> tuple[list[float], list[float]]:
-        for spec in specs[: args.runs]:
-            action(store, spec)  # warm-up pass
-        warm = [timed(lambda s=spec: action(store, s)) for spec in specs[: args.runs]]
-        cold = []
-        for spec in specs[: args.cold_runs]:
-            fresh = SqliteStore(directory / "events.db")
-            evict(directory)
-            cold.append(timed(lambda s=spec, f=fresh: action(f, s)))
-            fresh.close()
-        return warm, cold
-
-    def index_page(db: SqliteStore, spec: SearchSpec) -> object:
-        return search_index(db, spec)
-
-    def full_page(db: SqliteStore, spec: SearchSpec) -> object:
-        return search(db, spec, retention_days=3650)
-
-    for name, specs, grep_of in cases:
-        warm, cold = measure(index_page, specs)
-        traced_warm, traced_cold = measure(full_page, specs)
-        grep = [timed(lambda s=spec, g=grep_of: zgrep(*g(s))) for spec in specs[: args.grep_runs]] if grep_of else []
-        print(
-            f"{name:28} {percentile(warm, 50):7.1f}ms {percentile(warm, 95):5.1f}ms"
-            f" {percentile(cold, 50):7.1f}ms {percentile(cold, 95):5.1f}ms"
-            f" {percentile(traced_warm, 50):10.1f}ms {percentile(traced_warm, 95):5.1f}ms"
-            f" {percentile(traced_cold, 50):7.1f}ms {percentile(traced_cold, 95):5.1f}ms"
-            + (f" {percentile(grep, 50):8.0f}ms" if grep else f" {'-':>10}")
-        )
-
-    # page 1 against page 100 of the big customer's messages (keyset: the cursor of page 99's last message)
-    domain = SearchSpec(recipient=AddressFilter("domain", BIG), since_us=month)
-    cursor = None
-    for _ in range(99):
-        cursor = search_index(store, SearchSpec(recipient=domain.recipient, since_us=month, cursor=cursor)).next_cursor
-    page100 = SearchSpec(recipient=domain.recipient, since_us=month, cursor=cursor)
-    first = [timed(lambda: search_index(store, domain)) for _ in range(args.runs)]
-    hundredth = [timed(lambda: search_index(store, page100)) for _ in range(args.runs)]
-    print(
-        f"{BIG}, 30 days, 50 per page: page 1 p50 {percentile(first, 50):.1f}ms p95 {percentile(first, 95):.1f}ms;"
-        f" page 100 p50 {percentile(hundredth, 50):.1f}ms p95 {percentile(hundredth, 95):.1f}ms"
-        f" ({percentile(hundredth, 50) / percentile(first, 50):.2f}x)"
-    )
-    for name, spec in (
-        (f"counts by status and reason, {BIG}, 30 days", domain),
-        (
-            "counts by status and reason, a small domain, 30 days",
-            SearchSpec(recipient=AddressFilter("domain", domains[0]), since_us=month),
-        ),
-    ):
-        counted = count(store, spec)
-        warm = [timed(lambda s=spec: count(store, s)) for _ in range(args.runs)]
-        cold = []
-        for _ in range(args.cold_runs):
-            fresh = SqliteStore(directory / "events.db")
-            evict(directory)
-            cold.append(timed(lambda s=spec, f=fresh: count(f, s)))
-            fresh.close()
-        print(
-            f"{name}: {counted.total:,} recipients; warm p50 {percentile(warm, 50):.1f}ms p95 {percentile(warm, 95):.1f}ms,"
-            f" cold p50 {percentile(cold, 50):.1f}ms p95 {percentile(cold, 95):.1f}ms"
-        )
-    store.close()
+    measure_sqlite(directory, args.runs, args.cold_runs, args.grep_runs)
 
 
 if __name__ == "__main__":

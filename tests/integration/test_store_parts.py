@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,48 @@ def test_events_written_on_one_node_are_read_on_another_in_order_with_their_ids(
     assert [e.kind for e in reader.query_events(EventQuery(recipient_contains="OB@EX"))] == ["rcpt", "accept"]
 
 
+def open_at_once(url: str, nodes: int) -> list[Exception]:
+    """`nodes` stores opened on `url` at the same moment; what failed."""
+    start = threading.Barrier(nodes)
+    opened: list[PostgresStore] = []
+    failed: list[Exception] = []
+
+    def open_node() -> None:
+        start.wait()
+        try:
+            opened.append(PostgresStore(url))
+        except Exception as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_node) for _ in range(nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in opened:
+        store.close()
+    return failed
+
+
+def test_nodes_starting_at_once_on_an_empty_postgresql_database_all_start(postgres: Postgres) -> None:
+    for _ in range(3):  # the clash needs two CREATEs at the same moment: a few tries
+        assert open_at_once(postgres.new_database(), 4) == []
+
+
+def test_the_message_index_is_searched_by_client_network_on_both_stores(open_node: Opener) -> None:
+    writer, reader = open_node(), open_node()
+    asyncio.run(
+        writer.durable(
+            [
+                gateway_event("reject", T0 + 1, "1AAAAAAAAAW0", recipient="bob@example.test", client_ip="192.0.2.7"),
+                gateway_event("reject", T0 + 2, "1AAAAAAAAAW1", recipient="eve@other.test", client_ip="198.51.100.9"),
+            ]
+        )
+    )
+    page = reader.index_page(IndexQuery(client_network="192.0.2.0/24"), limit=10)
+    assert [row.message_key for row in page.rows] == ["1AAAAAAAAAW0"]
+
+
 def test_a_position_is_committed_with_the_events_queued_before_it(open_node: Opener) -> None:
     writer, reader = open_node(), open_node()
     writer.append(gateway_event("rcpt", T0, "1AAAAAAAAAW0", recipient="bob@example.test"))
@@ -250,6 +293,20 @@ def test_purging_drops_whole_days_and_trims_the_day_the_limit_falls_in(open_node
     assert [e.ref for e in store.query_events(EventQuery())] == [refs[3]]
     assert [row.message_key for row in store.index_page(IndexQuery(), limit=10).rows] == [refs[3]]
     assert store.oldest_event_us() == times[3]
+
+
+def test_postgresql_plans_every_read_for_its_own_values_never_a_generic_plan(postgres: Postgres) -> None:
+    """A prepared statement's generic plan read a big customer's whole month for one page's rows
+    (400 ms at 70 M events, bench/postgres_trace.py): reads are not prepared."""
+    store = PostgresStore(postgres.new_database())
+    try:
+        asyncio.run(store.durable([gateway_event("reject", T0, "1AAAAAAAAAW0", recipient="bob@example.test")]))
+        for _ in range(10):  # psycopg would prepare after 5
+            store.index_page(IndexQuery(recipient_domain="example.test"), limit=10)
+        with store._conn() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    finally:
+        store.close()
 
 
 INDEX_SOURCES = ["generated", "linked", "fail2ban"]  # exim-testsuite agrees too, in 45 s: left out

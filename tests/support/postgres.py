@@ -80,18 +80,22 @@ def _as_owner(argv: list[str | Path]) -> None:
     subprocess.run(command, check=True, capture_output=True, timeout=120)
 
 
+def _initdb(server: Postgres, settings: str) -> None:
+    _as_owner([BIN / "initdb", "-D", server.root / "data", "-U", OWNER, "--auth=trust", "-E", "UTF8", "--no-locale"])
+    with (server.root / "data" / "postgresql.conf").open("a") as conf:
+        conf.write(f"unix_socket_directories = '{server.root}'\n{settings}")
+
+
 @contextmanager
 def running_postgres(keep_log_in: Path | None = None) -> Iterator[Postgres]:
     root = Path(tempfile.mkdtemp(prefix="mailwarden-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, OWNER, OWNER)
     server = Postgres(root, free_port())
-    _as_owner([BIN / "initdb", "-D", root / "data", "-U", OWNER, "--auth=trust", "-E", "UTF8", "--no-locale"])
-    with (root / "data" / "postgresql.conf").open("a") as conf:
-        conf.write(
-            f"listen_addresses = '{server.host}'\nport = {server.port}\nunix_socket_directories = '{root}'\n"
-            "max_connections = 200\nshared_buffers = 128MB\n"
-        )
+    _initdb(
+        server,
+        f"listen_addresses = '{server.host}'\nport = {server.port}\nmax_connections = 200\nshared_buffers = 128MB\n",
+    )
     server.start()
     try:
         yield server
@@ -103,3 +107,22 @@ def running_postgres(keep_log_in: Path | None = None) -> Iterator[Postgres]:
         if keep_log_in is not None and (root / "log").exists():
             shutil.copy(root / "log", keep_log_in / "postgres.log")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def kept_postgres(root: Path, settings: str = "") -> Iterator[Postgres]:
+    """A cluster in `root` that outlives the run (a benchmark's data, generated once): made there the
+    first time, started on a free loopback port each time (`port.conf`), stopped at the end."""
+    root.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(root, OWNER, OWNER)
+    server = Postgres(root, free_port())
+    if not (root / "data" / "PG_VERSION").exists():
+        shutil.rmtree(root / "data", ignore_errors=True)
+        _initdb(server, f"listen_addresses = '{server.host}'\ninclude_if_exists = 'port.conf'\n{settings}")
+    (root / "data" / "port.conf").write_text(f"port = {server.port}\n")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -402,7 +402,7 @@ def _busy_network(conn: SqlConnection, text: str) -> bool:
     prefix = _text_prefix(network)
     if not prefix:
         return True
-    probe = "SELECT count(*) FROM (SELECT 1 FROM message_index WHERE client_ip >= ? AND client_ip < ? LIMIT ?)"
+    probe = "SELECT count(*) FROM (SELECT 1 FROM message_index WHERE client_ip >= ? AND client_ip < ? LIMIT ?) AS probe"
     (found,) = conn.execute(probe, (prefix + ".", prefix + "/", _BUSY_NETWORK)).fetchone()
     return bool(found >= _BUSY_NETWORK)
 
