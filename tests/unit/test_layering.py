@@ -1,5 +1,6 @@
 """The layering of docs/architecture.md ("Layers"), checked on the source: shared pieces live in the
-core and are not copied into rooms, and trace/ returns text instead of printing it."""
+core and are not copied into rooms, rooms other than the SMTP layer do not reach into smtp/, and
+trace/ returns text instead of printing it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,27 @@ SOURCE = Path(mailwarden.__file__).parent
 _CODE_SHAPES = re.compile(r"\\d\{1,3\}\\.\\d\{1,3\}|\\d\{3\}\)?\[ -\]|\\d\\d\)?\[ -\]|\[245\]\\d\\d|\[2-5\]\\d\\d")
 
 
+# The SMTP layer and the edges that start it: the only modules that may import mailwarden.smtp.
+_SMTP_LAYER = ("smtp", "mta", "workers", "serve.py")
+
+
 def _modules(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports (also under TYPE_CHECKING or inside a function), relative imports resolved."""
+    package = ["mailwarden", *path.relative_to(SOURCE).parent.parts]
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            imported.add(module)
+            imported.update(f"{module}.{alias.name}" for alias in node.names)
+    return imported
 
 
 def test_trace_prints_nothing_the_command_line_does() -> None:
@@ -27,6 +47,17 @@ def test_trace_prints_nothing_the_command_line_does() -> None:
             if isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr"):
                 printing.append(f"{path.name}:{node.lineno} sys.{node.attr}")
     assert printing == []
+
+
+def test_rooms_outside_the_smtp_layer_do_not_import_from_smtp() -> None:
+    reaching_in = []
+    for path in _modules(SOURCE):
+        if path.relative_to(SOURCE).parts[0] in _SMTP_LAYER:
+            continue
+        for module in sorted(_imported_modules(path)):
+            if module == "mailwarden.smtp" or module.startswith("mailwarden.smtp."):
+                reaching_in.append(f"{path.relative_to(SOURCE)}: {module}")
+    assert reaching_in == []
 
 
 def test_smtp_reply_codes_are_parsed_only_by_the_shared_parser() -> None:
