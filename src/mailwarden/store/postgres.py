@@ -41,13 +41,21 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import Store, node_clash
+from mailwarden.store.parts import Store, mailbox_exists, node_clash
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
 from mailwarden.store.spool import EventSpool, new_batch_id
+from mailwarden.store.sql import POSTGRES as SQL
 from mailwarden.store.sql import QmarkConnection
 from mailwarden.store.sqlite import events_where
-from mailwarden.store.sqlite_accounts import ACCOUNT_COLUMNS, SESSION_COLUMNS, account_of, audit_row
+from mailwarden.store.sqlite_accounts import (
+    account_exists,
+    account_of,
+    account_row,
+    audit_entries,
+    audit_row,
+    session_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +310,7 @@ class PostgresStore(Store):
 
     def load_position(self, name: str) -> str | None:
         with self._conn() as conn:
-            row = conn.execute("SELECT value FROM positions WHERE name = %s", (name,)).fetchone()
+            row = conn.execute(SQL.load_position, (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def query_events(self, query: EventQuery) -> list[Event]:
@@ -345,22 +353,19 @@ class PostgresStore(Store):
                     self._days.discard(day)
             with conn.transaction():
                 total += conn.execute("DELETE FROM events WHERE ts < %s", (before_us,)).rowcount
-                conn.execute("DELETE FROM message_index WHERE last_seen < %s", (before_us,))
-                conn.execute("DELETE FROM message_links WHERE ts < %s", (before_us,))
+                conn.execute(SQL.purge_index, (before_us,))
+                conn.execute(SQL.purge_links, (before_us,))
                 conn.execute("DELETE FROM written_batches WHERE ts < %s", (before_us,))
-                conn.execute(
-                    "DELETE FROM message_roots AS r"
-                    " WHERE NOT EXISTS (SELECT 1 FROM message_links AS l WHERE l.message_key = r.key)"
-                )
+                conn.execute(SQL.purge_roots)
         return total
 
     def count_events(self) -> int:
         with self._conn() as conn:
-            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])  # type: ignore[index]
+            return int(conn.execute(SQL.count_events).fetchone()[0])  # type: ignore[index]
 
     def oldest_event_us(self) -> int | None:
         with self._conn() as conn:
-            row = conn.execute("SELECT min(ts) FROM events").fetchone()
+            row = conn.execute(SQL.oldest_event).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     # -- the message index
@@ -389,36 +394,27 @@ class PostgresStore(Store):
     def register_node(self, name: str, node_id: int) -> None:
         with self._conn() as conn, conn.transaction():
             conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")  # two nodes starting at once
-            row = conn.execute("SELECT name FROM nodes WHERE node_id = %s", (node_id,)).fetchone()
+            row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
             if row is not None and row[0] != name:
                 raise node_clash(name, node_id, row[0])
             if row is None:
-                conn.execute("DELETE FROM nodes WHERE name = %s", (name,))
-                conn.execute(
-                    "INSERT INTO nodes (node_id, name, registered_us) VALUES (%s, %s, %s)", (node_id, name, now_us())
-                )
+                conn.execute(SQL.forget_node, (name,))
+                conn.execute(SQL.register_node, (node_id, name, now_us()))
 
     def forget_node(self, name: str) -> bool:
         with self._conn() as conn:
-            return conn.execute("DELETE FROM nodes WHERE name = %s", (name,)).rowcount > 0
+            return conn.execute(SQL.forget_node, (name,)).rowcount > 0
 
     # -- greylisting
     def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
         with self._conn() as conn:
-            row = conn.execute(
-                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
-                " WHERE network = %s AND sender = %s AND recipient = %s",
-                (network, sender, recipient),
-            ).fetchone()
+            row = conn.execute(SQL.greylist_get, (network, sender, recipient)).fetchone()
         return None if row is None else GreylistEntry(network, sender, recipient, *row)
 
     def greylist_put(self, entry: GreylistEntry) -> None:
         with self._conn() as conn:
             conn.execute(
-                "INSERT INTO greylist (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (network, sender, recipient) DO UPDATE SET"
-                " first_seen_us = excluded.first_seen_us, last_seen_us = excluded.last_seen_us,"
-                " passed_us = excluded.passed_us, attempts = excluded.attempts",
+                SQL.greylist_put,
                 (
                     entry.network,
                     entry.sender,
@@ -432,31 +428,23 @@ class PostgresStore(Store):
 
     def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
         with self._conn() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM greylist WHERE network = %s AND sender = %s AND passed_us IS NOT NULL"
-                " AND last_seen_us >= %s LIMIT 1",
-                (network, sender, since_us),
-            ).fetchone()
+            row = conn.execute(SQL.greylist_sender_passed, (network, sender, since_us)).fetchone()
         return row is not None
 
     def greylist_purge(self, before_us: int) -> int:
         with self._conn() as conn:
-            return conn.execute("DELETE FROM greylist WHERE last_seen_us < %s", (before_us,)).rowcount
+            return conn.execute(SQL.greylist_purge, (before_us,)).rowcount
 
     # -- pregreet passes
     def pregreet_passed(self, client_ip: str) -> int | None:
         with self._conn() as conn:
-            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = %s", (client_ip,)).fetchone()
+            row = conn.execute(SQL.pregreet_passed, (client_ip,)).fetchone()
         return None if row is None else int(row[0])
 
     def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
         with self._conn() as conn, conn.transaction():
-            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < %s", (forget_before_us,))
-            conn.execute(
-                "INSERT INTO pregreet_passes (client_ip, passed_us) VALUES (%s, %s)"
-                " ON CONFLICT (client_ip) DO UPDATE SET passed_us = excluded.passed_us",
-                (client_ip, at_us),
-            )
+            conn.execute(SQL.pregreet_forget, (forget_before_us,))
+            conn.execute(SQL.pregreet_pass, (client_ip, at_us))
 
     # -- rate limits, counted across every node of the database
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
@@ -475,51 +463,32 @@ class PostgresStore(Store):
     def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
         created = now_us()
         with self._conn() as conn:
-            inserted = conn.execute(
-                "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (%s, %s, %s)"
-                " ON CONFLICT (address) DO NOTHING",
-                (address, password_hash, created),
-            ).rowcount
+            inserted = conn.execute(SQL.add_mailbox, (address, password_hash, created)).rowcount
         if not inserted:
-            raise StoreError(f"mailbox {address} already exists; use `users passwd` to change its password")
+            raise mailbox_exists(address)
         return Mailbox(address, password_hash, created)
 
     def remove_mailbox(self, address: str) -> bool:
         self._known.pop(address, None)
         with self._conn() as conn:
-            return conn.execute("DELETE FROM mailboxes WHERE address = %s", (address,)).rowcount > 0
+            return conn.execute(SQL.remove_mailbox, (address,)).rowcount > 0
 
     def set_password(self, address: str, password_hash: str) -> bool:
         with self._conn() as conn:
-            return (
-                conn.execute(
-                    "UPDATE mailboxes SET password_hash = %s WHERE address = %s", (password_hash, address)
-                ).rowcount
-                > 0
-            )
+            return conn.execute(SQL.set_password, (password_hash, address)).rowcount > 0
 
     def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
         with self._conn() as conn:
-            return (
-                conn.execute(
-                    "UPDATE mailboxes SET settings = %s WHERE address = %s",
-                    (json.dumps(settings, sort_keys=True), address),
-                ).rowcount
-                > 0
-            )
+            return conn.execute(SQL.set_mailbox_settings, (json.dumps(settings, sort_keys=True), address)).rowcount > 0
 
     def get_mailbox(self, address: str) -> Mailbox | None:
         with self._conn() as conn:
-            row = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = %s", (address,)
-            ).fetchone()
+            row = conn.execute(SQL.get_mailbox, (address,)).fetchone()
         return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
 
     def list_mailboxes(self) -> list[Mailbox]:
         with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
-            ).fetchall()
+            rows = conn.execute(SQL.list_mailboxes).fetchall()
         return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     async def find_mailbox(self, address: str) -> Mailbox | None:
@@ -547,85 +516,58 @@ class PostgresStore(Store):
     # PostgreSQL groups the concurrent ones into one WAL flush itself)
     def add_account(self, account: WebAccount) -> None:
         with self._conn() as conn:
-            added = conn.execute(
-                f"INSERT INTO web_accounts ({ACCOUNT_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (name) DO NOTHING",
-                (account.name, account.role, account.password_hash, account.created_us, json.dumps(account.domains)),
-            ).rowcount
+            added = conn.execute(SQL.add_account, account_row(account)).rowcount
         if not added:
-            raise StoreError(
-                f"account {account.name} exists already; `mailwarden accounts passwd {account.name}` changes its password"
-            )
+            raise account_exists(account.name)
 
     def get_account(self, name: str) -> WebAccount | None:
         with self._conn() as conn:
-            row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts WHERE name = %s", (name,)).fetchone()
+            row = conn.execute(SQL.get_account, (name,)).fetchone()
         return None if row is None else account_of(row)
 
     def list_accounts(self) -> list[WebAccount]:
         with self._conn() as conn:
-            rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
+            rows = conn.execute(SQL.list_accounts).fetchall()
         return [account_of(row) for row in rows]
 
     def remove_account(self, name: str) -> bool:
         with self._conn() as conn:
-            return conn.execute("DELETE FROM web_accounts WHERE name = %s", (name,)).rowcount > 0
+            return conn.execute(SQL.remove_account, (name,)).rowcount > 0
 
     def set_account_password(self, name: str, password_hash: str) -> bool:
         with self._conn() as conn, conn.transaction():
-            changed = conn.execute(
-                "UPDATE web_accounts SET password_hash = %s WHERE name = %s", (password_hash, name)
-            ).rowcount
-            conn.execute("DELETE FROM web_sessions WHERE account = %s", (name,))
+            changed = conn.execute(SQL.set_account_password, (password_hash, name)).rowcount
+            conn.execute(SQL.end_account_sessions, (name,))
         return changed > 0
 
     def add_web_session(self, session: WebSession) -> None:
         with self._conn() as conn:
-            conn.execute(
-                f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
-                (session.token_hash, session.account, session.csrf, session.created_us, session.seen_us),
-            )
+            conn.execute(SQL.add_web_session, session_row(session))
 
     def get_web_session(self, token_hash: str) -> WebSession | None:
         with self._conn() as conn:
-            row = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = %s", (token_hash,)
-            ).fetchone()
+            row = conn.execute(SQL.get_web_session, (token_hash,)).fetchone()
         return None if row is None else WebSession(*row)
 
     def touch_web_session(self, token_hash: str, seen_us: int) -> None:
         with self._conn() as conn:
-            conn.execute("UPDATE web_sessions SET seen_us = %s WHERE token_hash = %s", (seen_us, token_hash))
+            conn.execute(SQL.touch_web_session, (seen_us, token_hash))
 
     def remove_web_session(self, token_hash: str) -> None:
         with self._conn() as conn:
-            conn.execute("DELETE FROM web_sessions WHERE token_hash = %s", (token_hash,))
+            conn.execute(SQL.remove_web_session, (token_hash,))
 
     def purge_web_sessions(self, seen_before_us: int, created_before_us: int) -> int:
         with self._conn() as conn:
-            return conn.execute(
-                "DELETE FROM web_sessions WHERE seen_us < %s OR created_us < %s", (seen_before_us, created_before_us)
-            ).rowcount
+            return conn.execute(SQL.purge_web_sessions, (seen_before_us, created_before_us)).rowcount
 
     def add_audit(self, entry: AuditEntry) -> None:
         with self._conn() as conn:
-            conn.execute(
-                "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (%s, %s, %s, %s, %s, %s)",
-                audit_row(entry),
-            )
+            conn.execute(SQL.add_audit, audit_row(entry))
 
     def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
-        clauses = [
-            "(%(before)s::bigint IS NULL OR id < %(before)s)",
-            "(%(account)s::text IS NULL OR account = %(account)s)",
-        ]
         with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT id, ts, account, action, target, client_ip, detail FROM audit_log"
-                f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT %(limit)s",
-                {"before": before_id, "account": account, "limit": limit},
-            ).fetchall()
-        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
+            return audit_entries(QmarkConnection(conn), limit, before_id, account)
 
     def close(self) -> None:
         if self._writer is not None:

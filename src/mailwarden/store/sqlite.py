@@ -34,8 +34,9 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import RateLimitState, Store, node_clash
+from mailwarden.store.parts import RateLimitState, Store, mailbox_exists, node_clash
 from mailwarden.store.rates import MemoryRates
+from mailwarden.store.sql import SQLITE as SQL
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
 from mailwarden.store.sqlite_bulk import BulkProcess
@@ -426,11 +427,7 @@ def write_batch(
         if hinted:
             index.update((), hinted)
         if positions:
-            conn.executemany(
-                "INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
-                [(position.name, position.value, now_us()) for position in positions],
-            )
+            conn.executemany(SQL.save_positions, [(position.name, position.value, now_us()) for position in positions])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -523,7 +520,7 @@ class SqliteStore(SqliteAccounts, Store):
 
     def load_position(self, name: str) -> str | None:
         with self._reading() as conn:
-            row = conn.execute("SELECT value FROM positions WHERE name = ?", (name,)).fetchone()
+            row = conn.execute(SQL.load_position, (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def flush(self) -> None:
@@ -568,9 +565,9 @@ class SqliteStore(SqliteAccounts, Store):
             if cursor.rowcount < _PURGE_SLICE:
                 break
         with self._reading() as conn:  # what the purged events were the only evidence of
-            conn.execute("DELETE FROM message_index WHERE last_seen < ?", (before_us,))
-            conn.execute("DELETE FROM message_links WHERE ts < ?", (before_us,))
-            conn.execute("DELETE FROM message_roots WHERE key NOT IN (SELECT message_key FROM message_links)")
+            conn.execute(SQL.purge_index, (before_us,))
+            conn.execute(SQL.purge_links, (before_us,))
+            conn.execute(SQL.purge_roots)
         return total
 
     def index_page(
@@ -605,45 +602,36 @@ class SqliteStore(SqliteAccounts, Store):
 
     def count_events(self) -> int:
         with self._reading() as conn:
-            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])
+            return int(conn.execute(SQL.count_events).fetchone()[0])
 
     def oldest_event_us(self) -> int | None:
         with self._reading() as conn:
-            row = conn.execute("SELECT min(ts) FROM events").fetchone()
+            row = conn.execute(SQL.oldest_event).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     # -- mailboxes
     def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
         created = now_us()
         with self._reading() as conn:
-            try:
-                conn.execute(
-                    "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (?, ?, ?)",
-                    (address, password_hash, created),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError(
-                    f"mailbox {address} already exists; use `users passwd` to change its password"
-                ) from None
+            if not conn.execute(SQL.add_mailbox, (address, password_hash, created)).rowcount:
+                raise mailbox_exists(address)
         return Mailbox(address, password_hash, created)
 
     def remove_mailbox(self, address: str) -> bool:
         self._found.pop(address, None)
         with self._reading() as conn:
-            return conn.execute("DELETE FROM mailboxes WHERE address = ?", (address,)).rowcount > 0
+            return conn.execute(SQL.remove_mailbox, (address,)).rowcount > 0
 
     def set_password(self, address: str, password_hash: str) -> bool:
         self._found.pop(address, None)
         with self._reading() as conn:
-            cursor = conn.execute("UPDATE mailboxes SET password_hash = ? WHERE address = ?", (password_hash, address))
+            cursor = conn.execute(SQL.set_password, (password_hash, address))
             return cursor.rowcount > 0
 
     def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
         self._found.pop(address, None)
         with self._reading() as conn:
-            cursor = conn.execute(
-                "UPDATE mailboxes SET settings = ? WHERE address = ?", (json.dumps(settings, sort_keys=True), address)
-            )
+            cursor = conn.execute(SQL.set_mailbox_settings, (json.dumps(settings, sort_keys=True), address))
             return cursor.rowcount > 0
 
     async def find_mailbox(self, address: str) -> Mailbox | None:
@@ -668,34 +656,24 @@ class SqliteStore(SqliteAccounts, Store):
 
     def get_mailbox(self, address: str) -> Mailbox | None:
         with self._reading() as conn:
-            row = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = ?", (address,)
-            ).fetchone()
+            row = conn.execute(SQL.get_mailbox, (address,)).fetchone()
         return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
 
     def list_mailboxes(self) -> list[Mailbox]:
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
-            ).fetchall()
+            rows = conn.execute(SQL.list_mailboxes).fetchall()
         return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     # -- greylisting
     def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
         with self._reading() as conn:
-            row = conn.execute(
-                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
-                " WHERE network = ? AND sender = ? AND recipient = ?",
-                (network, sender, recipient),
-            ).fetchone()
+            row = conn.execute(SQL.greylist_get, (network, sender, recipient)).fetchone()
         return None if row is None else GreylistEntry(network, sender, recipient, *row)
 
     def greylist_put(self, entry: GreylistEntry) -> None:
         with self._reading() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO greylist"
-                " (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                SQL.greylist_put,
                 (
                     entry.network,
                     entry.sender,
@@ -709,43 +687,35 @@ class SqliteStore(SqliteAccounts, Store):
 
     def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
         with self._reading() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM greylist WHERE network = ? AND sender = ? AND passed_us IS NOT NULL"
-                " AND last_seen_us >= ? LIMIT 1",
-                (network, sender, since_us),
-            ).fetchone()
+            row = conn.execute(SQL.greylist_sender_passed, (network, sender, since_us)).fetchone()
         return row is not None
 
     def greylist_purge(self, before_us: int) -> int:
         with self._reading() as conn:
-            return conn.execute("DELETE FROM greylist WHERE last_seen_us < ?", (before_us,)).rowcount
+            return conn.execute(SQL.greylist_purge, (before_us,)).rowcount
 
     # -- pregreet passes
     def pregreet_passed(self, client_ip: str) -> int | None:
         with self._reading() as conn:
-            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = ?", (client_ip,)).fetchone()
+            row = conn.execute(SQL.pregreet_passed, (client_ip,)).fetchone()
         return None if row is None else int(row[0])
 
     def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
         with self._reading() as conn:
-            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < ?", (forget_before_us,))
-            conn.execute(
-                "INSERT OR REPLACE INTO pregreet_passes (client_ip, passed_us) VALUES (?, ?)", (client_ip, at_us)
-            )
+            conn.execute(SQL.pregreet_forget, (forget_before_us,))
+            conn.execute(SQL.pregreet_pass, (client_ip, at_us))
 
     # -- node ids
     def register_node(self, name: str, node_id: int) -> None:
         with self._reading() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT name FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+                row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
                 if row is not None and row[0] != name:
                     raise node_clash(name, node_id, row[0])
                 if row is None:
-                    conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
-                    conn.execute(
-                        "INSERT INTO nodes (node_id, name, registered_us) VALUES (?, ?, ?)", (node_id, name, now_us())
-                    )
+                    conn.execute(SQL.forget_node, (name,))
+                    conn.execute(SQL.register_node, (node_id, name, now_us()))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -753,7 +723,7 @@ class SqliteStore(SqliteAccounts, Store):
 
     def forget_node(self, name: str) -> bool:
         with self._reading() as conn:
-            return conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
+            return conn.execute(SQL.forget_node, (name,)).rowcount > 0
 
     # -- rate limits
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
