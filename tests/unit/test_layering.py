@@ -1,6 +1,6 @@
 """The layering of docs/architecture.md ("Layers"), checked on the source: shared pieces live in the
-core and are not copied into rooms, rooms other than the SMTP layer do not reach into smtp/, and
-trace/ returns text instead of printing it."""
+core and are not copied into rooms, the SQL both stores run is not copied into each, rooms other
+than the SMTP layer do not reach into smtp/, and trace/ returns text instead of printing it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import mailwarden
+from mailwarden.store.sql import SQLITE
 
 SOURCE = Path(mailwarden.__file__).parent
 # The shapes of a reply code and an enhanced status code as they appear in a pattern's source.
@@ -70,4 +71,17 @@ def test_smtp_reply_codes_are_parsed_only_by_the_shared_parser() -> None:
                 text = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
                 if _CODE_SHAPES.search(text):
                     copies.append(f"{path.relative_to(SOURCE)}:{node.lineno}")
+    assert copies == []
+
+
+def test_the_two_stores_run_the_shared_statements_instead_of_copies_of_them() -> None:
+    shared = {" ".join(text.split()) for name, text in SQLITE._asdict().items() if name != "mark"}
+    copies = []
+    for path in _modules(SOURCE / "store"):
+        if path.name == "sql.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if " ".join(text.replace("%s", "?").split()) in shared:
+                copies.append(f"{path.name}:{node.lineno}")
     assert copies == []

@@ -224,11 +224,6 @@ class NodeRegistry(Protocol):
         """Free the id of a node that no longer runs; False when no such node is registered."""
 
 
-def mailbox_exists(address: str) -> StoreError:
-    """Why `add_mailbox` refused (every backend says it alike)."""
-    return StoreError(f"mailbox {address} already exists; use `users passwd` to change its password")
-
-
 def node_clash(name: str, node_id: int, other: str) -> StoreError:
     """Why a node may not start: its refs would be another node's (every backend says it alike)."""
     return StoreError(

@@ -13,12 +13,11 @@ under an advisory lock, so several nodes starting at once migrate the database o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -28,34 +27,26 @@ from psycopg_pool import ConnectionPool
 from mailwarden.events import Event, now_us
 from mailwarden.messages.keys import Link
 from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages
-from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
+from mailwarden.store.accounts import AuditEntry
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
     EventWriter,
-    GreylistEntry,
     IndexPage,
     IndexQuery,
     Mailbox,
     Position,
     StoreError,
 )
-from mailwarden.store.parts import Store, mailbox_exists, node_clash
+from mailwarden.store.parts import Store, node_clash
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
 from mailwarden.store.spool import EventSpool, new_batch_id
 from mailwarden.store.sql import POSTGRES as SQL
 from mailwarden.store.sql import QmarkConnection
+from mailwarden.store.sql_parts import SqlParts, audit_row
 from mailwarden.store.sqlite import events_where
-from mailwarden.store.sqlite_accounts import (
-    account_exists,
-    account_of,
-    account_row,
-    audit_entries,
-    audit_row,
-    session_row,
-)
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +175,10 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
                 conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlParts, Store):
     """Every part of the store in one PostgreSQL database, shared by the nodes that name it."""
+
+    _sql = SQL
 
     def __init__(
         self,
@@ -230,6 +223,14 @@ class PostgresStore(Store):
                 yield conn
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    def _statement(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._conn()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._conn() as conn, conn.transaction():
+            yield conn
 
     # -- events
     def _writer_started(self) -> EventWriter:
@@ -308,11 +309,6 @@ class PostgresStore(Store):
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)
 
-    def load_position(self, name: str) -> str | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.load_position, (name,)).fetchone()
-        return None if row is None else str(row[0])
-
     def query_events(self, query: EventQuery) -> list[Event]:
         where, params = events_where(query)
         tail = " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
@@ -359,15 +355,6 @@ class PostgresStore(Store):
                 conn.execute(SQL.purge_roots)
         return total
 
-    def count_events(self) -> int:
-        with self._conn() as conn:
-            return int(conn.execute(SQL.count_events).fetchone()[0])  # type: ignore[index]
-
-    def oldest_event_us(self) -> int | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.oldest_event).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
     # -- the message index
     def index_page(
         self,
@@ -392,7 +379,7 @@ class PostgresStore(Store):
 
     # -- node ids
     def register_node(self, name: str, node_id: int) -> None:
-        with self._conn() as conn, conn.transaction():
+        with self._transaction() as conn:
             conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")  # two nodes starting at once
             row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
             if row is not None and row[0] != name:
@@ -400,51 +387,6 @@ class PostgresStore(Store):
             if row is None:
                 conn.execute(SQL.forget_node, (name,))
                 conn.execute(SQL.register_node, (node_id, name, now_us()))
-
-    def forget_node(self, name: str) -> bool:
-        with self._conn() as conn:
-            return conn.execute(SQL.forget_node, (name,)).rowcount > 0
-
-    # -- greylisting
-    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.greylist_get, (network, sender, recipient)).fetchone()
-        return None if row is None else GreylistEntry(network, sender, recipient, *row)
-
-    def greylist_put(self, entry: GreylistEntry) -> None:
-        with self._conn() as conn:
-            conn.execute(
-                SQL.greylist_put,
-                (
-                    entry.network,
-                    entry.sender,
-                    entry.recipient,
-                    entry.first_seen_us,
-                    entry.last_seen_us,
-                    entry.passed_us,
-                    entry.attempts,
-                ),
-            )
-
-    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
-        with self._conn() as conn:
-            row = conn.execute(SQL.greylist_sender_passed, (network, sender, since_us)).fetchone()
-        return row is not None
-
-    def greylist_purge(self, before_us: int) -> int:
-        with self._conn() as conn:
-            return conn.execute(SQL.greylist_purge, (before_us,)).rowcount
-
-    # -- pregreet passes
-    def pregreet_passed(self, client_ip: str) -> int | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.pregreet_passed, (client_ip,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
-        with self._conn() as conn, conn.transaction():
-            conn.execute(SQL.pregreet_forget, (forget_before_us,))
-            conn.execute(SQL.pregreet_pass, (client_ip, at_us))
 
     # -- rate limits, counted across every node of the database
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
@@ -460,37 +402,6 @@ class PostgresStore(Store):
         return estimate(int(row[0]), int(row[1]), now)
 
     # -- mailboxes
-    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
-        created = now_us()
-        with self._conn() as conn:
-            inserted = conn.execute(SQL.add_mailbox, (address, password_hash, created)).rowcount
-        if not inserted:
-            raise mailbox_exists(address)
-        return Mailbox(address, password_hash, created)
-
-    def remove_mailbox(self, address: str) -> bool:
-        self._known.pop(address, None)
-        with self._conn() as conn:
-            return conn.execute(SQL.remove_mailbox, (address,)).rowcount > 0
-
-    def set_password(self, address: str, password_hash: str) -> bool:
-        with self._conn() as conn:
-            return conn.execute(SQL.set_password, (password_hash, address)).rowcount > 0
-
-    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
-        with self._conn() as conn:
-            return conn.execute(SQL.set_mailbox_settings, (json.dumps(settings, sort_keys=True), address)).rowcount > 0
-
-    def get_mailbox(self, address: str) -> Mailbox | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.get_mailbox, (address,)).fetchone()
-        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
-
-    def list_mailboxes(self) -> list[Mailbox]:
-        with self._conn() as conn:
-            rows = conn.execute(SQL.list_mailboxes).fetchall()
-        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path; while the database is away, a mailbox found before
         is still found (mail keeps flowing, its events spooled), an unknown one raises."""
@@ -512,62 +423,14 @@ class PostgresStore(Store):
             self._known[address] = mailbox
         return mailbox
 
-    # -- the tracking center's accounts, sessions and audit log (each audit entry is its own commit:
-    # PostgreSQL groups the concurrent ones into one WAL flush itself)
-    def add_account(self, account: WebAccount) -> None:
-        with self._conn() as conn:
-            added = conn.execute(SQL.add_account, account_row(account)).rowcount
-        if not added:
-            raise account_exists(account.name)
+    def _mailbox_changed(self, address: str) -> None:
+        self._known.pop(address, None)
 
-    def get_account(self, name: str) -> WebAccount | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.get_account, (name,)).fetchone()
-        return None if row is None else account_of(row)
-
-    def list_accounts(self) -> list[WebAccount]:
-        with self._conn() as conn:
-            rows = conn.execute(SQL.list_accounts).fetchall()
-        return [account_of(row) for row in rows]
-
-    def remove_account(self, name: str) -> bool:
-        with self._conn() as conn:
-            return conn.execute(SQL.remove_account, (name,)).rowcount > 0
-
-    def set_account_password(self, name: str, password_hash: str) -> bool:
-        with self._conn() as conn, conn.transaction():
-            changed = conn.execute(SQL.set_account_password, (password_hash, name)).rowcount
-            conn.execute(SQL.end_account_sessions, (name,))
-        return changed > 0
-
-    def add_web_session(self, session: WebSession) -> None:
-        with self._conn() as conn:
-            conn.execute(SQL.add_web_session, session_row(session))
-
-    def get_web_session(self, token_hash: str) -> WebSession | None:
-        with self._conn() as conn:
-            row = conn.execute(SQL.get_web_session, (token_hash,)).fetchone()
-        return None if row is None else WebSession(*row)
-
-    def touch_web_session(self, token_hash: str, seen_us: int) -> None:
-        with self._conn() as conn:
-            conn.execute(SQL.touch_web_session, (seen_us, token_hash))
-
-    def remove_web_session(self, token_hash: str) -> None:
-        with self._conn() as conn:
-            conn.execute(SQL.remove_web_session, (token_hash,))
-
-    def purge_web_sessions(self, seen_before_us: int, created_before_us: int) -> int:
-        with self._conn() as conn:
-            return conn.execute(SQL.purge_web_sessions, (seen_before_us, created_before_us)).rowcount
-
+    # -- the tracking center's audit log (the rest of its part: SqlParts); each entry is its own
+    # commit: PostgreSQL groups the concurrent ones into one WAL flush itself
     def add_audit(self, entry: AuditEntry) -> None:
         with self._conn() as conn:
             conn.execute(SQL.add_audit, audit_row(entry))
-
-    def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
-        with self._conn() as conn:
-            return audit_entries(QmarkConnection(conn), limit, before_id, account)
 
     def close(self) -> None:
         if self._writer is not None:

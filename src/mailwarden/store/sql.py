@@ -1,11 +1,12 @@
 """What the two SQL backends share: their SQL written once, in SQLite's dialect with `?` placeholders.
 
 The statements both stores run as they are (`Statements`: reading positions, node ids, greylisting,
-pregreet passes, mailboxes, the tracking center's accounts) are `SQLITE`, and `POSTGRES` is the same
-list translated once, when this module is imported. The reads built per query (a search, a page of
-the message index, a message's links) go through `QmarkConnection`; the PostgreSQL store defines
-what they use that PostgreSQL lacks (`instr`, `mw_ip_in` and the case-insensitive collation
-`nocase`, store/postgres.py). Upserts are written as `INSERT ... ON CONFLICT`, which both speak.
+pregreet passes, mailboxes, the tracking center's accounts; run by `sql_parts.SqlParts`) are
+`SQLITE`, and `POSTGRES` is the same list translated once, when this module is imported. The
+reads built per query (a search, a page of the message index, a message's links) go through
+`QmarkConnection`; the PostgreSQL store defines what they use that PostgreSQL lacks (`instr`,
+`mw_ip_in` and the case-insensitive collation `nocase`, store/postgres.py). Upserts are written as
+`INSERT ... ON CONFLICT`, which both speak.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ SESSION_COLUMNS: Final = "token_hash, account, csrf, created_us, seen_us"
 class Statements(NamedTuple):
     """Every statement both stores run unchanged, in one dialect (`SQLITE` or `POSTGRES`)."""
 
+    mark: str  # the placeholder, for conditions put together per call
     load_position: str
     save_positions: str  # executemany
     count_events: str
@@ -55,9 +57,11 @@ class Statements(NamedTuple):
     remove_web_session: str
     purge_web_sessions: str
     add_audit: str
+    list_audit: str  # {where}: the conditions, written with `mark`
 
 
 SQLITE: Final = Statements(
+    mark="?",
     load_position="SELECT value FROM positions WHERE name = ?",
     save_positions="INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
@@ -102,6 +106,7 @@ SQLITE: Final = Statements(
     remove_web_session="DELETE FROM web_sessions WHERE token_hash = ?",
     purge_web_sessions="DELETE FROM web_sessions WHERE seen_us < ? OR created_us < ?",
     add_audit="INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (?, ?, ?, ?, ?, ?)",
+    list_audit="SELECT id, ts, account, action, target, client_ip, detail FROM audit_log{where} ORDER BY id DESC LIMIT ?",
 )
 
 
@@ -115,6 +120,9 @@ POSTGRES: Final = Statements._make(postgres_dialect(statement) for statement in 
 
 class Rows(Protocol):
     """A cursor's results (sqlite3's and psycopg's cursors both are)."""
+
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 

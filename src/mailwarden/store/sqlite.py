@@ -8,37 +8,37 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.messages.keys import Link
 from mailwarden.store import sqlite_index, sqlite_messages
+from mailwarden.store.accounts import AuditEntry
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
     EventWriter,
-    GreylistEntry,
     IndexPage,
     IndexQuery,
     Mailbox,
     Position,
     StoreError,
 )
-from mailwarden.store.parts import RateLimitState, Store, mailbox_exists, node_clash
+from mailwarden.store.parts import RateLimitState, Store, node_clash
 from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sql import SQLITE as SQL
+from mailwarden.store.sql_parts import SqlParts, audit_row
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
-from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
+from mailwarden.store.sqlite_accounts import AuditLog
 from mailwarden.store.sqlite_bulk import BulkProcess
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import ROWS_PER_STATEMENT, MessageBook, event_rows, insert_rows
@@ -452,9 +452,11 @@ class BulkWrites:
         self.conn.close()
 
 
-class SqliteStore(SqliteAccounts, Store):
+class SqliteStore(SqlParts, Store):
     """Every part of the store in one SQLite file; rate limits are counted on this machine: in this
     process, or in the table the SMTP workers share (one machine)."""
+
+    _sql = SQL
 
     def __init__(
         self,
@@ -517,11 +519,6 @@ class SqliteStore(SqliteAccounts, Store):
 
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)
-
-    def load_position(self, name: str) -> str | None:
-        with self._reading() as conn:
-            row = conn.execute(SQL.load_position, (name,)).fetchone()
-        return None if row is None else str(row[0])
 
     def flush(self) -> None:
         if self._bulk is not None:
@@ -600,40 +597,7 @@ class SqliteStore(SqliteAccounts, Store):
             self._index.forget()
         return written
 
-    def count_events(self) -> int:
-        with self._reading() as conn:
-            return int(conn.execute(SQL.count_events).fetchone()[0])
-
-    def oldest_event_us(self) -> int | None:
-        with self._reading() as conn:
-            row = conn.execute(SQL.oldest_event).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
     # -- mailboxes
-    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
-        created = now_us()
-        with self._reading() as conn:
-            if not conn.execute(SQL.add_mailbox, (address, password_hash, created)).rowcount:
-                raise mailbox_exists(address)
-        return Mailbox(address, password_hash, created)
-
-    def remove_mailbox(self, address: str) -> bool:
-        self._found.pop(address, None)
-        with self._reading() as conn:
-            return conn.execute(SQL.remove_mailbox, (address,)).rowcount > 0
-
-    def set_password(self, address: str, password_hash: str) -> bool:
-        self._found.pop(address, None)
-        with self._reading() as conn:
-            cursor = conn.execute(SQL.set_password, (password_hash, address))
-            return cursor.rowcount > 0
-
-    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
-        self._found.pop(address, None)
-        with self._reading() as conn:
-            cursor = conn.execute(SQL.set_mailbox_settings, (json.dumps(settings, sort_keys=True), address))
-            return cursor.rowcount > 0
-
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path, with existing mailboxes remembered for a second.
 
@@ -654,80 +618,26 @@ class SqliteStore(SqliteAccounts, Store):
             self._found[address] = (now + _FOUND_SECONDS, mailbox)
         return mailbox
 
-    def get_mailbox(self, address: str) -> Mailbox | None:
-        with self._reading() as conn:
-            row = conn.execute(SQL.get_mailbox, (address,)).fetchone()
-        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
-
-    def list_mailboxes(self) -> list[Mailbox]:
-        with self._reading() as conn:
-            rows = conn.execute(SQL.list_mailboxes).fetchall()
-        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
-    # -- greylisting
-    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
-        with self._reading() as conn:
-            row = conn.execute(SQL.greylist_get, (network, sender, recipient)).fetchone()
-        return None if row is None else GreylistEntry(network, sender, recipient, *row)
-
-    def greylist_put(self, entry: GreylistEntry) -> None:
-        with self._reading() as conn:
-            conn.execute(
-                SQL.greylist_put,
-                (
-                    entry.network,
-                    entry.sender,
-                    entry.recipient,
-                    entry.first_seen_us,
-                    entry.last_seen_us,
-                    entry.passed_us,
-                    entry.attempts,
-                ),
-            )
-
-    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
-        with self._reading() as conn:
-            row = conn.execute(SQL.greylist_sender_passed, (network, sender, since_us)).fetchone()
-        return row is not None
-
-    def greylist_purge(self, before_us: int) -> int:
-        with self._reading() as conn:
-            return conn.execute(SQL.greylist_purge, (before_us,)).rowcount
-
-    # -- pregreet passes
-    def pregreet_passed(self, client_ip: str) -> int | None:
-        with self._reading() as conn:
-            row = conn.execute(SQL.pregreet_passed, (client_ip,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
-        with self._reading() as conn:
-            conn.execute(SQL.pregreet_forget, (forget_before_us,))
-            conn.execute(SQL.pregreet_pass, (client_ip, at_us))
+    def _mailbox_changed(self, address: str) -> None:
+        self._found.pop(address, None)
 
     # -- node ids
     def register_node(self, name: str, node_id: int) -> None:
-        with self._reading() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
-                if row is not None and row[0] != name:
-                    raise node_clash(name, node_id, row[0])
-                if row is None:
-                    conn.execute(SQL.forget_node, (name,))
-                    conn.execute(SQL.register_node, (node_id, name, now_us()))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def forget_node(self, name: str) -> bool:
-        with self._reading() as conn:
-            return conn.execute(SQL.forget_node, (name,)).rowcount > 0
+        with self._transaction() as conn:  # BEGIN IMMEDIATE: a node starting at the same time waits
+            row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
+            if row is not None and row[0] != name:
+                raise node_clash(name, node_id, row[0])
+            if row is None:
+                conn.execute(SQL.forget_node, (name,))
+                conn.execute(SQL.register_node, (node_id, name, now_us()))
 
     # -- rate limits
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
         return await self._rates.rate_hit(counter, key, now)
+
+    # -- the tracking center's audit log (the rest of its part: SqlParts)
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._audit.add(audit_row(entry))
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -737,9 +647,19 @@ class SqliteStore(SqliteAccounts, Store):
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 
-    @property
-    def _audit_log(self) -> AuditLog:
-        return self._audit
+    def _statement(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._reading()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._reading() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._audit.close()
