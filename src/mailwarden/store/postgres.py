@@ -25,16 +25,13 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from mailwarden.events import Event, now_us
-from mailwarden.messages.keys import Link
-from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages
+from mailwarden.store import postgres_messages
 from mailwarden.store.accounts import AuditEntry
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
     EventWriter,
-    IndexPage,
-    IndexQuery,
     Mailbox,
     Position,
     StoreError,
@@ -44,8 +41,8 @@ from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
 from mailwarden.store.spool import EventSpool, new_batch_id
 from mailwarden.store.sql import POSTGRES as SQL
-from mailwarden.store.sql import QmarkConnection
-from mailwarden.store.sql_parts import SqlParts, audit_row
+from mailwarden.store.sql import QmarkConnection, SqlConnection
+from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite import events_where
 
 log = logging.getLogger(__name__)
@@ -156,23 +153,19 @@ _HIT: Final = """
 
 def migrate(conn: psycopg.Connection[Any]) -> None:
     """Apply the migrations not applied yet, each in its own transaction, one node at a time."""
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)")
+    conn.execute(SQL.create_migrations)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
-    known = {name for name, _ in MIGRATIONS}
-    if applied - known:
-        raise StoreError(
-            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
-        )
+        applied = {row[0] for row in conn.execute(SQL.applied_migrations)}
+    refuse_newer_schema(applied, (name for name, _ in MIGRATIONS))
     for name, script in MIGRATIONS:
         if name in applied:
             continue
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            if conn.execute("SELECT 1 FROM migrations WHERE name = %s", (name,)).fetchone() is None:
+            if conn.execute(SQL.migration_applied, (name,)).fetchone() is None:
                 conn.execute(script.encode())  # several statements: sent as one simple query
-                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
+                conn.execute(SQL.record_migration, (name, now_us()))
 
 
 class PostgresStore(SqlParts, Store):
@@ -231,6 +224,11 @@ class PostgresStore(SqlParts, Store):
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
         with self._conn() as conn, conn.transaction():
             yield conn
+
+    @contextmanager
+    def _reads(self) -> Iterator[SqlConnection]:
+        with self._conn() as conn:
+            yield QmarkConnection(conn)
 
     # -- events
     def _writer_started(self) -> EventWriter:
@@ -322,14 +320,6 @@ class PostgresStore(SqlParts, Store):
         with self._conn() as conn:
             return postgres_messages.query(conn, " WHERE id > ?", [after_id, limit], " ORDER BY id LIMIT ?")
 
-    def links(self, keys: Sequence[str]) -> list[Link]:
-        with self._conn() as conn:
-            return sqlite_messages.links(QmarkConnection(conn), keys)
-
-    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
-        with self._conn() as conn:
-            return sqlite_messages.queue_life(QmarkConnection(conn), node, queue_id, at_us)
-
     def purge_events(self, before_us: int) -> int:
         """Whole days older than `before_us` go by dropping their partitions; the day it falls in row by row."""
         total = 0
@@ -356,22 +346,6 @@ class PostgresStore(SqlParts, Store):
         return total
 
     # -- the message index
-    def index_page(
-        self,
-        query: IndexQuery,
-        *,
-        limit: int,
-        after: tuple[int, str] | None = None,
-        offset: int = 0,
-        before: tuple[int, str] | None = None,
-    ) -> IndexPage:
-        with self._conn() as conn:
-            return sqlite_index.page(QmarkConnection(conn), query, limit, after, offset, before)
-
-    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
-        with self._conn() as conn:
-            return sqlite_index.counts(QmarkConnection(conn), query)
-
     def reindex(self, progress: Callable[[int], None] | None = None) -> int:
         self.flush()
         with self._conn() as conn, conn.transaction():

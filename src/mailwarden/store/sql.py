@@ -22,6 +22,10 @@ class Statements(NamedTuple):
     """Every statement both stores run unchanged, in one dialect (`SQLITE` or `POSTGRES`)."""
 
     mark: str  # the placeholder, for conditions put together per call
+    create_migrations: str  # the names of the schema migrations applied
+    applied_migrations: str
+    migration_applied: str
+    record_migration: str
     load_position: str
     save_positions: str  # executemany
     count_events: str
@@ -62,6 +66,10 @@ class Statements(NamedTuple):
 
 SQLITE: Final = Statements(
     mark="?",
+    create_migrations="CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)",
+    applied_migrations="SELECT name FROM migrations",
+    migration_applied="SELECT 1 FROM migrations WHERE name = ?",
+    record_migration="INSERT INTO migrations (name, applied_us) VALUES (?, ?)",
     load_position="SELECT value FROM positions WHERE name = ?",
     save_positions="INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",

@@ -2,23 +2,28 @@
 
 Reading positions, counting events, node ids, greylisting, pregreet passes, mailboxes and the
 tracking center's accounts and sessions are a statement or two each, the same for SQLite and
-PostgreSQL but for the placeholders (`sql.Statements`). A backend mixes `SqlParts` in and says
-which dialect it speaks (`_sql`), how one statement gets a connection (`_statement`: SQLite's
-reading connection under its lock, a PostgreSQL connection from the pool) and how several run as
-one transaction (`_transaction`); what really differs (events, the message index, finding a
-mailbox, registering a node, the audit log's writes) stays in the backend.
+PostgreSQL but for the placeholders (`sql.Statements`); a message's links, its queue file's life
+and the message index's pages and counts are SQLite's reads for both (sqlite_messages,
+sqlite_index). A backend mixes `SqlParts` in and says which dialect it speaks (`_sql`), how one
+statement gets a connection (`_statement`: SQLite's reading connection under its lock, a
+PostgreSQL connection from the pool), how several run as one transaction (`_transaction`) and
+where the `?` reads go (`_reads`); what really differs (writing and purging events, rebuilding the
+index, finding a mailbox, registering a node, the audit log's writes) stays in the backend.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, cast
 
 from mailwarden.events import now_us
+from mailwarden.messages.keys import Link
+from mailwarden.store import sqlite_index, sqlite_messages
 from mailwarden.store.accounts import AuditEntry, Role, WebAccount, WebSession
-from mailwarden.store.base import GreylistEntry, Mailbox, StoreError
+from mailwarden.store.base import GreylistEntry, IndexPage, IndexQuery, Mailbox, StoreError
 from mailwarden.store.sql import SqlConnection, Statements
 
 
@@ -36,6 +41,10 @@ class SqlParts(ABC):
         """A connection in a transaction: committed when the block ends, rolled back when it raises."""
 
     @abstractmethod
+    def _reads(self) -> AbstractContextManager[SqlConnection]:
+        """A connection that takes SQLite's `?` placeholders, for the reads put together per query."""
+
+    @abstractmethod
     def _mailbox_changed(self, address: str) -> None:
         """Forget what the backend remembers of a mailbox that changed or went."""
 
@@ -45,6 +54,14 @@ class SqlParts(ABC):
             row = conn.execute(self._sql.load_position, (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    def links(self, keys: Sequence[str]) -> list[Link]:
+        with self._reads() as conn:
+            return sqlite_messages.links(conn, keys)
+
+    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
+        with self._reads() as conn:
+            return sqlite_messages.queue_life(conn, node, queue_id, at_us)
+
     def count_events(self) -> int:
         with self._statement() as conn:
             return int(conn.execute(self._sql.count_events, ()).fetchone()[0])
@@ -53,6 +70,23 @@ class SqlParts(ABC):
         with self._statement() as conn:
             row = conn.execute(self._sql.oldest_event, ()).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    # -- the message index
+    def index_page(
+        self,
+        query: IndexQuery,
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        offset: int = 0,
+        before: tuple[int, str] | None = None,
+    ) -> IndexPage:
+        with self._reads() as conn:
+            return sqlite_index.page(conn, query, limit, after, offset, before)
+
+    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
+        with self._reads() as conn:
+            return sqlite_index.counts(conn, query)
 
     # -- node ids
     def forget_node(self, name: str) -> bool:
@@ -198,6 +232,15 @@ class SqlParts(ABC):
         with self._statement() as conn:
             rows = conn.execute(self._sql.list_audit.format(where=where), [*params, limit]).fetchall()
         return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
+
+
+def refuse_newer_schema(applied: set[str], known: Iterable[str]) -> None:
+    """A store that a newer mailwarden migrated is not opened (both backends)."""
+    newer = applied - set(known)
+    if newer:
+        raise StoreError(
+            f"the store was migrated by a newer mailwarden ({', '.join(sorted(newer))}); upgrade mailwarden"
+        )
 
 
 def audit_row(entry: AuditEntry) -> tuple[object, ...]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
-from mailwarden.messages.keys import Link
 from mailwarden.store import sqlite_index, sqlite_messages
 from mailwarden.store.accounts import AuditEntry
 from mailwarden.store.base import (
@@ -27,8 +26,6 @@ from mailwarden.store.base import (
     Committed,
     EventQuery,
     EventWriter,
-    IndexPage,
-    IndexQuery,
     Mailbox,
     Position,
     StoreError,
@@ -36,7 +33,7 @@ from mailwarden.store.base import (
 from mailwarden.store.parts import RateLimitState, Store, node_clash
 from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sql import SQLITE as SQL
-from mailwarden.store.sql_parts import SqlParts, audit_row
+from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog
 from mailwarden.store.sqlite_bulk import BulkProcess
@@ -388,25 +385,21 @@ def _statements(script: str) -> list[str]:
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply the named migrations not applied yet, each in its own transaction (safe when several processes open at once)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_us INTEGER NOT NULL)")
-    applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
-    known = {name for name, _ in MIGRATIONS}
-    if applied - known:
-        raise StoreError(
-            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
-        )
+    conn.execute(SQL.create_migrations)
+    applied = {row[0] for row in conn.execute(SQL.applied_migrations)}
+    refuse_newer_schema(applied, (name for name, _ in MIGRATIONS))
     for name, script in MIGRATIONS:
         if name in applied:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is None:
+            if conn.execute(SQL.migration_applied, (name,)).fetchone() is None:
                 if callable(script):
                     script(conn)
                 else:
                     for statement in _statements(script):
                         conn.execute(statement)
-                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (?, ?)", (name, now_us()))
+                conn.execute(SQL.record_migration, (name, now_us()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -541,14 +534,6 @@ class SqliteStore(SqlParts, Store):
         with self._reading() as conn:
             return event_rows(conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall())
 
-    def links(self, keys: Sequence[str]) -> list[Link]:
-        with self._reading() as conn:
-            return sqlite_messages.links(conn, keys)
-
-    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
-        with self._reading() as conn:
-            return sqlite_messages.queue_life(conn, node, queue_id, at_us)
-
     def purge_events(self, before_us: int) -> int:
         """Delete in slices, so the gateway's mailbox lookups (same connection) never wait long."""
         total = 0
@@ -566,22 +551,6 @@ class SqliteStore(SqlParts, Store):
             conn.execute(SQL.purge_links, (before_us,))
             conn.execute(SQL.purge_roots)
         return total
-
-    def index_page(
-        self,
-        query: IndexQuery,
-        *,
-        limit: int,
-        after: tuple[int, str] | None = None,
-        offset: int = 0,
-        before: tuple[int, str] | None = None,
-    ) -> IndexPage:
-        with self._reading() as conn:
-            return sqlite_index.page(conn, query, limit, after, offset, before)
-
-    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
-        with self._reading() as conn:
-            return sqlite_index.counts(conn, query)
 
     def reindex(self, progress: Callable[[int], None] | None = None) -> int:
         self.flush()
@@ -648,6 +617,9 @@ class SqliteStore(SqlParts, Store):
                 raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 
     def _statement(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._reading()
+
+    def _reads(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._reading()
 
     @contextmanager
