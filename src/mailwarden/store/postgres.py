@@ -36,7 +36,7 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import Store, node_clash
+from mailwarden.store.parts import Store
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
 from mailwarden.store.spool import EventSpool, new_batch_id
@@ -221,8 +221,10 @@ class PostgresStore(SqlParts, Store):
         return self._conn()
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+    def _transaction(self, lock: str | None = None) -> Iterator[psycopg.Connection[Any]]:
         with self._conn() as conn, conn.transaction():
+            if lock is not None:
+                conn.execute(f"LOCK TABLE {lock} IN SHARE ROW EXCLUSIVE MODE".encode())
             yield conn
 
     @contextmanager
@@ -350,17 +352,6 @@ class PostgresStore(SqlParts, Store):
         self.flush()
         with self._conn() as conn, conn.transaction():
             return postgres_messages.rebuild(conn, progress)
-
-    # -- node ids
-    def register_node(self, name: str, node_id: int) -> None:
-        with self._transaction() as conn:
-            conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")  # two nodes starting at once
-            row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
-            if row is not None and row[0] != name:
-                raise node_clash(name, node_id, row[0])
-            if row is None:
-                conn.execute(SQL.forget_node, (name,))
-                conn.execute(SQL.register_node, (node_id, name, now_us()))
 
     # -- rate limits, counted across every node of the database
     async def rate_hit(self, counter: str, key: str, now: float) -> int:

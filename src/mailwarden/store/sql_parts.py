@@ -8,7 +8,7 @@ sqlite_index). A backend mixes `SqlParts` in and says which dialect it speaks (`
 statement gets a connection (`_statement`: SQLite's reading connection under its lock, a
 PostgreSQL connection from the pool), how several run as one transaction (`_transaction`) and
 where the `?` reads go (`_reads`); what really differs (writing and purging events, rebuilding the
-index, finding a mailbox, registering a node, the audit log's writes) stays in the backend.
+index, finding a mailbox, the audit log's writes) stays in the backend.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mailwarden.messages.keys import Link
 from mailwarden.store import sqlite_index, sqlite_messages
 from mailwarden.store.accounts import AuditEntry, Role, WebAccount, WebSession
 from mailwarden.store.base import GreylistEntry, IndexPage, IndexQuery, Mailbox, StoreError
+from mailwarden.store.parts import node_clash
 from mailwarden.store.sql import SqlConnection, Statements
 
 
@@ -37,8 +38,9 @@ class SqlParts(ABC):
         """A connection for one statement; database errors leave it as StoreError."""
 
     @abstractmethod
-    def _transaction(self) -> AbstractContextManager[SqlConnection]:
-        """A connection in a transaction: committed when the block ends, rolled back when it raises."""
+    def _transaction(self, lock: str | None = None) -> AbstractContextManager[SqlConnection]:
+        """A connection in a transaction: committed when the block ends, rolled back when it raises.
+        `lock`: a table whose other writers wait until then (for a read followed by a write)."""
 
     @abstractmethod
     def _reads(self) -> AbstractContextManager[SqlConnection]:
@@ -89,6 +91,15 @@ class SqlParts(ABC):
             return sqlite_index.counts(conn, query)
 
     # -- node ids
+    def register_node(self, name: str, node_id: int) -> None:
+        with self._transaction(lock="nodes") as conn:  # two nodes starting at once: one after the other
+            row = conn.execute(self._sql.node_of_id, (node_id,)).fetchone()
+            if row is not None and row[0] != name:
+                raise node_clash(name, node_id, row[0])
+            if row is None:
+                conn.execute(self._sql.forget_node, (name,))
+                conn.execute(self._sql.register_node, (node_id, name, now_us()))
+
     def forget_node(self, name: str) -> bool:
         with self._statement() as conn:
             return conn.execute(self._sql.forget_node, (name,)).rowcount > 0

@@ -30,7 +30,7 @@ from mailwarden.store.base import (
     Position,
     StoreError,
 )
-from mailwarden.store.parts import RateLimitState, Store, node_clash
+from mailwarden.store.parts import RateLimitState, Store
 from mailwarden.store.rates import MemoryRates
 from mailwarden.store.sql import SQLITE as SQL
 from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
@@ -590,16 +590,6 @@ class SqliteStore(SqlParts, Store):
     def _mailbox_changed(self, address: str) -> None:
         self._found.pop(address, None)
 
-    # -- node ids
-    def register_node(self, name: str, node_id: int) -> None:
-        with self._transaction() as conn:  # BEGIN IMMEDIATE: a node starting at the same time waits
-            row = conn.execute(SQL.node_of_id, (node_id,)).fetchone()
-            if row is not None and row[0] != name:
-                raise node_clash(name, node_id, row[0])
-            if row is None:
-                conn.execute(SQL.forget_node, (name,))
-                conn.execute(SQL.register_node, (node_id, name, now_us()))
-
     # -- rate limits
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
         return await self._rates.rate_hit(counter, key, now)
@@ -623,9 +613,9 @@ class SqliteStore(SqlParts, Store):
         return self._reading()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, lock: str | None = None) -> Iterator[sqlite3.Connection]:
         with self._reading() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")  # the database's write lock: `lock` is taken with it
             try:
                 yield conn
                 conn.execute("COMMIT")
