@@ -21,7 +21,6 @@ SESSION_COLUMNS: Final = "token_hash, account, csrf, created_us, seen_us"
 class Statements(NamedTuple):
     """Every statement both stores run unchanged, in one dialect (`SQLITE` or `POSTGRES`)."""
 
-    mark: str  # the placeholder, for conditions put together per call
     create_migrations: str  # the names of the schema migrations applied
     applied_migrations: str
     migration_applied: str
@@ -61,11 +60,9 @@ class Statements(NamedTuple):
     remove_web_session: str
     purge_web_sessions: str
     add_audit: str
-    list_audit: str  # {where}: the conditions, written with `mark`
 
 
 SQLITE: Final = Statements(
-    mark="?",
     create_migrations="CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)",
     applied_migrations="SELECT name FROM migrations",
     migration_applied="SELECT 1 FROM migrations WHERE name = ?",
@@ -114,7 +111,6 @@ SQLITE: Final = Statements(
     remove_web_session="DELETE FROM web_sessions WHERE token_hash = ?",
     purge_web_sessions="DELETE FROM web_sessions WHERE seen_us < ? OR created_us < ?",
     add_audit="INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (?, ?, ?, ?, ?, ?)",
-    list_audit="SELECT id, ts, account, action, target, client_ip, detail FROM audit_log{where} ORDER BY id DESC LIMIT ?",
 )
 
 

@@ -230,18 +230,20 @@ class SqlParts(ABC):
             return conn.execute(self._sql.purge_web_sessions, (seen_before_us, created_before_us)).rowcount
 
     def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
-        mark = self._sql.mark
         clauses: list[str] = []
         params: list[object] = []
         if before_id is not None:
-            clauses.append(f"id < {mark}")
+            clauses.append("id < ?")
             params.append(before_id)
         if account is not None:
-            clauses.append(f"account = {mark}")
+            clauses.append("account = ?")
             params.append(account)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._statement() as conn:
-            rows = conn.execute(self._sql.list_audit.format(where=where), [*params, limit]).fetchall()
+        with self._reads() as conn:
+            rows = conn.execute(
+                f"SELECT id, ts, account, action, target, client_ip, detail FROM audit_log{where} ORDER BY id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
         return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
 
 
