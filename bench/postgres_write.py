@@ -20,7 +20,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from mailwarden.events import Event
-from mailwarden.smtp.refs import RefGenerator
+from mailwarden.refs import RefGenerator
 from mailwarden.store import Store
 from mailwarden.store.postgres import PostgresStore
 from mailwarden.store.sqlite import SqliteStore

@@ -34,7 +34,7 @@ from typing import Any
 
 from mailwarden.events import FIELDS, us_to_iso
 from mailwarden.messages.keys import CONNECTION_KINDS
-from mailwarden.smtp.refs import encode
+from mailwarden.refs import encode
 from mailwarden.store import Store
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace.search import AddressFilter, SearchSpec, count, search, search_index

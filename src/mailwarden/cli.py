@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ref(text: str) -> str:
-    from mailwarden.smtp.refs import is_ref, normalize
+    from mailwarden.refs import is_ref, normalize
 
     if not is_ref(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a ref (12 characters like 1BRD52F70000)")

@@ -22,8 +22,8 @@ from mailwarden.ingest.service import stop_role as stop_ingest
 from mailwarden.mta.milter import MilterServer
 from mailwarden.mta.policy import PolicyServer
 from mailwarden.pop3.server import Pop3Server
+from mailwarden.refs import RefGenerator, node_id
 from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.refs import RefGenerator, node_id
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
 from mailwarden.trace.retention import purge_periodically

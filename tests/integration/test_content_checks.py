@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mailwarden.scan.clamd import ClamdClient
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 from tests.support import office
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.postfix import running_postfix

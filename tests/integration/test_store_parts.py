@@ -23,7 +23,7 @@ from mailwarden.cli import main
 from mailwarden.config import Config, GreylistConfig, RateLimitConfig
 from mailwarden.events import Event
 from mailwarden.ingest import parse_lines
-from mailwarden.smtp.refs import node_id
+from mailwarden.refs import node_id
 from mailwarden.store import EventQuery, Position, StoreError, commands, open_store
 from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
 from mailwarden.store.base import IndexQuery

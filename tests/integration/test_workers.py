@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mailwarden.smtp import refs
+from mailwarden import refs
 from tests.support.mailwarden import Mailwarden, running, write_config
 from tests.support.milter import MilterClient
 from tests.support.net import free_port

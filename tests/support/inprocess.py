@@ -13,8 +13,8 @@ from mailwarden.checks import build_chain
 from mailwarden.checks.base import Clock, Services
 from mailwarden.checks.chain import CheckChain
 from mailwarden.config import Config
+from mailwarden.refs import RefGenerator
 from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.refs import RefGenerator
 from mailwarden.store import Store
 from tests.support.net import free_port
 

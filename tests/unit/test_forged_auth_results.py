@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailwarden.authresults import ID_SCAN_LIMIT, forged_fields
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 
 OURS = "mx.example.test"
 

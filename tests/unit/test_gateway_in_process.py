@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden import spool
 from mailwarden.checks import build_chain
 from mailwarden.checks.base import Check, CheckContext, Services, Verdict
 from mailwarden.checks.chain import CheckChain
 from mailwarden.config import Config
 from mailwarden.events import Event
-from mailwarden.smtp import spool
 from mailwarden.smtp.data import DataDecoder
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store.base import Committed

@@ -16,7 +16,7 @@ from mailwarden.config import Config
 from mailwarden.events import Event
 from mailwarden.mailboxes import hash_password
 from mailwarden.pop3.server import Pop3Server
-from mailwarden.smtp.refs import RefGenerator
+from mailwarden.refs import RefGenerator
 from mailwarden.store import Store
 from mailwarden.store.base import Committed
 from mailwarden.store.sqlite import SqliteStore

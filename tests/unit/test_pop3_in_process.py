@@ -12,7 +12,7 @@ from mailwarden.deliver.maildir import Maildirs, Target
 from mailwarden.events import Event
 from mailwarden.mailboxes import hash_password
 from mailwarden.pop3.server import Pop3Server
-from mailwarden.smtp.refs import RefGenerator
+from mailwarden.refs import RefGenerator
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.net import free_port

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from mailwarden.smtp import refs
-from mailwarden.smtp.refs import ALPHABET, RefGenerator
+from mailwarden import refs
+from mailwarden.refs import ALPHABET, RefGenerator
 
 
 def test_a_ref_is_12_characters_without_look_alikes() -> None:

@@ -18,7 +18,7 @@ from mailwarden.scan.clamd import ClamdClient, StreamTooLong, parse
 from mailwarden.scan.dmarc import aligned, from_domain, organizational_domain, parse_record
 from mailwarden.scan.net import ScannerError
 from mailwarden.scan.spam import Envelope, RspamdClient, SpamdClient
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 
 ENVELOPE = Envelope("192.0.2.1", "client.test", "a@sender.test", ("b@example.test",), None, "REF1", "mx.test")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

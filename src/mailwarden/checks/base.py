@@ -8,19 +8,19 @@ a timeout into a temporary failure (451 4.3.0) - never into an accept, never int
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mailwarden import catalog
 from mailwarden.dns import Resolver
-from mailwarden.smtp.clients import ClientCounts, LocalCounts
 
 if TYPE_CHECKING:
     from mailwarden.config import Config, FindingPolicy
-    from mailwarden.smtp.spool import Spool
+    from mailwarden.spool import Spool
     from mailwarden.store import Store
 
 
@@ -146,6 +146,36 @@ class Transaction:
             if name.upper() == "SIZE" and value.isdigit():
                 return int(value)
         return None
+
+
+class ClientCounts(Protocol):
+    """Open connections per client address, counted by the gateway (`smtp/clients.py` `SharedCounts`
+    when SMTP workers share them)."""
+
+    def opened(self, client_ip: str) -> tuple[int, int]:
+        """Count a new connection; (connections from this client, connections in total), this one included."""
+
+    def closed(self, client_ip: str) -> None:
+        """A connection counted by `opened` ended."""
+
+
+class LocalCounts:
+    """One process: the counts in dictionaries."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.per_ip: Counter[str] = Counter()
+
+    def opened(self, client_ip: str) -> tuple[int, int]:
+        self.active += 1
+        self.per_ip[client_ip] += 1
+        return self.per_ip[client_ip], self.active
+
+    def closed(self, client_ip: str) -> None:
+        self.active -= 1
+        self.per_ip[client_ip] -= 1
+        if self.per_ip[client_ip] <= 0:
+            del self.per_ip[client_ip]
 
 
 @dataclass

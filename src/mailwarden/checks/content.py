@@ -36,7 +36,7 @@ from mailwarden.scan.mime import might_carry_files
 from mailwarden.scan.net import ScannerError
 from mailwarden.scan.spam import Envelope, RspamdClient, SpamdClient, SpamResult, SpamScanner
 from mailwarden.scan.workers import WorkerError, WorkerPool
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -52,8 +52,8 @@ from mailwarden.ingest.base import (
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
 from mailwarden.messages.keys import queue_life_key, session_transaction_key
-from mailwarden.smtp.refs import ALPHABET as REF_ALPHABET
-from mailwarden.smtp.refs import LENGTH as REF_LENGTH
+from mailwarden.refs import ALPHABET as REF_ALPHABET
+from mailwarden.refs import LENGTH as REF_LENGTH
 
 _SHORT_QID: Final = r"[0-9A-F]{6,21}"
 _LONG_QID: Final = r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{6,16}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{1,12}"

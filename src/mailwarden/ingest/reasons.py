@@ -156,7 +156,7 @@ _ECHOES: Final = re.compile(_ECHO.decode() + r"|\b(?:https?|ftp)://\S+|\bname=\S
 _CODES: Final = re.compile(r" *(?:0{3}[ -](?:0\.0{1,3}\.0{1,3} )?)?")  # digits are 0 in a shape
 _OWN_REPLY_LIMIT: Final = 2000  # our replies are shorter; longer text is not matched against them
 _DIGITS: Final = bytes.maketrans(b"123456789", b"000000000")
-_OUR_REF: Final = re.compile(rb" ref=[0A-HJKMNP-TV-Z]{12}(?: |$)")  # smtp/refs.py's alphabet, digits as 0
+_OUR_REF: Final = re.compile(rb" ref=[0A-HJKMNP-TV-Z]{12}(?: |$)")  # refs.py's alphabet, digits as 0
 _CACHE_LIMIT: Final = 50_000
 _cache: dict[bytes, str | None] = {}
 

@@ -35,7 +35,7 @@ from typing import Final, NamedTuple
 
 from mailwarden.events import Event
 from mailwarden.handoff import lmtp_session
-from mailwarden.smtp.refs import ALPHABET
+from mailwarden.refs import ALPHABET
 
 # Kinds that belong to a connection or a mailbox login rather than to one message.
 CONNECTION_KINDS: Final = frozenset({"connect", "helo", "disconnect", "login", "logout"})

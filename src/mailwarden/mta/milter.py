@@ -30,7 +30,7 @@ from mailwarden.mta import milter_protocol as wire
 from mailwarden.mta.session import AUTH_RESULTS, HostedConnection, envelope_path
 from mailwarden.mta.sockets import listen
 from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from mailwarden.checks.base import Transaction, Verdict
 from mailwarden.events import Event
 from mailwarden.smtp.gateway import Connection, Gateway
 from mailwarden.smtp.replies import with_enhanced_code
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 from mailwarden.store import StoreError
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
+from mailwarden import refs
 from mailwarden.deliver.maildir import Maildirs, Stored
 from mailwarden.headers import first, header_fields, message_id
-from mailwarden.smtp import refs
 
 CHUNK: Final = 1024 * 1024  # bytes read and sent at a time
 HEAD_BYTES: Final = 64 * 1024  # enough for any sane header block

@@ -20,7 +20,7 @@ from mailwarden.config import Config, parse_hostport
 from mailwarden.deliver.maildir import Maildirs
 from mailwarden.loginguard import LoginGuard
 from mailwarden.mailboxes import hash_password, verify_password
-from mailwarden.smtp.refs import RefGenerator
+from mailwarden.refs import RefGenerator
 from mailwarden.store import Store
 
 if TYPE_CHECKING:

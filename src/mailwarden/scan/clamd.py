@@ -20,7 +20,7 @@ from typing import Final
 
 from mailwarden.config import parse_hostport
 from mailwarden.scan.net import Connection, Pool, ScannerError, chunks, send_message
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 
 _REPLY: Final = re.compile(r"^(?:\d+: )?(?:stream|instream\(\S+\)): (?:(.+) FOUND|OK)$")
 _TOO_LONG: Final = "size limit exceeded"

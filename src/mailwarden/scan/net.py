@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Final
 
 from mailwarden.config import parse_hostport
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 
 CHUNK: Final = 64 * 1024
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from mailwarden.scan.net import Connection, Pool, ScannerError, send_message
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 from mailwarden.text import ascii_printable
 
 _SPAMD_STATUS: Final = re.compile(r"^SPAMD/\d+\.\d+ (\d+) (\S+)")

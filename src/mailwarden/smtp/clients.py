@@ -1,7 +1,7 @@
 """What the gateway counts per client address: open connections, and with SMTP workers on one
 machine also events per minute (rate limits).
 
-With one process, plain dictionaries (`LocalCounts`; its rate limits are the store's
+With one process, plain dictionaries (`checks/base.py` `LocalCounts`; its rate limits are the store's
 `RateLimitState`). With SMTP workers, every worker must see the others' counts, or a client could
 open `max_connections_per_ip` connections to each worker: `SharedCounts` keeps them in one shared
 memory table (a memfd the supervisor creates, mapped by every worker). It is also the workers'
@@ -22,8 +22,7 @@ import logging
 import mmap
 import os
 import time
-from collections import Counter
-from typing import Final, Literal, Protocol, cast, get_args
+from typing import Final, Literal, cast, get_args
 
 from mailwarden.store.rates import WINDOW, estimate
 
@@ -43,33 +42,6 @@ SIZE: Final = SLOTS * _SLOT_BYTES  # sparse: only the pages in use take memory
 _CONNS, _MINUTE, _CONN_NOW, _CONN_BEFORE, _MSG_NOW, _MSG_BEFORE = range(2, 8)  # field offsets in an entry
 _RATE: Final = {"connections": (_CONN_NOW, _CONN_BEFORE), "messages": (_MSG_NOW, _MSG_BEFORE)}
 _WARN_EVERY: Final = 60.0
-
-
-class ClientCounts(Protocol):
-    def opened(self, client_ip: str) -> tuple[int, int]:
-        """Count a new connection; (connections from this client, connections in total), this one included."""
-
-    def closed(self, client_ip: str) -> None:
-        """A connection counted by `opened` ended."""
-
-
-class LocalCounts:
-    """One process: the counts in dictionaries."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.per_ip: Counter[str] = Counter()
-
-    def opened(self, client_ip: str) -> tuple[int, int]:
-        self.active += 1
-        self.per_ip[client_ip] += 1
-        return self.per_ip[client_ip], self.active
-
-    def closed(self, client_ip: str) -> None:
-        self.active -= 1
-        self.per_ip[client_ip] -= 1
-        if self.per_ip[client_ip] <= 0:
-            del self.per_ip[client_ip]
 
 
 def create_table(workers: int = 1) -> int:

@@ -50,10 +50,10 @@ from mailwarden.events import Event
 from mailwarden.handoff import lmtp_session
 from mailwarden.headers import header_fields, message_id
 from mailwarden.messages.keys import CONNECTION_KINDS
+from mailwarden.refs import RefGenerator
 from mailwarden.smtp import replies
-from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.server import GatewaySMTP
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 from mailwarden.store import Store, StoreError
 from mailwarden.text import ascii_printable, printable
 

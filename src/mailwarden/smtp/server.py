@@ -9,7 +9,7 @@ the task only wakes when the message is complete. Beyond the plain protocol:
 - a connect-time decision before the greeting, with a look at what an early talker sent (pregreet),
 - an inactivity timeout that any received byte resets, also during DATA and BDAT, that does not
   run while we are still deciding and ends with a 421; a bound on the whole session,
-- streaming DATA (`smtp/data.py`, `smtp/spool.py`) with lines up to a configurable length, and
+- streaming DATA (`smtp/data.py`, `spool.py`) with lines up to a configurable length, and
   CHUNKING/BDAT (RFC 3030) with the same checks and replies,
 - strict MAIL/RCPT parsing (`addresses.parse_path`) and enhanced status codes on every reply,
 - limits on command length and errors, PROXY v1/v2 (`smtp/proxy.py`), STARTTLS (`loop.start_tls`),
@@ -32,7 +32,7 @@ from mailwarden.addresses import EnvelopePath, PathSyntaxError, parse_path
 from mailwarden.smtp import proxy
 from mailwarden.smtp.data import DataDecoder, LineChecks
 from mailwarden.smtp.replies import with_enhanced_code
-from mailwarden.smtp.spool import Spool
+from mailwarden.spool import Spool
 from mailwarden.text import printable
 
 if TYPE_CHECKING:

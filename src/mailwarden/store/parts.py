@@ -214,7 +214,7 @@ class RateLimitState(Protocol):
 
 
 class NodeRegistry(Protocol):
-    """The node ids refs carry (smtp/refs.py: 10 bits hashed from the node name), one name per id."""
+    """The node ids refs carry (refs.py: 10 bits hashed from the node name), one name per id."""
 
     @abstractmethod
     def register_node(self, name: str, node_id: int) -> None:

@@ -13,12 +13,11 @@ under an advisory lock, so several nodes starting at once migrate the database o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -26,28 +25,25 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from mailwarden.events import Event, now_us
-from mailwarden.messages.keys import Link
-from mailwarden.store import postgres_messages, sqlite_index, sqlite_messages, web_state
-from mailwarden.store.accounts import AuditEntry, WebAccount, WebSession
+from mailwarden.store import postgres_messages, web_state
+from mailwarden.store.accounts import AuditEntry
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
     EventWriter,
-    GreylistEntry,
-    IndexPage,
-    IndexQuery,
     Mailbox,
     Position,
     StoreError,
 )
-from mailwarden.store.parts import Store, node_clash
+from mailwarden.store.parts import Store
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
 from mailwarden.store.spool import EventSpool, new_batch_id
-from mailwarden.store.sql import QmarkConnection
+from mailwarden.store.sql import POSTGRES as SQL
+from mailwarden.store.sql import QmarkConnection, SqlConnection
+from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite import events_where
-from mailwarden.store.sqlite_accounts import ACCOUNT_COLUMNS, SESSION_COLUMNS, account_of, audit_row
 
 log = logging.getLogger(__name__)
 
@@ -161,25 +157,23 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
     """Apply the migrations not applied yet, each in its own transaction, one node at a time."""
     with conn.transaction():  # the lock first: CREATE ... IF NOT EXISTS of two nodes at once clashes
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY, applied_us bigint NOT NULL)")
-        applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
-    known = {name for name, _ in MIGRATIONS}
-    if applied - known:
-        raise StoreError(
-            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
-        )
+        conn.execute(SQL.create_migrations)
+        applied = {row[0] for row in conn.execute(SQL.applied_migrations)}
+    refuse_newer_schema(applied, (name for name, _ in MIGRATIONS))
     for name, script in MIGRATIONS:
         if name in applied:
             continue
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            if conn.execute("SELECT 1 FROM migrations WHERE name = %s", (name,)).fetchone() is None:
+            if conn.execute(SQL.migration_applied, (name,)).fetchone() is None:
                 conn.execute(script.encode())  # several statements: sent as one simple query
-                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (%s, %s)", (name, now_us()))
+                conn.execute(SQL.record_migration, (name, now_us()))
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlParts, Store):
     """Every part of the store in one PostgreSQL database, shared by the nodes that name it."""
+
+    _sql = SQL
 
     def __init__(
         self,
@@ -226,6 +220,21 @@ class PostgresStore(Store):
                 yield conn
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+
+    def _statement(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._conn()
+
+    @contextmanager
+    def _transaction(self, lock: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+        with self._conn() as conn, conn.transaction():
+            if lock is not None:
+                conn.execute(f"LOCK TABLE {lock} IN SHARE ROW EXCLUSIVE MODE".encode())
+            yield conn
+
+    @contextmanager
+    def _reads(self) -> Iterator[SqlConnection]:
+        with self._conn() as conn:
+            yield QmarkConnection(conn)
 
     # -- events
     def _writer_started(self) -> EventWriter:
@@ -304,11 +313,6 @@ class PostgresStore(Store):
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)
 
-    def load_position(self, name: str) -> str | None:
-        with self._conn() as conn:
-            row = conn.execute("SELECT value FROM positions WHERE name = %s", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
     def query_events(self, query: EventQuery) -> list[Event]:
         where, params = events_where(query)
         tail = " ORDER BY ts DESC, id DESC" if query.newest_first else " ORDER BY ts, id"
@@ -321,14 +325,6 @@ class PostgresStore(Store):
     def events_after(self, after_id: int, limit: int) -> list[Event]:
         with self._conn() as conn:
             return postgres_messages.query(conn, " WHERE id > ?", [after_id, limit], " ORDER BY id LIMIT ?")
-
-    def links(self, keys: Sequence[str]) -> list[Link]:
-        with self._conn() as conn:
-            return sqlite_messages.links(QmarkConnection(conn), keys)
-
-    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
-        with self._conn() as conn:
-            return sqlite_messages.queue_life(QmarkConnection(conn), node, queue_id, at_us)
 
     def purge_events(self, before_us: int) -> int:
         """Whole days older than `before_us` go by dropping their partitions; the day it falls in row by row."""
@@ -349,118 +345,17 @@ class PostgresStore(Store):
                     self._days.discard(day)
             with conn.transaction():
                 total += conn.execute("DELETE FROM events WHERE ts < %s", (before_us,)).rowcount
-                conn.execute("DELETE FROM message_index WHERE last_seen < %s", (before_us,))
-                conn.execute("DELETE FROM message_links WHERE ts < %s", (before_us,))
+                conn.execute(SQL.purge_index, (before_us,))
+                conn.execute(SQL.purge_links, (before_us,))
                 conn.execute("DELETE FROM written_batches WHERE ts < %s", (before_us,))
-                conn.execute(
-                    "DELETE FROM message_roots AS r"
-                    " WHERE NOT EXISTS (SELECT 1 FROM message_links AS l WHERE l.message_key = r.key)"
-                )
+                conn.execute(SQL.purge_roots)
         return total
 
-    def count_events(self) -> int:
-        with self._conn() as conn:
-            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])  # type: ignore[index]
-
-    def oldest_event_us(self) -> int | None:
-        with self._conn() as conn:
-            row = conn.execute("SELECT min(ts) FROM events").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
     # -- the message index
-    def index_page(
-        self,
-        query: IndexQuery,
-        *,
-        limit: int,
-        after: tuple[int, str] | None = None,
-        offset: int = 0,
-        before: tuple[int, str] | None = None,
-    ) -> IndexPage:
-        with self._conn() as conn:
-            return sqlite_index.page(QmarkConnection(conn), query, limit, after, offset, before)
-
-    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
-        with self._conn() as conn:
-            return sqlite_index.counts(QmarkConnection(conn), query)
-
     def reindex(self, progress: Callable[[int], None] | None = None) -> int:
         self.flush()
         with self._conn() as conn, conn.transaction():
             return postgres_messages.rebuild(conn, progress)
-
-    # -- node ids
-    def register_node(self, name: str, node_id: int) -> None:
-        with self._conn() as conn, conn.transaction():
-            conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")  # two nodes starting at once
-            row = conn.execute("SELECT name FROM nodes WHERE node_id = %s", (node_id,)).fetchone()
-            if row is not None and row[0] != name:
-                raise node_clash(name, node_id, row[0])
-            if row is None:
-                conn.execute("DELETE FROM nodes WHERE name = %s", (name,))
-                conn.execute(
-                    "INSERT INTO nodes (node_id, name, registered_us) VALUES (%s, %s, %s)", (node_id, name, now_us())
-                )
-
-    def forget_node(self, name: str) -> bool:
-        with self._conn() as conn:
-            return conn.execute("DELETE FROM nodes WHERE name = %s", (name,)).rowcount > 0
-
-    # -- greylisting
-    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
-                " WHERE network = %s AND sender = %s AND recipient = %s",
-                (network, sender, recipient),
-            ).fetchone()
-        return None if row is None else GreylistEntry(network, sender, recipient, *row)
-
-    def greylist_put(self, entry: GreylistEntry) -> None:
-        with self._conn() as conn:
-            conn.execute(
-                "INSERT INTO greylist (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (network, sender, recipient) DO UPDATE SET"
-                " first_seen_us = excluded.first_seen_us, last_seen_us = excluded.last_seen_us,"
-                " passed_us = excluded.passed_us, attempts = excluded.attempts",
-                (
-                    entry.network,
-                    entry.sender,
-                    entry.recipient,
-                    entry.first_seen_us,
-                    entry.last_seen_us,
-                    entry.passed_us,
-                    entry.attempts,
-                ),
-            )
-
-    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM greylist WHERE network = %s AND sender = %s AND passed_us IS NOT NULL"
-                " AND last_seen_us >= %s LIMIT 1",
-                (network, sender, since_us),
-            ).fetchone()
-        return row is not None
-
-    def greylist_purge(self, before_us: int) -> int:
-        with self._conn() as conn:
-            return conn.execute("DELETE FROM greylist WHERE last_seen_us < %s", (before_us,)).rowcount
-
-    # -- pregreet passes
-    def pregreet_passed(self, client_ip: str) -> int | None:
-        with self._conn() as conn:
-            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = %s", (client_ip,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
-        with self._conn() as conn, conn.transaction():
-            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < %s", (forget_before_us,))
-            conn.execute(
-                "INSERT INTO pregreet_passes (client_ip, passed_us) VALUES (%s, %s)"
-                " ON CONFLICT (client_ip) DO UPDATE SET passed_us = excluded.passed_us",
-                (client_ip, at_us),
-            )
 
     # -- rate limits, counted across every node of the database
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
@@ -476,56 +371,6 @@ class PostgresStore(Store):
         return estimate(int(row[0]), int(row[1]), now)
 
     # -- mailboxes
-    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
-        created = now_us()
-        with self._conn() as conn:
-            inserted = conn.execute(
-                "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (%s, %s, %s)"
-                " ON CONFLICT (address) DO NOTHING",
-                (address, password_hash, created),
-            ).rowcount
-        if not inserted:
-            raise StoreError(f"mailbox {address} already exists; use `users passwd` to change its password")
-        return Mailbox(address, password_hash, created)
-
-    def remove_mailbox(self, address: str) -> bool:
-        self._known.pop(address, None)
-        with self._conn() as conn:
-            return conn.execute("DELETE FROM mailboxes WHERE address = %s", (address,)).rowcount > 0
-
-    def set_password(self, address: str, password_hash: str) -> bool:
-        with self._conn() as conn:
-            return (
-                conn.execute(
-                    "UPDATE mailboxes SET password_hash = %s WHERE address = %s", (password_hash, address)
-                ).rowcount
-                > 0
-            )
-
-    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
-        with self._conn() as conn:
-            return (
-                conn.execute(
-                    "UPDATE mailboxes SET settings = %s WHERE address = %s",
-                    (json.dumps(settings, sort_keys=True), address),
-                ).rowcount
-                > 0
-            )
-
-    def get_mailbox(self, address: str) -> Mailbox | None:
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = %s", (address,)
-            ).fetchone()
-        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
-
-    def list_mailboxes(self) -> list[Mailbox]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
-            ).fetchall()
-        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path; while the database is away, a mailbox found before
         is still found (mail keeps flowing, its events spooled), an unknown one raises."""
@@ -547,89 +392,14 @@ class PostgresStore(Store):
             self._known[address] = mailbox
         return mailbox
 
-    # -- the tracking center's accounts, sessions and audit log (each audit entry is its own commit:
-    # PostgreSQL groups the concurrent ones into one WAL flush itself)
-    def add_account(self, account: WebAccount) -> None:
-        with self._conn() as conn:
-            added = conn.execute(
-                f"INSERT INTO web_accounts ({ACCOUNT_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (name) DO NOTHING",
-                (account.name, account.role, account.password_hash, account.created_us, json.dumps(account.domains)),
-            ).rowcount
-        if not added:
-            raise StoreError(
-                f"account {account.name} exists already; `mailwarden accounts passwd {account.name}` changes its password"
-            )
+    def _mailbox_changed(self, address: str) -> None:
+        self._known.pop(address, None)
 
-    def get_account(self, name: str) -> WebAccount | None:
-        with self._conn() as conn:
-            row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts WHERE name = %s", (name,)).fetchone()
-        return None if row is None else account_of(row)
-
-    def list_accounts(self) -> list[WebAccount]:
-        with self._conn() as conn:
-            rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
-        return [account_of(row) for row in rows]
-
-    def remove_account(self, name: str) -> bool:
-        with self._conn() as conn:
-            return conn.execute("DELETE FROM web_accounts WHERE name = %s", (name,)).rowcount > 0
-
-    def set_account_password(self, name: str, password_hash: str) -> bool:
-        with self._conn() as conn, conn.transaction():
-            changed = conn.execute(
-                "UPDATE web_accounts SET password_hash = %s WHERE name = %s", (password_hash, name)
-            ).rowcount
-            conn.execute("DELETE FROM web_sessions WHERE account = %s", (name,))
-        return changed > 0
-
-    def add_web_session(self, session: WebSession) -> None:
-        with self._conn() as conn:
-            conn.execute(
-                f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
-                (session.token_hash, session.account, session.csrf, session.created_us, session.seen_us),
-            )
-
-    def get_web_session(self, token_hash: str) -> WebSession | None:
-        with self._conn() as conn:
-            row = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = %s", (token_hash,)
-            ).fetchone()
-        return None if row is None else WebSession(*row)
-
-    def touch_web_session(self, token_hash: str, seen_us: int) -> None:
-        with self._conn() as conn:
-            conn.execute("UPDATE web_sessions SET seen_us = %s WHERE token_hash = %s", (seen_us, token_hash))
-
-    def remove_web_session(self, token_hash: str) -> None:
-        with self._conn() as conn:
-            conn.execute("DELETE FROM web_sessions WHERE token_hash = %s", (token_hash,))
-
-    def purge_web_sessions(self, seen_before_us: int, created_before_us: int) -> int:
-        with self._conn() as conn:
-            return conn.execute(
-                "DELETE FROM web_sessions WHERE seen_us < %s OR created_us < %s", (seen_before_us, created_before_us)
-            ).rowcount
-
+    # -- the tracking center's audit log (the rest of its part: SqlParts); each entry is its own
+    # commit: PostgreSQL groups the concurrent ones into one WAL flush itself
     def add_audit(self, entry: AuditEntry) -> None:
         with self._conn() as conn:
-            conn.execute(
-                "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (%s, %s, %s, %s, %s, %s)",
-                audit_row(entry),
-            )
-
-    def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
-        clauses = [
-            "(%(before)s::bigint IS NULL OR id < %(before)s)",
-            "(%(account)s::text IS NULL OR account = %(account)s)",
-        ]
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT id, ts, account, action, target, client_ip, detail FROM audit_log"
-                f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT %(limit)s",
-                {"before": before_id, "account": account, "limit": limit},
-            ).fetchall()
-        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]
+            conn.execute(SQL.add_audit, audit_row(entry))
 
     @contextmanager
     def _web_state_sql(self) -> Iterator[QmarkConnection]:

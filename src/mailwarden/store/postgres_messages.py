@@ -25,6 +25,7 @@ from mailwarden.messages.keys import MAILBOX_SERVERS, components, links_of
 from mailwarden.messages.legacy import LegacyKeys
 from mailwarden.store import sqlite_messages
 from mailwarden.store.base import Position
+from mailwarden.store.sql import POSTGRES as SQL
 from mailwarden.store.sql import QmarkConnection
 from mailwarden.store.sqlite_messages import event_rows
 
@@ -141,9 +142,7 @@ def write_batch(conn: psycopg.Connection[Any], events: list[Event], positions: l
     refold(conn, touched | {link.message_key for link, _ in links}, events)
     if positions:
         conn.cursor().executemany(
-            "INSERT INTO positions (name, value, updated_us) VALUES (%s, %s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
-            [(position.name, position.value, now_us()) for position in positions],
+            SQL.save_positions, [(position.name, position.value, now_us()) for position in positions]
         )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 import sqlite3
 import sys
@@ -20,24 +19,23 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import FIELDS, Event, now_us
-from mailwarden.messages.keys import Link
 from mailwarden.store import sqlite_index, sqlite_messages
+from mailwarden.store.accounts import AuditEntry
 from mailwarden.store.base import (
     BatchWriter,
     Committed,
     EventQuery,
     EventWriter,
-    GreylistEntry,
-    IndexPage,
-    IndexQuery,
     Mailbox,
     Position,
     StoreError,
 )
-from mailwarden.store.parts import RateLimitState, Store, node_clash
+from mailwarden.store.parts import RateLimitState, Store
 from mailwarden.store.rates import MemoryRates
+from mailwarden.store.sql import SQLITE as SQL
+from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
-from mailwarden.store.sqlite_accounts import AuditLog, SqliteAccounts
+from mailwarden.store.sqlite_accounts import AuditLog
 from mailwarden.store.sqlite_bulk import BulkProcess
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import ROWS_PER_STATEMENT, MessageBook, event_rows, insert_rows
@@ -391,25 +389,21 @@ def _statements(script: str) -> list[str]:
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply the named migrations not applied yet, each in its own transaction (safe when several processes open at once)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_us INTEGER NOT NULL)")
-    applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
-    known = {name for name, _ in MIGRATIONS}
-    if applied - known:
-        raise StoreError(
-            f"the store was migrated by a newer mailwarden ({', '.join(sorted(applied - known))}); upgrade mailwarden"
-        )
+    conn.execute(SQL.create_migrations)
+    applied = {row[0] for row in conn.execute(SQL.applied_migrations)}
+    refuse_newer_schema(applied, (name for name, _ in MIGRATIONS))
     for name, script in MIGRATIONS:
         if name in applied:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is None:
+            if conn.execute(SQL.migration_applied, (name,)).fetchone() is None:
                 if callable(script):
                     script(conn)
                 else:
                     for statement in _statements(script):
                         conn.execute(statement)
-                conn.execute("INSERT INTO migrations (name, applied_us) VALUES (?, ?)", (name, now_us()))
+                conn.execute(SQL.record_migration, (name, now_us()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -430,11 +424,7 @@ def write_batch(
         if hinted:
             index.update((), hinted)
         if positions:
-            conn.executemany(
-                "INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
-                [(position.name, position.value, now_us()) for position in positions],
-            )
+            conn.executemany(SQL.save_positions, [(position.name, position.value, now_us()) for position in positions])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -459,9 +449,11 @@ class BulkWrites:
         self.conn.close()
 
 
-class SqliteStore(SqliteAccounts, Store):
+class SqliteStore(SqlParts, Store):
     """Every part of the store in one SQLite file; rate limits are counted on this machine: in this
     process, or in the table the SMTP workers share (one machine)."""
+
+    _sql = SQL
 
     def __init__(
         self,
@@ -525,11 +517,6 @@ class SqliteStore(SqliteAccounts, Store):
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)
 
-    def load_position(self, name: str) -> str | None:
-        with self._reading() as conn:
-            row = conn.execute("SELECT value FROM positions WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
     def flush(self) -> None:
         if self._bulk is not None:
             self._bulk.flush()
@@ -551,14 +538,6 @@ class SqliteStore(SqliteAccounts, Store):
         with self._reading() as conn:
             return event_rows(conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall())
 
-    def links(self, keys: Sequence[str]) -> list[Link]:
-        with self._reading() as conn:
-            return sqlite_messages.links(conn, keys)
-
-    def queue_life(self, node: str, queue_id: str, at_us: int) -> str | None:
-        with self._reading() as conn:
-            return sqlite_messages.queue_life(conn, node, queue_id, at_us)
-
     def purge_events(self, before_us: int) -> int:
         """Delete in slices, so the gateway's mailbox lookups (same connection) never wait long."""
         total = 0
@@ -572,26 +551,10 @@ class SqliteStore(SqliteAccounts, Store):
             if cursor.rowcount < _PURGE_SLICE:
                 break
         with self._reading() as conn:  # what the purged events were the only evidence of
-            conn.execute("DELETE FROM message_index WHERE last_seen < ?", (before_us,))
-            conn.execute("DELETE FROM message_links WHERE ts < ?", (before_us,))
-            conn.execute("DELETE FROM message_roots WHERE key NOT IN (SELECT message_key FROM message_links)")
+            conn.execute(SQL.purge_index, (before_us,))
+            conn.execute(SQL.purge_links, (before_us,))
+            conn.execute(SQL.purge_roots)
         return total
-
-    def index_page(
-        self,
-        query: IndexQuery,
-        *,
-        limit: int,
-        after: tuple[int, str] | None = None,
-        offset: int = 0,
-        before: tuple[int, str] | None = None,
-    ) -> IndexPage:
-        with self._reading() as conn:
-            return sqlite_index.page(conn, query, limit, after, offset, before)
-
-    def index_counts(self, query: IndexQuery) -> list[tuple[str, str | None, int]]:
-        with self._reading() as conn:
-            return sqlite_index.counts(conn, query)
 
     def reindex(self, progress: Callable[[int], None] | None = None) -> int:
         self.flush()
@@ -607,49 +570,7 @@ class SqliteStore(SqliteAccounts, Store):
             self._index.forget()
         return written
 
-    def count_events(self) -> int:
-        with self._reading() as conn:
-            return int(conn.execute("SELECT count(*) FROM events WHERE message_key IS NOT NULL").fetchone()[0])
-
-    def oldest_event_us(self) -> int | None:
-        with self._reading() as conn:
-            row = conn.execute("SELECT min(ts) FROM events").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
     # -- mailboxes
-    def add_mailbox(self, address: str, password_hash: str) -> Mailbox:
-        created = now_us()
-        with self._reading() as conn:
-            try:
-                conn.execute(
-                    "INSERT INTO mailboxes (address, password_hash, created_us) VALUES (?, ?, ?)",
-                    (address, password_hash, created),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError(
-                    f"mailbox {address} already exists; use `users passwd` to change its password"
-                ) from None
-        return Mailbox(address, password_hash, created)
-
-    def remove_mailbox(self, address: str) -> bool:
-        self._found.pop(address, None)
-        with self._reading() as conn:
-            return conn.execute("DELETE FROM mailboxes WHERE address = ?", (address,)).rowcount > 0
-
-    def set_password(self, address: str, password_hash: str) -> bool:
-        self._found.pop(address, None)
-        with self._reading() as conn:
-            cursor = conn.execute("UPDATE mailboxes SET password_hash = ? WHERE address = ?", (password_hash, address))
-            return cursor.rowcount > 0
-
-    def update_mailbox_settings(self, address: str, settings: dict[str, Any]) -> bool:
-        self._found.pop(address, None)
-        with self._reading() as conn:
-            cursor = conn.execute(
-                "UPDATE mailboxes SET settings = ? WHERE address = ?", (json.dumps(settings, sort_keys=True), address)
-            )
-            return cursor.rowcount > 0
-
     async def find_mailbox(self, address: str) -> Mailbox | None:
         """`get_mailbox` for the session path, with existing mailboxes remembered for a second.
 
@@ -670,98 +591,16 @@ class SqliteStore(SqliteAccounts, Store):
             self._found[address] = (now + _FOUND_SECONDS, mailbox)
         return mailbox
 
-    def get_mailbox(self, address: str) -> Mailbox | None:
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes WHERE address = ?", (address,)
-            ).fetchone()
-        return None if row is None else Mailbox(row[0], row[1], row[2], json.loads(row[3]))
-
-    def list_mailboxes(self) -> list[Mailbox]:
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT address, password_hash, created_us, settings FROM mailboxes ORDER BY address"
-            ).fetchall()
-        return [Mailbox(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
-    # -- greylisting
-    def greylist_get(self, network: str, sender: str, recipient: str) -> GreylistEntry | None:
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT first_seen_us, last_seen_us, passed_us, attempts FROM greylist"
-                " WHERE network = ? AND sender = ? AND recipient = ?",
-                (network, sender, recipient),
-            ).fetchone()
-        return None if row is None else GreylistEntry(network, sender, recipient, *row)
-
-    def greylist_put(self, entry: GreylistEntry) -> None:
-        with self._reading() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO greylist"
-                " (network, sender, recipient, first_seen_us, last_seen_us, passed_us, attempts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.network,
-                    entry.sender,
-                    entry.recipient,
-                    entry.first_seen_us,
-                    entry.last_seen_us,
-                    entry.passed_us,
-                    entry.attempts,
-                ),
-            )
-
-    def greylist_sender_passed(self, network: str, sender: str, since_us: int) -> bool:
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM greylist WHERE network = ? AND sender = ? AND passed_us IS NOT NULL"
-                " AND last_seen_us >= ? LIMIT 1",
-                (network, sender, since_us),
-            ).fetchone()
-        return row is not None
-
-    def greylist_purge(self, before_us: int) -> int:
-        with self._reading() as conn:
-            return conn.execute("DELETE FROM greylist WHERE last_seen_us < ?", (before_us,)).rowcount
-
-    # -- pregreet passes
-    def pregreet_passed(self, client_ip: str) -> int | None:
-        with self._reading() as conn:
-            row = conn.execute("SELECT passed_us FROM pregreet_passes WHERE client_ip = ?", (client_ip,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def pregreet_pass(self, client_ip: str, at_us: int, forget_before_us: int) -> None:
-        with self._reading() as conn:
-            conn.execute("DELETE FROM pregreet_passes WHERE passed_us < ?", (forget_before_us,))
-            conn.execute(
-                "INSERT OR REPLACE INTO pregreet_passes (client_ip, passed_us) VALUES (?, ?)", (client_ip, at_us)
-            )
-
-    # -- node ids
-    def register_node(self, name: str, node_id: int) -> None:
-        with self._reading() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT name FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
-                if row is not None and row[0] != name:
-                    raise node_clash(name, node_id, row[0])
-                if row is None:
-                    conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
-                    conn.execute(
-                        "INSERT INTO nodes (node_id, name, registered_us) VALUES (?, ?, ?)", (node_id, name, now_us())
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def forget_node(self, name: str) -> bool:
-        with self._reading() as conn:
-            return conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
+    def _mailbox_changed(self, address: str) -> None:
+        self._found.pop(address, None)
 
     # -- rate limits
     async def rate_hit(self, counter: str, key: str, now: float) -> int:
         return await self._rates.rate_hit(counter, key, now)
+
+    # -- the tracking center's audit log (the rest of its part: SqlParts)
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._audit.add(audit_row(entry))
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -774,9 +613,22 @@ class SqliteStore(SqliteAccounts, Store):
     def _web_state_sql(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._reading()
 
-    @property
-    def _audit_log(self) -> AuditLog:
-        return self._audit
+    def _statement(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._reading()
+
+    def _reads(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._reading()
+
+    @contextmanager
+    def _transaction(self, lock: str | None = None) -> Iterator[sqlite3.Connection]:
+        with self._reading() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # the database's write lock: `lock` is taken with it
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._audit.close()

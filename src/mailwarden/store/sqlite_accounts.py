@@ -1,17 +1,15 @@
-"""SQLite side of the tracking center's store part (`store/accounts.py`): accounts, sessions, audit log."""
+"""SQLite side of the tracking center's store part (`store/accounts.py`): its tables and the audit
+log's group commits (the statements both stores share are `sql_parts.SqlParts`)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Final, cast
+from typing import Final
 
-from mailwarden.store.accounts import AccountStore, AuditEntry, Role, WebAccount, WebSession
 from mailwarden.store.base import StoreError
+from mailwarden.store.sql import SQLITE as SQL
 
 # Appended to sqlite.MIGRATIONS as "web_accounts".
 SCHEMA: Final = """
@@ -42,29 +40,7 @@ SCHEMA: Final = """
     CREATE INDEX audit_log_account ON audit_log (account, id);
 """
 
-ACCOUNT_COLUMNS: Final = "name, role, password_hash, created_us, domains"
-_AUDIT_INSERT: Final = (
-    "INSERT INTO audit_log (ts, account, action, target, client_ip, detail) VALUES (?, ?, ?, ?, ?, ?)"
-)
 _FAILURES_KEPT: Final = 1000  # groups back whose failure a late waiter may still ask about
-SESSION_COLUMNS: Final = "token_hash, account, csrf, created_us, seen_us"
-
-
-def account_of(row: tuple[Any, ...]) -> WebAccount:
-    """An account from its `ACCOUNT_COLUMNS` (both stores)."""
-    return WebAccount(row[0], cast(Role, row[1]), row[2], row[3], tuple(json.loads(row[4])))
-
-
-def audit_row(entry: AuditEntry) -> tuple[object, ...]:
-    """The audit_log values of an entry: ts, account, action, target, client_ip, detail (both stores)."""
-    return (
-        entry.ts,
-        entry.account,
-        entry.action,
-        entry.target,
-        entry.client_ip,
-        json.dumps(entry.detail, sort_keys=True),
-    )
 
 
 class AuditLog:
@@ -120,7 +96,7 @@ class AuditLog:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_AUDIT_INSERT, rows)
+            conn.executemany(SQL.add_audit, rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -131,109 +107,3 @@ class AuditLog:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-
-class SqliteAccounts(AccountStore):
-    """Mixed into SqliteStore; statements run on its reading connection (small, point writes),
-    audit entries through `AuditLog`."""
-
-    @abstractmethod
-    def _reading(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    @property
-    @abstractmethod
-    def _audit_log(self) -> AuditLog: ...
-
-    def add_account(self, account: WebAccount) -> None:
-        with self._reading() as conn:
-            try:
-                conn.execute(
-                    f"INSERT INTO web_accounts ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        account.name,
-                        account.role,
-                        account.password_hash,
-                        account.created_us,
-                        json.dumps(account.domains),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError(
-                    f"account {account.name} exists already; `mailwarden accounts passwd {account.name}` changes its password"
-                ) from None
-
-    def get_account(self, name: str) -> WebAccount | None:
-        with self._reading() as conn:
-            row = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts WHERE name = ?", (name,)).fetchone()
-        return None if row is None else account_of(row)
-
-    def list_accounts(self) -> list[WebAccount]:
-        with self._reading() as conn:
-            rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM web_accounts ORDER BY name").fetchall()
-        return [account_of(row) for row in rows]
-
-    def remove_account(self, name: str) -> bool:
-        with self._reading() as conn:
-            return conn.execute("DELETE FROM web_accounts WHERE name = ?", (name,)).rowcount > 0
-
-    def set_account_password(self, name: str, password_hash: str) -> bool:
-        with self._reading() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changed = conn.execute(
-                    "UPDATE web_accounts SET password_hash = ? WHERE name = ?", (password_hash, name)
-                ).rowcount
-                conn.execute("DELETE FROM web_sessions WHERE account = ?", (name,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return changed > 0
-
-    def add_web_session(self, session: WebSession) -> None:
-        with self._reading() as conn:
-            conn.execute(
-                f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (session.token_hash, session.account, session.csrf, session.created_us, session.seen_us),
-            )
-
-    def get_web_session(self, token_hash: str) -> WebSession | None:
-        with self._reading() as conn:
-            row = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = ?", (token_hash,)
-            ).fetchone()
-        return None if row is None else WebSession(*row)
-
-    def touch_web_session(self, token_hash: str, seen_us: int) -> None:
-        with self._reading() as conn:
-            conn.execute("UPDATE web_sessions SET seen_us = ? WHERE token_hash = ?", (seen_us, token_hash))
-
-    def remove_web_session(self, token_hash: str) -> None:
-        with self._reading() as conn:
-            conn.execute("DELETE FROM web_sessions WHERE token_hash = ?", (token_hash,))
-
-    def purge_web_sessions(self, seen_before_us: int, created_before_us: int) -> int:
-        with self._reading() as conn:
-            return conn.execute(
-                "DELETE FROM web_sessions WHERE seen_us < ? OR created_us < ?", (seen_before_us, created_before_us)
-            ).rowcount
-
-    def add_audit(self, entry: AuditEntry) -> None:
-        self._audit_log.add(audit_row(entry))
-
-    def list_audit(self, *, limit: int, before_id: int | None = None, account: str | None = None) -> list[AuditEntry]:
-        clauses: list[str] = []
-        params: list[object] = []
-        if before_id is not None:
-            clauses.append("id < ?")
-            params.append(before_id)
-        if account is not None:
-            clauses.append("account = ?")
-            params.append(account)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._reading() as conn:
-            rows = conn.execute(
-                f"SELECT id, ts, account, action, target, client_ip, detail FROM audit_log{where} ORDER BY id DESC LIMIT ?",
-                [*params, limit],
-            ).fetchall()
-        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), id=r[0]) for r in rows]

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any, Final, Literal
 
-from mailwarden import replycodes
+from mailwarden import refs, replycodes
 from mailwarden.catalog import Lang
-from mailwarden.smtp import refs
 from mailwarden.text import printable
 from mailwarden.trace import status_codes
 from mailwarden.trace.diagnose import Diagnosis

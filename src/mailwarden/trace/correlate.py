@@ -60,7 +60,7 @@ def key_of_id(store: Store, trace_id: str) -> str | None:
     if text[:1] in "Ee" and text[1:].isdigit():
         found = store.query_events(EventQuery(ids=[int(text[1:])]))
         return Messages(store).root(found[0]) if found else None
-    from mailwarden.smtp.refs import is_ref, normalize
+    from mailwarden.refs import is_ref, normalize
 
     key = normalize(text) if is_ref(text) else text
     if store.query_events(EventQuery(message_keys=[key], limit=1)):

@@ -18,8 +18,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from mailwarden.events import us_to_iso
+from mailwarden.refs import normalize
 from mailwarden.sendercheck import check_sender
-from mailwarden.smtp.refs import normalize
 from mailwarden.store import StoreError
 from mailwarden.trace import bounce, report
 from mailwarden.trace.model import STATUSES

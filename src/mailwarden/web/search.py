@@ -17,7 +17,7 @@ from typing import Annotated, Final
 
 from fastapi import Query
 
-from mailwarden.smtp.refs import is_ref, normalize
+from mailwarden.refs import is_ref, normalize
 from mailwarden.timespec import TimeSpecError, parse_time
 from mailwarden.trace.model import STATUSES
 from mailwarden.trace.search import AddressFilter, SearchSpec, parse_cursor

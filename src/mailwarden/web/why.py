@@ -18,7 +18,7 @@ from typing import Final
 from mailwarden import catalog
 from mailwarden.catalog import Lang
 from mailwarden.events import Event
-from mailwarden.smtp.refs import is_ref, normalize
+from mailwarden.refs import is_ref, normalize
 from mailwarden.store import EventQuery, Store
 from mailwarden.trace.diagnose import render_reason
 from mailwarden.trace.rules import scalar_values, when

@@ -27,9 +27,9 @@ from typing import Any, Final
 from mailwarden.checks import build_chain
 from mailwarden.checks.base import Services
 from mailwarden.config import Config
+from mailwarden.refs import RefGenerator
 from mailwarden.smtp.clients import SharedCounts
 from mailwarden.smtp.gateway import Gateway
-from mailwarden.smtp.refs import RefGenerator
 from mailwarden.smtp.tls import server_context
 from mailwarden.store import open_store_url
 from mailwarden.store.remote import EventClient

@@ -17,9 +17,10 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from mailwarden.deliver.maildir import Sink
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 CHUNK: Final = 1024 * 1024  # what is read and written at a time from a spool file
 
@@ -116,8 +117,8 @@ class Spool:
             return self.content()
         return self.path.read_bytes()
 
-    def copy_into(self, target: Sink, without: Sequence[tuple[int, int]] = ()) -> None:
-        """Write the message into an open file, leaving out the byte ranges `without` (blocking; off the loop)."""
+    def copy_into(self, target: SupportsWrite[bytes | memoryview], without: Sequence[tuple[int, int]] = ()) -> None:
+        """Write the message into an open file (a delivery's `Sink`), leaving out the byte ranges `without` (blocking; off the loop)."""
         ranges = kept_ranges(self.size, without)
         if self.path is None:
             content = memoryview(self.content())
