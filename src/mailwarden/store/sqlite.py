@@ -33,6 +33,7 @@ from mailwarden.store.base import (
     Mailbox,
     Position,
     StoreError,
+    WriterState,
 )
 from mailwarden.store.parts import RateLimitState, Store, node_clash
 from mailwarden.store.rates import MemoryRates
@@ -531,6 +532,9 @@ class SqliteStore(SqliteAccounts, Store):
             self._bulk.flush()
         if self._writer is not None:
             self._writer.flush()
+
+    def writer_state(self) -> WriterState:
+        return self._writer.state() if isinstance(self._writer, BatchWriter) else WriterState.idle()
 
     def query_events(self, query: EventQuery) -> list[Event]:
         where, params = events_where(query)
