@@ -20,13 +20,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar, cast
 
 from prometheus_client import Counter, Histogram, values
 
 from mailwarden.catalog import CATALOG
 
 DIRECTORY_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's name; the workers inherit it
+Metric = TypeVar("Metric", Counter, Histogram)
 OTHER: Final = "other"
 OUTCOMES: Final = {"accept": "accepted", "reject": "rejected", "tempfail": "tempfailed"}
 SCANNERS: Final = frozenset({"clamd", "rspamd", "spamassassin", "attachments", "dkim/dmarc"})
@@ -84,25 +85,39 @@ def instruments() -> Instruments:
     )
 
 
+# The labelled series made so far: `labels()` validates and looks up on every call, which was five
+# times the cost of the count itself (measured 2.8-3.9 us against 0.5-0.7 us).
+_series: dict[tuple[object, ...], Any] = {}
+
+
+def _series_of(metric: Metric, *labels: str) -> Metric:
+    key = (id(metric), *labels)
+    series = _series.get(key)
+    if series is None:
+        series = _series[key] = metric.labels(*labels)
+    return cast(Metric, series)
+
+
 def use_directory(directory: Path) -> None:
     """Count into `directory` from now on, in this process and the processes it starts (multiprocess mode)."""
     os.environ[DIRECTORY_ENV] = str(directory)
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     instruments.cache_clear()
+    _series.clear()
 
 
 def count_decision(kind: str, reason: str | None) -> None:
     """An accept, reject or tempfail the gateway decided (its event's kind and catalog reason)."""
-    instruments().decisions.labels(OUTCOMES.get(kind, OTHER), bounded(reason, CATALOG)).inc()
+    _series_of(instruments().decisions, OUTCOMES.get(kind, OTHER), bounded(reason, CATALOG)).inc()
 
 
 def observe_check(check: str, seconds: float) -> None:
     """`check` is a check's class attribute `name` (a bounded set by construction)."""
-    instruments().check_seconds.labels(check).observe(seconds)
+    _series_of(instruments().check_seconds, check).observe(seconds)
 
 
 def observe_scanner(scanner: str, seconds: float) -> None:
-    instruments().scanner_seconds.labels(bounded(scanner, SCANNERS)).observe(seconds)
+    _series_of(instruments().scanner_seconds, bounded(scanner, SCANNERS)).observe(seconds)
 
 
 def count_pop3_session() -> None:
@@ -111,4 +126,4 @@ def count_pop3_session() -> None:
 
 def count_pop3_login(reason: str | None) -> None:
     """A POP3 login attempt: `reason` None when it succeeded, else its catalog reason."""
-    instruments().pop3_logins.labels("ok" if reason is None else bounded(reason, CATALOG)).inc()
+    _series_of(instruments().pop3_logins, "ok" if reason is None else bounded(reason, CATALOG)).inc()

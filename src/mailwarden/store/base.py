@@ -302,8 +302,6 @@ class BatchWriter:
                 self._in_hand_since = time.monotonic()
             self._in_hand = len(items) + len(self._retry)
             self._commit(items)
-            if not self._retry:
-                self._in_hand, self._in_hand_since = 0, None
 
     def _commit(self, items: list[Event | Position | _Barrier | _Bulk]) -> None:
         events = list(self._retry)  # everything to write, in queue order
@@ -340,6 +338,8 @@ class BatchWriter:
                     error.reason = exc.reason  # e.g. a full spool's own catalog reason
                 self._retry = queued  # all of them: none is dropped (the gateway refuses mail meanwhile)
                 self._retry_positions = positions
+        if not self._retry:  # before anyone hears of it: whoever was told "committed" finds nothing waiting
+            self._in_hand, self._in_hand_since = 0, None
         for barrier in barriers:
             try:
                 barrier.done(error)
