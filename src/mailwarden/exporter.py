@@ -148,6 +148,7 @@ class Exporter:
     """The HTTP listener of /metrics and /health, in threads of its own."""
 
     def __init__(self, node: Node, directory: Path) -> None:
+        self.node = node
         listen = node.config.metrics.listen
         host, port = parse_hostport(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

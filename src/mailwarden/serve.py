@@ -49,6 +49,14 @@ def _metrics_directory(config: Config) -> Path:
     return config.path(config.mail.spool_dir) / "metrics"
 
 
+def _exporter(config: Config, store: Store, supervisor: Supervisor) -> Exporter:
+    spool = None
+    if config.store.url.startswith("postgresql:"):  # the same directory the store's spool writes to
+        spool = EventSpool(config.path(config.store.spool_dir), config.store.spool_max_mb * 1024 * 1024)
+    node = Node(config, store, spool=spool, smtp_workers=supervisor.running if config.smtp.listen else None)
+    return Exporter(node, _metrics_directory(config))
+
+
 async def run(config: Config, config_path: str | None = None) -> None:
     if config.metrics.listen:  # before any process counts: the workers inherit where to
         prepare_directory(_metrics_directory(config))
@@ -68,6 +76,9 @@ async def run(config: Config, config_path: str | None = None) -> None:
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
         supervisor = Supervisor(config, config_path, store)
+        # Listening before the workers start: a port in use stops the start here, and /health says
+        # 503 until the workers run.
+        exporter = _exporter(config, store, supervisor) if config.metrics.listen else None
         await supervisor.start()  # recovery first, then the workers (none without smtp.listen)
         roles = (
             [f"smtp {' '.join(supervisor.addresses)} ({len(supervisor.workers)} workers)"] if supervisor.workers else []
@@ -102,20 +113,9 @@ async def run(config: Config, config_path: str | None = None) -> None:
         purging = asyncio.create_task(
             purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
         )
-        exporter = None
-        if config.metrics.listen:
-            node = Node(
-                config,
-                store,
-                spool=(
-                    EventSpool(config.path(config.store.spool_dir), config.store.spool_max_mb * 1024 * 1024)
-                    if config.store.url.startswith("postgresql:")
-                    else None
-                ),
-                smtp_workers=supervisor.running if config.smtp.listen else None,
-                pop3_sessions=(lambda: len(pop3.sessions)) if pop3 is not None else None,
-            )
-            exporter = Exporter(node, _metrics_directory(config))
+        if exporter is not None:
+            if pop3 is not None:
+                exporter.node.pop3_sessions = lambda: len(pop3.sessions)
             roles.append(f"metrics http://{exporter.address}/metrics")
         print(
             f"mailwarden ready: {', '.join(roles)}; checks: {', '.join(config.check_order)}",
