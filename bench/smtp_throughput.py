@@ -3,6 +3,7 @@
     python bench/smtp_throughput.py                 # everything (about 8 minutes)
     python bench/smtp_throughput.py --only throughput --rounds 1
     python bench/smtp_throughput.py --compare-src /tmp/before/src --rounds 5   # (a) against another version
+    python bench/smtp_throughput.py --compare-metrics --rounds 4   # (a) with [metrics] listen set and without
 
 Throughput: Postfix's smtp-source (20 sessions, 10 kB messages, 5,000 messages, one message per
 connection as smtp-source does by default) against
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +95,7 @@ def bare_aiosmtpd() -> Iterator[int]:
 
 
 @contextmanager
-def mailwarden(root: Path, workers: int = 2) -> Iterator[Mailwarden]:
+def mailwarden(root: Path, workers: int = 2, extra: dict[str, dict[str, object]] | None = None) -> Iterator[Mailwarden]:
     """mailwarden serve on the test base config (checks: recipients, size, content), with room for the
     benchmark's connections, and a DNS server that answers: the content check's DMARC lookup of the
     sender's domain gets NXDOMAIN, which the resolver caches as in production. (The test base's
@@ -105,6 +107,7 @@ def mailwarden(root: Path, workers: int = 2) -> Iterator[Mailwarden]:
             "tls": {"enabled": False},
             "log": {"level": "warning"},
             "dns": {"nameservers": [dns.address]},
+            **(extra or {}),
         }
         instance = Mailwarden(root, overrides)
         instance.add_user(RECIPIENT)
@@ -186,15 +189,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def mailwarden_rate(root: Path, workers: int) -> tuple[float, float]:
+def mailwarden_rate(root: Path, workers: int, extra: dict[str, dict[str, object]] | None = None) -> tuple[float, float]:
     """(msg/s, CPU ms per message of all mailwarden processes)."""
-    with mailwarden(root, workers) as instance:
+    with mailwarden(root, workers, extra) as instance:
         smtp_source(instance.smtp_port, 500)  # warm up (first Maildir, first store pages)
         processes = tree(instance.pid)
         before = cpu_seconds(processes)
         rate = smtp_source(instance.smtp_port)
         used = cpu_seconds(processes) - before
         delivered = len(list((instance.maildir(RECIPIENT) / "new").iterdir()))
+        if "metrics" in instance.sections:  # what one scrape saw (it must have counted every message)
+            with urllib.request.urlopen(f"http://{instance.sections['metrics']['listen']}/metrics") as answer:
+                counted = [
+                    line
+                    for line in answer.read().decode().splitlines()
+                    if line.startswith("mailwarden_smtp_decisions_total")
+                ]
+            print(f"  scraped: {'; '.join(counted)}", flush=True)
     if delivered != MESSAGES + 500:
         raise RuntimeError(f"mailwarden delivered {delivered} of {MESSAGES + 500} messages")
     return rate, used * 1000 / MESSAGES
@@ -217,6 +228,24 @@ def compare(rounds: int, other_src: Path, workdir: Path) -> dict[str, list[float
         os.environ.pop("PYTHONPATH", None)
     else:
         os.environ["PYTHONPATH"] = sources["this"]
+    return results
+
+
+def compare_metrics(rounds: int, workdir: Path) -> dict[str, list[tuple[float, float]]]:
+    """(a) with /metrics on and off, alternating; (msg/s, CPU ms per message) per round."""
+    variants: dict[str, dict[str, dict[str, object]]] = {
+        "off": {},
+        "on": {"metrics": {"listen": f"127.0.0.1:{free_port()}"}},
+    }
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for number in range(rounds):
+        for name in list(variants)[number % 2 :] + list(variants)[: number % 2]:
+            results[name].append(mailwarden_rate(workdir / f"mailwarden-{name}-{number}", 2, variants[name]))
+        print(
+            f"round {number + 1}: "
+            + ", ".join(f"metrics {k} {v[-1][0]:.0f} msg/s {v[-1][1]:.2f} ms CPU/msg" for k, v in results.items()),
+            flush=True,
+        )
     return results
 
 
@@ -371,10 +400,28 @@ def main() -> int:
         help="only (a), from this tree and from DIR (the src/ of another version, e.g. unpacked with `git archive "
         "REV src`) in alternating rounds: msg/s of both and the median of the rounds' ratios",
     )
+    parser.add_argument(
+        "--compare-metrics",
+        action="store_true",
+        help="only (a), with [metrics] listen set and without, in alternating rounds: msg/s and CPU ms per message",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare_aiosmtpd(args.serve_bare)
+        return 0
+    if args.compare_metrics:
+        with tempfile.TemporaryDirectory(prefix="mw-bench-") as workdir:
+            measured = compare_metrics(args.rounds, Path(workdir))
+        on, off = measured["on"], measured["off"]
+        ratios = [a[0] / b[0] for a, b in zip(on, off, strict=True)]
+        print(
+            f"smtp-source -s {SESSIONS} -m {MESSAGES} -l {MESSAGE_BYTES}, median of {args.rounds} rounds: "
+            f"metrics on {statistics.median(r for r, _ in on):.0f} msg/s "
+            f"{statistics.median(c for _, c in on):.3f} ms CPU/msg, "
+            f"off {statistics.median(r for r, _ in off):.0f} msg/s {statistics.median(c for _, c in off):.3f} ms CPU/msg, "
+            f"ratio on/off {statistics.median(ratios):.2f}"
+        )
         return 0
     if args.compare_src:
         with tempfile.TemporaryDirectory(prefix="mw-bench-") as workdir:

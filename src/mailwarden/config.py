@@ -908,6 +908,28 @@ class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level (stderr).")
 
 
+class MetricsConfig(_Section):
+    listen: str = Field(
+        "",
+        description='Prometheus /metrics and the /health check of this node as "host:port" (plain HTTP, no login: '
+        "keep it on loopback or a monitoring network), served by `mailwarden serve` for all its SMTP workers. "
+        '"" = none (the default: no port opens unasked; the conventional choice is "127.0.0.1:9187").',
+    )
+    stuck_after: float = Field(
+        30.0,
+        gt=0,
+        description="/health answers 503 when the oldest event not yet committed to the store has waited this many "
+        "seconds (the event writer is stuck).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        if value:
+            parse_hostport(value)
+        return value
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig, description="This node.")
     smtp: SmtpConfig = Field(default_factory=SmtpConfig, description="The SMTP gateway (our MX).")
@@ -942,6 +964,9 @@ class Config(_Section):
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Public explanations of refusals.")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="The decision chain.")
     log: LogConfig = Field(default_factory=LogConfig, description="Daemon logging.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics and the health check (docs/deployment.md)."
+    )
     ingest: IngestConfig = Field(
         default_factory=IngestConfig, description="Reading the logs of other mail systems (Postfix, Dovecot, ...)."
     )

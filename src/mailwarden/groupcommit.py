@@ -53,6 +53,11 @@ class Inbox(Generic[Item]):
                 self._asleep = False
                 self._ready.notify()
 
+    def backlog(self) -> tuple[int, float | None]:
+        """Items waiting, and when the oldest of them came (monotonic; None with none)."""
+        with self._ready:
+            return len(self._items), self._first_at if self._items else None
+
     def close(self) -> None:
         """No more items: workers take what is left, then get an empty batch."""
         with self._ready:

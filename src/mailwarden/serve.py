@@ -2,7 +2,8 @@
 
 This process is the supervisor (workers/supervisor.py): it starts `smtp.workers` SMTP worker
 processes, owns the store's event writer, and runs the milter and policy service for Postfix (mta/),
-POP3, the tracking center, the ingest followers and the purge itself (once, not per worker). SIGHUP reloads the workers' configuration.
+POP3, the tracking center, the ingest followers, the purge and /metrics with /health (exporter.py) itself
+(once, not per worker). SIGHUP reloads the workers' configuration.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import logging
 import signal
 import ssl
 import sys
+from pathlib import Path
 
 from mailwarden import mailboxes
 from mailwarden.checks import build_chain
 from mailwarden.checks.base import Services
 from mailwarden.config import Config
+from mailwarden.exporter import Exporter, Node, prepare_directory
 from mailwarden.ingest.service import start_role as start_ingest
 from mailwarden.ingest.service import stop_role as stop_ingest
 from mailwarden.mta.milter import MilterServer
@@ -26,6 +29,7 @@ from mailwarden.refs import RefGenerator, node_id
 from mailwarden.smtp.gateway import Gateway
 from mailwarden.smtp.tls import ensure_self_signed, server_context
 from mailwarden.store import Store, open_store
+from mailwarden.store.spool import EventSpool
 from mailwarden.trace.retention import purge_periodically
 from mailwarden.workers.supervisor import Supervisor, WorkerFailed
 
@@ -40,7 +44,22 @@ def _hosted_gateway(
     return Gateway(config, store, build_chain(services), services, refs=refs, tls_context=tls_context), services
 
 
+def _metrics_directory(config: Config) -> Path:
+    """Where the processes of this run count (metrics.py), emptied at every start."""
+    return config.path(config.mail.spool_dir) / "metrics"
+
+
+def _exporter(config: Config, store: Store, supervisor: Supervisor) -> Exporter:
+    spool = None
+    if config.store.url.startswith("postgresql:"):  # the same directory the store's spool writes to
+        spool = EventSpool(config.path(config.store.spool_dir), config.store.spool_max_mb * 1024 * 1024)
+    node = Node(config, store, spool=spool, smtp_workers=supervisor.running if config.smtp.listen else None)
+    return Exporter(node, _metrics_directory(config))
+
+
 async def run(config: Config, config_path: str | None = None) -> None:
+    if config.metrics.listen:  # before any process counts: the workers inherit where to
+        prepare_directory(_metrics_directory(config))
     store = open_store(config)
     try:
         # Once per node, here in the supervisor (its workers share the node's name and id): refuses a clash.
@@ -57,6 +76,9 @@ async def run(config: Config, config_path: str | None = None) -> None:
             ensure_self_signed(cert, key, config.smtp.hostname)
             tls_context = server_context(cert, key)
         supervisor = Supervisor(config, config_path, store)
+        # Listening before the workers start: a port in use stops the start here, and /health says
+        # 503 until the workers run.
+        exporter = _exporter(config, store, supervisor) if config.metrics.listen else None
         await supervisor.start()  # recovery first, then the workers (none without smtp.listen)
         roles = (
             [f"smtp {' '.join(supervisor.addresses)} ({len(supervisor.workers)} workers)"] if supervisor.workers else []
@@ -91,6 +113,10 @@ async def run(config: Config, config_path: str | None = None) -> None:
         purging = asyncio.create_task(
             purge_periodically(store, config.store.retention_days, config.store.purge_interval), name="purge"
         )
+        if exporter is not None:
+            if pop3 is not None:
+                exporter.node.pop3_sessions = lambda: len(pop3.sessions)
+            roles.append(f"metrics http://{exporter.address}/metrics")
         print(
             f"mailwarden ready: {', '.join(roles)}; checks: {', '.join(config.check_order)}",
             file=sys.stderr,
@@ -111,6 +137,8 @@ async def run(config: Config, config_path: str | None = None) -> None:
         await stop.wait()
         log.info("shutting down")
         purging.cancel()
+        if exporter is not None:
+            exporter.stop()
         await stop_ingest(ingest)
         if web is not None:
             await web.stop()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mailwarden import metrics
 from mailwarden.checks.base import Action, Check, CheckContext, Recipient, Stage, Verdict
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class CheckChain:
         for check in self._by_stage[stage]:
             started = time.perf_counter()
             outcome = await self._run_one(check, stage, ctx, recipient)
-            entry: dict[str, Any] = {"check": check.name, "ms": round((time.perf_counter() - started) * 1000, 3)}
+            seconds = time.perf_counter() - started
+            metrics.observe_check(check.name, seconds)
+            entry: dict[str, Any] = {"check": check.name, "ms": round(seconds * 1000, 3)}
             if isinstance(outcome, Recipient):
                 result.recipient = ctx.resolved = outcome
                 entry["result"] = "resolved"

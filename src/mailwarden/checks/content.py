@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mailwarden import metrics
 from mailwarden.checks.base import Action, Check, CheckContext, Recipient, Services, Transaction, Verdict
 from mailwarden.config import Config
 from mailwarden.dns import Resolver
@@ -103,6 +105,15 @@ class _Outcome:
 def _source(spool: Spool) -> bytes | str:
     """What a worker process reads: the message itself (small) or the spool file's path."""
     return spool.content() if spool.in_memory else str(spool.path)
+
+
+async def _timed(scanner: str, job: Awaitable[Any]) -> Any:
+    """A scanner's job, its time observed (also when the budget cuts it off)."""
+    started = time.perf_counter()
+    try:
+        return await job
+    finally:
+        metrics.observe_scanner(scanner, time.perf_counter() - started)
 
 
 class ContentCheck(Check):
@@ -201,7 +212,7 @@ class ContentCheck(Check):
             jobs["attachments"] = self._inspect(spool)
         if self.config.scan.auth.dkim or self.config.scan.auth.dmarc:
             jobs["dkim/dmarc"] = self._authenticate(txn, spool)
-        tasks = {name: asyncio.ensure_future(job) for name, job in jobs.items()}
+        tasks = {name: asyncio.ensure_future(_timed(name, job)) for name, job in jobs.items()}
         if not tasks:
             return outcome
         _, pending = await asyncio.wait(tasks.values(), timeout=self.config.scan.budget)

@@ -144,6 +144,7 @@ class HostedConnection(Connection):
         """Postfix took the message after our envelope checks (the policy service sees no content)."""
         if self.txn is not None and self.txn.recipients:
             self._event("accept", size=size, detail={"recipients": [r.address for r in self.txn.recipients]})
+            self._accepted()
 
     # ------------------------------------------------------------------ the accepted message
     async def _deliver(self, txn: Transaction, spool: Spool, msgid: str | None) -> str:
@@ -165,4 +166,5 @@ class HostedConnection(Connection):
             log.error("evidence for %s could not be stored (%s): answering 4xx", txn.ref, exc)
             self.changes = []
             return self._refuse(Verdict.tempfail("infra.storage", problem="the event store is not writable"), "data")
+        self._accepted()
         return "250 2.0.0 OK"  # Postfix sends its own, with its queue id

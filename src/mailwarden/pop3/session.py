@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO, Final, cast
 
+from mailwarden import metrics
 from mailwarden.addresses import login_name
 from mailwarden.deliver.maildir import MailboxLock
 from mailwarden.dotstuff import DotStuffer
@@ -111,9 +112,11 @@ class Pop3Session:
         )
 
     def _event(self, kind: str, **fields: Any) -> Event:
-        """Record an event (queued; committed with the next batch)."""
+        """Record an event (queued; committed with the next batch); a login is counted too."""
         event = self._new_event(kind, **fields)
         self.server.store.append(event)
+        if kind == "login":
+            metrics.count_pop3_login(event.reason)
         return event
 
     def _message_event(self, kind: str, entry: Entry, identity: Identity, **detail: Any) -> Event:
@@ -134,6 +137,7 @@ class Pop3Session:
     async def run(self) -> None:
         server = self.server
         server.sessions.add(self)
+        metrics.count_pop3_session()
         server.per_ip[self.client_ip] += 1
         self._counted = True
         try:

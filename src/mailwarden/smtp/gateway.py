@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Final
 
-from mailwarden import authresults
+from mailwarden import authresults, metrics
 from mailwarden.addresses import EnvelopePath
 from mailwarden.checks.base import (
     Action,
@@ -64,6 +64,7 @@ PROTOCOL_REASONS: Final[Mapping[tuple[int, str], str]] = {(553, "5.6.7"): "proto
 
 
 BACKLOG: Final = 1024
+REFUSALS: Final = frozenset({"reject", "tempfail"})
 
 
 def worker_files(worker: int) -> str:
@@ -201,6 +202,8 @@ class Connection:
             fields.setdefault("message_key", ref)
         if self.txn is not None:
             fields.setdefault("sender", self.txn.sender)
+        if kind in REFUSALS:  # recorded as made; an accept is counted once it holds (`_accepted`)
+            metrics.count_decision(kind, fields.get("reason"))
         return Event(
             kind=kind,
             source=self.source,
@@ -506,6 +509,7 @@ class Connection:
         except StoreError as exc:  # the evidence is not safe: the mail was taken back, the sender retries
             log.error("evidence for %s could not be stored (%s): delivery withdrawn, answering 4xx", txn.ref, exc)
             return self._refuse(Verdict.tempfail(exc.reason, problem="the event store is not writable"), "data")
+        self._accepted()
         return reply.wire()
 
     @staticmethod
@@ -535,6 +539,11 @@ class Connection:
         # A message in memory is scanned here (its header block, usually a microsecond); a spooled
         # one may have a header block of megabytes on disk, so that one is read off the loop.
         return scan() if spool.in_memory else await asyncio.to_thread(scan)
+
+    @staticmethod
+    def _accepted() -> None:
+        """Count an accepted message once the sender is told so (its evidence committed or handed on)."""
+        metrics.count_decision("accept", "delivered")
 
     def _accept_event(
         self, txn: Transaction, reply: replies.Reply, msgid: str | None, size: int, **detail: Any
@@ -623,6 +632,7 @@ class Connection:
             removed = {"forged_fields_removed": len(forged)} if forged else {}
             accept = self._accept_event(txn, reply, msgid, size, downstream=downstream.label, **removed)
             self.gateway.store.append(accept)
+            self._accepted()
         try:
             await self.gateway.store.durable()
         except StoreError as exc:  # the downstream has the mail: it cannot be taken back, the events are retried

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -140,6 +141,19 @@ class Position:
 Committed = Callable[[StoreError | None], None]  # told None once committed, else why not
 
 
+@dataclass(frozen=True)
+class WriterState:
+    """What the event writer has not committed yet (for /metrics and /health, exporter.py)."""
+
+    queued: int  # events and commits waiting, plus the events of a batch being written or kept for a retry
+    oldest_seconds: float  # how long the oldest of them has waited (0.0 with none)
+    error: str | None  # why the last write failed; None once a write succeeded
+
+    @classmethod
+    def idle(cls) -> WriterState:
+        return cls(0, 0.0, None)
+
+
 async def committed(commit_soon: Callable[[Sequence[Event], Committed], None], events: Sequence[Event] = ()) -> None:
     """Wait on the event loop until `commit_soon(events, ...)` reports; raise its StoreError."""
     loop = asyncio.get_running_loop()
@@ -242,6 +256,9 @@ class BatchWriter:
         self._bulk_room = threading.BoundedSemaphore(self.BULK_QUEUED)
         self._retry: list[Event] = []
         self._retry_positions: dict[str, Position] = {}
+        self._in_hand = 0  # events of the batch being written, or kept for a retry
+        self._in_hand_since: float | None = None  # when the oldest of them was taken (monotonic)
+        self._error: str | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -272,8 +289,18 @@ class BatchWriter:
         self._inbox.close()
         self._thread.join()
 
+    def state(self) -> WriterState:
+        """Read from any thread; the figures of different moments, which is close enough for monitoring."""
+        waiting, first_at = self._inbox.backlog()
+        since = [t for t in (first_at, self._in_hand_since) if t is not None]
+        oldest = time.monotonic() - min(since) if since else 0.0
+        return WriterState(waiting + self._in_hand, oldest, self._error)
+
     def _run(self) -> None:
         while items := self._inbox.take():
+            if self._in_hand_since is None:
+                self._in_hand_since = time.monotonic()
+            self._in_hand = len(items) + len(self._retry)
             self._commit(items)
 
     def _commit(self, items: list[Event | Position | _Barrier | _Bulk]) -> None:
@@ -302,13 +329,17 @@ class BatchWriter:
                 self._write_batch(events, list(positions.values()))
                 self._retry = []
                 self._retry_positions = {}
+                self._error = None
             except Exception as exc:  # disk full, locked database, ...: keep the rows and retry
                 log.error("event store write failed (%s); %d events kept for retry", exc, len(queued))
                 error = StoreError(f"event store write failed: {exc}")
+                self._error = str(exc)
                 if isinstance(exc, StoreError):
                     error.reason = exc.reason  # e.g. a full spool's own catalog reason
                 self._retry = queued  # all of them: none is dropped (the gateway refuses mail meanwhile)
                 self._retry_positions = positions
+        if not self._retry:  # before anyone hears of it: whoever was told "committed" finds nothing waiting
+            self._in_hand, self._in_hand_since = 0, None
         for barrier in barriers:
             try:
                 barrier.done(error)

@@ -26,6 +26,7 @@ from mailwarden.store.base import (
     Mailbox,
     Position,
     StoreError,
+    WriterState,
     committed,
 )
 from mailwarden.store.web_state import WebState
@@ -58,6 +59,10 @@ class EventLog(Protocol):
     @abstractmethod
     def flush(self) -> None:
         """Synchronous `durable`, for the command line and importers."""
+
+    def writer_state(self) -> WriterState:
+        """What this store's own event writer has not committed yet (idle where writes go elsewhere)."""
+        return WriterState.idle()
 
     @abstractmethod
     def query_events(self, query: EventQuery) -> list[Event]:

@@ -35,6 +35,7 @@ from mailwarden.store.base import (
     Mailbox,
     Position,
     StoreError,
+    WriterState,
 )
 from mailwarden.store.parts import Store
 from mailwarden.store.postgres_messages import DAY_US
@@ -309,6 +310,9 @@ class PostgresStore(SqlParts, Store):
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+
+    def writer_state(self) -> WriterState:
+        return self._writer.state() if isinstance(self._writer, BatchWriter) else WriterState.idle()
 
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)

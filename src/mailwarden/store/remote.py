@@ -63,6 +63,13 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _store_error(problem: str, reason: str) -> StoreError:
+    """The supervisor's StoreError again, with its catalog reason."""
+    error = StoreError(problem)
+    error.reason = reason
+    return error
+
+
 class EventClient:
     """A worker's event writer: events travel to the supervisor, commits are answered from there.
 
@@ -166,7 +173,7 @@ class EventClient:
                     with self._lock:
                         done = self._waiting.pop(number, None)
                     if done is not None:
-                        done(None if problem is None else StoreError(problem))
+                        done(None if problem is None else _store_error(*problem))
         except (OSError, StoreError, pickle.UnpicklingError) as exc:
             error = StoreError(f"the link to the supervisor's event writer broke: {exc}")
         if not self._closed.is_set():
@@ -201,8 +208,8 @@ class EventService:
         def answer(number: int) -> Committed:
             def done(error: StoreError | None) -> None:
                 with answering:
-                    try:
-                        send_frame(sock, [(number, None if error is None else str(error))])
+                    try:  # the reason travels too: a full spool is refused with its own (451 4.3.0)
+                        send_frame(sock, [(number, None if error is None else (str(error), error.reason))])
                     except OSError:
                         pass  # the worker is gone; its sessions have no one to answer
 

@@ -29,6 +29,7 @@ from mailwarden.store.base import (
     Mailbox,
     Position,
     StoreError,
+    WriterState,
 )
 from mailwarden.store.parts import RateLimitState, Store
 from mailwarden.store.rates import MemoryRates
@@ -522,6 +523,9 @@ class SqliteStore(SqlParts, Store):
             self._bulk.flush()
         if self._writer is not None:
             self._writer.flush()
+
+    def writer_state(self) -> WriterState:
+        return self._writer.state() if isinstance(self._writer, BatchWriter) else WriterState.idle()
 
     def query_events(self, query: EventQuery) -> list[Event]:
         where, params = events_where(query)

@@ -49,6 +49,7 @@ _HELD: Final = {
     "store": None,
     "pop3": None,
     "web": None,
+    "metrics": None,
     "ingest": None,
     "milter": None,  # served by the supervisor itself (serve.py)
     "policy": None,
@@ -84,6 +85,10 @@ class Supervisor:
         self._pauses: dict[int, float] = {}
         self._changing = asyncio.Lock()  # reloads and restarts one at a time
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def running(self) -> int:
+        """SMTP workers running now (read by /metrics and /health from their thread)."""
+        return sum(1 for worker in list(self.workers.values()) if worker.process.returncode is None)
 
     @property
     def addresses(self) -> list[str]:
