@@ -22,7 +22,7 @@ from mailwarden.messages.keys import Link, components, root_of, upstream_edges
 from mailwarden.store import sqlite_messages
 from mailwarden.store.base import IndexPage, IndexQuery, StoreError
 from mailwarden.store.sql import SqlConnection
-from mailwarden.store.sqlite_messages import event_rows, insert_rows
+from mailwarden.store.sqlite_messages import InsertRows, event_rows, insert_rows
 
 _CHUNK: Final = 500  # keys per IN (...) query
 _REBUILD_ROWS: Final = 5000  # rows a rebuild writes at a time
@@ -59,8 +59,9 @@ class _Message:
 class MessageIndex:
     """Keeps `message_index` and `message_roots` up to date for the events one connection writes."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, insert: InsertRows = insert_rows) -> None:
         self.conn = conn
+        self._insert = insert
         self._messages: OrderedDict[str, _Message] = OrderedDict()  # by root, least recently folded first
         self._root_of: dict[str, str] = {}  # key -> root, for the keys of `_messages`
         self._version: int | None = None  # the database's data_version when they were remembered
@@ -107,7 +108,7 @@ class MessageIndex:
                 self._drop(root)
         if deletes:
             self.conn.executemany("DELETE FROM message_index WHERE message_key = ? AND recipient = ?", deletes)
-        insert_rows(self.conn, _UPSERT, upserts, _ON_CONFLICT)
+        self._insert(self.conn, _UPSERT, upserts, _ON_CONFLICT)
 
     def _remember(self, root: str, message: _Message) -> None:
         self._messages[root] = message
@@ -235,7 +236,7 @@ class MessageIndex:
             if root in refold:
                 self._drop(root)
         conn.executemany("DELETE FROM message_roots WHERE key = ?", freed)
-        insert_rows(conn, "INSERT OR REPLACE INTO message_roots (key, root)", placed)
+        self._insert(conn, "INSERT OR REPLACE INTO message_roots (key, root)", placed, "")
         now = self._roots(sorted(refold))
         merged = sorted(root for root in refold if now[root] != root)
         conn.executemany("DELETE FROM message_index WHERE message_key = ?", [(root,) for root in merged])
