@@ -61,6 +61,13 @@ def _check_listen(values: list[str]) -> list[str]:
     return values
 
 
+def _check_optional_listen(value: str) -> str:
+    """One listen address, or "" for none (a listener that is off unless asked for)."""
+    if value:
+        parse_hostport(value)
+    return value
+
+
 HostPort = Annotated[str, Field(pattern=r"\S")]
 
 
@@ -768,12 +775,7 @@ class WebConfig(_Section):
         "processes. `mailwarden serve` serves the web pages in its own process, whatever this says.",
     )
 
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, value: str) -> str:
-        if value:
-            parse_hostport(value)
-        return value
+    _listen = field_validator("listen")(_check_optional_listen)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -922,12 +924,7 @@ class MetricsConfig(_Section):
         "seconds (the event writer is stuck).",
     )
 
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, value: str) -> str:
-        if value:
-            parse_hostport(value)
-        return value
+    _listen = field_validator("listen")(_check_optional_listen)
 
 
 class Config(_Section):
