@@ -25,6 +25,10 @@ from mailwarden.trace.model import Attempt, MessageTrace
 ATTEMPT_BEFORE_US: Final = 2 * 86400 * 1_000_000  # earlier tries of the same sender and recipient
 ATTEMPT_AFTER_US: Final = 5 * 86400 * 1_000_000  # the sender's retries (RFC 5321 4.5.4.1: give up after 4-5 days)
 _BATCH: Final = 200
+# How far a message's connection events (connect, HELO, disconnect) may lie before its first and after
+# its last own event - a connection lasts minutes (every server's timeouts end it sooner) - and an
+# event a concurrent writer's fold did not see yet may lie beyond them (seconds).
+SPAN_MARGIN_US: Final = 86400 * 1_000_000
 _ATTEMPTS: Final = 100  # other transactions of one sender and recipient looked at
 
 
@@ -74,29 +78,40 @@ def _chunks(items: Sequence[Any], size: int = _BATCH) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
-def load(store: Store, keys: Iterable[str], messages: Messages | None = None) -> list[MessageTrace]:
-    """The messages the `keys` belong to, each with all its events, newest first."""
+def load(
+    store: Store, keys: Iterable[str], messages: Messages | None = None, *, span: tuple[int, int] | None = None
+) -> list[MessageTrace]:
+    """The messages the `keys` belong to, each with all its events, newest first.
+
+    `span` is the first and last event of all of them when the caller knows it (a search's index
+    rows: first_seen and last_seen are the whole message's): the reads are then bounded to it, with
+    SPAN_MARGIN_US around, so that a store partitioned by day reads only those days.
+    """
     messages = messages or Messages(store)
+    since, until = (span[0] - SPAN_MARGIN_US, span[1] + SPAN_MARGIN_US + 1) if span else (None, None)
     roots: dict[str, Component] = {}
     for found in messages.of_all(keys).values():
         roots.setdefault(found.root, found)
     owner = {member: root for root, found in roots.items() for member in found.keys}
     groups: dict[str, dict[int, Event]] = {root: {} for root in roots}
     for chunk in _chunks(sorted(owner)):
-        for event in store.query_events(EventQuery(message_keys=chunk)):
+        for event in store.query_events(EventQuery(message_keys=chunk, since_us=since, until_us=until)):
             assert event.id is not None and event.message_key is not None
             groups[owner[event.message_key]][event.id] = event
     for chunk in _chunks([root for root, events in groups.items() if not events]):
-        for event in store.query_events(EventQuery(refs=chunk, keyless=True)):  # a session's ref, no message
+        for event in store.query_events(EventQuery(refs=chunk, keyless=True, since_us=since, until_us=until)):
+            # a session's ref, no message
             assert event.id is not None and event.ref is not None
             groups[event.ref][event.id] = event
-    _add_connections(store, groups)
+    _add_connections(store, groups, since, until)
     traces = [build(root, list(events.values())) for root, events in groups.items() if events]
     traces.sort(key=lambda t: t.first_seen, reverse=True)
     return traces
 
 
-def _add_connections(store: Store, groups: dict[str, dict[int, Event]]) -> None:
+def _add_connections(
+    store: Store, groups: dict[str, dict[int, Event]], since: int | None = None, until: int | None = None
+) -> None:
     """Connect, HELO/TLS, disconnect and the client's checks: the events of each message's
     connection (node, session) that belong to no message."""
     owners: dict[tuple[str, str], list[str]] = {}
@@ -108,7 +123,7 @@ def _add_connections(store: Store, groups: dict[str, dict[int, Event]]) -> None:
     for pair in owners:
         by_node.setdefault(pair[0], []).append(pair)
     for chunk in (chunk for pairs in by_node.values() for chunk in _chunks(pairs)):  # one node per query
-        for event in store.query_events(EventQuery(sessions=chunk, keyless=True)):
+        for event in store.query_events(EventQuery(sessions=chunk, keyless=True, since_us=since, until_us=until)):
             assert event.session is not None and event.id is not None
             for root in set(owners.get((event.node, event.session), [])):
                 groups[root][event.id] = event

@@ -224,7 +224,8 @@ def search(store: Store, spec: SearchSpec, *, retention_days: int, now: int | No
     """One page of messages matching `spec`, newest first, each loaded in full."""
     page = search_index(store, spec)
     keys = list(dict.fromkeys(row.message_key for row in page.rows))
-    traces = {trace.key: trace for trace in load(store, keys)}
+    span = (min(row.first_seen for row in page.rows), max(row.last_seen for row in page.rows)) if page.rows else None
+    traces = {trace.key: trace for trace in load(store, keys, span=span)}
     messages = [_scoped(traces[key], spec) for key in keys if key in traces]
     for trace in messages:
         if any(f.status == "tempfailed" for f in trace.recipients):
