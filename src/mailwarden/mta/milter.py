@@ -128,16 +128,18 @@ class Conversation:
 
     async def run(self) -> None:
         settings = self.server.settings
-        limits = {wire.MACRO: settings.max_macros}
+        packets = wire.PacketReader(self.reader, settings.max_packet, {wire.MACRO: settings.max_macros})
+        transport = self.writer.transport
         loop = asyncio.get_running_loop()
         self._silent_since = loop.time()
         self._watchdog = loop.call_later(settings.timeout, self._watch)
         try:
             while not self.quit and not self.closing:
-                command, data = await wire.read_packet(self.reader, settings.max_packet, limits)
+                command, data = await packets.next()
                 self._busy = True
                 await self._dispatch(command, data)
-                await self.writer.drain()
+                if transport.get_write_buffer_size():  # most stages write nothing, and a reply is sent at once
+                    await self.writer.drain()
                 self._busy = False
                 self._silent_since = loop.time()  # Postfix's silence counts from our answer on
         except wire.ProtocolError as error:
