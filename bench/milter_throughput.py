@@ -65,22 +65,36 @@ class Leg:
     postfix_ms: float
     source_ms: float
     milter_ms: float = 0.0
+    milter_queued_ms: float = 0.0  # how long the milter's threads were ready to run but waited for a core
+
+
+def queued_seconds(pids: list[int]) -> float:
+    """Time the threads of these processes spent runnable on a run queue, waiting for a core (schedstat)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return total / 1e9
 
 
 def measured(instance: Postfix, milter_pid: int | None, messages: int) -> Leg:
     """smtp-source's rate into `instance` and what each side spent on it, in CPU time (robust under load)."""
     postfix_pids = tree(instance.process.pid) if instance.process else []
     milter_pids = tree(milter_pid) if milter_pid else []
-    before = (cpu_seconds(postfix_pids), cpu_seconds(milter_pids), _children_cpu())
+    before = (cpu_seconds(postfix_pids), _children_cpu(), cpu_seconds(milter_pids), queued_seconds(milter_pids))
     rate = smtp_source(instance.smtp_port, messages)
     # Postfix's daemons that ended meanwhile are in their master's cutime/cstime; the live ones in their own.
     after = (
         cpu_seconds(tree(instance.process.pid) if instance.process else []),
-        cpu_seconds(milter_pids),
         _children_cpu(),
+        cpu_seconds(milter_pids),
+        queued_seconds(milter_pids),
     )
-    postfix_s, milter_s, source_s = (b - a for a, b in zip(before, after, strict=True))
-    return Leg(rate, postfix_s * 1000 / messages, source_s * 1000 / messages, milter_s * 1000 / messages)
+    per_message = [(b - a) * 1000 / messages for a, b in zip(before, after, strict=True)]
+    return Leg(rate, *per_message)
 
 
 def _children_cpu() -> float:
@@ -254,7 +268,8 @@ def main() -> None:
             for name, leg in (("postfix alone", plain), ("with mailwarden", ours), ("with null milter", null)):
                 print(
                     f"    CPU ms/msg {name:17} postfix {leg.postfix_ms:.2f}  smtp-source {leg.source_ms:.2f}  "
-                    f"milter {leg.milter_ms:.2f}  all {_total(leg):.2f}",
+                    f"milter {leg.milter_ms:.2f}  all {_total(leg):.2f}; the milter waited for a core "
+                    f"{leg.milter_queued_ms:.2f}",
                     flush=True,
                 )
     for name in ("mailwarden", "null"):
