@@ -111,8 +111,9 @@ class PacketReader:
     Postfix writes a stage's macros with its command, and the header fields and body chunks of a
     message, in one go: one read yields a dozen packets, and a packet already read costs no
     await. A packet longer than `max_packet` (or its command's entry in `limits`) is refused as
-    soon as its length is read, before its data, so a length of 2 GB costs nothing; what is
-    buffered is at most one read beyond the packet being assembled.
+    soon as its length is read, before its data, so a length of 2 GB costs nothing; the rest of a
+    packet longer than what was read is read exactly, so no more than one read of 64 KiB is
+    buffered beyond the packet.
     """
 
     def __init__(self, reader: asyncio.StreamReader, max_packet: int, limits: Mapping[int, int] | None = None) -> None:
@@ -125,7 +126,7 @@ class PacketReader:
     async def next(self) -> tuple[int, bytes]:
         """The next packet as (command, data); `IncompleteReadError` when the peer closed in between."""
         while len(self._buffer) - self._at < HEAD.size + 1:
-            await self._fill(HEAD.size + 1)
+            await self._fill()
         (length,) = HEAD.unpack_from(self._buffer, self._at)
         command = self._buffer[self._at + HEAD.size]
         if length == 0:
@@ -135,18 +136,21 @@ class PacketReader:
         limit = self._limits.get(command, self._max_packet)
         if length > limit:
             raise ProtocolError(f"a {printable_byte(command)} packet of {length} bytes, more than the {limit} allowed")
-        while len(self._buffer) - self._at < HEAD.size + length:
-            await self._fill(HEAD.size + length)
         start = self._at + HEAD.size + 1
+        missing = start + length - 1 - len(self._buffer)
+        if missing > 0:  # the rest of a long packet (a body chunk) is read as such, in one piece
+            data = self._buffer[start:] + await self._reader.readexactly(missing)
+            self._buffer, self._at = b"", 0
+            return command, data
         self._at = start + length - 1
         return command, self._buffer[start : self._at]
 
-    async def _fill(self, wanted: int) -> None:
+    async def _fill(self) -> None:
         """Read what has arrived (at least a byte) behind the unread rest of the buffer."""
-        more = await self._reader.read(max(wanted, 1 << 16))
+        more = await self._reader.read(1 << 16)
         rest = self._buffer[self._at :]
         if not more:
-            raise asyncio.IncompleteReadError(rest, wanted)
+            raise asyncio.IncompleteReadError(rest, HEAD.size + 1)
         self._buffer = rest + more
         self._at = 0
 
