@@ -224,9 +224,10 @@ def serve_ours(port: int) -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         known: dict[str, str] = {}
+        packets = mp.PacketReader(reader, 1 << 20)
         try:
             while True:
-                command, data = await mp.read_packet(reader, 1 << 20)
+                command, data = await packets.next()
                 if command == mp.NEGOTIATE:
                     mp.negotiation(data)
                     writer.write(mp.negotiation_reply(mp.ADD_HEADERS | mp.SET_SYMBOL_LIST, options, wanted))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +44,63 @@ from tests.support.mailwarden import Mailwarden  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
 from tests.support.postfix import Postfix, running_postfix  # noqa: E402
 
-from bench.smtp_throughput import MESSAGE_BYTES, MESSAGES, RECIPIENT, SESSIONS, smtp_source  # noqa: E402
+from bench.smtp_throughput import (  # noqa: E402
+    MESSAGE_BYTES,
+    MESSAGES,
+    RECIPIENT,
+    SESSIONS,
+    cpu_seconds,
+    smtp_source,
+    tree,
+)
 
 WARM_UP = 300
+
+
+@dataclass
+class Leg:
+    """One run's msg/s and CPU milliseconds per message of Postfix (master and every daemon), smtp-source and the milter."""
+
+    rate: float
+    postfix_ms: float
+    source_ms: float
+    milter_ms: float = 0.0
+    milter_queued_ms: float = 0.0  # how long the milter's threads were ready to run but waited for a core
+
+
+def queued_seconds(pids: list[int]) -> float:
+    """Time the threads of these processes spent runnable on a run queue, waiting for a core (schedstat)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return total / 1e9
+
+
+def measured(instance: Postfix, milter_pid: int | None, messages: int) -> Leg:
+    """smtp-source's rate into `instance` and what each side spent on it, in CPU time (robust under load)."""
+    postfix_pids = tree(instance.process.pid) if instance.process else []
+    milter_pids = tree(milter_pid) if milter_pid else []
+    before = (cpu_seconds(postfix_pids), _children_cpu(), cpu_seconds(milter_pids), queued_seconds(milter_pids))
+    rate = smtp_source(instance.smtp_port, messages)
+    # Postfix's daemons that ended meanwhile are in their master's cutime/cstime; the live ones in their own.
+    after = (
+        cpu_seconds(tree(instance.process.pid) if instance.process else []),
+        _children_cpu(),
+        cpu_seconds(milter_pids),
+        queued_seconds(milter_pids),
+    )
+    per_message = [(b - a) * 1000 / messages for a, b in zip(before, after, strict=True)]
+    return Leg(rate, *per_message)
+
+
+def _children_cpu() -> float:
+    """User + system time of this process's children that ended (smtp-source)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextmanager
@@ -98,9 +154,10 @@ def serve_null(port: int) -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         options = 0
+        packets = wire.PacketReader(reader, 1 << 20)
         try:
             while True:
-                command, data = await wire.read_packet(reader, 1 << 20)
+                command, data = await packets.next()
                 if command == wire.NEGOTIATE:
                     offer = wire.negotiation(data)
                     options = OPTIONS & offer.options
@@ -132,44 +189,44 @@ def serve_null(port: int) -> None:
 
 
 @contextmanager
-def null_milter() -> Iterator[int]:
+def null_milter() -> Iterator[tuple[int, int]]:
     port = free_port()
     process = subprocess.Popen([sys.executable, __file__, "--serve-null", str(port)], stdout=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def run_null(messages: int) -> float:
-    with null_milter() as port, postfix(port) as filtered:
+def run_null(messages: int) -> Leg:
+    with null_milter() as (port, pid), postfix(port) as filtered:
         smtp_source(filtered.smtp_port, WARM_UP)
-        rate = smtp_source(filtered.smtp_port, messages)
+        leg = measured(filtered, pid, messages)
         found = queued(filtered)
     if found != WARM_UP + messages:
         raise RuntimeError(f"with the null milter: {found} queued of {WARM_UP + messages}")
-    return rate
+    return leg
 
 
-def run(workdir: Path, messages: int, with_milter: bool) -> float:
+def run(workdir: Path, messages: int, with_milter: bool) -> Leg:
     if not with_milter:
         with postfix(None) as plain:
             smtp_source(plain.smtp_port, WARM_UP)
-            rate = smtp_source(plain.smtp_port, messages)
+            leg = measured(plain, None, messages)
             found = queued(plain)
         if found != WARM_UP + messages:
             raise RuntimeError(f"Postfix queued {found} of {WARM_UP + messages}")
-        return rate
+        return leg
     with milter(workdir) as (instance, port), postfix(port) as filtered:
         smtp_source(filtered.smtp_port, WARM_UP)
-        rate = smtp_source(filtered.smtp_port, messages)
+        leg = measured(filtered, instance.pid, messages)
         found = queued(filtered)
     accepts = accept_events(instance.root / "var" / "mailwarden.db")  # after stop: all are committed
     if found != WARM_UP + messages or accepts != WARM_UP + messages:
         raise RuntimeError(f"with the milter: {found} queued, {accepts} accept events, of {WARM_UP + messages}")
-    return rate
+    return leg
 
 
 def accept_events(store: Path) -> int:
@@ -192,31 +249,45 @@ def main() -> None:
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
-    rates: dict[str, list[float]] = {"postfix": [], "mailwarden": [], "null": []}
+    legs: dict[str, list[Leg]] = {"postfix": [], "mailwarden": [], "null": []}
     with tempfile.TemporaryDirectory(prefix="mw-milter-bench-") as tmp:
         for number in range(args.rounds):
-            names = list(rates)
+            names = list(legs)
             for name in names[number % 3 :] + names[: number % 3]:
                 if name == "null":
-                    rate = run_null(args.messages)
+                    legs[name].append(run_null(args.messages))
                 else:
-                    rate = run(Path(tmp) / f"round-{number}", args.messages, name == "mailwarden")
-                rates[name].append(rate)
-            plain, ours, null = (rates[name][-1] for name in ("postfix", "mailwarden", "null"))
+                    legs[name].append(run(Path(tmp) / f"round-{number}", args.messages, name == "mailwarden"))
+            plain, ours, null = (legs[name][-1] for name in ("postfix", "mailwarden", "null"))
             print(
-                f"round {number + 1}: postfix {plain:.0f} msg/s, + mailwarden milter {ours:.0f} (ratio "
-                f"{ours / plain:.2f}), + null milter {null:.0f} (ratio {null / plain:.2f}); load {os.getloadavg()[0]:.2f}",
+                f"round {number + 1}: postfix {plain.rate:.0f} msg/s, + mailwarden milter {ours.rate:.0f} (ratio "
+                f"{ours.rate / plain.rate:.2f}), + null milter {null.rate:.0f} (ratio {null.rate / plain.rate:.2f}); "
+                f"load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
-    ours_ratios = [f / p for f, p in zip(rates["mailwarden"], rates["postfix"], strict=True)]
-    null_ratios = [f / p for f, p in zip(rates["null"], rates["postfix"], strict=True)]
-    print(
-        f"median: postfix {statistics.median(rates['postfix']):.0f} msg/s; with mailwarden "
-        f"{statistics.median(rates['mailwarden']):.0f} msg/s, ratio {statistics.median(ours_ratios):.2f} "
-        f"(rounds {min(ours_ratios):.2f}-{max(ours_ratios):.2f}; target >= 0.7); with the null milter "
-        f"{statistics.median(rates['null']):.0f} msg/s, ratio {statistics.median(null_ratios):.2f} "
-        f"(rounds {min(null_ratios):.2f}-{max(null_ratios):.2f})"
-    )
+            for name, leg in (("postfix alone", plain), ("with mailwarden", ours), ("with null milter", null)):
+                print(
+                    f"    CPU ms/msg {name:17} postfix {leg.postfix_ms:.2f}  smtp-source {leg.source_ms:.2f}  "
+                    f"milter {leg.milter_ms:.2f}  all {_total(leg):.2f}; the milter waited for a core "
+                    f"{leg.milter_queued_ms:.2f}",
+                    flush=True,
+                )
+    for name in ("mailwarden", "null"):
+        ratios = [f.rate / p.rate for f, p in zip(legs[name], legs["postfix"], strict=True)]
+        cpu_ratios = [_total(p) / _total(f) for f, p in zip(legs[name], legs["postfix"], strict=True)]
+        print(
+            f"median with {name}: {statistics.median(leg.rate for leg in legs[name]):.0f} msg/s against "
+            f"{statistics.median(leg.rate for leg in legs['postfix']):.0f}, ratio {statistics.median(ratios):.2f} "
+            f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; target >= 0.7); CPU ms/msg: milter "
+            f"{statistics.median(leg.milter_ms for leg in legs[name]):.2f}, postfix "
+            f"{statistics.median(leg.postfix_ms for leg in legs[name]):.2f} (alone "
+            f"{statistics.median(leg.postfix_ms for leg in legs['postfix']):.2f}); CPU ratio alone/with "
+            f"{statistics.median(cpu_ratios):.2f} (what the rates' ratio tends to on a saturated machine)"
+        )
+
+
+def _total(leg: Leg) -> float:
+    return leg.postfix_ms + leg.source_ms + leg.milter_ms
 
 
 if __name__ == "__main__":

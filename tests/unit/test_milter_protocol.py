@@ -16,7 +16,7 @@ def read(data: bytes, max_packet: int = 1024, limits: dict[int, int] | None = No
         reader = asyncio.StreamReader()
         reader.feed_data(data)
         reader.feed_eof()
-        return await wire.read_packet(reader, max_packet, limits)
+        return await wire.PacketReader(reader, max_packet, limits).next()
 
     return asyncio.run(run())
 
@@ -44,6 +44,45 @@ def test_packets_that_break_the_protocol_are_named_before_anything_more_is_read(
 def test_a_truncated_packet_is_a_closed_connection() -> None:
     with pytest.raises(asyncio.IncompleteReadError):
         read(b"\x00\x00\x00\x64Hclient")
+
+
+STAGE = b"\x00\x00\x00\x0dDH{cipher}\x00-\x00" + b"\x00\x00\x00\x0dHexample.com\x00" + b"\x00\x00\x00\x01N"
+
+
+def packets_of(pieces: list[bytes]) -> list[tuple[int, bytes]]:
+    """What a PacketReader yields when the stream brings `pieces` one after another, then ends."""
+
+    async def run() -> list[tuple[int, bytes]]:
+        reader = asyncio.StreamReader()
+        packets = wire.PacketReader(reader, 1024)
+
+        async def feed() -> None:
+            for piece in pieces:
+                reader.feed_data(piece)
+                await asyncio.sleep(0)  # let the reader take this piece before the next arrives
+            reader.feed_eof()
+
+        feeding = asyncio.ensure_future(feed())
+        found = []
+        with pytest.raises(asyncio.IncompleteReadError):
+            while True:
+                found.append(await packets.next())
+        await feeding
+        return found
+
+    return asyncio.run(run())
+
+
+def test_packets_that_arrive_in_one_write_are_read_one_after_another() -> None:
+    assert packets_of([STAGE]) == [
+        (wire.MACRO, b"H{cipher}\x00-\x00"),
+        (wire.HELO, b"example.com\x00"),
+        (wire.END_OF_HEADERS, b""),
+    ]
+
+
+def test_a_packet_split_over_several_reads_is_put_back_together() -> None:
+    assert packets_of([STAGE[i : i + 3] for i in range(0, len(STAGE), 3)]) == packets_of([STAGE])
 
 
 def test_strings_need_their_nul_and_their_number() -> None:

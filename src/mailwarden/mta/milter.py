@@ -34,16 +34,16 @@ from mailwarden.spool import Spool
 
 log = logging.getLogger(__name__)
 
-# The macros we ask for, by the command they come with (Postfix sends no others, whatever its
-# milter_*_macros say). The queue id (`i`) comes with the end of the message: Postfix has it only
-# from the first recipient it accepted on, and the transaction's events wait for it anyway.
+# The macros we ask for, by the command they come with (for these stages Postfix sends these
+# and no others, whatever its milter_*_macros say). The queue id (`i`) comes with the end of the
+# message: Postfix has it only from the first recipient it accepted on, and the transaction's
+# events wait for it anyway. At the other stages Postfix sends its main.cf milter_*_macros (an
+# empty list in the negotiation means "the default" to it: `i` with DATA, every header field, the
+# end of the headers and every body chunk); we do not decode those.
 MACROS: Final[Mapping[int, str]] = {
     wire.CONNECT: "{client_addr} {client_name} {daemon_name}",
-    wire.HELO: "",
     wire.MAIL: "{mail_addr} {auth_authen}",
     wire.RCPT: "{rcpt_addr}",
-    wire.DATA: "",
-    wire.END_OF_HEADERS: "",
     wire.END_OF_MESSAGE: "i",
 }
 ACTIONS: Final = wire.ADD_HEADERS | wire.CHANGE_HEADERS | wire.SET_SYMBOL_LIST
@@ -128,16 +128,18 @@ class Conversation:
 
     async def run(self) -> None:
         settings = self.server.settings
-        limits = {wire.MACRO: settings.max_macros}
+        packets = wire.PacketReader(self.reader, settings.max_packet, {wire.MACRO: settings.max_macros})
+        transport = self.writer.transport
         loop = asyncio.get_running_loop()
         self._silent_since = loop.time()
         self._watchdog = loop.call_later(settings.timeout, self._watch)
         try:
             while not self.quit and not self.closing:
-                command, data = await wire.read_packet(self.reader, settings.max_packet, limits)
+                command, data = await packets.next()
                 self._busy = True
                 await self._dispatch(command, data)
-                await self.writer.drain()
+                if transport.get_write_buffer_size():  # most stages write nothing, and a reply is sent at once
+                    await self.writer.drain()
                 self._busy = False
                 self._silent_since = loop.time()  # Postfix's silence counts from our answer on
         except wire.ProtocolError as error:
@@ -181,6 +183,9 @@ class Conversation:
         if not self.negotiated:
             raise wire.ProtocolError(f"{wire.printable_byte(command)} before the negotiation")
         if command == wire.MACRO:
+            if data[:1] and data[0] not in MACROS:  # Postfix's defaults for a stage we asked nothing of
+                self.macros = {}
+                return
             _, values = wire.macros(data)
             self._learn(values)
         elif command == wire.CONNECT:

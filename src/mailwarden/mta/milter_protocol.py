@@ -105,25 +105,54 @@ class ConnectInfo:
     address: str
 
 
-async def read_packet(
-    reader: asyncio.StreamReader, max_packet: int, limits: Mapping[int, int] | None = None
-) -> tuple[int, bytes]:
-    """The next packet as (command, data); `IncompleteReadError` when the peer closed in between.
+class PacketReader:
+    """The packets of a connection, cut out of whole reads of the stream.
 
-    A packet longer than `max_packet` (or its command's entry in `limits`) is refused before it
-    is read, so a length of 2 GB costs nothing.
+    Postfix writes a stage's macros with its command, and the header fields and body chunks of a
+    message, in one go: one read yields a dozen packets, and a packet already read costs no
+    await. A packet longer than `max_packet` (or its command's entry in `limits`) is refused as
+    soon as its length is read, before its data, so a length of 2 GB costs nothing; the rest of a
+    packet longer than what was read is read exactly, so no more than one read of 64 KiB is
+    buffered beyond the packet.
     """
-    head = await reader.readexactly(HEAD.size + 1)
-    (length,) = HEAD.unpack_from(head)
-    command = head[HEAD.size]
-    if length == 0:
-        raise ProtocolError("a packet of length 0 (it must hold at least its command byte)")
-    if command not in COMMANDS:
-        raise ProtocolError(f"unknown command {printable_byte(command)}")
-    limit = (limits or {}).get(command, max_packet)
-    if length > limit:
-        raise ProtocolError(f"a {printable_byte(command)} packet of {length} bytes, more than the {limit} allowed")
-    return command, await reader.readexactly(length - 1) if length > 1 else b""
+
+    def __init__(self, reader: asyncio.StreamReader, max_packet: int, limits: Mapping[int, int] | None = None) -> None:
+        self._reader = reader
+        self._max_packet = max_packet
+        self._limits = dict(limits or {})
+        self._buffer = b""
+        self._at = 0  # where the next packet starts in the buffer
+
+    async def next(self) -> tuple[int, bytes]:
+        """The next packet as (command, data); `IncompleteReadError` when the peer closed in between."""
+        while len(self._buffer) - self._at < HEAD.size + 1:
+            await self._fill()
+        (length,) = HEAD.unpack_from(self._buffer, self._at)
+        command = self._buffer[self._at + HEAD.size]
+        if length == 0:
+            raise ProtocolError("a packet of length 0 (it must hold at least its command byte)")
+        if command not in COMMANDS:
+            raise ProtocolError(f"unknown command {printable_byte(command)}")
+        limit = self._limits.get(command, self._max_packet)
+        if length > limit:
+            raise ProtocolError(f"a {printable_byte(command)} packet of {length} bytes, more than the {limit} allowed")
+        start = self._at + HEAD.size + 1
+        missing = start + length - 1 - len(self._buffer)
+        if missing > 0:  # the rest of a long packet (a body chunk) is read as such, in one piece
+            data = self._buffer[start:] + await self._reader.readexactly(missing)
+            self._buffer, self._at = b"", 0
+            return command, data
+        self._at = start + length - 1
+        return command, self._buffer[start : self._at]
+
+    async def _fill(self) -> None:
+        """Read what has arrived (at least a byte) behind the unread rest of the buffer."""
+        more = await self._reader.read(1 << 16)
+        rest = self._buffer[self._at :]
+        if not more:
+            raise asyncio.IncompleteReadError(rest, HEAD.size + 1)
+        self._buffer = rest + more
+        self._at = 0
 
 
 def printable_byte(value: int) -> str:
