@@ -236,6 +236,41 @@ def test_bulk_batches_commit_with_their_positions_and_a_failed_one_is_retried_wi
     assert all(names == ["file"] for _, names in disk.transactions)
 
 
+def test_a_bulk_import_stores_every_event_in_its_order_also_those_that_cross_as_finished_rows(tmp_path: Path) -> None:
+    """The writer process gets a connection's own events as rows and the others as events: both
+    keep their place (their ids follow the batch's order) and every field."""
+    store = SqliteStore(tmp_path / "s.db")
+    base = 1_700_000_000_000_000
+    batch = [
+        Event("connect", "postfix", "mx", ts=base, session="s1", client_ip="192.0.2.1", detail={"port": 25}),
+        Event(
+            "reject",
+            "postfix",
+            "mx",
+            ts=base,
+            session="s1",
+            recipient="a@example.test",
+            smtp_code=550,
+            message_key="K1",
+            detail={"stage": "rcpt"},
+        ),
+        Event("check", "postfix", "mx", ts=base, session="s1", detail={"check": "dnsbl"}),  # keyed by the writer
+        Event("disconnect", "postfix", "mx", ts=base, session="s1"),
+        Event("login", "dovecot", "mx", ts=base + 1, session="d1", recipient="a@example.test"),
+    ]
+    try:
+        store.append_bulk([event.replace() for event in batch], [Position("file", "1")])
+        store.flush()
+        stored = store.query_events(EventQuery())
+    finally:
+        store.close()
+    assert [e.id for e in stored] == sorted(e.id for e in stored)
+    assert [(e.kind, e.detail, e.message_key is not None) for e in stored] == [
+        (e.kind, e.detail, e.kind in ("reject", "check")) for e in batch
+    ]
+    assert [e.replace(id=None, message_key=None) for e in stored] == [e.replace(message_key=None) for e in batch]
+
+
 def test_a_store_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "plain-file").write_text("x")
     with pytest.raises(StoreError, match="cannot open the SQLite store"):

@@ -250,6 +250,7 @@ def components(keys: Iterable[str], load_links: Callable[[Sequence[str]], Iterab
     known = set(keys)
     wanted = sorted(known)
     frontier = wanted
+    edges: Edges = {}  # of every link read (the last round reads nothing new: no second pass over them)
     while frontier:
         links.update(load_links(frontier))
         edges = upstream_edges(links)
@@ -260,7 +261,6 @@ def components(keys: Iterable[str], load_links: Callable[[Sequence[str]], Iterab
                 linked.update(up for up, _ in ups)
         frontier = sorted(linked - known)
         known = linked
-    edges = upstream_edges(links)
     roots = {each: root_of(each, edges) for each in known}
     members: dict[str, set[str]] = {}
     for each, root in roots.items():

@@ -40,6 +40,12 @@ class Life:
 Recall = Callable[[str, str], "Life | None"]  # (node, queue id) -> its latest life in the store
 
 
+def stays_keyless(event: Event) -> bool:
+    """An event without a key that no rule gives one (a connection's own, an unknown line): a writer
+    only stores it - no key, queue file, link or index row comes of it."""
+    return event.message_key is None and (event.kind in CONNECTION_KINDS or event.kind == "unknown")
+
+
 class LegacyKeys:
     """Stamps events in the order they happened; `recall` finds a queue id's life written earlier."""
 
@@ -48,9 +54,9 @@ class LegacyKeys:
         self._lives: dict[tuple[str, str], Life] = {}
 
     def key(self, event: Event) -> str | None:
-        kind = event.kind
-        if kind in CONNECTION_KINDS or kind == "unknown":
+        if stays_keyless(event):
             return None
+        kind = event.kind
         if event.ref:
             return event.ref
         if event.source in MAILBOX_SERVERS:

@@ -37,7 +37,7 @@ from mailwarden.store.sql import SQLITE as SQL
 from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog
-from mailwarden.store.sqlite_bulk import BulkProcess
+from mailwarden.store.sqlite_bulk import BulkProcess, Rows
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import InsertRows, MessageBook, event_rows, insert_prepared
 from mailwarden.store.web_state import SCHEMA as WEB_STATE_SCHEMA
@@ -229,12 +229,29 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
 _INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"
 
 
-def _insert_events(conn: sqlite3.Connection, events: Sequence[Event], insert: InsertRows) -> None:
+def _insert_events(
+    conn: sqlite3.Connection, events: Sequence[Event], insert: InsertRows, rows: Rows | None = None
+) -> None:
     """Insert the rows and give the events their ids: one writer and no AUTOINCREMENT, so each row
-    gets the largest id plus one, and the ids of a batch are consecutive."""
-    last = insert(conn, _INSERT_EVENTS, [event.to_row() for event in events], "")
-    for offset, event in enumerate(events, last - len(events) + 1):
-        event.id = offset
+    gets the largest id plus one, and the ids of a batch are consecutive. `rows`: the rows of the
+    whole batch in order, None where the next of `events` goes (a bulk import's, `sqlite_bulk`)."""
+    if rows is None:
+        last = insert(conn, _INSERT_EVENTS, [event.to_row() for event in events], "")
+        for offset, event in enumerate(events, last - len(events) + 1):
+            event.id = offset
+        return
+    placed: list[tuple[int, Event]] = []
+    pending = iter(events)
+    complete: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row is None:
+            event = next(pending)
+            placed.append((len(complete), event))
+            row = event.to_row()
+        complete.append(row)
+    first = insert(conn, _INSERT_EVENTS, complete, "") - len(complete) + 1
+    for offset, event in placed:
+        event.id = first + offset
 
 
 _FOUND_SECONDS: Final = 1.0
@@ -409,13 +426,19 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def write_batch(
-    conn: sqlite3.Connection, book: MessageBook, index: MessageIndex, events: list[Event], positions: list[Position]
+    conn: sqlite3.Connection,
+    book: MessageBook,
+    index: MessageIndex,
+    events: list[Event],
+    positions: list[Position],
+    rows: Rows | None = None,
 ) -> None:
-    """One transaction: the events, their queues and links, the message index, then the positions."""
+    """One transaction: the events, their queues and links, the message index, then the positions.
+    `rows`: a bulk import's batch (`_insert_events`); `events` are then those that are not only stored."""
     conn.execute("BEGIN")
     try:
         book.stamp(events)
-        _insert_events(conn, events, book.insert)
+        _insert_events(conn, events, book.insert, rows)
         book.record_queues(events)
         index.update(events, book.record_links(events))
         hinted = book.hint_links(events)  # looks at the index (this batch's messages too)
@@ -442,8 +465,8 @@ class BulkWrites:
         self.book = MessageBook(self.conn, insert=insert_prepared)
         self.index = MessageIndex(self.conn, insert_prepared)
 
-    def write(self, events: list[Event], positions: list[Position]) -> None:
-        write_batch(self.conn, self.book, self.index, events, positions)
+    def write(self, events: list[Event], rows: Rows, positions: list[Position]) -> None:
+        write_batch(self.conn, self.book, self.index, events, positions, rows)
 
     def close(self) -> None:
         self.conn.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailwarden.events import Event
+from mailwarden.messages.legacy import stays_keyless
 from mailwarden.store.base import Position, StoreError
 
 _IN_FLIGHT: Final = 2  # batches sent and not yet committed before `put` waits (memory)
@@ -31,13 +32,31 @@ _IN_FLIGHT: Final = 2  # batches sent and not yet committed before `put` waits (
 # dataclass is pickled through Python code, field by field) cost twice the CPU on both sides (measured).
 _VALUES: Final = attrgetter(*(field.name for field in dataclasses.fields(Event)))
 
+Rows = list[tuple[Any, ...] | None]
+Packed = tuple[list[tuple[Any, ...]], Rows]
+"""A batch as it crosses the pipe: the field tuples of the events the writer keys, links and
+folds, and every event's row in order (`Event.to_row`), None in the places of those."""
 
-def _packed(events: Sequence[Event]) -> list[tuple[Any, ...]]:
-    return [_VALUES(event) for event in events]
+
+def _packed(events: Sequence[Event]) -> Packed:
+    """Half the events of an import (a connection's own: connect, disconnect, logins) are only
+    stored: they go as their finished rows, so the writer, the busier process, neither rebuilds
+    them as events nor serializes their `detail` (measured: about 2.5 us/event less in the writer,
+    at most 1 more in the parsing process)."""
+    folded: list[tuple[Any, ...]] = []
+    rows: Rows = []
+    for event in events:
+        if stays_keyless(event):
+            rows.append(event.to_row())
+        else:
+            folded.append(_VALUES(event))
+            rows.append(None)
+    return folded, rows
 
 
-def _unpacked(values: list[tuple[Any, ...]]) -> list[Event]:
-    return [Event(*fields) for fields in values]
+def _unpacked(packed: Packed) -> tuple[list[Event], Rows]:
+    folded, rows = packed
+    return [Event(*fields) for fields in folded], rows
 
 
 class BulkProcess:
@@ -103,11 +122,11 @@ def _write(path: str, pipe: Connection) -> None:
     try:
         while True:
             try:
-                events, positions = pipe.recv()
+                packed, positions = pipe.recv()
             except EOFError:
                 return
             try:
-                writer.write(_unpacked(events), positions)
+                writer.write(*_unpacked(packed), positions)
             except Exception as exc:  # disk full, locked database, ...: the importer stops and says why
                 pipe.send(str(exc))
                 return
