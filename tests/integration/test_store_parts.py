@@ -2,7 +2,7 @@
 
 Each test opens the store twice, as two nodes (or a node and the command line) would: with SQLite
 two connections to one file, with PostgreSQL two connection pools to one database of the private
-server (tests/support/postgres.py).
+server (tests/support/postgres.py); `open_node` is the shared fixture of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +32,8 @@ from mailwarden.store.sqlite import SqliteStore
 from tests.support.clock import FakeClock
 from tests.support.corpora import all_lines
 from tests.support.postgres import Postgres
+from tests.support.stores import Opener
 from tests.unit.test_message_index import generated_log, linked
-
-Opener = Callable[[], Any]  # a SqliteStore or a PostgresStore: the parts both implement
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens the same store again on every call (another node's handle); all are closed at the end."""
-    opened: list[Any] = []
-    if request.param == "sqlite":
-        path = tmp_path / "store.db"
-
-        def opener() -> Any:
-            opened.append(SqliteStore(path))
-            return opened[-1]
-    else:
-        postgres: Postgres = request.getfixturevalue("postgres")
-        url = postgres.new_database()
-
-        def opener() -> Any:
-            opened.append(PostgresStore(url))
-            return opened[-1]
-
-    yield opener
-    for store in opened:
-        store.close()
 
 
 def colliding_names() -> tuple[str, str]:
