@@ -32,7 +32,7 @@ from mailwarden.store.sqlite import SqliteStore
 from tests.support.clock import FakeClock
 from tests.support.corpora import all_lines
 from tests.support.postgres import Postgres
-from tests.support.stores import Opener
+from tests.support.stores import Opener, index_rows
 from tests.unit.test_message_index import generated_log, linked
 
 
@@ -304,7 +304,7 @@ def test_postgresql_keeps_the_message_index_sqlite_keeps_for_the_same_events(
             for start in range(0, len(events), 500):
                 store.append_many(copy.deepcopy(events[start : start + 500]))
                 store.flush()
-        assert all_rows(pg) == all_rows(lite)
+        assert index_rows(pg) == index_rows(lite)
         everything = IndexQuery()
         assert pg.index_counts(everything) == lite.index_counts(everything)
         first = pg.index_page(everything, limit=20)
@@ -314,22 +314,10 @@ def test_postgresql_keeps_the_message_index_sqlite_keeps_for_the_same_events(
                 everything, limit=20, after=first.after
             )
         pg.reindex()
-        assert all_rows(pg) == all_rows(lite)
+        assert index_rows(pg) == index_rows(lite)
     finally:
         lite.close()
         pg.close()
-
-
-def all_rows(store: Any) -> list[tuple[object, ...]]:
-    """Every index row, in one order for both stores (through the search every caller uses)."""
-    rows: list[tuple[object, ...]] = []
-    after = None
-    while True:
-        page = store.index_page(IndexQuery(), limit=500, after=after)
-        rows.extend(tuple(row) for row in page.rows)
-        if page.after is None:
-            return sorted(rows, key=lambda row: (str(row[0]), str(row[1]).lower()))
-        after = page.after
 
 
 # ---------------------------------------------------------------------------- the database away
@@ -448,7 +436,7 @@ def test_store_migrate_moves_a_sqlite_history_to_postgresql_and_an_interrupted_r
     try:
         got = sorted((e.ts, e.node, e.kind, e.ref, e.recipient) for e in migrated.query_events(EventQuery()))
         assert got == expected  # every event, once
-        assert all_rows(migrated) == all_rows(lite)
+        assert index_rows(migrated) == index_rows(lite)
         mailbox = migrated.get_mailbox("bob@example.test")
         assert mailbox is not None and mailbox.settings == {"spam_folder": "Junk"}
         assert [a.name for a in migrated.list_accounts()] == ["ann"]

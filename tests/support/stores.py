@@ -8,11 +8,16 @@ The fixtures in tests/conftest.py (`store_url`, `open_node`, `store`) are parame
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from mailwarden.store import open_store_url
+from mailwarden.store.base import IndexQuery
 from mailwarden.store.parts import Store
 from tests.support.postgres import Postgres
 
@@ -43,3 +48,26 @@ class Handles:
     def close(self) -> None:
         for store in reversed(self.opened):
             store.close()
+
+
+def index_rows(store: Store) -> list[tuple[object, ...]]:
+    """Every row of the message index, in one order for both stores (through the search every caller uses)."""
+    rows: list[tuple[object, ...]] = []
+    after = None
+    while True:
+        page = store.index_page(IndexQuery(), limit=500, after=after)
+        rows.extend(tuple(row) for row in page.rows)
+        if page.after is None:
+            return sorted(rows, key=lambda row: (str(row[0]), str(row[1]).lower()))
+        after = page.after
+
+
+def run_sql(url: str, sql: str) -> None:
+    """One statement on the store behind `url`, past the store's code (what an older version or an
+    operator left behind)."""
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn, conn:
+            conn.execute(sql)
+    else:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.encode())
