@@ -13,7 +13,7 @@ from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.postgres import Postgres, running_postgres
 from tests.support.postgres import available as postgres_available
-from tests.support.stores import BACKENDS, Handles, Opener, empty_store_url
+from tests.support.stores import BACKENDS, Handles, Opener
 
 
 @pytest.fixture
@@ -47,19 +47,25 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 
 
 @pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of an empty store, once on SQLite and once on PostgreSQL (tests/support/stores.py):
-    a test that takes it, `open_node` or `store` runs on both, the backend in its id."""
-    return empty_store_url(request.param, tmp_path, lambda: request.getfixturevalue("postgres"))
+def store_handles(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Handles]:
+    """An empty store, once on SQLite and once on PostgreSQL (tests/support/stores.py): a test that
+    takes it, `store_url`, `open_node` or `store` runs on both, the backend in its id."""
+    handles = Handles(request.param, tmp_path, lambda: request.getfixturevalue("postgres"))
+    yield handles
+    handles.close()
 
 
 @pytest.fixture
-def open_node(store_url: str) -> Iterator[Opener]:
+def store_url(store_handles: Handles) -> str:
+    """The URL of the test's store (for a configuration or a command line)."""
+    return store_handles.url
+
+
+@pytest.fixture
+def open_node(store_handles: Handles) -> Opener:
     """Opens the test's store again on every call (another node's or process's handle); all are
     closed at the end of the test."""
-    handles = Handles(store_url)
-    yield handles.open
-    handles.close()
+    return store_handles.open
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Both stores for the tests that need one: SQLite (a file in the test's directory) and PostgreSQL
 (the private server of tests/support/postgres.py, its shared database emptied for each test).
 
-The fixtures in tests/conftest.py (`store_url`, `open_node`, `store`) are parametrized by
+The fixtures in tests/conftest.py (`store_handles`, `store_url`, `open_node`, `store`) are parametrized by
 `BACKENDS`, so every test that takes one runs once per backend and says which in its id
 (`test_x[sqlite]`, `test_x[postgresql]`): a promise broken on one backend only is named with it.
 """
@@ -26,28 +26,38 @@ BACKENDS = ["sqlite", "postgresql"]
 Opener = Callable[..., Store]  # opens the test's store once more: another node's or process's handle
 
 
-def empty_store_url(backend: str, tmp_path: Path, postgres: Callable[[], Postgres]) -> str:
-    """The URL of an empty store on `backend` (PostgreSQL is asked for only when it is the backend)."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return postgres().empty_store()
-
-
 class Handles:
-    """Every handle opened on one store URL, closed together at the end of the test."""
+    """Every handle opened on the test's store, closed together at the end of the test."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, backend: str, tmp_path: Path, postgres: Callable[[], Postgres]) -> None:
+        """`postgres` is asked for only when it is the backend (a run without PostgreSQL skips only those tests)."""
+        self.backend = backend
+        self._path = tmp_path / "store.db"
+        self._postgres = postgres
         self.opened: list[Store] = []
+        self.url = self._emptied()
 
     def open(self, **options: Any) -> Store:
         """Another handle (`open_store_url` options: batch_interval, writer, local_rates, spool)."""
         self.opened.append(open_store_url(self.url, **options))
         return self.opened[-1]
 
+    def start_over(self) -> None:
+        """Close every handle and empty the store: a test that compares two histories in one store."""
+        self.close()
+        self._emptied()
+
     def close(self) -> None:
         for store in reversed(self.opened):
             store.close()
+        self.opened.clear()
+
+    def _emptied(self) -> str:
+        if self.backend == "sqlite":
+            for path in self._path.parent.glob(self._path.name + "*"):  # with its -wal and -shm
+                path.unlink()
+            return f"sqlite:///{self._path}"
+        return self._postgres().empty_store()
 
 
 def index_rows(store: Store) -> list[tuple[object, ...]]:

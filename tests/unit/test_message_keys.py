@@ -25,6 +25,7 @@ from mailwarden.trace import report
 from mailwarden.trace.correlate import key_of_id, load
 from mailwarden.trace.model import MessageTrace
 from mailwarden.trace.search import AddressFilter, SearchSpec, search
+from tests.support.stores import Handles
 
 T0 = 1_764_979_200_000_000  # 2025-12-06 00:00:00 UTC, the logs' year
 HOUR = 3_600_000_000
@@ -215,26 +216,20 @@ def story(trace: MessageTrace) -> tuple[object, ...]:
     )
 
 
-@contextmanager
-def opened(path: Path) -> Iterator[Store]:
-    db = SqliteStore(path, batch_interval=0.001)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def test_postfix_and_dovecot_imported_in_separate_runs_in_either_order_are_one_message(tmp_path: Path) -> None:
+def test_postfix_and_dovecot_imported_in_separate_runs_in_either_order_are_one_message(
+    store_handles: Handles,
+) -> None:
     stories = []
-    for number, order in enumerate(([(MX1, "mx1"), (STORE1, "store1")], [(STORE1, "store1"), (MX1, "mx1")])):
-        with opened(tmp_path / f"{number}.db") as db:
-            for lines, node in order:
-                ingest(db, lines, node=node)
-            (trace,) = found(db, recipient=AddressFilter.parse("bob@example.test"))
-            assert {e.source for e in trace.events} == {"postfix", "dovecot"}
-            assert trace.recipients[0].status == "deleted"
-            assert [t.key for t in found(db, message_id="<m1@sender.test>")] == [trace.key]
-            stories.append(story(trace))
+    for order in ([(MX1, "mx1"), (STORE1, "store1")], [(STORE1, "store1"), (MX1, "mx1")]):
+        store_handles.start_over()  # each order into an empty store
+        db = store_handles.open(batch_interval=0.001)
+        for lines, node in order:
+            ingest(db, lines, node=node)
+        (trace,) = found(db, recipient=AddressFilter.parse("bob@example.test"))
+        assert {e.source for e in trace.events} == {"postfix", "dovecot"}
+        assert trace.recipients[0].status == "deleted"
+        assert [t.key for t in found(db, message_id="<m1@sender.test>")] == [trace.key]
+        stories.append(story(trace))
     assert stories[0] == stories[1]
 
 
@@ -268,6 +263,15 @@ def test_a_follower_restarted_in_the_middle_of_a_queue_files_life_keeps_its_key(
 
 
 # ---------------------------------------------------------------------------- a store from before message keys
+@contextmanager
+def opened(path: Path) -> Iterator[SqliteStore]:
+    db = SqliteStore(path, batch_interval=0.001)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 def old_store(path: Path, rows: list[dict[str, object]]) -> None:
     """A store as mailwarden wrote it before message keys: the migrations up to reading positions."""
     conn = sqlite3.connect(path, isolation_level=None)
