@@ -81,3 +81,11 @@ def run_sql(url: str, sql: str) -> None:
     else:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.encode())
+
+
+def own_store_url(backend: str, postgres: Callable[[], Postgres]) -> str:
+    """A store of its own for a mailwarden instance that serves several tests (a module's gateway):
+    SQLite in the instance's var/, on PostgreSQL a new database (the shared one is emptied per test)."""
+    if backend == "sqlite":
+        return "sqlite:///var/mailwarden.db"
+    return postgres().new_database()
