@@ -23,7 +23,7 @@ from mailwarden.store import EventQuery, StoreError
 from mailwarden.store import sqlite as sqlite_store
 from mailwarden.store.base import BatchWriter, Position, committed
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
-from tests.support.stores import Opener
+from tests.support.stores import Opener, run_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,12 +82,11 @@ def test_a_failing_migration_leaves_no_trace_and_says_so(tmp_path: Path, monkeyp
     assert "9998_broken" not in [name for name, _ in applied(tmp_path / "s.db")]
 
 
-def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path: Path) -> None:
-    SqliteStore(tmp_path / "s.db").close()
-    with sqlite3.connect(tmp_path / "s.db") as conn:
-        conn.execute("INSERT INTO migrations VALUES ('9999_from_the_future', 0)")
-    with pytest.raises(StoreError, match="newer mailwarden"):
-        SqliteStore(tmp_path / "s.db")
+def test_a_store_migrated_by_a_newer_version_is_refused(open_node: Opener, store_url: str) -> None:
+    open_node()
+    run_sql(store_url, "INSERT INTO migrations VALUES ('9999_from_the_future', 0)")
+    with pytest.raises(StoreError, match=r"migrated by a newer mailwarden.*9999_from_the_future"):
+        open_node()
 
 
 def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
