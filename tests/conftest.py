@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.store.parts import Store
 from tests.support.dns import DnsServers, running_dns
 from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.postgres import Postgres, running_postgres
 from tests.support.postgres import available as postgres_available
+from tests.support.stores import BACKENDS, Handles, Opener
 
 
 @pytest.fixture
@@ -42,3 +44,31 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         pytest.skip("PostgreSQL 15 is not installed: `make system-packages` installs it")
     with running_postgres(keep_log_in=tmp_path_factory.mktemp("postgres")) as server:
         yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def store_handles(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Handles]:
+    """An empty store, once on SQLite and once on PostgreSQL (tests/support/stores.py): a test that
+    takes it, `store_url`, `open_node` or `store` runs on both, the backend in its id."""
+    handles = Handles(request.param, tmp_path, lambda: request.getfixturevalue("postgres"))
+    yield handles
+    handles.close()
+
+
+@pytest.fixture
+def store_url(store_handles: Handles) -> str:
+    """The URL of the test's store (for a configuration or a command line)."""
+    return store_handles.url
+
+
+@pytest.fixture
+def open_node(store_handles: Handles) -> Opener:
+    """Opens the test's store again on every call (another node's or process's handle); all are
+    closed at the end of the test."""
+    return store_handles.open
+
+
+@pytest.fixture
+def store(open_node: Opener) -> Store:
+    """The test's store on each backend, writing its batches at once (batch_interval 1 ms)."""
+    return open_node(batch_interval=0.001)

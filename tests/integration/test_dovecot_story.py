@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from mailwarden.ingest import parse_lines
-from mailwarden.store import open_store_url
 from tests.support.dovecot import Dovecot, running_dovecot
 from tests.support.mailwarden import Mailwarden, running
 from tests.support.pop3 import Device, message, send, wait_events
@@ -40,9 +39,10 @@ class Imap(imaplib.IMAP4):
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Mailwarden, Dovecot]]:
+def stack(store_url: str, tmp_path: Path) -> Iterator[tuple[Mailwarden, Dovecot]]:
+    """Our gateway delivering to a private Dovecot by LMTP, on each store."""
     with running_dovecot({"bob@example.test": "secret"}, keep_log_in=tmp_path) as dovecot:
-        overrides = {"delivery": {"mode": "lmtp", "downstream": dovecot.lmtp_address}}
+        overrides = {"delivery": {"mode": "lmtp", "downstream": dovecot.lmtp_address}, "store": {"url": store_url}}
         with running(tmp_path / "mx", overrides) as mw:
             yield mw, dovecot
 
@@ -52,12 +52,9 @@ def ingest_dovecot_log(mw: Mailwarden, dovecot: Dovecot) -> None:
     zone = datetime.now().astimezone().tzinfo  # Dovecot writes local time
     assert zone is not None
     events = parse_lines(dovecot.log_lines(), fmt="dovecot", node="dovecot", zone=zone)
-    store = open_store_url(mw.sections["store"]["url"], base_dir=mw.root)
-    try:
+    with mw.store() as store:
         store.append_many(events)
         store.flush()
-    finally:
-        store.close()
 
 
 def one(events: list[dict[str, Any]], **wanted: Any) -> dict[str, Any]:

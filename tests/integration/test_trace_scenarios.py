@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,19 +14,21 @@ from typing import Any
 import pytest
 
 from mailwarden.events import Event, now_us
-from mailwarden.store.sqlite import SqliteStore
 from tests.support.mailwarden import Mailwarden, running
+from tests.support.stores import BACKENDS, own_store_url
 
 pytestmark = pytest.mark.integration
 
 MESSAGE = b"From: Alice <alice@sender.test>\r\nSubject: offer\r\nMessage-ID: <%s@sender.test>\r\n\r\nHello.\r\n"
 
 
-@pytest.fixture(scope="module")
-def mw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def mw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]:
+    """One gateway for the module's scenarios, once on each store."""
     overrides = {
         "smtp": {"max_recipients": 2, "max_message_size": 4096},
         "mail": {"domains": ["example.test", "example.org"]},
+        "store": {"url": own_store_url(request.param, lambda: request.getfixturevalue("postgres"))},
     }
     with running(
         tmp_path_factory.mktemp("trace") / "mw", overrides, users=("bob@example.test", "carol@example.org")
@@ -117,13 +118,10 @@ def test_temporary_refusal_never_retried_is_the_senders_to_resolve(mw: Mailwarde
     (message,) = trace_json(mw, "--to", "bob+x@example.test", "--status", "tempfailed")
     (deferred,) = [r for r in message["recipients"] if r["address"] == "bob+x@example.test"]
     assert (deferred["reason"], deferred["later_attempts"]) == ("rcpt.too_many", [])
-    store = SqliteStore(mw.root / "var" / "mailwarden.db")
-    try:
-        from mailwarden.trace.report import build
+    from mailwarden.trace.report import build
 
+    with mw.store() as store:
         later = build(store, message["id"], recipient="bob+x@example.test", now=now_us() + 2 * 3600 * 1_000_000)
-    finally:
-        store.close()
     assert (later.diagnosis.status, later.diagnosis.responsibility) == ("tempfailed", "sender")
     assert any("did not try again" in note for note in later.diagnosis.notes)
     others = {r["address"]: r["status"] for r in message["recipients"]}
@@ -173,22 +171,21 @@ def test_csv_and_table_list_one_row_per_recipient(mw: Mailwarden) -> None:
     assert csv_out[0].startswith("id,ref,first_seen") and len(csv_out) == 3
 
 
-def test_serve_purges_events_older_than_the_retention(tmp_path: Path) -> None:
-    instance = Mailwarden(tmp_path / "mw", {"store": {"retention_days": 7}})
+def test_serve_purges_events_older_than_the_retention(store_url: str, tmp_path: Path) -> None:
+    instance = Mailwarden(tmp_path / "mw", {"store": {"retention_days": 7, "url": store_url}})
     old = now_us() - 30 * 86400 * 1_000_000
-    store = SqliteStore(instance.root / "var" / "mailwarden.db")
-    store.append(
-        Event(kind="connect", source="gateway", node="test-mx", ts=old, ref="1AAAAAAAAAA0", session="1AAAAAAAAAA0")
-    )
-    store.close()
+    with instance.store() as store:
+        store.append(
+            Event(kind="connect", source="gateway", node="test-mx", ts=old, ref="1AAAAAAAAAA0", session="1AAAAAAAAAA0")
+        )
     instance.start()
     try:
         send(instance, "alice@sender.test", ["nobody@example.test"], "fresh")
     finally:
         instance.stop()
-    with sqlite3.connect(instance.root / "var" / "mailwarden.db") as conn:
-        oldest = conn.execute("SELECT min(ts) FROM events").fetchone()[0]
-    assert oldest > old, "the 30-day-old event should have been purged at start"
+    with instance.store() as store:
+        oldest = store.oldest_event_us()
+    assert oldest is not None and oldest > old, "the 30-day-old event should have been purged at start"
     note = instance.cli("trace", "--since", "30d", check=False)
     assert "kept for 7 days only" in note.stderr
 
@@ -206,12 +203,9 @@ def test_delivered_then_expunged_by_a_pop3_client_seen_in_ingested_dovecot_logs(
         f"{stamp} pop3(bob@example.test)<7463><I3wyyE5hXpx/AAAB>: Info: expunge: box=INBOX, uid=1, msgid=<dovecot@sender.test>, size=451, from=Alice <alice@sender.test>, subject=offer",
         f"{stamp} pop3(bob@example.test)<7463><I3wyyE5hXpx/AAAB>: Info: Disconnected: Logged out top=0/0, retr=1/483, del=1/1, size=451",
     ]
-    store = SqliteStore(mw.root / "var" / "mailwarden.db")
-    try:
+    with mw.store() as store:
         store.append_many(parse_lines(lines, node="imap1", origin="/var/log/dovecot.log"))
         store.flush()
-    finally:
-        store.close()
     (message,) = trace_json(mw, "--to", "bob@example.test", "--message-id", "<dovecot@sender.test>")
     (recipient,) = message["recipients"]
     assert (recipient["status"], recipient["reason"]) == ("deleted", "access.deleted")
@@ -224,14 +218,14 @@ def test_delivered_then_expunged_by_a_pop3_client_seen_in_ingested_dovecot_logs(
     assert any("/var/log/dovecot.log" in line and "expunge" in line for line in verdict["evidence"])
 
 
-def test_deleted_by_a_device_that_is_not_one_of_the_mailboxs_usual_clients(tmp_path: Path) -> None:
+def test_deleted_by_a_device_that_is_not_one_of_the_mailboxs_usual_clients(store_url: str, tmp_path: Path) -> None:
     """Real POP3: the office PC (127.0.0.5) fetches daily; a phone at 127.0.0.7 deletes the new mail."""
     from tests.support.net import free_port
     from tests.support.pop3 import Device, message, wait_events
     from tests.support.pop3 import send as deliver
 
     port = free_port()
-    overrides = {"pop3": {"listen": [f"127.0.0.1:{port}"], "allow_plaintext_auth": True}}
+    overrides = {"pop3": {"listen": [f"127.0.0.1:{port}"], "allow_plaintext_auth": True}, "store": {"url": store_url}}
     with running(tmp_path / "mw", overrides) as instance:
         for _ in range(2):
             office = Device(port, source="127.0.0.5")
@@ -292,12 +286,9 @@ def test_the_real_bounce_a_postfix_sender_gets_is_linked_back_to_our_trace(mw: M
     # The sender's side, from its real Postfix log through the ingest parser: the same refusal, bounced.
     from mailwarden.ingest.pipeline import parse_lines
 
-    store = SqliteStore(mw.root / "var" / "mailwarden.db")
-    try:
+    with mw.store() as store:
         store.append_many(parse_lines(maillog, node="mta", origin="maillog"))
         store.flush()
-    finally:
-        store.close()
     (ours,) = trace_json(mw, "--ref", linked["ref"])[0]["recipients"]
     (queued,) = trace_json(mw, "--message-id", "<dsn-1@sender.test>", "--from", "alice@sender.test")
     (theirs,) = queued["recipients"]

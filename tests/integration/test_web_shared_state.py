@@ -10,12 +10,10 @@ import pytest
 
 from mailwarden.loginguard import Lock, LoginGuard
 from mailwarden.store.web_state import StoredGuardState
-from tests.integration import test_store_parts
-from tests.integration.test_store_parts import Opener
 from tests.support.clock import FakeClock
+from tests.support.stores import Opener
 
 pytestmark = pytest.mark.integration
-open_node = test_store_parts.open_node  # the fixture: each handle another process's, on SQLite and PostgreSQL
 
 
 def test_a_web_secret_is_made_once_and_read_alike_through_every_handle(open_node: Opener) -> None:

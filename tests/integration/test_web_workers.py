@@ -105,8 +105,8 @@ def children(pid: int) -> tuple[int, ...]:
     return tuple(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
 
 
-def start_web(root: Path) -> tuple[subprocess.Popen[bytes], Web]:
-    """`mailwarden web` with two workers; returns once both are ready."""
+def start_web(root: Path, store_url: str = "sqlite:///var/mailwarden.db") -> tuple[subprocess.Popen[bytes], Web]:
+    """`mailwarden web` with two workers on the store `store_url`; returns once both are ready."""
     port = free_port()
     settings = {
         "listen": f"127.0.0.1:{port}",
@@ -115,7 +115,7 @@ def start_web(root: Path) -> tuple[subprocess.Popen[bytes], Web]:
         "login_failure_delay": 0.0,
         "why_per_minute": 2,
     }
-    instance = Mailwarden(root, {"web": settings})
+    instance = Mailwarden(root, {"web": settings, "store": {"url": store_url}})
     instance.cli("accounts", "add", "support", "--role", "support", "--password-stdin", input=PASSWORD + "\n")
     log = root / "web.log"
     with log.open("w") as output:
@@ -134,8 +134,9 @@ def start_web(root: Path) -> tuple[subprocess.Popen[bytes], Web]:
 
 
 @pytest.fixture
-def web(tmp_path: Path) -> Iterator[Web]:
-    process, started = start_web(tmp_path)
+def web(store_url: str, tmp_path: Path) -> Iterator[Web]:
+    """Two web workers sharing what they know through the store, on each store."""
+    process, started = start_web(tmp_path, store_url)
     try:
         yield started
     finally:

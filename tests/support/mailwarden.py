@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.support.net import free_port
+
+if TYPE_CHECKING:
+    from mailwarden.store import Store
 
 PYTHON = sys.executable
 BASE_ORDER = ("recipients", "size", "content")
@@ -114,6 +117,17 @@ class Mailwarden:
 
     def add_user(self, address: str, password: str = "secret") -> None:
         self.cli("users", "add", address, "--password-stdin", input=password + "\n")
+
+    @contextmanager
+    def store(self) -> Iterator[Store]:
+        """The instance's store, opened as its command line would (SQLite or PostgreSQL, as configured)."""
+        from mailwarden.store import open_store_url
+
+        opened = open_store_url(self.sections["store"]["url"], base_dir=self.root, batch_interval=0.001)
+        try:
+            yield opened
+        finally:
+            opened.close()
 
     def events(self, *args: str) -> list[dict[str, Any]]:
         import json

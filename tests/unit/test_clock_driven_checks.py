@@ -23,27 +23,20 @@ from mailwarden.checks.pregreet import PregreetCheck
 from mailwarden.checks.ratelimit import RateLimitCheck
 from mailwarden.config import Config, PregreetConfig, RateLimitConfig
 from mailwarden.smtp.clients import SharedCounts, create_table
-from mailwarden.store import EventQuery
+from mailwarden.store import EventQuery, Store
 from mailwarden.store.parts import RateLimitState
 from mailwarden.store.rates import MemoryRates, SlidingCounter
-from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace import report
 from mailwarden.trace.search import AddressFilter, SearchSpec, search
 from tests.support.clock import FakeClock
 from tests.support.inprocess import config_for, converse, gateway_in_process
+from tests.support.stores import Opener
 
 MINUTE = 1_800_000_000.0  # FakeClock's default start: a whole minute
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "store.db")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def services(tmp_path: Path, store: SqliteStore) -> Services:
+def services(tmp_path: Path, store: Store) -> Services:
     return Services(config=Config(base_dir=tmp_path), store=store, local_domains=frozenset())
 
 
@@ -132,16 +125,18 @@ def ref_of(reply: str) -> str:
     return reply.rpartition("ref=")[2].split()[0]
 
 
-def greylisting(tmp_path: Path) -> tuple[Config, SqliteStore]:
+def greylisting(tmp_path: Path, open_node: Opener) -> tuple[Config, Store]:
     config = config_for(tmp_path, ["recipients", "greylist"], greylist={"delay": 300})
-    store = SqliteStore(tmp_path / "store.db")
+    store = open_node()
     for mailbox in ("bob@example.test", "carol@example.test"):
         store.add_mailbox(mailbox, "hash")
     return config, store
 
 
-def test_greylisting_defers_the_first_attempt_and_accepts_the_retry_after_the_delay(tmp_path: Path) -> None:
-    config, store = greylisting(tmp_path)
+def test_greylisting_defers_the_first_attempt_and_accepts_the_retry_after_the_delay(
+    tmp_path: Path, open_node: Opener
+) -> None:
+    config, store = greylisting(tmp_path, open_node)
     clock = FakeClock()
 
     async def attempts() -> list[list[str]]:
@@ -177,12 +172,11 @@ def test_greylisting_defers_the_first_attempt_and_accepts_the_retry_after_the_de
     assert any("greylisting" in note and ref_of(first[3]) in note for note in accepted.notes), accepted.notes
     refused = report.build(store, ref_of(first[3]), domains=["example.test"]).diagnosis
     assert (refused.status, refused.reason, refused.responsibility) == ("tempfailed", "greylisted", "none")
-    store.close()
 
 
-def deferrals(tmp_path: Path, *pauses: float) -> list[str]:
+def deferrals(tmp_path: Path, open_node: Opener, *pauses: float) -> list[str]:
     """The replies to RCPT of attempts of one triplet, with these pauses (seconds) between them."""
-    config, store = greylisting(tmp_path)
+    config, store = greylisting(tmp_path, open_node)
     clock = FakeClock()
     attempt = transaction("ann@example.org", "bob@example.test", data=False)
 
@@ -194,19 +188,16 @@ def deferrals(tmp_path: Path, *pauses: float) -> list[str]:
                 replies.append((await converse(port, attempt, "127.0.0.40"))[3])
             return replies
 
-    try:
-        return asyncio.run(attempts())
-    finally:
-        store.close()
+    return asyncio.run(attempts())
 
 
-def test_a_retry_after_the_retry_window_starts_over(tmp_path: Path) -> None:
-    first, late = deferrals(tmp_path, 172_801)
+def test_a_retry_after_the_retry_window_starts_over(tmp_path: Path, open_node: Opener) -> None:
+    first, late = deferrals(tmp_path, open_node, 172_801)
     assert first.startswith("451 4.7.1") and late.startswith("451 4.7.1") and "retry in 300 seconds" in late
 
 
-def test_a_triplet_that_passed_is_forgotten_after_expire_days_without_mail(tmp_path: Path) -> None:
-    first, passed, forgotten = deferrals(tmp_path, 301, 35 * 86_400 + 1)
+def test_a_triplet_that_passed_is_forgotten_after_expire_days_without_mail(tmp_path: Path, open_node: Opener) -> None:
+    first, passed, forgotten = deferrals(tmp_path, open_node, 301, 35 * 86_400 + 1)
     assert first.startswith("451 4.7.1") and passed.startswith("250 2.1.5")
     assert forgotten.startswith("451 4.7.1") and "retry in 300 seconds" in forgotten
 
@@ -243,15 +234,14 @@ def test_a_client_that_waited_is_greeted_at_once_until_its_pass_expires(services
     assert watch.waited == [6.0, 6.0]  # a day later it is watched again
 
 
-def test_the_pass_cache_is_kept_in_the_store_across_a_restart(tmp_path: Path, services: Services) -> None:
+def test_the_pass_cache_is_kept_in_the_store_across_a_restart(services: Services, open_node: Opener) -> None:
     clock = FakeClock()
     asyncio.run(pregreet_check(services, clock).connect(context(services, watch_input=Watch(b""))))
     services.store.close()
-    reopened = Services(services.config, SqliteStore(tmp_path / "store.db"), frozenset())
+    reopened = Services(services.config, open_node(), frozenset())
     watch = Watch(b"EHLO x\r\n")
     assert asyncio.run(pregreet_check(reopened, clock).connect(context(reopened, watch_input=watch))) is None
     assert watch.waited == []
-    reopened.store.close()
 
 
 def test_an_early_talker_is_refused_with_what_it_sent_and_not_remembered(services: Services) -> None:

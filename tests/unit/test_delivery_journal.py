@@ -15,6 +15,7 @@ from mailwarden.deliver.maildir import Delivered, Maildirs, Message, Sink, Targe
 from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
 from mailwarden.store import EventQuery, StoreError
+from mailwarden.store.parts import Store
 from mailwarden.store.sqlite import SqliteStore
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
@@ -47,11 +48,13 @@ def delivered(maildirs: Maildirs, ref: str, targets: Sequence[Target]) -> list[E
     return [deliver_event(copy, ref) for copy in copies]
 
 
-def recorded(store: SqliteStore, ref: str) -> list[Event]:
+def recorded(store: Store, ref: str) -> list[Event]:
     return store.query_events(EventQuery(ref=ref, kinds=("deliver",)))
 
 
-def test_a_copy_linked_when_its_commit_never_came_is_recorded_as_delivered_unconfirmed(tmp_path: Path) -> None:
+def test_a_copy_linked_when_its_commit_never_came_is_recorded_as_delivered_unconfirmed(
+    tmp_path: Path, store: Store
+) -> None:
     maildirs = Maildirs(tmp_path / "mail")
     journal = maildirs.root / JOURNAL_DIR
     reached = threading.Event()
@@ -69,26 +72,21 @@ def test_a_copy_linked_when_its_commit_never_came_is_recorded_as_delivered_uncon
 
     asyncio.run(crash())
     threads.close()
-    store = SqliteStore(tmp_path / "events.db")
-    try:
-        result = reconcile(maildirs, store, journal)
-        events = recorded(store, "R1")
-        assert (result.journaled, len(result.recorded)) == (2, 2)
-        assert sorted((e.recipient, e.detail["folder"], e.reason) for e in events) == [
-            (BOB, "INBOX", UNCONFIRMED),
-            (CAROL, "Junk", UNCONFIRMED),
-        ]
-        assert all(e.detail["uid"] == copies[0].uid and e.detail["unconfirmed"] is True for e in events)
-        assert all(e.sender == "alice@sender.test" and e.detail["recorded_at"] for e in events)
-        assert journaled(journal) == []  # emptied once they are committed
-        assert reconcile(maildirs, store, journal).recorded == []  # a second start records nothing twice
-    finally:
-        store.close()
+    result = reconcile(maildirs, store, journal)
+    events = recorded(store, "R1")
+    assert (result.journaled, len(result.recorded)) == (2, 2)
+    assert sorted((e.recipient, e.detail["folder"], e.reason) for e in events) == [
+        (BOB, "INBOX", UNCONFIRMED),
+        (CAROL, "Junk", UNCONFIRMED),
+    ]
+    assert all(e.detail["uid"] == copies[0].uid and e.detail["unconfirmed"] is True for e in events)
+    assert all(e.sender == "alice@sender.test" and e.detail["recorded_at"] for e in events)
+    assert journaled(journal) == []  # emptied once they are committed
+    assert reconcile(maildirs, store, journal).recorded == []  # a second start records nothing twice
 
 
-def test_only_copies_in_a_mailbox_without_their_event_are_recorded(tmp_path: Path) -> None:
+def test_only_copies_in_a_mailbox_without_their_event_are_recorded(tmp_path: Path, store: Store) -> None:
     maildirs = Maildirs(tmp_path / "mail")
-    store = SqliteStore(tmp_path / "events.db")
     committed = delivered(maildirs, "R1", [Target(BOB)])
     store.append_many(committed)
     store.flush()
@@ -100,13 +98,10 @@ def test_only_copies_in_a_mailbox_without_their_event_are_recorded(tmp_path: Pat
     journal = Journal(maildirs.root / JOURNAL_DIR, "delivery-0")
     journal.intend(committed + never_linked + moved_on + taken_back)
     journal.close()
-    try:
-        result = reconcile(maildirs, store, maildirs.root / JOURNAL_DIR)
-        assert sorted((e.ref, e.recipient) for e in result.recorded) == [("R3", BOB), ("R3", CAROL)]
-        assert [e.reason for e in recorded(store, "R1")] == ["delivered"]
-        assert recorded(store, "R2") == [] and recorded(store, "R4") == []
-    finally:
-        store.close()
+    result = reconcile(maildirs, store, maildirs.root / JOURNAL_DIR)
+    assert sorted((e.ref, e.recipient) for e in result.recorded) == [("R3", BOB), ("R3", CAROL)]
+    assert [e.reason for e in recorded(store, "R1")] == ["delivered"]
+    assert recorded(store, "R2") == [] and recorded(store, "R4") == []
 
 
 def planned(maildirs: Maildirs, ref: str) -> list[Event]:

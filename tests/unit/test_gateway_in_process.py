@@ -23,6 +23,7 @@ from mailwarden.events import Event
 from mailwarden.smtp.data import DataDecoder
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store.base import Committed
+from mailwarden.store.parts import Store
 from mailwarden.store.sqlite import SqliteStore
 from tests.support.inprocess import config_for, converse, gateway_in_process
 from tests.support.mailwarden import BASE_ORDER
@@ -42,7 +43,7 @@ class UnwritableEvidence(SqliteStore):
 
 def run_gateway(
     tmp_path: Path,
-    store: SqliteStore,
+    store: Store,
     lines: list[bytes],
     chain: CheckChain | None = None,
     timeouts: dict[str, float] | None = None,
@@ -99,22 +100,20 @@ class Hanging(Check):
         return None
 
 
-def chain_of(tmp_path: Path, store: SqliteStore, *checks: Check) -> CheckChain:
+def chain_of(tmp_path: Path, store: Store, *checks: Check) -> CheckChain:
     config = Config(checks={"order": list(BASE_ORDER)}, base_dir=tmp_path)  # type: ignore[arg-type]
     services = Services(config=config, store=store, local_domains=frozenset({"example.test"}))
     built = build_chain(services)
     return CheckChain([*built.checks, *checks], timeout=0.5)
 
 
-def test_a_check_that_raises_gives_451_4_3_0_never_an_accept(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "store.db")
+def test_a_check_that_raises_gives_451_4_3_0_never_an_accept(tmp_path: Path, store: Store) -> None:
     replies = run_gateway(tmp_path, store, TRANSACTION[:3], chain_of(tmp_path, store, Exploding()))
     assert replies[-1].startswith("451 4.3.0 A filter check (exploding) failed temporarily"), replies
     (refusal,) = store.query_events(EventQuery(reason="infra.check_failed"))
     recorded = refusal.detail["checks"]
     assert recorded[0]["check"] == "recipients" and recorded[-1]["check"] == "exploding"
     assert recorded[-1]["result"] == "tempfail" and "ms" in recorded[-1]
-    store.close()
 
 
 def test_a_check_that_hangs_gives_451_4_3_0_after_its_timeout(tmp_path: Path) -> None:
@@ -148,7 +147,7 @@ BODY_OF_COMMANDS = b"Subject: x\r\n\r\n" + b"NOOP\r\n" * 20_000 + b"MAIL FROM:<m
 
 
 def test_any_spool_failure_reads_the_message_to_its_end_and_answers_452_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not only a full disk: any error while spooling is answered after the end marker, nothing run as a command."""
 
@@ -156,7 +155,6 @@ def test_any_spool_failure_reads_the_message_to_its_end_and_answers_452_once(
         raise RuntimeError("a bug in spooling")
 
     monkeypatch.setattr(spool.tempfile, "mkstemp", broken_mkstemp)
-    store = SqliteStore(tmp_path / "store.db")
     lines = [*TRANSACTION[:4], BODY_OF_COMMANDS, b"NOOP\r\n"]
     replies = run_gateway(tmp_path, store, lines, smtp_settings={"memory_spool_limit": 65_536})
     assert replies[-2].startswith("452 4.3.1 Temporary storage problem"), replies
@@ -165,11 +163,10 @@ def test_any_spool_failure_reads_the_message_to_its_end_and_answers_452_once(
     assert refusal.detail["values"]["problem"] == "the spool for arriving messages failed: RuntimeError"
     assert not list((tmp_path / "var" / "spool").glob("msg-*"))
     assert [e.kind for e in store.query_events(EventQuery()) if e.kind in ("mail", "rcpt")] == ["mail", "rcpt"]
-    store.close()
 
 
 def test_a_fault_in_decoding_data_closes_the_connection_and_runs_nothing_of_the_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the message ends is unknown then: 421, recorded, and nothing more is read from that client."""
 
@@ -177,10 +174,8 @@ def test_a_fault_in_decoding_data_closes_the_connection_and_runs_nothing_of_the_
         raise ValueError("a bug in decoding")
 
     monkeypatch.setattr(DataDecoder, "feed", broken_feed)
-    store = SqliteStore(tmp_path / "store.db")
     replies = run_gateway(tmp_path, store, [*TRANSACTION[:4], b"Subject: x\r\n\r\nNOOP\r\n", b"NOOP\r\n"])
     assert replies[-2].startswith("421 4.3.0 ") and "ref=" in replies[-2], replies
     assert replies[-1] == "", "the connection stays open"
     (refusal,) = store.query_events(EventQuery(reason="infra.check_failed"))
     assert (refusal.kind, refusal.smtp_code) == ("tempfail", 421)
-    store.close()

@@ -10,7 +10,7 @@ import pytest
 
 from mailwarden.cli import main
 from mailwarden.store import EventQuery
-from mailwarden.store.sqlite import SqliteStore
+from tests.support.stores import Opener
 
 LOG = """\
 Nov 28 04:44:17 mta postfix/smtpd[6917]: connect from client.example[192.0.2.9]
@@ -22,22 +22,19 @@ Nov 28 04:44:18 mta postfix/master[1]: daemon started -- version 3.7.11, configu
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, store_url: str) -> Path:
+    """A configuration naming the test's store, on each backend."""
     path = tmp_path / "config.toml"
-    path.write_text('[store]\nurl = "sqlite:///var/mw.db"\n[node]\nname = "t"\n[ingest]\ntimezone = "UTC"\n')
+    path.write_text(f'[store]\nurl = "{store_url}"\n[node]\nname = "t"\n[ingest]\ntimezone = "UTC"\n')
     return path
 
 
-def _kinds(tmp_path: Path) -> list[str]:
-    store = SqliteStore(tmp_path / "var" / "mw.db")
-    try:
-        return [event.kind for event in store.query_events(EventQuery())]
-    finally:
-        store.close()
+def _kinds(open_node: Opener) -> list[str]:
+    return [event.kind for event in open_node().query_events(EventQuery())]
 
 
 def test_import_stores_events_and_prints_a_summary(
-    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = tmp_path / "mail.log"
     log.write_text(LOG)
@@ -47,7 +44,7 @@ def test_import_stores_events_and_prints_a_summary(
     assert "events: 4 (" in out and "reject 1" in out
     assert "ignored lines (understood, nothing to record): 1" in out
     assert "unknown lines (kept as `unknown` events): 1" in out and "  sshd: 1" in out
-    assert _kinds(tmp_path) == ["connect", "reject", "disconnect", "unknown"]
+    assert _kinds(open_node) == ["connect", "reject", "disconnect", "unknown"]
 
 
 def test_standard_input_is_read_with_a_dash(
@@ -77,14 +74,10 @@ def test_an_unknown_format_is_refused_with_the_choices(config: Path, capsys: pyt
 
 
 def test_a_forced_format_reads_every_line_with_that_parser(
-    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = tmp_path / "dovecot.log"
     log.write_text("2026-11-28 04:40:54 lmtp(bob@x.test)<1><S>: Info: msgid=<m@x>: saved mail to INBOX\n")
     assert main(["-c", str(config), "ingest", "--format", "dovecot", "--node", "imap1", str(log)]) == 0
-    store = SqliteStore(tmp_path / "var" / "mw.db")
-    try:
-        (event,) = store.query_events(EventQuery())
-    finally:
-        store.close()
+    (event,) = open_node().query_events(EventQuery())
     assert (event.kind, event.node, event.recipient) == ("deliver", "imap1", "bob@x.test")

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ def _login(n: int, host: str = "mx") -> str:
         f"Nov 28 04:{n // 60 % 60:02d}:{n % 60:02d} {host} dovecot: pop3-login: Login: user=<u{n}@x.test>, "
         f"method=PLAIN, rip=192.0.2.{n % 250 + 1}, lip=127.0.0.1, mpid={n}, session=<S{n}>\n"
     )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = SqliteStore(tmp_path / "store.db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _users(store: Store) -> list[str]:
@@ -122,13 +112,14 @@ def test_an_import_killed_between_bulk_batches_resumes_without_duplicates_or_gap
 
 
 def test_a_bulk_import_whose_writer_process_is_killed_stops_and_resumes_without_duplicates_or_gaps(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SQLite only: its bulk imports are written by a process of their own, which is killed here."""
     monkeypatch.setattr(Importer, "CHECK_EVERY_LINES", 4)
     monkeypatch.setattr(Positions, "BULK_EVENTS", 5)
     path = tmp_path / "mail.log"
     path.write_text("".join(_login(n) for n in range(40)))
-    assert isinstance(store, SqliteStore)
+    store = SqliteStore(tmp_path / "store.db")
     handed: list[int] = []
     commit = store.append_bulk
 
@@ -145,6 +136,7 @@ def test_a_bulk_import_whose_writer_process_is_killed_stops_and_resumes_without_
         _import(store, [path])
     assert len(_users(store)) == sum(handed[:2])  # the batches committed before, with their positions
     monkeypatch.undo()
+    store.close()
     restarted = SqliteStore(tmp_path / "store.db")
     try:
         _import(restarted, [path])

@@ -8,8 +8,6 @@ fold, so a row's status is the trace's status for that recipient.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +22,11 @@ from mailwarden.events import KINDS, Event
 from mailwarden.ingest import parse_lines
 from mailwarden.messages.fates import DECIDING_KINDS, build
 from mailwarden.messages.index import INDEX_FIELDS, message_rows
-from mailwarden.store.sqlite import SqliteStore
+from mailwarden.store import Store
 from mailwarden.trace.correlate import load
 from tests.support.corpora import all_lines
 from tests.support.mailwarden import BASE_ORDER
+from tests.support.stores import Handles, Opener, index_rows, run_sql
 from tests.unit.test_gateway_in_process import MESSAGE, run_gateway
 from tests.unit.test_ingest_postfix import MILTER_LOG
 from tests.unit.test_message_keys import FILTERED, MX1, STORE1
@@ -36,24 +35,7 @@ from tests.unit.test_message_keys_writers import pop3_session
 T0 = 1_764_979_200_000_000  # 2025-12-06 00:00:00 UTC
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "events.db", batch_interval=0.001)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-def index_rows(store: SqliteStore) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute(f"SELECT {', '.join(INDEX_FIELDS)} FROM message_index ORDER BY 1, 2").fetchall()
-    finally:
-        conn.close()
-
-
-def write_in_small_batches(store: SqliteStore, events: list[Event], size: int = 7) -> None:
+def write_in_small_batches(store: Store, events: list[Event], size: int = 7) -> None:
     """Hand the events over a few at a time, as a follower or the gateway does (many small commits).
 
     Not fewer than 300 commits: Exim's test suite reuses message ids in every script, so some of
@@ -112,8 +94,13 @@ CORPORA = ["fail2ban", "crowdsec-hub", "postfix-grok-patterns", "exim-testsuite"
 @pytest.mark.parametrize("source", [*CORPORA, "generated", "linked", "milter first", "postfix first"])
 @pytest.mark.parametrize("batches", ["small", "bulk"])
 def test_the_index_rebuilt_from_the_events_equals_the_one_kept_as_they_were_written(
-    store: SqliteStore, source: str, batches: str
+    store_handles: Handles, store: Store, source: str, batches: str
 ) -> None:
+    if (store_handles.backend, source, batches) == ("postgresql", "exim-testsuite", "small"):
+        pytest.skip(
+            "PostgreSQL folds a message again from all its events at every commit, and Exim's test suite"
+            " reuses message ids in every script: 300 small commits take 35-125 s (its bulk write runs)"
+        )
     if source in CORPORA:
         events = parse_lines([line for _, line in all_lines(source)], node="corpus")
     elif source == "generated":
@@ -135,7 +122,7 @@ def test_the_index_rebuilt_from_the_events_equals_the_one_kept_as_they_were_writ
 
 @pytest.mark.parametrize("order", ["milter first", "postfix first"])
 def test_our_milter_events_and_postfixs_lines_are_one_message_whichever_is_written_first(
-    store: SqliteStore, order: str
+    store: Store, order: str
 ) -> None:
     write_in_small_batches(store, milter_run(order), size=1)
     refs = ["1C4525SHG001", "1C4525SHG002", "1C4525SHG003"]
@@ -145,7 +132,7 @@ def test_our_milter_events_and_postfixs_lines_are_one_message_whichever_is_writt
     assert {str(row[0]) for row in index_rows(store)} == set(refs)
 
 
-def test_index_rows_are_the_traces_own_statuses(store: SqliteStore) -> None:
+def test_index_rows_are_the_traces_own_statuses(store: Store) -> None:
     events = [*parse_lines(generated_log(), node="mx", reference_us=T0), *linked()]
     write_in_small_batches(store, events, size=50)
     rows = index_rows(store)
@@ -157,30 +144,21 @@ def test_index_rows_are_the_traces_own_statuses(store: SqliteStore) -> None:
 
 
 def test_store_reindex_rebuilds_a_lost_index_and_shows_its_progress(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: str, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('[store]\nurl = "sqlite:///var/mw.db"\n[node]\nname = "t"\n[ingest]\ntimezone = "UTC"\n')
+    config.write_text(f'[store]\nurl = "{store_url}"\n[node]\nname = "t"\n[ingest]\ntimezone = "UTC"\n')
     log = tmp_path / "mail.log"
     log.write_text("\n".join(FILTERED + MX1) + "\n")
     assert main(["-c", str(config), "ingest", "--no-progress", str(log)]) == 0
-    db = SqliteStore(tmp_path / "var" / "mw.db")
-    kept = index_rows(db)
-    db.close()
-    conn = sqlite3.connect(tmp_path / "var" / "mw.db")
-    conn.execute("DELETE FROM message_index")  # lost, or made by an older mailwarden
-    conn.commit()
-    conn.close()
+    kept = index_rows(open_node())
+    run_sql(store_url, "DELETE FROM message_index")  # lost, or made by an older mailwarden
     capsys.readouterr()
     assert main(["-c", str(config), "store", "reindex", "--progress"]) == 0
     captured = capsys.readouterr()
     assert "message index rebuilt: 3 rows from" in captured.out
     assert "of" in captured.err and "events (100%)" in captured.err
-    db = SqliteStore(tmp_path / "var" / "mw.db")
-    try:
-        assert index_rows(db) == kept and len(kept) == 3
-    finally:
-        db.close()
+    assert index_rows(open_node()) == kept and len(kept) == 3
 
 
 class Filing(Check):
@@ -204,71 +182,62 @@ def transaction(sender: str, *recipients: str, data: bool = True) -> list[bytes]
     return [*lines, b"DATA\r\n", MESSAGE + b".\r\n"] if data else [*lines, b"RSET\r\n"]
 
 
-def test_a_gateway_run_with_every_outcome_keeps_the_index_a_rebuild_makes(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "store.db", batch_interval=0.001)
-    try:
-        store.add_mailbox("carol@example.test", "x")
-        config = Config(base_dir=tmp_path, checks={"order": list(BASE_ORDER)})  # type: ignore[arg-type]  # no DNS checks
-        services = Services(config=config, store=store, local_domains=frozenset({"example.test"}))
-        chain = CheckChain([*build_chain(services).checks, Filing()], timeout=5)
-        script = [
-            b"EHLO client.sender.test\r\n",
-            *transaction("alice@sender.test", "bob@example.test", "nobody@example.test"),  # delivered + rejected
-            *transaction("junk@sender.test", "bob@example.test"),  # junk
-            *transaction("alice@sender.test", "carol@example.test", data=False),  # tempfailed: never sent
-            *transaction("spammer@sender.test", "bob@example.test"),  # rejected at MAIL: no recipient
-            *transaction("alice@sender.test", "carol@example.test"),  # retrieved, then deleted
-            *transaction("alice@sender.test", "carol@example.test"),  # retrieved
-            b"QUIT\r\n",
-        ]
-        run_gateway(tmp_path, store, script, chain)
-        pop3_session(tmp_path, store, "carol@example.test", [b"RETR 1", b"RETR 2", b"DELE 1", b"QUIT"])
-        kept = index_rows(store)
-        statuses = sorted(str(row[INDEX_FIELDS.index("status")]) for row in kept)
-        assert statuses == sorted(["delivered", "rejected", "junk", "tempfailed", "rejected", "deleted", "retrieved"])
-        store.reindex()
-        assert index_rows(store) == kept
-    finally:
-        store.close()
+def test_a_gateway_run_with_every_outcome_keeps_the_index_a_rebuild_makes(tmp_path: Path, store: Store) -> None:
+    store.add_mailbox("carol@example.test", "x")
+    config = Config(base_dir=tmp_path, checks={"order": list(BASE_ORDER)})  # type: ignore[arg-type]  # no DNS checks
+    services = Services(config=config, store=store, local_domains=frozenset({"example.test"}))
+    chain = CheckChain([*build_chain(services).checks, Filing()], timeout=5)
+    script = [
+        b"EHLO client.sender.test\r\n",
+        *transaction("alice@sender.test", "bob@example.test", "nobody@example.test"),  # delivered + rejected
+        *transaction("junk@sender.test", "bob@example.test"),  # junk
+        *transaction("alice@sender.test", "carol@example.test", data=False),  # tempfailed: never sent
+        *transaction("spammer@sender.test", "bob@example.test"),  # rejected at MAIL: no recipient
+        *transaction("alice@sender.test", "carol@example.test"),  # retrieved, then deleted
+        *transaction("alice@sender.test", "carol@example.test"),  # retrieved
+        b"QUIT\r\n",
+    ]
+    run_gateway(tmp_path, store, script, chain)
+    pop3_session(tmp_path, store, "carol@example.test", [b"RETR 1", b"RETR 2", b"DELE 1", b"QUIT"])
+    kept = index_rows(store)
+    statuses = sorted(str(row[INDEX_FIELDS.index("status")]) for row in kept)
+    assert statuses == sorted(["delivered", "rejected", "junk", "tempfailed", "rejected", "deleted", "retrieved"])
+    store.reindex()
+    assert index_rows(store) == kept
 
 
-def test_two_writers_of_one_store_keep_the_index_a_rebuild_makes(tmp_path: Path) -> None:
+def test_two_writers_of_one_store_keep_the_index_a_rebuild_makes(open_node: Opener) -> None:
     """A daemon and a `mailwarden ingest` run write the same store: neither folds from a stale memory."""
-    path = tmp_path / "shared.db"
-    daemon, importer = SqliteStore(path, batch_interval=0.001), SqliteStore(path, batch_interval=0.001)
-    try:
-        key = "1AAAAAAAAAW0"
+    daemon, importer = open_node(batch_interval=0.001), open_node(batch_interval=0.001)
+    key = "1AAAAAAAAAW0"
 
-        def ours(kind: str, at: int, **fields: object) -> Event:
-            return Event(
-                kind,
-                "pop3" if kind in ("retrieve", "delete") else "gateway",
-                "mx1",
-                T0 + at,
-                ref=key,
-                message_key=key,
-                session=key,
-                **fields,
-            )  # type: ignore[arg-type]
+    def ours(kind: str, at: int, **fields: object) -> Event:
+        return Event(
+            kind,
+            "pop3" if kind in ("retrieve", "delete") else "gateway",
+            "mx1",
+            T0 + at,
+            ref=key,
+            message_key=key,
+            session=key,
+            **fields,
+        )  # type: ignore[arg-type]
 
-        daemon.append_many(
-            [
-                ours("rcpt", 1, recipient="bob@example.test"),
-                ours("deliver", 2, recipient="bob@example.test", reason="delivered"),
-            ]
-        )
-        daemon.flush()  # the daemon's writer remembers the message
-        importer.append(ours("retrieve", 3, recipient="bob@example.test", reason="access.retrieved"))
-        importer.flush()
-        daemon.append(ours("data", 4, size=10))  # folded again by the daemon: it must see the retrieval
-        daemon.flush()
-        kept = index_rows(daemon)
-        assert [row[INDEX_FIELDS.index("status")] for row in kept] == ["retrieved"]
-        daemon.reindex()
-        assert index_rows(daemon) == kept
-    finally:
-        daemon.close()
-        importer.close()
+    daemon.append_many(
+        [
+            ours("rcpt", 1, recipient="bob@example.test"),
+            ours("deliver", 2, recipient="bob@example.test", reason="delivered"),
+        ]
+    )
+    daemon.flush()  # the daemon's writer remembers the message
+    importer.append(ours("retrieve", 3, recipient="bob@example.test", reason="access.retrieved"))
+    importer.flush()
+    daemon.append(ours("data", 4, size=10))  # folded again by the daemon: it must see the retrieval
+    daemon.flush()
+    kept = index_rows(daemon)
+    assert [row[INDEX_FIELDS.index("status")] for row in kept] == ["retrieved"]
+    daemon.reindex()
+    assert index_rows(daemon) == kept
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS - DECIDING_KINDS))

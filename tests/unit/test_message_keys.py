@@ -19,32 +19,24 @@ from mailwarden.events import Event
 from mailwarden.ingest.inputs import Follower, Positions
 from mailwarden.ingest.pipeline import Ingester, parse_lines
 from mailwarden.messages.keys import queue_life_key
-from mailwarden.store import EventQuery
+from mailwarden.store import EventQuery, Store
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
 from mailwarden.trace import report
 from mailwarden.trace.correlate import key_of_id, load
 from mailwarden.trace.model import MessageTrace
 from mailwarden.trace.search import AddressFilter, SearchSpec, search
+from tests.support.stores import Handles
 
 T0 = 1_764_979_200_000_000  # 2025-12-06 00:00:00 UTC, the logs' year
 HOUR = 3_600_000_000
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "events.db", batch_interval=0.001)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-def ingest(store: SqliteStore, lines: list[str], origin: str = "/var/log/mail.log", node: str = "mta") -> None:
+def ingest(store: Store, lines: list[str], origin: str = "/var/log/mail.log", node: str = "mta") -> None:
     store.append_many(parse_lines(lines, node=node, origin=origin, reference_us=T0 + 2 * 86400 * 1_000_000))
     store.flush()
 
 
-def found(store: SqliteStore, **spec: object) -> list[MessageTrace]:
+def found(store: Store, **spec: object) -> list[MessageTrace]:
     return search(store, SearchSpec(**spec), retention_days=3650, now=T0).messages  # type: ignore[arg-type]
 
 
@@ -68,7 +60,7 @@ def on_day(lines: list[str], day: int) -> list[str]:
 # ---------------------------------------------------------------------------- a reused queue id
 @pytest.mark.parametrize("later", ["five_hours", "a_day"])
 def test_a_reused_queue_id_is_two_messages_each_with_its_own_sender_message_id_and_evidence(
-    store: SqliteStore, later: str
+    store: Store, later: str
 ) -> None:
     first = delivery("32E7B20E1A7", "04:58:31", "alice@sender.test", "bob@dest.test", "<first@sender.test>", 31284)
     second = delivery("32E7B20E1A7", "09:58:31", "carol@other.test", "dave@dest.test", "<second@other.test>", 31984)
@@ -99,7 +91,7 @@ def test_a_reused_queue_id_is_two_messages_each_with_its_own_sender_message_id_a
     assert "<carol@other.test>" in facts and "alice" not in facts and "first@" not in facts
 
 
-def test_a_reused_queue_id_imported_in_two_runs_is_still_two_messages(store: SqliteStore) -> None:
+def test_a_reused_queue_id_imported_in_two_runs_is_still_two_messages(store: Store) -> None:
     ingest(store, delivery("32E7B20E1A7", "04:58:31", "alice@sender.test", "bob@dest.test", "<a@s.test>", 1))
     ingest(
         store, delivery("32E7B20E1A7", "09:58:31", "carol@other.test", "dave@dest.test", "<b@o.test>", 2), "mail.log.0"
@@ -150,7 +142,7 @@ def hops(trace: MessageTrace) -> list[str]:
 
 @pytest.mark.parametrize("xforward", [True, False], ids=["orig_queue_id", "queued_as_only"])
 def test_a_message_re_injected_after_a_content_filter_is_one_message_with_two_hops(
-    store: SqliteStore, xforward: bool
+    store: Store, xforward: bool
 ) -> None:
     lines = FILTERED if xforward else [line.split(", orig_queue_id=")[0] for line in FILTERED]
     ingest(store, lines)
@@ -163,7 +155,7 @@ def test_a_message_re_injected_after_a_content_filter_is_one_message_with_two_ho
             assert (bob.address, bob.status) == ("bob@dest.test", "delivered")
 
 
-def test_two_messages_sharing_a_message_id_stay_two(store: SqliteStore) -> None:
+def test_two_messages_sharing_a_message_id_stay_two(store: Store) -> None:
     ingest(store, FILTERED)
     traces = found(store, message_id="<same@sender.test>")
     assert sorted(hops(t)[0] for t in traces) == ["32E7B20E1A7", "4542020E225"]
@@ -172,7 +164,7 @@ def test_two_messages_sharing_a_message_id_stay_two(store: SqliteStore) -> None:
 
 
 # ---------------------------------------------------------------------------- NOQUEUE transactions
-def test_refusals_without_a_queue_id_are_one_message_per_transaction(store: SqliteStore) -> None:
+def test_refusals_without_a_queue_id_are_one_message_per_transaction(store: Store) -> None:
     refused = "Dec 06 10:00:0{s} mx postfix/smtpd[700]: NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 550 5.1.1 <{to}>: Recipient address rejected: User unknown in virtual mailbox table; from=<{sender}> to=<{to}> proto=ESMTP helo=<client.test>"
     ingest(
         store,
@@ -224,33 +216,25 @@ def story(trace: MessageTrace) -> tuple[object, ...]:
     )
 
 
-@contextmanager
-def opened(path: Path) -> Iterator[SqliteStore]:
-    db = SqliteStore(path, batch_interval=0.001)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def test_postfix_and_dovecot_imported_in_separate_runs_in_either_order_are_one_message(tmp_path: Path) -> None:
+def test_postfix_and_dovecot_imported_in_separate_runs_in_either_order_are_one_message(
+    store_handles: Handles,
+) -> None:
     stories = []
-    for number, order in enumerate(([(MX1, "mx1"), (STORE1, "store1")], [(STORE1, "store1"), (MX1, "mx1")])):
-        with opened(tmp_path / f"{number}.db") as db:
-            for lines, node in order:
-                ingest(db, lines, node=node)
-            (trace,) = found(db, recipient=AddressFilter.parse("bob@example.test"))
-            assert {e.source for e in trace.events} == {"postfix", "dovecot"}
-            assert trace.recipients[0].status == "deleted"
-            assert [t.key for t in found(db, message_id="<m1@sender.test>")] == [trace.key]
-            stories.append(story(trace))
+    for order in ([(MX1, "mx1"), (STORE1, "store1")], [(STORE1, "store1"), (MX1, "mx1")]):
+        store_handles.start_over()  # each order into an empty store
+        db = store_handles.open(batch_interval=0.001)
+        for lines, node in order:
+            ingest(db, lines, node=node)
+        (trace,) = found(db, recipient=AddressFilter.parse("bob@example.test"))
+        assert {e.source for e in trace.events} == {"postfix", "dovecot"}
+        assert trace.recipients[0].status == "deleted"
+        assert [t.key for t in found(db, message_id="<m1@sender.test>")] == [trace.key]
+        stories.append(story(trace))
     assert stories[0] == stories[1]
 
 
 # ---------------------------------------------------------------------------- a follower restarted mid-life
-def test_a_follower_restarted_in_the_middle_of_a_queue_files_life_keeps_its_key(
-    store: SqliteStore, tmp_path: Path
-) -> None:
+def test_a_follower_restarted_in_the_middle_of_a_queue_files_life_keeps_its_key(store: Store, tmp_path: Path) -> None:
     lines = FILTERED[:4]  # 32E7B20E1A7 accepted; its delivery and removal come after the restart
     rest = [FILTERED[13], FILTERED[15]]
     path = tmp_path / "mail.log"
@@ -279,6 +263,15 @@ def test_a_follower_restarted_in_the_middle_of_a_queue_files_life_keeps_its_key(
 
 
 # ---------------------------------------------------------------------------- a store from before message keys
+@contextmanager
+def opened(path: Path) -> Iterator[SqliteStore]:
+    db = SqliteStore(path, batch_interval=0.001)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 def old_store(path: Path, rows: list[dict[str, object]]) -> None:
     """A store as mailwarden wrote it before message keys: the migrations up to reading positions."""
     conn = sqlite3.connect(path, isolation_level=None)

@@ -5,14 +5,13 @@ and a customer's scope that no other filter reaches past.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mailwarden.cli import main
 from mailwarden.ingest import parse_lines
-from mailwarden.store import sqlite_index
+from mailwarden.store import Store, sqlite_index
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace.search import AddressFilter, SearchSpec, count, search, search_index
 from tests.unit.test_message_keys import FILTERED
@@ -23,17 +22,14 @@ CUSTOMER_B = frozenset({"b.test"})
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    db = SqliteStore(tmp_path / "events.db", batch_interval=0.001)
+def store(store: Store) -> Store:
+    """The shared fixture's store (both backends) with these mailboxes."""
     for mailbox in ("ann@a.test", "amy@a.test", "bea@b.test"):
-        db.add_mailbox(mailbox, "x")
-    try:
-        yield db
-    finally:
-        db.close()
+        store.add_mailbox(mailbox, "x")
+    return store
 
 
-def played(store: SqliteStore) -> None:
+def played(store: Store) -> None:
     """Twelve messages a minute apart from 192.0.2.N; the last is to a customer A and a customer B recipient."""
     for n in range(11):
         s = Session(store, f"1AAAAAAAAAS{n:X}", T0 + n * MINUTE, client_ip=f"192.0.2.{n}")
@@ -55,16 +51,16 @@ def played(store: SqliteStore) -> None:
     store.flush()
 
 
-def ids(store: SqliteStore, **spec: object) -> list[str]:
+def ids(store: Store, **spec: object) -> list[str]:
     found = search(store, SearchSpec(**spec), retention_days=3650, now=T0)  # type: ignore[arg-type]
     return [trace.id for trace in found.messages]
 
 
-def recipients(store: SqliteStore, **spec: object) -> set[str]:
+def recipients(store: Store, **spec: object) -> set[str]:
     return {row.recipient for row in search_index(store, SearchSpec(limit=500, **spec)).rows}  # type: ignore[arg-type]
 
 
-def test_every_filter_runs_on_the_index(store: SqliteStore) -> None:
+def test_every_filter_runs_on_the_index(store: Store) -> None:
     played(store)
     store.append_many(parse_lines(FILTERED, node="mta", reference_us=T0))
     store.flush()
@@ -89,7 +85,7 @@ def test_every_filter_runs_on_the_index(store: SqliteStore) -> None:
     assert recipients(store, recipient=AddressFilter.parse("@b.test"), status="tempfailed") == {"bea@b.test"}
 
 
-def test_keyset_pages_walk_every_message_once_newest_first_as_pages_by_number_do(store: SqliteStore) -> None:
+def test_keyset_pages_walk_every_message_once_newest_first_as_pages_by_number_do(store: Store) -> None:
     played(store)
     walked: list[str] = []
     cursor = None
@@ -103,7 +99,7 @@ def test_keyset_pages_walk_every_message_once_newest_first_as_pages_by_number_do
     assert walked == numbered == ["1AAAAAAAAAT0", *(f"1AAAAAAAAAS{n:X}" for n in reversed(range(11)))]
 
 
-def test_counts_by_status_and_reason_for_any_query(store: SqliteStore) -> None:
+def test_counts_by_status_and_reason_for_any_query(store: Store) -> None:
     played(store)
     counts = count(store, SearchSpec(recipient=AddressFilter.parse("@a.test")))
     assert counts.by_status() == {"delivered": 7, "rejected": 2}
@@ -113,7 +109,7 @@ def test_counts_by_status_and_reason_for_any_query(store: SqliteStore) -> None:
 
 
 # ---------------------------------------------------------------------------- scoping
-def test_a_customer_scope_is_never_widened_by_another_filter(store: SqliteStore) -> None:
+def test_a_customer_scope_is_never_widened_by_another_filter(store: Store) -> None:
     played(store)
     everything = recipients(store, allowed_domains=CUSTOMER_A)
     assert everything and all(address.endswith("@a.test") for address in everything)
@@ -138,7 +134,7 @@ def test_a_customer_scope_is_never_widened_by_another_filter(store: SqliteStore)
     assert count(store, SearchSpec(allowed_domains=CUSTOMER_B)).by_status() == {"tempfailed": 3, "delivered": 1}
 
 
-def test_a_message_to_two_customers_shows_each_only_its_own_recipient(store: SqliteStore) -> None:
+def test_a_message_to_two_customers_shows_each_only_its_own_recipient(store: Store) -> None:
     played(store)
     for scope, mine, theirs in ((CUSTOMER_A, "amy@a.test", "bea@b.test"), (CUSTOMER_B, "bea@b.test", "amy@a.test")):
         spec = SearchSpec(message_id="<both@shared.test>", allowed_domains=scope)
@@ -150,14 +146,12 @@ def test_a_message_to_two_customers_shows_each_only_its_own_recipient(store: Sql
 
 
 # ---------------------------------------------------------------------------- the command line
-def test_trace_count_and_cursor_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_trace_count_and_cursor_on_the_command_line(
+    store: Store, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('[store]\nurl = "sqlite:///var/mw.db"\n[node]\nname = "t"\n')
-    db = SqliteStore(tmp_path / "var" / "mw.db", batch_interval=0.001)
-    try:
-        played(db)
-    finally:
-        db.close()
+    config.write_text(f'[store]\nurl = "{store_url}"\n[node]\nname = "t"\n')
+    played(store)
     assert main(["-c", str(config), "trace", "--to", "@a.test", "--count"]) == 0
     table = capsys.readouterr().out
     assert "delivered" in table and "rcpt.unknown_user" in table and table.rstrip().endswith("9")
@@ -179,11 +173,14 @@ def test_trace_count_and_cursor_on_the_command_line(tmp_path: Path, capsys: pyte
 
 
 def test_a_busy_client_network_walks_the_time_index_and_finds_the_same_messages(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SQLite only: its own plan for a busy network (PostgreSQL's planner chooses by itself)."""
+    store = SqliteStore(tmp_path / "store.db", batch_interval=0.001)
     played(store)
     spec = SearchSpec(client="192.0.2.0/24", limit=4)
     quiet = [search_index(store, spec), search_index(store, SearchSpec(client="192.0.2.0/24", limit=4, offset=4))]
     monkeypatch.setattr(sqlite_index, "_BUSY_NETWORK", 2)  # this network now counts as busy
     busy = [search_index(store, spec), search_index(store, SearchSpec(client="192.0.2.0/24", limit=4, offset=4))]
+    store.close()
     assert [p.rows for p in busy] == [p.rows for p in quiet] and len(quiet[0].rows) >= 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,18 @@ import pytest
 from mailwarden.checks.base import CheckContext, Recipient, Services, SessionInfo, Verdict
 from mailwarden.checks.recipients import RecipientsCheck
 from mailwarden.config import Config
-from mailwarden.store.sqlite import SqliteStore
+from mailwarden.store import Store
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
+def services(tmp_path: Path, store: Store) -> Services:
     config = Config(
         mail={"domains": ["example.test", "example.org"], "postmaster": "admin@example.test"},  # type: ignore[arg-type]
         base_dir=tmp_path,
     )
-    store = SqliteStore(tmp_path / "store.db")
     for address in ("bob@example.test", "admin@example.test", "carol@example.org"):
         store.add_mailbox(address, "hash")
-    yield Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
-    store.close()
+    return Services(config=config, store=store, local_domains=frozenset(config.mail.domains))
 
 
 def check(services: Services, address: str) -> Verdict | Recipient | None:

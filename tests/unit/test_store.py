@@ -2,7 +2,8 @@
 
 "250 means on disk" includes the evidence: what `durable()` waited for must be committed (a
 killed process keeps it), and a failed write must not lose queued events nor claim the
-transaction's own events were stored.
+transaction's own events were stored. Migrations, file-level faults and the writer's retries are
+SQLite's own; what another reader sees and mailbox lookups run on both stores (`open_node`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mailwarden.store import EventQuery, StoreError
 from mailwarden.store import sqlite as sqlite_store
 from mailwarden.store.base import BatchWriter, Position, committed
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
+from tests.support.stores import Opener, run_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,12 +82,11 @@ def test_a_failing_migration_leaves_no_trace_and_says_so(tmp_path: Path, monkeyp
     assert "9998_broken" not in [name for name, _ in applied(tmp_path / "s.db")]
 
 
-def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path: Path) -> None:
-    SqliteStore(tmp_path / "s.db").close()
-    with sqlite3.connect(tmp_path / "s.db") as conn:
-        conn.execute("INSERT INTO migrations VALUES ('9999_from_the_future', 0)")
-    with pytest.raises(StoreError, match="newer mailwarden"):
-        SqliteStore(tmp_path / "s.db")
+def test_a_store_migrated_by_a_newer_version_is_refused(open_node: Opener, store_url: str) -> None:
+    open_node()
+    run_sql(store_url, "INSERT INTO migrations VALUES ('9999_from_the_future', 0)")
+    with pytest.raises(StoreError, match=r"migrated by a newer mailwarden.*9999_from_the_future"):
+        open_node()
 
 
 def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
@@ -115,8 +116,8 @@ def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Pat
 
 
 # ---------------------------------------------------------------------------- the writer
-def test_durable_events_are_visible_to_another_reader_in_order(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_durable_events_are_visible_to_another_reader_in_order(open_node: Opener) -> None:
+    store = open_node()
     store.append(event("connect"))
     store.append(event("helo"))
 
@@ -124,10 +125,8 @@ def test_durable_events_are_visible_to_another_reader_in_order(tmp_path: Path) -
         await store.durable([event("deliver", recipient="bob@example.test"), event("accept")])
 
     asyncio.run(finish())
-    reader = SqliteStore(tmp_path / "s.db")
+    reader = open_node()
     assert [e.kind for e in reader.query_events(EventQuery(ref="R1"))] == ["connect", "helo", "deliver", "accept"]
-    reader.close()
-    store.close()
 
 
 def test_events_committed_by_durable_survive_a_killed_process(tmp_path: Path) -> None:
@@ -278,9 +277,9 @@ def test_a_store_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> 
 
 
 # ---------------------------------------------------------------------------- mailbox lookups
-def test_a_new_mailbox_is_found_at_once_and_a_removed_one_soon(tmp_path: Path) -> None:
-    daemon = SqliteStore(tmp_path / "s.db")
-    cli = SqliteStore(tmp_path / "s.db")  # `mailwarden users` in another process
+def test_a_new_mailbox_is_found_at_once_and_a_removed_one_soon(open_node: Opener) -> None:
+    daemon = open_node()
+    cli = open_node()  # `mailwarden users` in another process
 
     def find(address: str) -> object:
         return asyncio.run(daemon.find_mailbox(address))
@@ -297,5 +296,3 @@ def test_a_new_mailbox_is_found_at_once_and_a_removed_one_soon(tmp_path: Path) -
     assert find("carol@example.test") is not None
     daemon.remove_mailbox("carol@example.test")
     assert find("carol@example.test") is None  # a change through the same store counts at once
-    cli.close()
-    daemon.close()

@@ -10,8 +10,8 @@ import pytest
 from mailwarden import trace_commands as commands
 from mailwarden.config import Config
 from mailwarden.events import Event
-from mailwarden.store.sqlite import SqliteStore
 from mailwarden.trace import bounce, status_codes
+from tests.support.stores import Opener
 
 # A Postfix DSN as the recipes captured it (shared/recipes/README.md, section 1), shortened.
 POSTFIX_DSN = b"""From: Mail Delivery System <MAILER-DAEMON@mta.example.test>
@@ -72,9 +72,11 @@ def test_a_postfix_dsn_yields_remote_mta_status_and_diagnostic() -> None:
     assert found.refs == []
 
 
-def test_pasted_text_with_our_ref_is_linked_to_our_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = Config(store={"url": f"sqlite:///{tmp_path}/events.db"}, base_dir=tmp_path)  # type: ignore[arg-type]
-    store = SqliteStore(tmp_path / "events.db")
+def test_pasted_text_with_our_ref_is_linked_to_our_trace(
+    store_url: str, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = Config(store={"url": store_url}, base_dir=tmp_path)  # type: ignore[arg-type]
+    store = open_node()
     store.add_mailbox("bob@example.test", "x")
     common = {
         "source": "gateway",
@@ -203,8 +205,8 @@ def test_a_ref_before_other_text_of_the_reply_is_not_in_our_position() -> None:
     assert bounce.parse(postfix_bounce(crafted)).refs == []
 
 
-def _store_with_others_message(tmp_path: Path) -> Config:
-    store = SqliteStore(tmp_path / "events.db")
+def _store_with_others_message(store_url: str, open_node: Opener, tmp_path: Path) -> Config:
+    store = open_node()
     common = {"source": "gateway", "node": "mx1", "ref": OTHERS_REF, "session": OTHERS_REF, "client_ip": "192.0.2.9"}
     sender = {"sender": "alice@sender.test"}
     store.append_many(
@@ -224,7 +226,7 @@ def _store_with_others_message(tmp_path: Path) -> Config:
         ]
     )
     store.close()
-    return Config(store={"url": f"sqlite:///{tmp_path}/events.db"}, base_dir=tmp_path)  # type: ignore[arg-type]
+    return Config(store={"url": store_url}, base_dir=tmp_path)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -235,9 +237,16 @@ def _store_with_others_message(tmp_path: Path) -> Config:
     ],
 )
 def test_a_ref_of_another_message_is_not_attributed_and_the_answer_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], recipient: str, to: str, why: str, words: str
+    store_url: str,
+    open_node: Opener,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    recipient: str,
+    to: str,
+    why: str,
+    words: str,
 ) -> None:
-    config = _store_with_others_message(tmp_path)
+    config = _store_with_others_message(store_url, open_node, tmp_path)
     source = tmp_path / "bounce.txt"
     source.write_bytes(postfix_bounce(f"550 5.7.1 Refused. ref={OTHERS_REF}", recipient=recipient, to=to))
     assert commands.explain_bounce(config, str(source), lang="en", fmt="json") == 0
@@ -250,9 +259,9 @@ def test_a_ref_of_another_message_is_not_attributed_and_the_answer_says_so(
 
 
 def test_a_ref_we_do_not_know_is_not_attributed_and_the_answer_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: str, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _store_with_others_message(tmp_path)
+    config = _store_with_others_message(store_url, open_node, tmp_path)
     source = tmp_path / "bounce.txt"
     source.write_bytes(postfix_bounce(f"550 5.7.1 Refused. ref={OUR_REF}", recipient="bob@example.test"))
     commands.explain_bounce(config, str(source), lang="de", fmt="text")
@@ -260,9 +269,9 @@ def test_a_ref_we_do_not_know_is_not_attributed_and_the_answer_says_so(
 
 
 def test_the_message_the_ref_names_is_attributed_when_recipient_and_sender_fit(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: str, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _store_with_others_message(tmp_path)
+    config = _store_with_others_message(store_url, open_node, tmp_path)
     source = tmp_path / "bounce.txt"
     reply = f"550 5.7.1 Refused. ref={OTHERS_REF}"
     source.write_bytes(postfix_bounce(reply, recipient="bob@example.test", to="Alice <alice@sender.test>"))

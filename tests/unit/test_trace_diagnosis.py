@@ -6,15 +6,13 @@ must act and the key facts the customer reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailwarden.events import Event
-from mailwarden.store import EventQuery
-from mailwarden.store.sqlite import SqliteStore
+from mailwarden.store import EventQuery, Store
 from mailwarden.trace import report
 from mailwarden.trace.correlate import key_of_id, link_attempts, load, timeline
 from mailwarden.trace.diagnose import Diagnosis, diagnose, not_found
@@ -29,20 +27,17 @@ DOMAINS = ("example.test", "example.org")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    db = SqliteStore(tmp_path / "events.db", batch_interval=0.001)
+def store(store: Store) -> Store:
+    """The shared fixture's store (both backends) with these mailboxes."""
     for mailbox in ("bob@example.test", "carol@example.test", "dave@example.org"):
-        db.add_mailbox(mailbox, "x")
-    try:
-        yield db
-    finally:
-        db.close()
+        store.add_mailbox(mailbox, "x")
+    return store
 
 
 class Session:
     """Writes the events one gateway connection would write (see smtp/gateway.py)."""
 
-    def __init__(self, store: SqliteStore, ref: str, at: int, client_ip: str = "192.0.2.10", **conn: Any) -> None:
+    def __init__(self, store: Store, ref: str, at: int, client_ip: str = "192.0.2.10", **conn: Any) -> None:
         self.store, self.ref, self.at = store, ref, at
         self.common: dict[str, Any] = {"session": ref, "client_ip": client_ip, **conn}
         self.sender: str | None = None
@@ -95,7 +90,7 @@ class Session:
 
 
 def pop3(
-    store: SqliteStore, kind: str, ref: str, mailbox: str, at: int, client_ip: str, session: str, uid: str = "U1"
+    store: Store, kind: str, ref: str, mailbox: str, at: int, client_ip: str, session: str, uid: str = "U1"
 ) -> None:
     """Events shaped like the POP3 server's: recipient = mailbox, ref = the delivery's ref."""
     ref_value = None if kind in ("login", "logout") else ref
@@ -115,7 +110,7 @@ def pop3(
     )
 
 
-def traced(store: SqliteStore, trace_id: str) -> MessageTrace:
+def traced(store: Store, trace_id: str) -> MessageTrace:
     store.flush()
     key = key_of_id(store, trace_id)
     assert key is not None, f"{trace_id} not found"
@@ -125,14 +120,14 @@ def traced(store: SqliteStore, trace_id: str) -> MessageTrace:
 
 
 def verdict(
-    store: SqliteStore, trace_id: str, recipient: str | None = None, lang: str = "en", now: int | None = None
+    store: Store, trace_id: str, recipient: str | None = None, lang: str = "en", now: int | None = None
 ) -> Diagnosis:
     trace = traced(store, trace_id)
     return diagnose(store, trace, recipient=recipient, lang=lang, domains=DOMAINS, now=now or T0 + 3 * HOUR)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- refusals
-def test_unknown_recipient_suggests_the_mailbox_with_a_typo_in_the_local_part(store: SqliteStore) -> None:
+def test_unknown_recipient_suggests_the_mailbox_with_a_typo_in_the_local_part(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAA0", T0)
     s.mail("alice@sender.test")
     s.refuse("rcpt.unknown_user", 550, "5.1.1", "rcpt", recipient="bbo@example.test")
@@ -143,7 +138,7 @@ def test_unknown_recipient_suggests_the_mailbox_with_a_typo_in_the_local_part(st
     assert "550 5.1.1" in d.summary
 
 
-def test_recipient_domain_typo_is_relay_denied_and_suggests_our_domain(store: SqliteStore) -> None:
+def test_recipient_domain_typo_is_relay_denied_and_suggests_our_domain(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAA1", T0)
     s.mail("alice@sender.test")
     s.refuse(
@@ -215,7 +210,7 @@ def test_recipient_domain_typo_is_relay_denied_and_suggests_our_domain(store: Sq
     ],
 )
 def test_every_kind_of_refusal_names_its_cause_and_that_the_sender_must_act(
-    store: SqliteStore, reason: str, code: int, enhanced: str, stage: str, values: dict[str, Any], fact: str
+    store: Store, reason: str, code: int, enhanced: str, stage: str, values: dict[str, Any], fact: str
 ) -> None:
     s = Session(store, "1AAAAAAAAAB0", T0)
     s.mail("alice@sender.test")
@@ -232,7 +227,7 @@ def test_every_kind_of_refusal_names_its_cause_and_that_the_sender_must_act(
         assert "(not recorded)" not in d.summary and "(nicht erfasst)" not in d.summary
 
 
-def test_refusal_at_mail_from_has_a_verdict_without_recipient(store: SqliteStore) -> None:
+def test_refusal_at_mail_from_has_a_verdict_without_recipient(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAB1", T0)
     s.mail("alice@ip-mx.test")
     s.refuse("sender.mx_ip_literal", 550, "5.1.8", "mail", domain="ip-mx.test", record="192.0.2.99")
@@ -242,7 +237,7 @@ def test_refusal_at_mail_from_has_a_verdict_without_recipient(store: SqliteStore
 
 
 # ---------------------------------------------------------------------------- accepted mail
-def test_delivered_then_deleted_by_another_device_in_the_customers_network(store: SqliteStore) -> None:
+def test_delivered_then_deleted_by_another_device_in_the_customers_network(store: Store) -> None:
     for day in range(1, 6):  # the office PC fetches every day
         pop3(store, "login", "", "bob@example.test", T0 - day * 24 * HOUR, "198.51.100.20", f"P{day}")
     s = Session(store, "1AAAAAAAAAC0", T0)
@@ -265,7 +260,7 @@ def test_delivered_then_deleted_by_another_device_in_the_customers_network(store
     ]
 
 
-def test_deletion_by_the_usual_client_is_not_flagged(store: SqliteStore) -> None:
+def test_deletion_by_the_usual_client_is_not_flagged(store: Store) -> None:
     pop3(store, "login", "", "bob@example.test", T0 - 24 * HOUR, "198.51.100.20", "P1")
     s = Session(store, "1AAAAAAAAAC1", T0)
     s.mail("alice@sender.test")
@@ -277,7 +272,7 @@ def test_deletion_by_the_usual_client_is_not_flagged(store: SqliteStore) -> None
     assert any("regelmäßig" in n for n in d.notes) and not any("weiteres Gerät" in n for n in d.notes)
 
 
-def test_delivered_into_junk_tells_the_recipient_to_look_there(store: SqliteStore) -> None:
+def test_delivered_into_junk_tells_the_recipient_to_look_there(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAD0", T0)
     s.mail("alice@sender.test")
     s.rcpt("bob@example.test")
@@ -288,7 +283,7 @@ def test_delivered_into_junk_tells_the_recipient_to_look_there(store: SqliteStor
 
 
 def test_a_delivery_recorded_at_start_after_a_crash_says_the_sender_got_no_reply_and_it_may_come_twice(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     s = Session(store, "1AAAAAAAAAD5", T0)
     s.mail("alice@sender.test")
@@ -308,7 +303,7 @@ def test_a_delivery_recorded_at_start_after_a_crash_says_the_sender_got_no_reply
     assert (carol.status, carol.reason) == ("tempfailed", "transaction.abandoned")
 
 
-def test_a_plain_delivery_is_told_by_its_status_sentence_alone(store: SqliteStore) -> None:
+def test_a_plain_delivery_is_told_by_its_status_sentence_alone(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAD6", T0)
     s.mail("alice@sender.test")
     s.rcpt("bob@example.test")
@@ -317,7 +312,7 @@ def test_a_plain_delivery_is_told_by_its_status_sentence_alone(store: SqliteStor
     assert d.summary.startswith("Accepted and stored at ") and d.summary.endswith("(folder INBOX).")
 
 
-def test_greylisted_then_accepted_on_the_retry(store: SqliteStore) -> None:
+def test_greylisted_then_accepted_on_the_retry(store: Store) -> None:
     first = Session(store, "1AAAAAAAAAE0", T0)
     first.mail("alice@sender.test")
     first.refuse("greylisted", 451, "4.7.1", "rcpt", recipient="bob@example.test", client_ip="192.0.2.10", delay=300)
@@ -334,7 +329,7 @@ def test_greylisted_then_accepted_on_the_retry(store: SqliteStore) -> None:
     assert any("1AAAAAAAAAE1" in n and "delivered" in n for n in deferred.notes)
 
 
-def test_temporary_refusal_never_retried_puts_the_sender_in_charge(store: SqliteStore) -> None:
+def test_temporary_refusal_never_retried_puts_the_sender_in_charge(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAF0", T0)
     s.mail("alice@sender.test")
     s.refuse("infra.dns_tempfail", 451, "4.4.3", "rcpt", recipient="bob@example.test", what="the sender domain")
@@ -347,7 +342,7 @@ def test_temporary_refusal_never_retried_puts_the_sender_in_charge(store: Sqlite
     assert "outgoing queue" in late.remedy
 
 
-def test_connection_lost_during_data_is_a_transaction_not_accepted(store: SqliteStore) -> None:
+def test_connection_lost_during_data_is_a_transaction_not_accepted(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAG0", T0)
     s.mail("alice@sender.test")
     s.rcpt("bob@example.test")
@@ -358,7 +353,7 @@ def test_connection_lost_during_data_is_a_transaction_not_accepted(store: Sqlite
 
 
 # ---------------------------------------------------------------------------- foreign logs
-def test_postfix_queue_and_dovecot_deletion_join_by_queue_id_and_message_id(store: SqliteStore) -> None:
+def test_postfix_queue_and_dovecot_deletion_join_by_queue_id_and_message_id(store: Store) -> None:
     queue = {"queue_id": "A59FE214716"}
     session = {"session": "smtpd-19314", "client_ip": "192.0.2.50"}
 
@@ -411,7 +406,7 @@ def test_postfix_queue_and_dovecot_deletion_join_by_queue_id_and_message_id(stor
 
 
 # ---------------------------------------------------------------------------- nothing found and search
-def test_nothing_found_says_what_was_searched_and_names_the_near_miss(store: SqliteStore) -> None:
+def test_nothing_found_says_what_was_searched_and_names_the_near_miss(store: Store) -> None:
     s = Session(store, "1AAAAAAAAAH0", T0)
     s.mail("alice@sender.test")
     s.rcpt("bob@example.test")
@@ -427,7 +422,7 @@ def test_nothing_found_says_what_was_searched_and_names_the_near_miss(store: Sql
     assert d.notes == ["Similar address bob@example.test: 1 message(s) in the same window."]
 
 
-def test_search_pages_newest_first_and_filters_status_domain_and_network(store: SqliteStore) -> None:
+def test_search_pages_newest_first_and_filters_status_domain_and_network(store: Store) -> None:
     for n in range(5):
         s = Session(store, f"1AAAAAAAAAJ{n}", T0 + n * MINUTE, client_ip=f"192.0.2.{n}")
         s.mail("alice@sender.test")
@@ -453,7 +448,7 @@ def test_search_pages_newest_first_and_filters_status_domain_and_network(store: 
     assert {f.address for _, f in contains.rows} == {"nobody@example.test"}
 
 
-def test_a_window_older_than_the_retention_is_reported(store: SqliteStore) -> None:
+def test_a_window_older_than_the_retention_is_reported(store: Store) -> None:
     store.append(Event(kind="connect", source="gateway", node="mx1", ts=T0, ref="1AAAAAAAAAK0", session="1AAAAAAAAAK0"))
     store.flush()
     result = search(store, SearchSpec(since_us=T0 - 100 * 24 * HOUR), retention_days=90, now=T0)
@@ -461,7 +456,7 @@ def test_a_window_older_than_the_retention_is_reported(store: SqliteStore) -> No
     assert search(store, SearchSpec(since_us=T0 - HOUR), retention_days=90, now=T0).retention is None
 
 
-def test_failed_logins_do_not_make_an_address_a_usual_client(store: SqliteStore) -> None:
+def test_failed_logins_do_not_make_an_address_a_usual_client(store: Store) -> None:
     pop3(store, "login", "", "bob@example.test", T0 - 24 * HOUR, "198.51.100.20", "P1")
     store.append(
         Event(
@@ -493,7 +488,7 @@ POSTFIX_LOG = [
 ]
 
 
-def test_ingested_postfix_log_is_traced_per_queue_id_and_noqueue_session(store: SqliteStore) -> None:
+def test_ingested_postfix_log_is_traced_per_queue_id_and_noqueue_session(store: Store) -> None:
     from mailwarden.ingest.pipeline import parse_lines
 
     store.add_mailbox("bob@dest.test", "x")
@@ -547,7 +542,7 @@ def store1_log(
     return STORE1_LOG.format(msgid=msgid, user=user, session=session, opened=opened, uid=uid).splitlines()
 
 
-def ingest(store: SqliteStore, lines: list[str], node: str, origin: str) -> None:
+def ingest(store: Store, lines: list[str], node: str, origin: str) -> None:
     from mailwarden.ingest.pipeline import parse_lines
 
     store.append_many(parse_lines(lines, node=node, origin=origin, reference_us=T0))
@@ -558,7 +553,7 @@ def placed(trace: MessageTrace) -> list[tuple[str, str]]:
     return [(e.source, e.kind) for e in trace.events]
 
 
-def delivered_by_proxy(store: SqliteStore, ref: str) -> None:
+def delivered_by_proxy(store: Store, ref: str) -> None:
     """Our gateway in proxy mode hands <m1@sender.test> to Dovecot by LMTP at 08:00:00.606 (sub-second stamps)."""
     s = Session(store, ref, T0 + 600_000)
     s.mail("alice@sender.test")
@@ -573,7 +568,7 @@ def delivered_by_proxy(store: SqliteStore, ref: str) -> None:
 
 @pytest.mark.parametrize("start", ["2027-01-15T08:00:00.702192Z", None], ids=["exporter_start_time", "stamp_only"])
 def test_dovecot_access_in_the_second_of_our_delivery_comes_after_it_in_the_trace(
-    store: SqliteStore, start: str | None
+    store: Store, start: str | None
 ) -> None:
     delivered_by_proxy(store, "1AAAAAAAAAM0")
     ingest(store, store1_log(start=start), "store1", "/var/log/dovecot.log")
@@ -602,7 +597,7 @@ def test_dovecot_access_in_the_second_of_our_delivery_comes_after_it_in_the_trac
     assert retrieved_line > next(i for i, line in enumerate(d.evidence) if " gateway deliver " in line)
 
 
-def test_report_with_causally_ordered_evidence_verifies(store: SqliteStore, tmp_path: Path) -> None:
+def test_report_with_causally_ordered_evidence_verifies(store: Store, tmp_path: Path) -> None:
     delivered_by_proxy(store, "1AAAAAAAAAM1")
     ingest(store, store1_log(start=None), "store1", "/var/log/dovecot.log")
     built = report.build(store, "1AAAAAAAAAM1", domains=DOMAINS, now=T0 + HOUR)
@@ -627,12 +622,12 @@ def mx1_log(msgid: str = "<m1@sender.test>", rcpt: str = "bob@example.test", ses
     return POSTFIX_MX1_LOG.format(msgid=msgid, rcpt=rcpt, session=session).splitlines()
 
 
-def one_message(store: SqliteStore, spec: SearchSpec) -> MessageTrace:
+def one_message(store: Store, spec: SearchSpec) -> MessageTrace:
     (trace,) = search(store, spec, retention_days=3650, now=T0).messages
     return trace
 
 
-def test_postfix_on_mx1_and_dovecot_on_store1_imported_apart_are_one_message(store: SqliteStore) -> None:
+def test_postfix_on_mx1_and_dovecot_on_store1_imported_apart_are_one_message(store: Store) -> None:
     ingest(store, mx1_log(), "mx1", "/var/log/mail.log")
     ingest(store, store1_log(), "store1", "/var/log/dovecot.log")
     for spec in (
@@ -649,7 +644,7 @@ def test_postfix_on_mx1_and_dovecot_on_store1_imported_apart_are_one_message(sto
     assert key_of_id(store, f"E{saved.id}") == postfix.message_key  # explain of Dovecot's delivery: the Postfix message
 
 
-def test_one_import_of_both_hosts_logs_gives_one_message(store: SqliteStore) -> None:
+def test_one_import_of_both_hosts_logs_gives_one_message(store: Store) -> None:
     from mailwarden.ingest.pipeline import Ingester
 
     events: list[Event] = []
@@ -668,7 +663,7 @@ def test_one_import_of_both_hosts_logs_gives_one_message(store: SqliteStore) -> 
     assert trace.queue_id == "3F1A22066C" and ("dovecot", "deliver") in placed(trace)
 
 
-def test_the_lmtp_session_joins_dovecot_under_another_name_and_keeps_another_copy_apart(store: SqliteStore) -> None:
+def test_the_lmtp_session_joins_dovecot_under_another_name_and_keeps_another_copy_apart(store: Store) -> None:
     # Postfix delivers to the alias info@, Dovecot stores it for bob: only the session says it is the same.
     ingest(store, mx1_log(rcpt="info@example.test"), "mx1", "/var/log/mail.log")
     ingest(store, store1_log(), "store1", "/var/log/dovecot.log")
@@ -685,7 +680,7 @@ def test_the_lmtp_session_joins_dovecot_under_another_name_and_keeps_another_cop
     }
 
 
-def test_a_long_message_id_cut_by_dovecot_still_joins(store: SqliteStore) -> None:
+def test_a_long_message_id_cut_by_dovecot_still_joins(store: Store) -> None:
     long_id = "<" + "x" * 90 + "@sender.test>"
     ingest(store, mx1_log(msgid=long_id), "mx1", "/var/log/mail.log")
     ingest(store, store1_log(msgid=long_id[:77] + "..."), "store1", "/var/log/dovecot.log")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ from mailwarden.catalog import CATALOG, Lang
 from mailwarden.cli import main
 from mailwarden.config import Config
 from mailwarden.events import Event
-from mailwarden.store import StoreError
-from mailwarden.store.sqlite import SqliteStore
+from mailwarden.store import Store, StoreError
 from mailwarden.web import accounts, pages
 from mailwarden.web.app import create_app
 from mailwarden.web.i18n import from_accept_language
+from tests.support.stores import Opener
 
 PASSWORD = "correct horse battery"
 MINUTE_US = 60 * 1_000_000
@@ -46,12 +45,11 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "store.db")
-    accounts.add(opened, "support", "support", (), PASSWORD)
-    accounts.add(opened, "customer", "customer", ("example.test",), PASSWORD)
-    yield opened
-    opened.close()
+def store(store: Store) -> Store:
+    """The shared fixture's store (both backends) with a support and a customer account."""
+    accounts.add(store, "support", "support", (), PASSWORD)
+    accounts.add(store, "customer", "customer", ("example.test",), PASSWORD)
+    return store
 
 
 @pytest.fixture
@@ -59,13 +57,13 @@ def clock() -> Clock:
     return Clock()
 
 
-def make_app(store: SqliteStore, clock: Clock, **web: object) -> FastAPI:
+def make_app(store: Store, clock: Clock, **web: object) -> FastAPI:
     settings = {"listen": "127.0.0.1:1", "why_per_minute": 3, "login_max_failures": 3, **web}
     return create_app(Config(web=settings), store, now=clock.now, wall=clock.seconds, sleep=clock.sleep)
 
 
 def make_client(
-    store: SqliteStore, clock: Clock, *, client: tuple[str, int] = ("192.0.2.1", 1234), **web: object
+    store: Store, clock: Clock, *, client: tuple[str, int] = ("192.0.2.1", 1234), **web: object
 ) -> TestClient:
     return TestClient(
         make_app(store, clock, **web), base_url="http://testserver", client=client, follow_redirects=False
@@ -96,7 +94,7 @@ def test_the_browsers_language_is_chosen_by_its_q_values(header: str, expected: 
     assert from_accept_language(header) == expected
 
 
-def test_a_chosen_language_is_remembered_and_wins_over_the_browser(store: SqliteStore, clock: Clock) -> None:
+def test_a_chosen_language_is_remembered_and_wins_over_the_browser(store: Store, clock: Clock) -> None:
     client = make_client(store, clock)
     german = {"accept-language": "de"}
     assert 'lang="de"' in client.get("/login", headers=german).text
@@ -106,7 +104,7 @@ def test_a_chosen_language_is_remembered_and_wins_over_the_browser(store: Sqlite
 
 
 # ---------------------------------------------------------------------------- sessions and cookies
-def test_over_https_the_cookies_are_secure_and_hsts_is_sent(store: SqliteStore, clock: Clock) -> None:
+def test_over_https_the_cookies_are_secure_and_hsts_is_sent(store: Store, clock: Clock) -> None:
     client = make_client(store, clock)
     client.base_url = client.base_url.copy_with(scheme="https")
     page = client.get("/login")
@@ -117,7 +115,7 @@ def test_over_https_the_cookies_are_secure_and_hsts_is_sent(store: SqliteStore, 
     assert session_cookie.secure
 
 
-def test_a_session_ends_after_its_idle_time_and_after_its_maximum_age(store: SqliteStore, clock: Clock) -> None:
+def test_a_session_ends_after_its_idle_time_and_after_its_maximum_age(store: Store, clock: Clock) -> None:
     client = make_client(store, clock, session_idle_minutes=30, session_max_hours=2)
     assert log_in(client) == 303
     clock.advance(29 * 60)
@@ -131,7 +129,7 @@ def test_a_session_ends_after_its_idle_time_and_after_its_maximum_age(store: Sql
     assert client.get("/").status_code == 303
 
 
-def test_a_password_change_ends_the_accounts_sessions(store: SqliteStore, clock: Clock) -> None:
+def test_a_password_change_ends_the_accounts_sessions(store: Store, clock: Clock) -> None:
     client = make_client(store, clock)
     assert log_in(client) == 303
     accounts.set_password(store, "support", "another good password")
@@ -139,7 +137,7 @@ def test_a_password_change_ends_the_accounts_sessions(store: SqliteStore, clock:
 
 
 # ---------------------------------------------------------------------------- throttling
-def test_failed_logins_are_answered_ever_later_then_locked(store: SqliteStore, clock: Clock) -> None:
+def test_failed_logins_are_answered_ever_later_then_locked(store: Store, clock: Clock) -> None:
     client = make_client(store, clock, login_failure_delay=1.0, login_failure_delay_max=16.0, login_lock_seconds=600)
     assert [log_in(client, password=f"wrong{n}") for n in range(3)] == [401, 401, 429]
     assert clock.slept == [1.0, 2.0, 4.0]
@@ -149,14 +147,14 @@ def test_failed_logins_are_answered_ever_later_then_locked(store: SqliteStore, c
     assert log_in(client) == 303
 
 
-def test_an_unknown_account_is_refused_like_a_wrong_password(store: SqliteStore, clock: Clock) -> None:
+def test_an_unknown_account_is_refused_like_a_wrong_password(store: Store, clock: Clock) -> None:
     client = make_client(store, clock)
     assert log_in(client, name="nobody") == 401
     assert log_in(client, name="support", password="wrong password") == 401
 
 
 def test_the_sender_check_page_shows_each_finding_with_its_remedy_in_the_pages_language(
-    store: SqliteStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[str] = []
 
@@ -175,7 +173,7 @@ def test_the_sender_check_page_shows_each_finding_with_its_remedy_in_the_pages_l
     assert CATALOG["client.no_rdns"].remedy["en"][:40] not in shown
 
 
-def test_the_why_page_is_rate_limited_per_client_address(store: SqliteStore, clock: Clock) -> None:
+def test_the_why_page_is_rate_limited_per_client_address(store: Store, clock: Clock) -> None:
     app = make_app(store, clock)
     one = TestClient(app, client=("192.0.2.1", 1))
     other = TestClient(app, client=("192.0.2.2", 1))
@@ -186,7 +184,7 @@ def test_the_why_page_is_rate_limited_per_client_address(store: SqliteStore, clo
     assert one.get("/why/1C3X2M3AG000").status_code == 200
 
 
-def test_the_why_page_explains_a_refusal_postfix_sent_for_our_milter(store: SqliteStore, clock: Clock) -> None:
+def test_the_why_page_explains_a_refusal_postfix_sent_for_our_milter(store: Store, clock: Clock) -> None:
     reply = "550 5.1.1 The mailbox nobody@example.test does not exist here. ref=1C3X2M3AG001"
     store.append(
         Event(
@@ -200,7 +198,7 @@ def test_the_why_page_explains_a_refusal_postfix_sent_for_our_milter(store: Sqli
     assert "nobody@example.test does not exist here" in page
 
 
-def test_forwarded_addresses_are_believed_only_from_a_configured_proxy(store: SqliteStore, clock: Clock) -> None:
+def test_forwarded_addresses_are_believed_only_from_a_configured_proxy(store: Store, clock: Clock) -> None:
     direct = make_client(store, clock, client=("192.0.2.1", 1))
     forwarded = {"x-forwarded-for": "198.51.100.9"}
     codes = [direct.get("/why/X", headers={"x-forwarded-for": f"198.51.100.{n}"}).status_code for n in range(4)]
@@ -211,7 +209,7 @@ def test_forwarded_addresses_are_believed_only_from_a_configured_proxy(store: Sq
 
 
 # ---------------------------------------------------------------------------- accounts
-def test_accounts_are_checked_before_they_are_stored(store: SqliteStore) -> None:
+def test_accounts_are_checked_before_they_are_stored(store: Store) -> None:
     with pytest.raises(StoreError, match="needs its domains"):
         accounts.add(store, "c2", "customer", (), PASSWORD)
     with pytest.raises(StoreError, match="only customer accounts have domains"):
@@ -230,10 +228,10 @@ def test_accounts_are_checked_before_they_are_stored(store: SqliteStore) -> None
 
 
 def test_the_accounts_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('[store]\nurl = "sqlite:///store.db"\n')
+    config.write_text(f'[store]\nurl = "{store_url}"\n')
 
     def run(*args: str, password: str | None = None) -> int:
         if password is not None:
@@ -266,13 +264,10 @@ def test_the_accounts_command(
     assert "no account ann" in capsys.readouterr().err
 
 
-def test_the_first_admin_is_made_once(tmp_path: Path) -> None:
-    opened = SqliteStore(tmp_path / "store.db")
-    try:
-        config = Config(web={"first_admin": "boss"})
-        created = accounts.ensure_first_admin(config, opened)
-        assert created is not None and created[0] == "boss"
-        assert accounts.authenticate(opened, "boss", created[1]) is not None
-        assert accounts.ensure_first_admin(config, opened) is None
-    finally:
-        opened.close()
+def test_the_first_admin_is_made_once(open_node: Opener) -> None:
+    opened = open_node()
+    config = Config(web={"first_admin": "boss"})
+    created = accounts.ensure_first_admin(config, opened)
+    assert created is not None and created[0] == "boss"
+    assert accounts.authenticate(opened, "boss", created[1]) is not None
+    assert accounts.ensure_first_admin(config, opened) is None

@@ -8,15 +8,12 @@ store; the pages and the API answer from the message index alone.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from mailwarden.store import EventQuery
-from mailwarden.store.sqlite import SqliteStore
+from mailwarden.store import EventQuery, Store
 from mailwarden.web import accounts
 from tests.unit.test_message_search import played
 from tests.unit.test_trace_diagnosis import MINUTE, T0, Session
@@ -29,18 +26,15 @@ XSS_SENDER = '"<img src=x onerror=alert(1)>"@evil.test'
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "store.db", batch_interval=0.001)
+def store(store: Store) -> Store:
+    """The shared fixture's store (both backends) with the played messages and three accounts."""
     for mailbox in ("ann@a.test", "amy@a.test", "bea@b.test"):
-        opened.add_mailbox(mailbox, "x")
-    played(opened)
-    accounts.add(opened, "support", "support", (), PASSWORD)
-    accounts.add(opened, "customer", "customer", ("a.test",), PASSWORD)
-    accounts.add(opened, "customer_b", "customer", ("b.test",), PASSWORD)
-    try:
-        yield opened
-    finally:
-        opened.close()
+        store.add_mailbox(mailbox, "x")
+    played(store)
+    accounts.add(store, "support", "support", (), PASSWORD)
+    accounts.add(store, "customer", "customer", ("a.test",), PASSWORD)
+    accounts.add(store, "customer_b", "customer", ("b.test",), PASSWORD)
+    return store
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(store: SqliteStore, clock: Clock) -> Any:
+def app(store: Store, clock: Clock) -> Any:
     return make_app(store, clock)
 
 
@@ -73,7 +67,7 @@ def api_rows(web: TestClient, **params: object) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- scope
-def test_a_customer_search_never_reaches_past_its_domains_whatever_else_it_asks(app: Any, store: SqliteStore) -> None:
+def test_a_customer_search_never_reaches_past_its_domains_whatever_else_it_asks(app: Any, store: Store) -> None:
     a = logged_in(app, "customer")
     b_event = store.query_events(EventQuery(refs=[ONLY_B], kinds=["tempfail"]))[0]
     for asked in (
@@ -154,7 +148,7 @@ def test_search_pages_walk_on_and_back_by_the_index_cursor(app: Any) -> None:
     assert back == [pages[1], pages[0]]
 
 
-def test_the_search_page_links_older_and_newer_pages(app: Any, store: SqliteStore, clock: Clock) -> None:
+def test_the_search_page_links_older_and_newer_pages(app: Any, store: Store, clock: Clock) -> None:
     for n in range(50):  # 62 messages: two pages of 50
         session = Session(store, f"1AAAAAAAAB{n:02d}", T0 + 21 * MINUTE + n * 1000, client_ip="203.0.113.9")
         session.mail("bulk@sender.test")
@@ -211,7 +205,7 @@ def test_a_field_that_cannot_be_searched_for_is_named_on_the_page_and_in_the_api
     assert [error["loc"] for error in answer.json()["detail"]] == [["query", "since"], ["query", "client"]]
 
 
-def test_searches_and_counts_are_audited_with_what_was_asked(app: Any, store: SqliteStore) -> None:
+def test_searches_and_counts_are_audited_with_what_was_asked(app: Any, store: Store) -> None:
     support = logged_in(app, "support")
     support.get("/search", params={"recipient": "ann@a.test", "since": "1h"})
     support.get("/api/counts", params={"status": "rejected"})
@@ -238,7 +232,7 @@ def test_the_dashboard_draws_today_and_the_last_30_days_in_the_accounts_scope(ap
     assert "9 recipient(s)" in later[later.index('id="month"') :]
 
 
-def test_todays_counts_are_kept_for_a_minute(app: Any, store: SqliteStore, clock: Clock) -> None:
+def test_todays_counts_are_kept_for_a_minute(app: Any, store: Store, clock: Clock) -> None:
     support = logged_in(app, "support")
 
     def today() -> str:
@@ -258,7 +252,7 @@ def test_todays_counts_are_kept_for_a_minute(app: Any, store: SqliteStore, clock
 
 
 # ---------------------------------------------------------------------------- stranger text
-def test_stranger_text_is_inert_in_search_results_and_dashboard_labels(app: Any, store: SqliteStore) -> None:
+def test_stranger_text_is_inert_in_search_results_and_dashboard_labels(app: Any, store: Store) -> None:
     session = Session(store, "1AAAAAAAAAX0", T0 + 25 * MINUTE, client_ip="192.0.2.50")
     session.mail(XSS_SENDER)
     session.refuse(XSS_REASON, 550, "5.7.1", "rcpt", recipient='"<img src=y onerror=alert(2)>"@a.test')

@@ -3,7 +3,7 @@
 Events, their messages and the message index are in `postgres_messages.py`; here the connection
 handling, the migrations and the smaller parts: the node-id registry, greylisting, the pregreet
 pass cache, rate-limit counters shared by every node, mailboxes, and the tracking center's
-accounts. Links by Message-ID hints (a mailbox server's copy no delivery names) are not made yet.
+accounts.
 
 Every call takes a connection from the pool in autocommit mode; what must happen together runs
 in an explicit transaction. Schema migrations are named steps in `MIGRATIONS`, applied once

@@ -8,7 +8,8 @@ the message index of every message the batch touched, and the reading positions 
 The index is folded by the function the SQLite store uses (`messages.index.message_rows`) over
 all events of each touched message (its keys found with `messages.keys.components`), so both
 stores give the same rows for the same events. Links by Message-ID (a mailbox server's copy that
-no delivery names) are not made here yet.
+no delivery names) are made as in SQLite (`sqlite_messages.hint_links`), once the index holds the
+batch's messages, and the messages they join are folded again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import psycopg
 
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.messages.index import INDEX_FIELDS, IndexRow, message_rows
-from mailwarden.messages.keys import MAILBOX_SERVERS, components, links_of
+from mailwarden.messages.keys import MAILBOX_SERVERS, Link, components, links_of
 from mailwarden.messages.legacy import LegacyKeys
 from mailwarden.store import sqlite_messages
 from mailwarden.store.base import Position
@@ -132,17 +133,24 @@ def write_batch(conn: psycopg.Connection[Any], events: list[Event], positions: l
                 copy.write_row((event.id, *event.to_row()))
     _record_queues(conn, events)
     links = [(link, event.ts) for event in events for link in links_of(event)]
+    _insert_links(conn, links)
+    touched = {event.message_key for event in events if event.message_key is not None}
+    refold(conn, touched | {link.message_key for link, _ in links}, events)
+    hinted = sqlite_messages.hint_links(shared, events, lambda rows: _insert_links(conn, rows))  # on the index
+    if hinted:
+        refold(conn, {link.message_key for link in hinted}, events)
+    if positions:
+        conn.cursor().executemany(
+            SQL.save_positions, [(position.name, position.value, now_us()) for position in positions]
+        )
+
+
+def _insert_links(conn: psycopg.Connection[Any], links: Sequence[tuple[Link, int]]) -> None:
     if links:
         conn.cursor().executemany(
             "INSERT INTO message_links (handle, message_key, upstream, recipient, hint, ts)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (handle, message_key, upstream) DO NOTHING",
             [(ln.handle, ln.message_key, int(ln.upstream), ln.recipient, int(ln.hint), ts) for ln, ts in links],
-        )
-    touched = {event.message_key for event in events if event.message_key is not None}
-    refold(conn, touched | {link.message_key for link, _ in links}, events)
-    if positions:
-        conn.cursor().executemany(
-            SQL.save_positions, [(position.name, position.value, now_us()) for position in positions]
         )
 
 

@@ -136,59 +136,69 @@ class MessageBook:
         return found
 
     def hint_links(self, events: Iterable[Event]) -> list[Link]:
-        """Link a mailbox server's copy or access that no delivery names exactly, by its Message-ID.
-
-        Dovecot's log may not say which delivery stored a copy (no `save` line in mail_log, a
-        copy between folders, a Maildir our gateway wrote): then the writer decides once, by the
-        Message-ID and the user, for the latest such delivery not after the event (allowing for
-        other nodes' clocks). An exact link written later wins over it (`keys.upstream_edges`).
-        """
-        found: list[Link] = []
-        for event in events:
-            key = event.message_key
-            if key is None or not _needs_hint(event) or self._has_upstream(key):
-                continue
-            target = _hint_target(event, self._delivered(event))
-            if target is not None:
-                links = hop(target, key, event.recipient, hint=True)
-                self._insert([(link, event.ts) for link in links])
-                found.extend(links)
-        return found
+        """Links by Message-ID for this batch's mailbox server events (`hint_links`)."""
+        return hint_links(self.conn, events, self._insert)
 
     def _insert(self, rows: Sequence[tuple[Link, int]]) -> None:
         values = [(ln.handle, ln.message_key, int(ln.upstream), ln.recipient, int(ln.hint), ts) for ln, ts in rows]
         self.insert(self.conn, _INSERT_LINK, values, " ON CONFLICT (handle, message_key, upstream) DO NOTHING")
 
-    def _has_upstream(self, key: str) -> bool:
-        row = self.conn.execute(
-            "SELECT 1 FROM message_links AS down JOIN message_links AS up"
-            " ON up.handle = down.handle AND up.upstream = 1 AND up.message_key != down.message_key"
-            " WHERE down.message_key = ? AND down.upstream = 0 LIMIT 1",
-            (key,),
-        ).fetchone()
-        return row is not None
 
-    def _delivered(self, event: Event) -> list[tuple[str, str, int]]:
-        """(message, recipient, first seen) of the messages with the event's Message-ID (or what
-        Dovecot kept of it) and that recipient that arrived not after the event, newest first."""
-        assert event.message_id is not None and event.recipient is not None
-        clauses = ["first_seen <= ?", "recipient = ?"]
-        params: list[Any] = [event.ts + CLOCK_SLACK_US, event.recipient]
-        prefix = cut_message_id_prefix(event.message_id)
-        if prefix is None:
-            clauses.append("message_id = ?")
-            params.append(event.message_id)
-        else:
-            clauses.append("message_id >= ? AND substr(message_id, 1, ?) = ?")
-            params.extend([prefix, len(prefix), prefix])
-            if ord(prefix[-1]) < sys.maxunicode:
-                clauses.append("message_id < ?")
-                params.append(prefix[:-1] + chr(ord(prefix[-1]) + 1))
-        sql = (
-            f"SELECT message_key, recipient, first_seen FROM message_index WHERE {' AND '.join(clauses)}"
-            f" ORDER BY first_seen DESC LIMIT {_HINT_CANDIDATES}"
-        )
-        return [(str(key), str(recipient), int(seen)) for key, recipient, seen in self.conn.execute(sql, params)]
+def hint_links(
+    conn: SqlConnection, events: Iterable[Event], insert: Callable[[Sequence[tuple[Link, int]]], None]
+) -> list[Link]:
+    """Link a mailbox server's copy or access that no delivery names exactly, by its Message-ID
+    (both stores, in the transaction that writes the events, once the index holds their messages).
+
+    Dovecot's log may not say which delivery stored a copy (no `save` line in mail_log, a
+    copy between folders, a Maildir our gateway wrote): then the writer decides once, by the
+    Message-ID and the user, for the latest such delivery not after the event (allowing for
+    other nodes' clocks). An exact link written later wins over it (`keys.upstream_edges`).
+    """
+    found: list[Link] = []
+    for event in events:
+        key = event.message_key
+        if key is None or not _needs_hint(event) or _has_upstream(conn, key):
+            continue
+        target = _hint_target(event, _delivered(conn, event))
+        if target is not None:
+            links = hop(target, key, event.recipient, hint=True)
+            insert([(link, event.ts) for link in links])
+            found.extend(links)
+    return found
+
+
+def _has_upstream(conn: SqlConnection, key: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM message_links AS down JOIN message_links AS up"
+        " ON up.handle = down.handle AND up.upstream = 1 AND up.message_key != down.message_key"
+        " WHERE down.message_key = ? AND down.upstream = 0 LIMIT 1",
+        (key,),
+    ).fetchone()
+    return row is not None
+
+
+def _delivered(conn: SqlConnection, event: Event) -> list[tuple[str, str, int]]:
+    """(message, recipient, first seen) of the messages with the event's Message-ID (or what
+    Dovecot kept of it) and that recipient that arrived not after the event, newest first."""
+    assert event.message_id is not None and event.recipient is not None
+    clauses = ["first_seen <= ?", "recipient = ?"]
+    params: list[Any] = [event.ts + CLOCK_SLACK_US, event.recipient]
+    prefix = cut_message_id_prefix(event.message_id)
+    if prefix is None:
+        clauses.append("message_id = ?")
+        params.append(event.message_id)
+    else:
+        clauses.append("message_id >= ? AND substr(message_id, 1, ?) = ?")
+        params.extend([prefix, len(prefix), prefix])
+        if ord(prefix[-1]) < sys.maxunicode:
+            clauses.append("message_id < ?")
+            params.append(prefix[:-1] + chr(ord(prefix[-1]) + 1))
+    sql = (
+        f"SELECT message_key, recipient, first_seen FROM message_index WHERE {' AND '.join(clauses)}"
+        f" ORDER BY first_seen DESC LIMIT {_HINT_CANDIDATES}"
+    )
+    return [(str(key), str(recipient), int(seen)) for key, recipient, seen in conn.execute(sql, params)]
 
 
 def _needs_hint(event: Event) -> bool:
