@@ -1,6 +1,7 @@
 """Where a tracking center request's CPU goes: the three requests of bench/web_load.py, in this process.
 
     .venv/bin/python -m bench.web_profile [--dir /tmp/mailwarden-web-bench] [--requests 200] [--profile]
+                                          [--kinds "search API"] [--sort tottime]
 
 Serves bench/web_load.py's copy of the 10 M-event store (made there, with its support account)
 through httpx's ASGI transport, one request after the other, and prints the CPU time per request
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.web_load import PASSWORD, SUPPORT, questions
+from bench.web_load import PASSWORD, SUPPORT, TARGETS, questions
 from mailwarden.config import Config
 from mailwarden.store.sqlite import SqliteStore
 from mailwarden.web.app import create_app
@@ -73,9 +74,12 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/mailwarden-web-bench", help="bench/web_load.py's --dir")
     parser.add_argument("--requests", type=int, default=200, help="per kind and run")
     parser.add_argument("--profile", action="store_true", help="run inline under cProfile and print the costliest")
+    parser.add_argument("--kinds", default=",".join(TARGETS), help="which kinds, comma-separated")
+    parser.add_argument("--sort", default="cumulative", help="the profile's order (cumulative, tottime, ...)")
     args = parser.parse_args()
     path = Path(args.dir) / "store.db"
-    paths = questions(path, random.Random(13), 50 + args.requests)
+    every = questions(path, random.Random(13), 50 + args.requests)
+    paths = {kind: every[kind] for kind in args.kinds.split(",")}
     profiler = None
     if args.profile:
         run_inline()
@@ -86,7 +90,7 @@ def main() -> None:
     finally:
         store.close()
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(60)
 
 
 if __name__ == "__main__":
