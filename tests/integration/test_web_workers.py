@@ -213,6 +213,24 @@ def test_connections_opened_at_once_are_spread_over_the_web_workers_whichever_wa
     assert served.get(sleeper, 0) >= 10 and served.get(runner, 0) >= 10, served
 
 
+def test_a_second_mailwarden_web_on_the_port_of_a_running_one_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """The workers' sockets share their port by SO_REUSEPORT, which would let a second instance of the
+    same user join them silently and take part of the connections."""
+    process, web = start_web(tmp_path)
+    try:
+        second = subprocess.run(
+            [PYTHON, "-m", "mailwarden", "-c", str(tmp_path / "config.toml"), "web"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"web.listen '127.0.0.1:{web.port}': cannot listen there" in second.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 def test_a_web_worker_that_dies_ends_the_other_and_the_supervisor_with_a_failure(tmp_path: Path) -> None:
     process, web = start_web(tmp_path)
     try:
