@@ -40,7 +40,15 @@ from mailwarden.text import printable
 from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions
 from mailwarden.web.dashboard import DayCounts
-from mailwarden.web.deps import CsrfFailed, Forbidden, LoginRequired, TooManyRequests, client_ip, web_of
+from mailwarden.web.deps import (
+    CsrfFailed,
+    Forbidden,
+    LoginRequired,
+    TooManyRequests,
+    client_ip,
+    session_before_fields,
+    web_of,
+)
 from mailwarden.web.i18n import LANG_COOKIE, negotiate, status_name, t
 from mailwarden.web.scope import NotVisible, Principal
 
@@ -190,7 +198,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.exception_handler(LoginRequired)
-    async def login_required(request: Request, exc: LoginRequired) -> Response:
+    async def login_required(request: Request, exc: LoginRequired | None = None) -> Response:
         if _is_api(request):
             return JSONResponse({"detail": "log in first: POST /api/session"}, status_code=401)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -224,6 +232,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        try:
+            await session_before_fields(request)
+        except LoginRequired:
+            return await login_required(request)
         if _is_api(request):
             return JSONResponse({"detail": _jsonable(exc.errors())}, status_code=422)
         return _error(request, 400, "error.title", "error.title")

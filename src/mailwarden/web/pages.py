@@ -29,11 +29,13 @@ from mailwarden.web import timeline as visual
 from mailwarden.web.app import forget_cookie, set_cookie
 from mailwarden.web.auth import PRE_COOKIE, SESSION_COOKIE, Session, same
 from mailwarden.web.deps import (
+    SESSION_COOKIE_FIRST,
     AdminDep,
     LoginRefused,
     SessionDep,
     check_form_token,
     log_in,
+    require_session,
     web_of,
 )
 from mailwarden.web.why import refusals
@@ -162,14 +164,13 @@ def open_for(request: Request, session: Session, trace_id: str, recipient: str |
     return made
 
 
-@router.get("/message/{trace_id}")
+@router.get("/message/{trace_id}", dependencies=SESSION_COOKIE_FIRST)
 def message(
     request: Request,
-    session: SessionDep,
     trace_id: str,
     recipient: Annotated[str | None, Query(max_length=MAX_FIELD)] = None,
 ) -> Response:
-    opened = open_for(request, session, trace_id, recipient, "message.open")
+    opened = open_for(request, require_session(request), trace_id, recipient, "message.open")
     made = opened.report
     downloads = [
         (fmt, f"{message_path(made.diagnosis.id)}/report.{ext}" + _recipient_query(made.diagnosis.recipient))
@@ -230,9 +231,10 @@ def audit_search(request: Request, session: Session, action: str, form: search.F
     web_of(request).audit(session.principal.name, action, request, summary, found=found)
 
 
-@router.get("/search")
-def search_page(request: Request, session: SessionDep, form: FormDep, position: PositionDep) -> Response:
+@router.get("/search", dependencies=SESSION_COOKIE_FIRST)
+def search_page(request: Request, form: FormDep, position: PositionDep) -> Response:
     """The search form, one page of results (newest first) and the counts of all of them by status and reason."""
+    session = require_session(request)
     web = web_of(request)
     if form.empty and position.first:
         form = search.Form(since=search.DEFAULT_SINCE)
