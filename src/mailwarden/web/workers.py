@@ -7,10 +7,12 @@ password printed once), binds one listening socket per worker on the same port (
 forks the workers before it runs any thread; each worker opens the store itself and accepts on its
 own socket. The kernel gives each new connection to one of the sockets by a hash of the client's
 address and port, so keep-alive connections are spread evenly over the workers: with one socket
-shared by all, whichever worker woke first accepted most of a burst (50 connections opened at once
-went 48/2 in two of three tries) and served them alone while the other idled. What a worker must see of the
-others - login sessions, login failures and locks, the /why limit, the login form's key - is in
-the store (store/accounts.py, store/web_state.py), so any worker may answer any request.
+shared by all, whichever worker woke first accepted most of a burst (50 connections opened at
+once went 48/2 in two of three tries) and served them alone while the other idled.
+
+What a worker must see of the others - login sessions, login failures and locks, the /why limit,
+the login form's key - is in the store (store/accounts.py, store/web_state.py), so any worker may
+answer any request.
 
 The workers die with the supervisor (PR_SET_PDEATHSIG). SIGTERM or SIGINT to the supervisor ends
 them and then it; a worker that ends on its own ends the others and the supervisor with exit code
