@@ -109,7 +109,7 @@ class Web:
             "csrf": session.csrf if session is not None else "",
             "nav": nav_for(session.principal) if session is not None else [],
             "path": request.url.path,
-            "switch": {other: _with_lang(request, other) for other in LANGS},
+            "switch": _language_links(request),
             "version": __version__,
             **values,
         }
@@ -295,10 +295,11 @@ _HSTS: Final = _header("strict-transport-security", f"max-age={ONE_YEAR}")
 _NO_STORE: Final = _header("cache-control", "no-store")
 
 
-def _with_lang(request: Request, lang: str) -> str:
-    """This page in another language: a query-only link, so the page never repeats the path it was asked for."""
-    query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"] + [("lang", lang)]
-    return f"?{urlencode(query)}"
+def _language_links(request: Request) -> dict[str, str]:
+    """This page in each language: query-only links, so the page never repeats the path it was asked for.
+    The page's other fields are encoded once for all languages."""
+    kept = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "lang"])
+    return {lang: f"?{kept}&lang={lang}" if kept else f"?lang={lang}" for lang in LANGS}
 
 
 def _jsonable(errors: Any) -> Any:

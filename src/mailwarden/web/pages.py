@@ -172,10 +172,8 @@ def message(
 ) -> Response:
     opened = open_for(request, require_session(request), trace_id, recipient, "message.open")
     made = opened.report
-    downloads = [
-        (fmt, f"{message_path(made.diagnosis.id)}/report.{ext}" + _recipient_query(made.diagnosis.recipient))
-        for fmt, ext in DOWNLOADS.items()
-    ]
+    path, query = message_path(made.diagnosis.id), _recipient_query(made.diagnosis.recipient)
+    downloads = [(fmt, f"{path}/report.{ext}{query}") for fmt, ext in DOWNLOADS.items()]
     return web_of(request).render(
         request,
         "message.html",
