@@ -1,9 +1,11 @@
-"""`mailwarden web` with two worker processes on one socket: what one worker knows, the other knows.
+"""`mailwarden web` with two worker processes on one port: what one worker knows, the other knows;
+connections are spread over both.
 
-Which worker accepts a connection is the kernel's choice, so each test holds keep-alive connections
-it has seen accepted by a given worker (the server side of the connection is found among that
-process's sockets in /proc) and asks one worker, then the other. Without the state in the store,
-each worker kept its own lockout counters, /why counter and login-form key in memory.
+Which worker accepts a connection is the kernel's choice (a hash onto the workers' sockets), so
+each test holds keep-alive connections it has seen accepted by a given worker (the server side of
+the connection is found among that process's sockets in /proc) and asks one worker, then the
+other. Without the state in the store, each worker kept its own lockout counters, /why counter
+and login-form key in memory.
 """
 
 from __future__ import annotations
