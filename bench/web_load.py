@@ -78,6 +78,7 @@ class Figures:
     p99_ms: float
     errors: int
     cpu_ms: float  # the server's CPU time (user + system) per request
+    per_worker: tuple[int, ...]  # the open connections each worker process held halfway through
 
     @property
     def rate(self) -> float:
@@ -155,6 +156,26 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(int(child)) for child in workers)
 
 
+def connections_per_worker(pid: int, port: int) -> tuple[int, ...]:
+    """How many established connections to `port` each worker process of `pid` (or `pid` alone) holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: established
+                inodes.add(f"socket:[{fields[9]}]")
+    held = []
+    for worker in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() or [str(pid)]:
+        count = 0
+        for fd in Path(f"/proc/{worker}/fd").iterdir():
+            try:
+                count += str(fd.readlink()) in inodes
+            except OSError:
+                continue
+        held.append(count)
+    return tuple(sorted(held, reverse=True))
+
+
 @contextmanager
 def web_server(directory: Path, store: Path, port: int, workers: int) -> Iterator[tuple[str, int]]:
     config = directory / "web.toml"
@@ -203,16 +224,19 @@ def run_wrk(wrk: str, url: str, pid: int, cookie: str, paths: list[str], connect
         listing = Path(scratch) / "paths"
         listing.write_text("\n".join(paths) + "\n")
         threads = max(1, min(2, connections))
-        done = subprocess.run(
+        with subprocess.Popen(
             [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url],
             env={**os.environ, "WRK_PATHS": str(listing), "WRK_COOKIE": cookie},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=True,
-        )
-    found = re.search(r"RESULT (.*)", done.stdout)
-    if found is None:
-        sys.exit(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+        ) as done:
+            time.sleep(seconds / 2)
+            per_worker = connections_per_worker(pid, int(url.rsplit(":", 1)[1]))
+            stdout, stderr = done.communicate()
+    found = re.search(r"RESULT (.*)", stdout)
+    if done.returncode or found is None:
+        sys.exit(f"wrk failed or printed no result:\n{stdout}\n{stderr}")
     values = {key: int(value) for key, value in (item.split("=") for item in found.group(1).split())}
     cpu = cpu_seconds(pid) - cpu_before
     return Figures(
@@ -223,6 +247,7 @@ def run_wrk(wrk: str, url: str, pid: int, cookie: str, paths: list[str], connect
         values["p99_us"] / 1000,
         values["status_errors"] + values["socket_errors"],
         1000 * cpu / max(1, values["requests"]),
+        per_worker,
     )
 
 
@@ -274,7 +299,8 @@ def main() -> None:
                     print(
                         f"  {kind:13} {connections:3} clients: {figures.rate:6.1f} req/s  p50 {figures.p50_ms:7.1f} ms"
                         f"  p95 {figures.p95_ms:7.1f} ms  p99 {figures.p99_ms:7.1f} ms  errors {figures.errors}"
-                        f"  server CPU {figures.cpu_ms:4.1f} ms/request",
+                        f"  server CPU {figures.cpu_ms:4.1f} ms/request"
+                        f"  connections per worker {'/'.join(map(str, figures.per_worker))}",
                         flush=True,
                     )
     print(f"\nsummary: median of {args.rounds} rounds (min-max), load average now {load_average()}")

@@ -770,7 +770,8 @@ class WebConfig(_Section):
     workers: int = Field(
         0,
         ge=0,
-        description="Processes of `mailwarden web` that serve the pages on one socket; they share sessions, login "
+        description="Processes of `mailwarden web` that serve the pages on one port, a listening socket each (the "
+        "kernel spreads the connections over them); they share sessions, login "
         "locks, the /why limit and the login form's key through the store. 0 = one per CPU core; 1 = no worker "
         "processes. `mailwarden serve` serves the web pages in its own process, whatever this says.",
     )

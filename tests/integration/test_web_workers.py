@@ -1,9 +1,11 @@
-"""`mailwarden web` with two worker processes on one socket: what one worker knows, the other knows.
+"""`mailwarden web` with two worker processes on one port: what one worker knows, the other knows;
+connections are spread over both.
 
-Which worker accepts a connection is the kernel's choice, so each test holds keep-alive connections
-it has seen accepted by a given worker (the server side of the connection is found among that
-process's sockets in /proc) and asks one worker, then the other. Without the state in the store,
-each worker kept its own lockout counters, /why counter and login-form key in memory.
+Which worker accepts a connection is the kernel's choice (a hash onto the workers' sockets), so
+each test holds keep-alive connections it has seen accepted by a given worker (the server side of
+the connection is found among that process's sockets in /proc) and asks one worker, then the
+other. Without the state in the store, each worker kept its own lockout counters, /why counter
+and login-form key in memory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -185,6 +188,50 @@ def test_the_why_limit_counts_the_answers_of_every_web_worker(web: Web) -> None:
     assert first.request("GET", "/why/AAAAAAAAAAAA").status == 200
     assert first.request("GET", "/why/AAAAAAAAAAAB").status == 200
     assert second.request("GET", "/why/AAAAAAAAAAAC").status == 429
+
+
+def test_connections_opened_at_once_are_spread_over_the_web_workers_whichever_wakes_first(web: Web) -> None:
+    """50 keep-alive connections opened while one worker cannot run (stopped): each worker serves its
+    share once it runs. On one socket shared by both, the running worker accepted them all."""
+    sleeper, runner = web.pids
+    os.kill(sleeper, signal.SIGSTOP)
+    try:
+        connections = [socket.create_connection(("127.0.0.1", web.port), timeout=30) for _ in range(50)]
+        for conn in connections:
+            conn.sendall(b"GET /static/style.css HTTP/1.1\r\nHost: web\r\n\r\n")
+    finally:
+        os.kill(sleeper, signal.SIGCONT)
+    served: dict[int | None, int] = {}
+    for conn in connections:
+        answer = http.client.HTTPResponse(conn)
+        answer.begin()
+        answer.read()
+        assert answer.status == 200
+        pid = serving_pid(web.port, conn.getsockname()[1], web.pids)
+        served[pid] = served.get(pid, 0) + 1
+    for conn in connections:
+        conn.close()
+    # The kernel hashes each connection onto one worker's socket: 25 each on average; fewer than 10
+    # of 50 for one of them has a chance of about 1 in 200,000.
+    assert served.get(sleeper, 0) >= 10 and served.get(runner, 0) >= 10, served
+
+
+def test_a_second_mailwarden_web_on_the_port_of_a_running_one_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """The workers' sockets share their port by SO_REUSEPORT, which would let a second instance of the
+    same user join them silently and take part of the connections."""
+    process, web = start_web(tmp_path)
+    try:
+        second = subprocess.run(
+            [PYTHON, "-m", "mailwarden", "-c", str(tmp_path / "config.toml"), "web"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"web.listen '127.0.0.1:{web.port}': cannot listen there" in second.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def test_a_web_worker_that_dies_ends_the_other_and_the_supervisor_with_a_failure(tmp_path: Path) -> None:

@@ -129,6 +129,26 @@ def test_a_session_ends_after_its_idle_time_and_after_its_maximum_age(store: Sto
     assert client.get("/").status_code == 303
 
 
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ("/api/search?status=bogus&limit=0", 401),
+        ("/search?status=bogus&cursor=%20x", 303),
+        ("/message/x?recipient=" + "a" * 300, 303),
+    ],
+)
+def test_the_busiest_routes_ask_for_the_login_before_they_look_at_the_fields(
+    store: Store, clock: Clock, path: str, refused: int
+) -> None:
+    """They look the session up in the handler's own thread (no thread of its own for the dependency):
+    without a session cookie, and with one of an ended session, the answer is still the login's."""
+    client = make_client(store, clock, session_idle_minutes=30)
+    assert client.get(path).status_code == refused
+    assert log_in(client) == 303
+    clock.advance(31 * 60)
+    assert client.get(path).status_code == refused
+
+
 def test_a_password_change_ends_the_accounts_sessions(store: Store, clock: Clock) -> None:
     client = make_client(store, clock)
     assert log_in(client) == 303

@@ -25,7 +25,16 @@ from mailwarden.trace.search import SearchSpec, count, search_index
 from mailwarden.web import scope, search
 from mailwarden.web.app import forget_cookie, set_cookie
 from mailwarden.web.auth import SESSION_COOKIE, Session
-from mailwarden.web.deps import AdminDep, CsrfDep, LoginRefused, SessionDep, log_in, web_of
+from mailwarden.web.deps import (
+    SESSION_COOKIE_FIRST,
+    AdminDep,
+    CsrfDep,
+    LoginRefused,
+    SessionDep,
+    log_in,
+    require_session,
+    web_of,
+)
 from mailwarden.web.i18n import t
 from mailwarden.web.pages import (
     MAX_FIELD,
@@ -346,16 +355,21 @@ def _spec(request: Request, session: Session, form: search.Form, position: searc
     return spec
 
 
-@router.get("/search", response_model=SearchResults, responses={422: {"description": "A field cannot be searched for"}})
+@router.get(
+    "/search",
+    response_model=SearchResults,
+    responses={422: {"description": "A field cannot be searched for"}},
+    dependencies=SESSION_COOKIE_FIRST,
+)
 def search_messages(
     request: Request,
-    session: SessionDep,
     form: FormDep,
     position: PositionDep,
     limit: Annotated[int, Query(ge=1, le=search.MAX_PAGE, description="messages per page")] = search.PAGE_SIZE,
 ) -> Response:
     """Messages by sender, recipient, period, status, reason, ref, Message-ID or client (`mailwarden trace`),
     newest first, a page at a time; a customer sees only its domains' recipients."""
+    session = require_session(request)
     found = search_index(web_of(request).store, _spec(request, session, form, position, limit))
     audit_search(request, session, "search", form, len(found.rows))
     answer = SearchResults(

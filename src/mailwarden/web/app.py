@@ -23,7 +23,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -40,7 +39,15 @@ from mailwarden.text import printable
 from mailwarden.trace.rules import when
 from mailwarden.web.auth import Session, Sessions
 from mailwarden.web.dashboard import DayCounts
-from mailwarden.web.deps import CsrfFailed, Forbidden, LoginRequired, TooManyRequests, client_ip, web_of
+from mailwarden.web.deps import (
+    CsrfFailed,
+    Forbidden,
+    LoginRequired,
+    TooManyRequests,
+    client_ip,
+    session_before_fields,
+    web_of,
+)
 from mailwarden.web.i18n import LANG_COOKIE, negotiate, status_name, t
 from mailwarden.web.scope import NotVisible, Principal
 
@@ -102,7 +109,7 @@ class Web:
             "csrf": session.csrf if session is not None else "",
             "nav": nav_for(session.principal) if session is not None else [],
             "path": request.url.path,
-            "switch": {other: _with_lang(request, other) for other in LANGS},
+            "switch": _language_links(request),
             "version": __version__,
             **values,
         }
@@ -190,7 +197,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.exception_handler(LoginRequired)
-    async def login_required(request: Request, exc: LoginRequired) -> Response:
+    async def login_required(request: Request, exc: LoginRequired | None = None) -> Response:
         if _is_api(request):
             return JSONResponse({"detail": "log in first: POST /api/session"}, status_code=401)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -224,6 +231,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        try:
+            await session_before_fields(request)
+        except LoginRequired:
+            return await login_required(request)
         if _is_api(request):
             return JSONResponse({"detail": _jsonable(exc.errors())}, status_code=422)
         return _error(request, 400, "error.title", "error.title")
@@ -238,7 +249,8 @@ class LanguageAndHeaders:
     """The request's language (`request.state.lang`) and the headers every answer carries.
 
     Plain ASGI rather than Starlette's BaseHTTPMiddleware, which runs every request's answer
-    through a task and a stream of its own: measurable at hundreds of requests a second.
+    through a task and a stream of its own: measurable at hundreds of requests a second. For the
+    same reason the headers are added as the bytes they are sent as, made once.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -253,33 +265,41 @@ class LanguageAndHeaders:
             request.query_params.get("lang"), request.cookies.get(LANG_COOKIE), request.headers.get("accept-language")
         )
         scope.setdefault("state", {})["lang"] = lang
-        extra = dict(SECURITY_HEADERS)
-        if request.url.scheme == "https":
-            extra["strict-transport-security"] = f"max-age={ONE_YEAR}"
-        if not request.url.path.startswith("/static/"):
-            extra["cache-control"] = "no-store"
-        remembered = Response()
+        extra = list(_EVERY_ANSWER)
+        if scope.get("scheme") == "https":
+            extra.append(_HSTS)
+        if not scope["path"].startswith("/static/"):
+            extra.append(_NO_STORE)
+        cookies = []
         if chosen:
+            remembered = Response()
             set_cookie(request, remembered, LANG_COOKIE, lang, max_age=ONE_YEAR)
+            cookies = [(name, value) for name, value in remembered.raw_headers if name == b"set-cookie"]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    if name not in headers:
-                        headers[name] = value
-                for name, value in remembered.headers.items():
-                    if name == "set-cookie":
-                        headers.append(name, value)
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [pair for pair in extra if pair[0] not in present] + cookies
             await send(message)
 
         await self.app(scope, receive, with_headers)
 
 
-def _with_lang(request: Request, lang: str) -> str:
-    """This page in another language: a query-only link, so the page never repeats the path it was asked for."""
-    query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"] + [("lang", lang)]
-    return f"?{urlencode(query)}"
+def _header(name: str, value: str) -> tuple[bytes, bytes]:
+    return name.encode("latin-1"), value.encode("latin-1")
+
+
+_EVERY_ANSWER: Final = tuple(_header(name, value) for name, value in SECURITY_HEADERS.items())
+_HSTS: Final = _header("strict-transport-security", f"max-age={ONE_YEAR}")
+_NO_STORE: Final = _header("cache-control", "no-store")
+
+
+def _language_links(request: Request) -> dict[str, str]:
+    """This page in each language: query-only links, so the page never repeats the path it was asked for.
+    The page's other fields are encoded once for all languages."""
+    kept = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "lang"])
+    return {lang: f"?{kept}&lang={lang}" if kept else f"?lang={lang}" for lang in LANGS}
 
 
 def _jsonable(errors: Any) -> Any:

@@ -29,11 +29,13 @@ from mailwarden.web import timeline as visual
 from mailwarden.web.app import forget_cookie, set_cookie
 from mailwarden.web.auth import PRE_COOKIE, SESSION_COOKIE, Session, same
 from mailwarden.web.deps import (
+    SESSION_COOKIE_FIRST,
     AdminDep,
     LoginRefused,
     SessionDep,
     check_form_token,
     log_in,
+    require_session,
     web_of,
 )
 from mailwarden.web.why import refusals
@@ -162,19 +164,16 @@ def open_for(request: Request, session: Session, trace_id: str, recipient: str |
     return made
 
 
-@router.get("/message/{trace_id}")
+@router.get("/message/{trace_id}", dependencies=SESSION_COOKIE_FIRST)
 def message(
     request: Request,
-    session: SessionDep,
     trace_id: str,
     recipient: Annotated[str | None, Query(max_length=MAX_FIELD)] = None,
 ) -> Response:
-    opened = open_for(request, session, trace_id, recipient, "message.open")
+    opened = open_for(request, require_session(request), trace_id, recipient, "message.open")
     made = opened.report
-    downloads = [
-        (fmt, f"{message_path(made.diagnosis.id)}/report.{ext}" + _recipient_query(made.diagnosis.recipient))
-        for fmt, ext in DOWNLOADS.items()
-    ]
+    path, query = message_path(made.diagnosis.id), _recipient_query(made.diagnosis.recipient)
+    downloads = [(fmt, f"{path}/report.{ext}{query}") for fmt, ext in DOWNLOADS.items()]
     return web_of(request).render(
         request,
         "message.html",
@@ -221,7 +220,13 @@ PositionDep = Annotated[search.Position, Depends(search.position_fields)]
 
 
 def search_link(form: search.Form, **extra: str) -> str:
-    return "/search?" + urlencode([*form.items(), *extra.items()])
+    return _search_link(urlencode(form.items()), extra)
+
+
+def _search_link(asked: str, extra: dict[str, str]) -> str:
+    """`search_link` with the form's fields already encoded: a results page links its counts and
+    pages with the same fields, and encoding them for each link was a tenth of its rendering."""
+    return "/search?" + "&".join(part for part in (asked, urlencode(extra)) if part)
 
 
 def audit_search(request: Request, session: Session, action: str, form: search.Form, found: int | None) -> None:
@@ -230,20 +235,22 @@ def audit_search(request: Request, session: Session, action: str, form: search.F
     web_of(request).audit(session.principal.name, action, request, summary, found=found)
 
 
-@router.get("/search")
-def search_page(request: Request, session: SessionDep, form: FormDep, position: PositionDep) -> Response:
+@router.get("/search", dependencies=SESSION_COOKIE_FIRST)
+def search_page(request: Request, form: FormDep, position: PositionDep) -> Response:
     """The search form, one page of results (newest first) and the counts of all of them by status and reason."""
+    session = require_session(request)
     web = web_of(request)
     if form.empty and position.first:
         form = search.Form(since=search.DEFAULT_SINCE)
     spec, problems = search.spec_of(form, session.principal, position, web.now_us())
     found = None if problems else search_index(web.store, spec, counts=True)
     audit_search(request, session, "search", form, len(found.rows) if found is not None else None)
+    asked = urlencode(form.items())
     pages = {}
     if found is not None and found.next_cursor:
-        pages["next"] = search_link(form, cursor=found.next_cursor)
+        pages["next"] = _search_link(asked, {"cursor": found.next_cursor})
     if found is not None and found.previous_cursor:
-        pages["previous"] = search_link(form, before=found.previous_cursor)
+        pages["previous"] = _search_link(asked, {"before": found.previous_cursor})
     return web.render(
         request,
         "search.html",
@@ -253,7 +260,7 @@ def search_page(request: Request, session: SessionDep, form: FormDep, position: 
         found=found,
         pages=pages,
         statuses=STATUSES,
-        narrowed=lambda **extra: search_link(form, **extra),
+        narrowed=lambda **extra: _search_link(asked, extra),
         open_link=message_path,
         reason_name=lambda reason: dashboard.reason_name(reason, request.state.lang),
     )

@@ -35,13 +35,18 @@ class _Embedded(uvicorn.Server):
         yield  # the process's signals belong to `mailwarden serve` / `web`, which call stop()
 
 
-def bind(listen: str) -> socket.socket:
+def bind(listen: str, *, shared_port: bool = False) -> socket.socket:
+    """A listening socket on `listen`; `shared_port`: one of several on the same port (SO_REUSEPORT),
+    each with its own queue of new connections, which the kernel fills by a hash of the client's
+    address and port (web/workers.py)."""
     host, port = parse_hostport(listen)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
         raise ConfigError(

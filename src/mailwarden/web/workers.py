@@ -1,12 +1,18 @@
-"""`mailwarden web` with worker processes (`web.workers`): several processes serve one listening socket.
+"""`mailwarden web` with worker processes (`web.workers`): several processes serve one port.
 
 One process answers a request in 2-5 ms of CPU, so with many clients at once they wait in its
 queue (bench/README.md, "tracking center under load"); the pages are Python, so threads do not
 help, processes do. The supervisor opens the store once (its migrations, the first admin and its
-password printed once), binds the socket and forks the workers before it runs any thread; each
-worker opens the store itself and accepts on the shared socket. What a worker must see of the
-others - login sessions, login failures and locks, the /why limit, the login form's key - is in
-the store (store/accounts.py, store/web_state.py), so any worker may answer any request.
+password printed once), binds one listening socket per worker on the same port (SO_REUSEPORT) and
+forks the workers before it runs any thread; each worker opens the store itself and accepts on its
+own socket. The kernel gives each new connection to one of the sockets by a hash of the client's
+address and port, so keep-alive connections are spread evenly over the workers: with one socket
+shared by all, whichever worker woke first accepted most of a burst (50 connections opened at
+once went 48/2 in two of three tries) and served them alone while the other idled.
+
+What a worker must see of the others - login sessions, login failures and locks, the /why limit,
+the login form's key - is in the store (store/accounts.py, store/web_state.py), so any worker may
+answer any request.
 
 The workers die with the supervisor (PR_SET_PDEATHSIG). SIGTERM or SIGINT to the supervisor ends
 them and then it; a worker that ends on its own ends the others and the supervisor with exit code
@@ -56,14 +62,15 @@ def run(config: Config, workers: int) -> int:
             file=sys.stderr,
             flush=True,
         )
-    sock = bind(config.web.listen)
-    url = url_of(config, sock)
+    sockets = bind_each(config.web.listen, workers)
+    url = url_of(config, sockets[0])
     sys.stderr.flush()  # what is buffered now would be written again by each worker
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)  # taken with sigtimedwait below; workers unblock them
     ready_read, ready_write = os.pipe()
-    pids = [_fork(config, sock, ready_write) for _ in range(workers)]
+    pids = [_fork(config, sockets, number, ready_write) for number in range(workers)]
     os.close(ready_write)
-    sock.close()
+    for sock in sockets:
+        sock.close()
     ready = 0
     code = 0
     while True:
@@ -87,7 +94,18 @@ def run(config: Config, workers: int) -> int:
     return max(code, _stop(pids))
 
 
-def _fork(config: Config, sock: socket.socket, ready_write: int) -> int:
+def bind_each(listen: str, count: int) -> list[socket.socket]:
+    """`count` listening sockets on the one port `listen`, one per worker.
+
+    The address is bound alone first: a port in use is the clear error it always was - also one
+    used by another `mailwarden web` of the same user, whose sockets the kernel would otherwise
+    let share the port with ours."""
+    bind(listen).close()
+    return [bind(listen, shared_port=True) for _ in range(count)]
+
+
+def _fork(config: Config, sockets: list[socket.socket], number: int, ready_write: int) -> int:
+    """Worker `number`, which serves `sockets[number]` (the others are closed in it)."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
@@ -96,7 +114,9 @@ def _fork(config: Config, sock: socket.socket, ready_write: int) -> int:
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
         die_with_parent(parent)
-        asyncio.run(_serve(config, sock, ready_write))
+        for other in sockets[:number] + sockets[number + 1 :]:
+            other.close()  # a connection hashed to a socket is accepted by its worker alone
+        asyncio.run(_serve(config, sockets[number], ready_write))
         code = 0
     except BaseException:
         log.exception("web worker process %d failed", os.getpid())
@@ -106,7 +126,7 @@ def _fork(config: Config, sock: socket.socket, ready_write: int) -> int:
 
 
 async def _serve(config: Config, sock: socket.socket, ready_write: int) -> None:
-    """A worker: its own store connection, the shared socket, until SIGTERM."""
+    """A worker: its own store connection and listening socket, until SIGTERM."""
     store = await asyncio.to_thread(open_store, config)
     try:
         server = WebServer(config, store, sock)
