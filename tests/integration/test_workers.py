@@ -177,3 +177,15 @@ def test_without_smtp_listen_no_worker_starts_and_the_supervisor_serves_the_milt
         (added,) = [r for r in replies if r.command == "i" and b"X-Mailwarden-Ref" in r.data]
         (accept,) = [e for e in server.events() if e["kind"] == "accept"]
         assert accept["source"] == "milter" and accept["ref"].encode() in added.data
+
+
+def test_a_second_mailwarden_serve_on_the_smtp_port_of_a_running_one_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """The workers' sockets share their port by SO_REUSEPORT, which would let a second instance of the
+    same user join them silently and take part of the mail, decided by another configuration."""
+    with running(tmp_path / "mw", {"smtp": {"workers": 2}}) as first:
+        second = Mailwarden(tmp_path / "second", {"smtp": {"listen": [f"127.0.0.1:{first.smtp_port}"]}})
+        refused = second.cli("serve", check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert f"cannot listen on 127.0.0.1:{first.smtp_port} (smtp.listen): Address already in use" in refused.stderr

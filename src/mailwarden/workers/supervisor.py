@@ -153,21 +153,38 @@ class Supervisor:
 
     # ------------------------------------------------------------------ one worker
     def _bind(self) -> list[socket.socket]:
-        """One listening socket per `smtp.listen` address for one worker slot (SO_REUSEPORT: the kernel balances)."""
+        """One listening socket per `smtp.listen` address for one worker slot (SO_REUSEPORT: the kernel balances).
+
+        The first slot's addresses are bound alone first: a port in use is refused with the reason -
+        also one held by another `mailwarden serve` of the same user, whose SO_REUSEPORT sockets the
+        kernel would otherwise let share the port with ours (each instance then getting part of the mail)."""
         bound: list[socket.socket] = []
+        first = not self.sockets
         for address in self.config.smtp.listen:
             host, port = parse_hostport(address)
             if port == 0 and self.sockets:  # a port the kernel chose: every slot must get the same
                 port = int(self.sockets[min(self.sockets)][len(bound)].getsockname()[1])
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
-                sock.bind((host, port))
+                if first and port:
+                    with socket.socket(family, socket.SOCK_STREAM) as alone:
+                        alone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        alone.bind((host, port))
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    sock.close()
+                    raise
             except OSError as exc:
-                sock.close()
-                raise ConfigError(f"cannot listen on {address} (smtp.listen): {exc.strerror}") from None
+                for done in bound:
+                    done.close()
+                raise ConfigError(
+                    f"cannot listen on {address} (smtp.listen): {exc.strerror}; stop what listens there"
+                    " (another mailwarden serve?) or choose another address"
+                ) from None
             sock.listen(BACKLOG)
             sock.setblocking(False)
             bound.append(sock)
