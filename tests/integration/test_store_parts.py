@@ -427,8 +427,11 @@ def test_store_migrate_moves_a_sqlite_history_to_postgresql_and_an_interrupted_r
         target.close()  # what was queued is committed with its position, the rest was never read
     config = tmp_path / "config.toml"
     config.write_text('[node]\nname = "t"\n')
-    assert main(["-c", str(config), "store", "migrate", source_url, target_url, "--no-progress"]) == 0
-    assert "migrated" in capsys.readouterr().out
+    assert main(["-c", str(config), "store", "migrate", source_url, target_url, "--progress"]) == 0
+    shown = capsys.readouterr()
+    left = len(expected) - 2 * 500
+    assert f"migrated {left:,} events" in shown.out
+    assert shown.err.rsplit("\r", 1)[-1].startswith(f"{left:,} of {left:,} events (100%)")  # what was left, all of it
     migrated = PostgresStore(target_url)
     try:
         got = sorted((e.ts, e.node, e.kind, e.ref, e.recipient) for e in migrated.query_events(EventQuery()))

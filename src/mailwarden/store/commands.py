@@ -57,9 +57,10 @@ def migrate(
         raise
     started = time.monotonic()
     show = sys.stderr.isatty() if progress is None else progress
-    bar = Progress(sys.stderr, source.count_events(), "events") if show else None
+    position = f"store-migrate:{source_url}"
+    bar = Progress(sys.stderr, source.count_events_after(copied_until(target, position)), "events") if show else None
     try:
-        copied = copy_history(source, target, f"store-migrate:{source_url}", batch, bar.update if bar else None)
+        copied = copy_history(source, target, position, batch, bar.update if bar else None)
         copy_accounts(source, target)
     finally:
         if bar is not None:
@@ -70,12 +71,17 @@ def migrate(
     return 0
 
 
+def copied_until(target: Store, position: str) -> int:
+    """The id of the last source event a migration into `target` committed (0: none yet)."""
+    return int(target.load_position(position) or 0)
+
+
 def copy_history(
     source: Store, target: Store, position: str, batch: int, progress: Callable[[int], None] | None = None
 ) -> int:
     """The events after the target's position `position`, in the order they were written, each batch
     committed with its position (one transaction); how many were copied in this run."""
-    after = int(target.load_position(position) or 0)
+    after = copied_until(target, position)
     copied = 0
     while events := source.events_after(after, batch):
         after = events[-1].id or after

@@ -102,6 +102,11 @@ class EventLog(Protocol):
         """How many events belong to a message (what `reindex` folds)."""
 
     @abstractmethod
+    def count_events_after(self, after_id: int) -> int:
+        """How many events were written after event `after_id`, a connection's own too (what
+        `store migrate` has still to copy)."""
+
+    @abstractmethod
     def oldest_event_us(self) -> int | None:
         """The time of the oldest event kept (None when there are none): where the data begins."""
 

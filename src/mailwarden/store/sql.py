@@ -28,6 +28,7 @@ class Statements(NamedTuple):
     load_position: str
     save_positions: str  # executemany
     count_events: str
+    count_events_after: str
     oldest_event: str
     purge_index: str  # after the events: what they were the only evidence of
     purge_links: str
@@ -71,6 +72,7 @@ SQLITE: Final = Statements(
     save_positions="INSERT INTO positions (name, value, updated_us) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
     count_events="SELECT count(*) FROM events WHERE message_key IS NOT NULL",
+    count_events_after="SELECT count(*) FROM events WHERE id > ?",
     oldest_event="SELECT min(ts) FROM events",
     purge_index="DELETE FROM message_index WHERE last_seen < ?",
     purge_links="DELETE FROM message_links WHERE ts < ?",

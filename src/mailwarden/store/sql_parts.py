@@ -68,6 +68,10 @@ class SqlParts(ABC):
         with self._statement() as conn:
             return int(conn.execute(self._sql.count_events, ()).fetchone()[0])
 
+    def count_events_after(self, after_id: int) -> int:
+        with self._statement() as conn:
+            return int(conn.execute(self._sql.count_events_after, (after_id,)).fetchone()[0])
+
     def oldest_event_us(self) -> int | None:
         with self._statement() as conn:
             row = conn.execute(self._sql.oldest_event, ()).fetchone()
