@@ -443,3 +443,15 @@ def test_store_migrate_moves_a_sqlite_history_to_postgresql_and_an_interrupted_r
     finally:
         migrated.close()
         lite.close()
+
+
+def test_store_migrate_from_a_source_that_is_not_there_says_so_and_makes_nothing(
+    postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped source path must not become a new, empty store that "migrates 0 events"."""
+    config = tmp_path / "config.toml"
+    config.write_text('[node]\nname = "t"\n')
+    missing = tmp_path / "nodes.db"
+    assert main(["-c", str(config), "store", "migrate", f"sqlite:///{missing}", postgres.new_database()]) != 0
+    assert f"no SQLite store at {missing}" in capsys.readouterr().err
+    assert not missing.exists()

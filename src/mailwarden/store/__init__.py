@@ -35,18 +35,25 @@ def open_store_url(
     spool: EventSpool | None = None,
     writer: EventWriter | None = None,
     local_rates: RateLimitState | None = None,
+    existing: bool = False,
 ) -> Store:
     """Open the store named by a URL (`[store] url`); a relative SQLite path is below `base_dir`;
     `spool` keeps a PostgreSQL store's events while the database is away (SQLite is local: none).
     An SMTP worker's store: `writer` takes its event writes (the link to the supervisor's writer,
     store/remote.py), and `local_rates` are the rate-limit counters of a store that counts on this
-    machine (SQLite; the table all workers share), where PostgreSQL counts in the database."""
+    machine (SQLite; the table all workers share), where PostgreSQL counts in the database.
+    `existing`: a store that must be there already (a SQLite file is otherwise made, empty)."""
     if url.startswith("sqlite:///"):
         from mailwarden.store.sqlite import SqliteStore
 
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
+        if existing and not path.is_file():
+            raise StoreError(
+                f"no SQLite store at {path}: check the path in {url!r}"
+                " (sqlite:///relative/to/the/base/directory, sqlite:////absolute/path)"
+            )
         return SqliteStore(path, batch_interval=batch_interval, writer=writer, rates=local_rates)
     if url.startswith("postgresql://"):
         from mailwarden.store.postgres import PostgresStore

@@ -49,7 +49,7 @@ def migrate(
     """Copy a store's history (events, and with them the message index; mailboxes, web accounts)
     into another, e.g. a node's SQLite store into the shared PostgreSQL. Resumable: each batch
     is committed with the position after it, and a new run goes on from there."""
-    source = open_store_url(source_url, base_dir=config.base_dir)
+    source = open_store_url(source_url, base_dir=config.base_dir, existing=True)
     try:
         target = open_store_url(target_url, base_dir=config.base_dir)
     except BaseException:
