@@ -6,13 +6,17 @@ Without `--url` it starts a private PostgreSQL 15 as the tests do (tests/support
 initdb, fsync on, loopback). Each node is a process with a PostgresStore of its own (pool, writer thread) that
 gets gateway-like messages (rcpt, accept, deliver per message, keys stamped, index kept) in bulk
 batches of 5,000 events, as `mailwarden ingest` hands them over; the clock runs until both have
-committed everything. The same events written by one node to SQLite are the reference.
+committed everything. The same events written by one node to SQLite are the reference. The CPU
+per event of the nodes and of the private server (its ended backends included, from /proc) says
+what the two cores can give at most, whatever else runs on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import resource
 import tempfile
 import time
 from multiprocessing.queues import Queue
@@ -77,6 +81,29 @@ def two_nodes(url: str, total: int) -> float:
     return total / (finished - started)
 
 
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU of a PostgreSQL server: the postmaster, its running processes and its ended backends."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(entry.name) == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+        elif int(fields[1]) == postmaster:
+            total += sum(int(f) for f in fields[11:13]) / tick
+    return total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def sqlite_reference(total: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
         store = SqliteStore(Path(directory) / "bench.db")
@@ -93,14 +120,27 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=400_000)
     parser.add_argument("--url", help="an empty database; default: a private PostgreSQL started for the run")
     args = parser.parse_args()
+    server_cpu: float | None = None
     if args.url:
+        nodes_before = children_cpu_seconds()
         rate = two_nodes(args.url, args.events)
+        nodes_cpu = children_cpu_seconds() - nodes_before
     else:
         from tests.support.postgres import running_postgres
 
         with running_postgres() as server:
-            rate = two_nodes(server.new_database(), args.events)
+            url = server.new_database()
+            postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
+            server_before, nodes_before = server_cpu_seconds(postmaster), children_cpu_seconds()
+            rate = two_nodes(url, args.events)
+            time.sleep(0.5)  # the nodes' backends end as their pools close
+            nodes_cpu = children_cpu_seconds() - nodes_before
+            server_cpu = server_cpu_seconds(postmaster) - server_before
     print(f"PostgreSQL, two nodes at once: {args.events:,} events, {rate:,.0f} events/s together")
+    per_event = f"CPU per event: the nodes {nodes_cpu / args.events * 1e6:.1f} us (making their events included)"
+    if server_cpu is not None:
+        per_event += f", PostgreSQL {server_cpu / args.events * 1e6:.1f} us (its backends included)"
+    print(per_event)
     print(f"SQLite, one node (reference):  {args.events:,} events, {sqlite_reference(args.events):,.0f} events/s")
 
 
