@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import statistics
@@ -37,6 +36,8 @@ from pathlib import Path
 
 from tests.support.mailwarden import Mailwarden  # the same private servers as the tests
 from tests.support.scanners import Clamd, Rspamd
+
+from bench.processes import tree_cpu
 
 
 def make_messages(count: int, size: int, seed: int) -> list[bytes]:
@@ -54,30 +55,6 @@ def make_messages(count: int, size: int, seed: int) -> list[bytes]:
         mail.add_attachment(attachment, maintype="application", subtype="pdf", filename=f"report-{number}.pdf")
         messages.append(mail.as_bytes().replace(b"\n", b"\r\n"))
     return messages
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its live descendants."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICK
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0.0)
-        todo.extend(child for child, parent in parents.items() if parent == pid)
-    return total
 
 
 async def clamd_instream(socket_path: str, message: bytes) -> bytes:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import resource
 import tempfile
 import time
@@ -23,6 +22,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from bench.processes import tree_cpu
 from mailwarden.events import Event
 from mailwarden.refs import RefGenerator
 from mailwarden.store import Store
@@ -81,24 +81,6 @@ def two_nodes(url: str, total: int) -> float:
     return total / (finished - started)
 
 
-def server_cpu_seconds(postmaster: int) -> float:
-    """CPU of a PostgreSQL server: the postmaster, its running processes and its ended backends."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        if int(entry.name) == postmaster:
-            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
-        elif int(fields[1]) == postmaster:
-            total += sum(int(f) for f in fields[11:13]) / tick
-    return total
-
-
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -131,11 +113,11 @@ def main() -> None:
         with running_postgres() as server:
             url = server.new_database()
             postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
-            server_before, nodes_before = server_cpu_seconds(postmaster), children_cpu_seconds()
+            server_before, nodes_before = tree_cpu(postmaster, reaped=True), children_cpu_seconds()
             rate = two_nodes(url, args.events)
             time.sleep(0.5)  # the nodes' backends end as their pools close
             nodes_cpu = children_cpu_seconds() - nodes_before
-            server_cpu = server_cpu_seconds(postmaster) - server_before
+            server_cpu = tree_cpu(postmaster, reaped=True) - server_before
     print(f"PostgreSQL, two nodes at once: {args.events:,} events, {rate:,.0f} events/s together")
     per_event = f"CPU per event: the nodes {nodes_cpu / args.events * 1e6:.1f} us (making their events included)"
     if server_cpu is not None:
