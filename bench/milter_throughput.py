@@ -19,6 +19,11 @@ null milter (our protocol layer negotiating as our milter does, but no checks an
 it adds the same two header fields). Its ratio is the ceiling for any milter at that moment, since Postfix's
 milter machinery (a connection per session, the round trips, cleanup applying header changes)
 costs Postfix itself.
+
+A fourth run per round does the same with a null milter in C (bench/null_milter.c on Sendmail's
+libmilter, built with `cc` at the start; Debian's libmilter-dev, which the test setup installs):
+what Postfix's milter machinery costs Postfix when the milter itself costs next to nothing. When
+that ratio stays below 0.7 too, no milter in any language reaches the target on this machine.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -200,8 +206,40 @@ def null_milter() -> Iterator[tuple[int, int]]:
         process.wait(timeout=30)
 
 
-def run_null(messages: int) -> Leg:
-    with null_milter() as (port, pid), postfix(port) as filtered:
+@contextmanager
+def c_null_milter(program: Path) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    process = subprocess.Popen([str(program), f"inet:{port}@127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def build_c_null_milter(directory: Path) -> Path | None:
+    """bench/null_milter.c built with `cc` against libmilter; None (said why) when it cannot be built here."""
+    program = directory / "null_milter"
+    compiler = shutil.which("cc")
+    if compiler is None:
+        print("no C null milter: no `cc` on this machine", flush=True)
+        return None
+    built = subprocess.run(
+        [compiler, "-O2", "-o", str(program), str(ROOT / "bench" / "null_milter.c"), "-lmilter", "-pthread"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        print(f"no C null milter (install libmilter-dev): {built.stderr.strip()[:300]}", flush=True)
+        return None
+    return program
+
+
+def run_null(messages: int, program: Path | None = None) -> Leg:
+    """Postfix with a null milter: ours in Python, or the C one when `program` is given."""
+    with c_null_milter(program) if program else null_milter() as (port, pid), postfix(port) as filtered:
         smtp_source(filtered.smtp_port, WARM_UP)
         leg = measured(filtered, pid, messages)
         found = queued(filtered)
@@ -249,30 +287,41 @@ def main() -> None:
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
-    legs: dict[str, list[Leg]] = {"postfix": [], "mailwarden": [], "null": []}
+    legs: dict[str, list[Leg]] = {"postfix": [], "mailwarden": [], "null": [], "C null": []}
     with tempfile.TemporaryDirectory(prefix="mw-milter-bench-") as tmp:
+        program = build_c_null_milter(Path(tmp))
+        if program is None:
+            del legs["C null"]
         for number in range(args.rounds):
             names = list(legs)
-            for name in names[number % 3 :] + names[: number % 3]:
+            for name in names[number % len(names) :] + names[: number % len(names)]:
                 if name == "null":
                     legs[name].append(run_null(args.messages))
+                elif name == "C null":
+                    legs[name].append(run_null(args.messages, program))
                 else:
                     legs[name].append(run(Path(tmp) / f"round-{number}", args.messages, name == "mailwarden"))
-            plain, ours, null = (legs[name][-1] for name in ("postfix", "mailwarden", "null"))
+            plain = legs["postfix"][-1]
             print(
-                f"round {number + 1}: postfix {plain.rate:.0f} msg/s, + mailwarden milter {ours.rate:.0f} (ratio "
-                f"{ours.rate / plain.rate:.2f}), + null milter {null.rate:.0f} (ratio {null.rate / plain.rate:.2f}); "
-                f"load {os.getloadavg()[0]:.2f}",
+                f"round {number + 1}: postfix {plain.rate:.0f} msg/s, "
+                + ", ".join(
+                    f"+ {name} milter {legs[name][-1].rate:.0f} (ratio {legs[name][-1].rate / plain.rate:.2f})"
+                    for name in legs
+                    if name != "postfix"
+                )
+                + f"; load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
-            for name, leg in (("postfix alone", plain), ("with mailwarden", ours), ("with null milter", null)):
+            for name, runs in legs.items():
+                leg = runs[-1]
+                label = "postfix alone" if name == "postfix" else f"with {name} milter"
                 print(
-                    f"    CPU ms/msg {name:17} postfix {leg.postfix_ms:.2f}  smtp-source {leg.source_ms:.2f}  "
+                    f"    CPU ms/msg {label:23} postfix {leg.postfix_ms:.2f}  smtp-source {leg.source_ms:.2f}  "
                     f"milter {leg.milter_ms:.2f}  all {_total(leg):.2f}; the milter waited for a core "
                     f"{leg.milter_queued_ms:.2f}",
                     flush=True,
                 )
-    for name in ("mailwarden", "null"):
+    for name in (name for name in legs if name != "postfix"):
         ratios = [f.rate / p.rate for f, p in zip(legs[name], legs["postfix"], strict=True)]
         cpu_ratios = [_total(p) / _total(f) for f, p in zip(legs[name], legs["postfix"], strict=True)]
         print(

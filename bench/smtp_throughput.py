@@ -170,8 +170,16 @@ def smtp_source(port: int, messages: int = MESSAGES) -> float:
 def tree(pid: int) -> list[int]:
     """`pid` and every process below it."""
     found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:  # it ended meanwhile (a Postfix daemon done with its work)
+        return found
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
             found.extend(tree(int(child)))
     return found
 
