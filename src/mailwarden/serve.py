@@ -9,6 +9,7 @@ POP3, the tracking center, the ingest followers, the purge and /metrics with /he
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -117,6 +118,7 @@ async def run(config: Config, config_path: str | None = None) -> None:
             if pop3 is not None:
                 exporter.node.pop3_sessions = lambda: len(pop3.sessions)
             roles.append(f"metrics http://{exporter.address}/metrics")
+        gc.freeze()  # what start-up built lives as long as we do: the collector need not walk it again
         print(
             f"mailwarden ready: {', '.join(roles)}; checks: {', '.join(config.check_order)}",
             file=sys.stderr,

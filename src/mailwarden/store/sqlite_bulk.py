@@ -13,24 +13,19 @@ positions or not at all; the child stops when the importer's end of the pipe clo
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import subprocess
 import sys
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
-from mailwarden.events import Event
+from mailwarden.events import Event, field_values
 from mailwarden.messages.legacy import stays_keyless
 from mailwarden.store.base import Position, StoreError
 
 _IN_FLIGHT: Final = 2  # batches sent and not yet committed before `put` waits (memory)
-# An event crosses the pipe as the tuple of its fields: pickling the objects themselves (a slotted
-# dataclass is pickled through Python code, field by field) cost twice the CPU on both sides (measured).
-_VALUES: Final = attrgetter(*(field.name for field in dataclasses.fields(Event)))
 
 Rows = list[tuple[Any, ...] | None]
 Packed = tuple[list[tuple[Any, ...]], Rows]
@@ -49,7 +44,7 @@ def _packed(events: Sequence[Event]) -> Packed:
         if stays_keyless(event):
             rows.append(event.to_row())
         else:
-            folded.append(_VALUES(event))
+            folded.append(field_values(event))
             rows.append(None)
     return folded, rows
 

@@ -14,6 +14,7 @@ events, exit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -97,6 +98,7 @@ async def run(config: Config, handover: Handover) -> None:
             config, store, build_chain(services), services, refs=refs, tls_context=tls_context, worker=handover.slot
         )
         await gateway.start([socket.socket(fileno=fd) for fd in handover.listen])
+        gc.freeze()  # what start-up built lives as long as we do: the collector need not walk it again
         os.write(handover.ready, b"ready\n")
         os.close(handover.ready)
         stop = asyncio.Event()
