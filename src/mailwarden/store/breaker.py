@@ -11,7 +11,9 @@ temporary failure); it only learns it without waiting.
 
 The breaker opens on a failure that says the database cannot be reached (the pool found no
 connection in time, a connection broke, the event writer could not connect) and closes when a
-probe connects or any write of this process reached the database again.
+probe connects or any write of this process reached the database again. A pool whose
+connections were all busy for its whole timeout opens it too: the probe, which needs no
+connection of the pool, closes it again within its interval.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class CircuitBreaker:
     def reached(self) -> None:
         """Something of this process reached the database: ask it again."""
         if self._cause is not None:
-            log.warning("%s answers again", self._name)
+            log.info("%s answers again", self._name)
         self._cause = None
 
     def close(self) -> None:
