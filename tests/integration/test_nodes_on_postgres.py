@@ -132,6 +132,57 @@ def test_mail_keeps_flowing_while_postgresql_is_down_and_every_event_arrives_onc
         store.close()
 
 
+def test_while_postgresql_is_down_the_sessions_after_the_first_failure_do_not_wait_for_the_pool_again(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Issue 14's outage: once one attempt found the database away, the next sessions learn it at
+    once - a mailbox this node found before is accepted (its events spooled), one it never found
+    is still a temporary failure and never taken as known - and the database is asked again once
+    a write reached it."""
+    store = PostgresStore(postgres.new_database(), batch_interval=0.001, spool=EventSpool(tmp_path / "spool", 1 << 20))
+    store.add_mailbox("bob@example.test", "hash")
+    config = node_config(tmp_path, "mx-a", "127.0.0.2")
+    config = config.model_copy(update={"checks": config.checks.model_copy(update={"order": ["recipients"]})})
+    lines = [
+        b"EHLO client.example.org\r\n",
+        b"MAIL FROM:<ann@example.org>\r\n",
+        b"RCPT TO:<bob@example.test>\r\n",
+        b"RCPT TO:<carol@example.test>\r\n",  # not a mailbox
+        b"DATA\r\n",
+        b"Subject: hi\r\n\r\nhello\r\n.\r\n",
+        b"QUIT\r\n",
+    ]
+
+    async def send(count: int) -> list[list[str]]:
+        async with gateway_in_process(config, store, node="mx-a") as port:
+            return [await converse(port, lines, CLIENT, host="127.0.0.2") for _ in range(count)]
+
+    def pool_requests() -> int:  # psycopg_pool counts the connections asked of it
+        return int(store._pool.get_stats()["requests_num"])
+
+    try:
+        (before,) = asyncio.run(send(1))
+        assert before[3].startswith("250 2.1.5") and before[4].startswith("550 5.1.1"), before
+        postgres.stop()
+        try:
+            asked = pool_requests()
+            during = asyncio.run(send(4))
+            asked = pool_requests() - asked
+        finally:
+            postgres.start()
+        for replies in during:
+            assert replies[3].startswith("250 2.1.5") and replies[6].startswith("250 2.0.0"), replies  # spooled
+            assert replies[4].startswith("451 4.3.0"), replies  # unknown while away: neither accepted nor refused
+        assert asked <= 1, f"{asked} sessions waited for the pool of a database known to be away"
+        store.flush()  # the spool replayed: a write reached the database
+        (after,) = asyncio.run(send(1))
+        assert after[4].startswith("550 5.1.1"), after  # asked again
+        accepted = {e.ref for e in store.query_events(EventQuery(kinds=("accept",)))}
+        assert accepted == {ref_of(r[6]) for r in (before, *during, after)}
+    finally:
+        store.close()
+
+
 def test_a_full_spool_while_postgresql_is_down_answers_451_4_3_0_instead_of_accepting(
     postgres: Postgres, tmp_path: Path
 ) -> None:

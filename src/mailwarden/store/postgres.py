@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailwarden.events import Event, now_us
 from mailwarden.store import postgres_messages, web_state
@@ -37,6 +36,7 @@ from mailwarden.store.base import (
     StoreError,
     WriterState,
 )
+from mailwarden.store.breaker import CircuitBreaker
 from mailwarden.store.parts import Store
 from mailwarden.store.postgres_messages import DAY_US
 from mailwarden.store.rates import estimate, minute_of
@@ -190,7 +190,8 @@ class PostgresStore(SqlParts, Store):
         self.url = url
         self._spool = spool
         self._known: dict[str, Mailbox] = {}  # find_mailbox's answers, for while the database is away
-        self._away_until = 0.0  # monotonic time until which find_mailbox does not ask a failed database
+        # Open while the database is away: reads fail at once instead of each waiting for the pool.
+        self._breaker = CircuitBreaker(self._answers, _PROBE_SECONDS, f"PostgreSQL store {_redacted(url)}")
         self._batch_interval = batch_interval
         self._writer: EventWriter | None = writer
         self._starting = threading.Lock()
@@ -212,13 +213,37 @@ class PostgresStore(SqlParts, Store):
             name="mailwarden",
             check=ConnectionPool.check_connection,  # a restarted database leaves dead connections behind
             timeout=_POOL_WAIT_SECONDS,  # a session waits this long at most for a connection
+            # The pool's own reconnection backs off (1, 2, 4, ... s): left to run for minutes, it would
+            # still be waiting long after the breaker's probe found the database back. Given up soon, the
+            # next request after the breaker closed connects at once.
+            reconnect_timeout=_POOL_RECONNECT_SECONDS,
         )
+
+    def _answers(self) -> bool:
+        """The breaker's probe: does the database take a connection now?"""
+        try:
+            psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS).close()
+        except psycopg.Error:
+            return False
+        return True
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool; StoreError at once while the breaker knows the database away."""
+        away = self._breaker.away
+        if away is not None:
+            raise StoreError(f"PostgreSQL store {_redacted(self.url)} is away ({away}); {_REMEDY}")
         try:
             with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                except psycopg.OperationalError as exc:
+                    if conn.broken:  # lost in the middle (shut down, network): not a failing statement
+                        self._breaker.lost(str(exc).strip())
+                    raise
+        except PoolTimeout as exc:  # no connection in time: the pool cannot reach the database
+            self._breaker.lost(str(exc).strip())
+            raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
 
@@ -269,20 +294,32 @@ class PostgresStore(SqlParts, Store):
             log.warning("PostgreSQL is away (%s): %d events spooled in %s", exc, len(events), spool.directory)
 
     def _replay(self, spool: EventSpool) -> None:
-        """Write the spooled batches, oldest first, each once; _DatabaseAway when the database still is."""
-        batches = spool.batches()
-        for batch in batches:
+        """Write the spooled batches, oldest first, each once; _DatabaseAway when the database still is
+        (found before the first file is read: the spool is read for every batch while it is away)."""
+        self._writer_connection()
+        replayed = 0
+        for batch in spool.batches():
             self._write(batch.uid, batch.events, batch.positions)
             spool.remove(batch)
-        log.info("PostgreSQL is back: %d spooled batches replayed", len(batches))
+            replayed += 1
+        log.info("PostgreSQL is back: %d spooled batches replayed", replayed)
+
+    def _writer_connection(self) -> psycopg.Connection[Any]:
+        """The writer's own connection, made again when it broke; _DatabaseAway when it cannot be."""
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            try:
+                conn = self._writer_conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS)
+            except psycopg.OperationalError as exc:
+                self._breaker.lost(str(exc).strip())
+                raise _DatabaseAway(str(exc).strip()) from exc
+        return conn
 
     def _write(self, uid: str, events: list[Event], positions: list[Position]) -> None:
         """One batch in one transaction that records its id: a batch already written is skipped.
         A broken connection is replaced at the next batch."""
+        conn = self._writer_connection()
         try:
-            conn = self._writer_conn
-            if conn is None or conn.closed:
-                conn = self._writer_conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS)
             postgres_messages.ensure_partitions(conn, {event.ts // DAY_US for event in events}, self._days)
             with conn.transaction():
                 first = conn.execute(
@@ -291,12 +328,13 @@ class PostgresStore(SqlParts, Store):
                 ).rowcount
                 if first:
                     postgres_messages.write_batch(conn, events, positions)
-        except psycopg.OperationalError as exc:  # unreachable, shut down, connection lost
-            if self._writer_conn is not None:
-                self._writer_conn.close()
+        except psycopg.OperationalError as exc:  # shut down, connection lost
+            conn.close()
+            self._breaker.lost(str(exc).strip())
             raise _DatabaseAway(str(exc).strip()) from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store {_redacted(self.url)}: {exc}; {_REMEDY}") from exc
+        self._breaker.reached()
 
     def append(self, event: Event) -> None:
         self._writer_started().put(event)
@@ -379,12 +417,11 @@ class PostgresStore(SqlParts, Store):
         """`get_mailbox` for the session path; while the database is away, a mailbox found before
         is still found (mail keeps flowing, its events spooled), an unknown one raises."""
         known = self._known.get(address)
-        if known is not None and time.monotonic() < self._away_until:
-            return known  # the database failed a moment ago: no session waits for the pool meanwhile
+        if known is not None and self._breaker.away is not None:
+            return known  # not even a thread's hop while the database is known to be away
         try:
             mailbox = await asyncio.to_thread(self.get_mailbox, address)
         except StoreError:
-            self._away_until = time.monotonic() + _AWAY_SECONDS
             if known is not None:
                 return known
             raise
@@ -411,6 +448,7 @@ class PostgresStore(SqlParts, Store):
             yield QmarkConnection(conn)
 
     def close(self) -> None:
+        self._breaker.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -436,7 +474,8 @@ def _day_of(partition: str) -> int | None:
 _CONNECT_SECONDS: Final = 10
 _KNOWN_MAILBOXES: Final = 100_000
 _POOL_WAIT_SECONDS: Final = 3.0
-_AWAY_SECONDS: Final = 5.0
+_POOL_RECONNECT_SECONDS: Final = 3.0
+_PROBE_SECONDS: Final = 1.0  # between the breaker's probes while the database is away
 _REMEDY: Final = "check that PostgreSQL runs and that [store] url names a database this node may write to"
 
 

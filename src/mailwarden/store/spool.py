@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +100,14 @@ class EventSpool:
             ) from exc
         self._next += 1
 
-    def batches(self) -> list[SpooledBatch]:
-        """The spooled batches, oldest first."""
-        found = []
+    def batches(self) -> Iterator[SpooledBatch]:
+        """The spooled batches, oldest first, each read when its turn comes (a replay that fails at the
+        first batch does not read the others)."""
         for path in self._files():
             data = json.loads(path.read_bytes())
             events = [Event.from_row(tuple(row[1:]), event_id=row[0]) for row in data["events"]]
             positions = [Position(name, value) for name, value in data["positions"]]
-            found.append(SpooledBatch(data["uid"], path, events, positions))
-        return found
+            yield SpooledBatch(data["uid"], path, events, positions)
 
     def remove(self, batch: SpooledBatch) -> None:
         batch.path.unlink(missing_ok=True)
