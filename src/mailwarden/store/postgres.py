@@ -198,7 +198,7 @@ class PostgresStore(SqlParts, Store):
         self._writer_conn: psycopg.Connection[Any] | None = None
         self._days: set[int] = set()  # day partitions known to exist
         try:  # a connection of its own first: an unreachable database is reported at once, with its cause
-            with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_SECONDS) as conn:
+            with _connect(url) as conn:
                 migrate(conn)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open the PostgreSQL store {_redacted(url)}: {exc}; {_REMEDY}") from exc
@@ -208,7 +208,7 @@ class PostgresStore(SqlParts, Store):
             max_size=pool_size,
             # Reads are planned for their own values every time: a prepared statement's generic plan for a
             # page's rows (`message_key IN (...)` and the domain) walked the whole domain, 400 ms at 70 M events.
-            kwargs={"autocommit": True, "prepare_threshold": None},
+            kwargs={"autocommit": True, "prepare_threshold": None, **_DEAD_PEER},
             open=True,
             name="mailwarden",
             check=ConnectionPool.check_connection,  # a restarted database leaves dead connections behind
@@ -222,7 +222,7 @@ class PostgresStore(SqlParts, Store):
     def _answers(self) -> bool:
         """The breaker's probe: does the database take a connection now?"""
         try:
-            psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS).close()
+            _connect(self.url).close()
         except psycopg.Error:
             return False
         return True
@@ -308,8 +308,11 @@ class PostgresStore(SqlParts, Store):
         """The writer's own connection, made again when it broke; _DatabaseAway when it cannot be."""
         conn = self._writer_conn
         if conn is None or conn.closed:
+            away = self._breaker.away
+            if away is not None:  # the probe asks until it answers; a host that does not answer makes
+                raise _DatabaseAway(away)  # each attempt wait its timeout, and every batch with it
             try:
-                conn = self._writer_conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_SECONDS)
+                conn = self._writer_conn = _connect(self.url)
             except psycopg.OperationalError as exc:
                 self._breaker.lost(str(exc).strip())
                 raise _DatabaseAway(str(exc).strip()) from exc
@@ -472,11 +475,28 @@ def _day_of(partition: str) -> int | None:
 
 
 _CONNECT_SECONDS: Final = 10
+# When a connection counts as lost although its host never said so (a network partition, a host
+# that died): no answer to keepalive probes for 10 + 3 x 5 s, or data unacknowledged for 30 s.
+# Without them a statement sent just before a partition waits for the kernel's retransmissions
+# (about 15 minutes), and one waiting for its answer waits forever - the event writer with it,
+# and every session waiting for its commit. A busy server's kernel still answers both.
+_DEAD_PEER: Final[dict[str, Any]] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 _KNOWN_MAILBOXES: Final = 100_000
 _POOL_WAIT_SECONDS: Final = 3.0
 _POOL_RECONNECT_SECONDS: Final = 3.0
 _PROBE_SECONDS: Final = 1.0  # between the breaker's probes while the database is away
 _REMEDY: Final = "check that PostgreSQL runs and that [store] url names a database this node may write to"
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    """A connection of its own (migration, the breaker's probe, the event writer), as the pool's are made."""
+    return psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_SECONDS, **_DEAD_PEER)
 
 
 def _redacted(url: str) -> str:
