@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,6 +93,13 @@ class Exploding(Check):
         raise RuntimeError("bug in a check")
 
 
+class StoreAway(Check):
+    name = "greylist-on-a-database-away"
+
+    async def rcpt(self, ctx: CheckContext, recipient: str) -> Verdict | None:
+        raise StoreError("PostgreSQL store postgresql://mx@db/mail is away (connection refused); check that it runs")
+
+
 class Hanging(Check):
     name = "hanging"
 
@@ -107,13 +115,30 @@ def chain_of(tmp_path: Path, store: Store, *checks: Check) -> CheckChain:
     return CheckChain([*built.checks, *checks], timeout=0.5)
 
 
-def test_a_check_that_raises_gives_451_4_3_0_never_an_accept(tmp_path: Path, store: Store) -> None:
-    replies = run_gateway(tmp_path, store, TRANSACTION[:3], chain_of(tmp_path, store, Exploding()))
+def test_a_check_that_raises_gives_451_4_3_0_never_an_accept(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="mailwarden.checks.chain"):
+        replies = run_gateway(tmp_path, store, TRANSACTION[:3], chain_of(tmp_path, store, Exploding()))
+    (logged,) = [r for r in caplog.records if "exploding" in r.getMessage()]
+    assert logged.exc_info is not None  # a bug: its traceback is what its author needs
     assert replies[-1].startswith("451 4.3.0 A filter check (exploding) failed temporarily"), replies
     (refusal,) = store.query_events(EventQuery(reason="infra.check_failed"))
     recorded = refusal.detail["checks"]
     assert recorded[0]["check"] == "recipients" and recorded[-1]["check"] == "exploding"
     assert recorded[-1]["result"] == "tempfail" and "ms" in recorded[-1]
+
+
+def test_a_check_whose_store_is_away_is_logged_in_one_line_without_a_traceback(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While PostgreSQL is away every session's greylisting fails alike: a traceback for each would
+    bury the one line that says what to do (a bug in a check keeps its traceback: the test above)."""
+    with caplog.at_level(logging.ERROR, logger="mailwarden.checks.chain"):
+        replies = run_gateway(tmp_path, store, TRANSACTION[:3], chain_of(tmp_path, store, StoreAway()))
+    assert replies[-1].startswith("451 4.3.0"), replies
+    (line,) = [r for r in caplog.records if "greylist-on-a-database-away" in r.getMessage()]
+    assert line.exc_info is None and "is away (connection refused); check that it runs" in line.getMessage()
 
 
 def test_a_check_that_hangs_gives_451_4_3_0_after_its_timeout(tmp_path: Path) -> None:

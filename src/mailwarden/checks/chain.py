@@ -15,6 +15,7 @@ from typing import Any
 
 from mailwarden import metrics
 from mailwarden.checks.base import Action, Check, CheckContext, Recipient, Stage, Verdict
+from mailwarden.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class CheckChain:
         except TimeoutError:
             log.error("check %s timed out after %.1fs at %s (session %s)", check.name, timeout, stage, ctx.session.id)
             problem = f"no answer within {timeout:g} seconds"
+        except StoreError as exc:  # says what is wrong and what to do; a traceback per session says no more
+            log.error("check %s failed at %s (session %s): %s", check.name, stage, ctx.session.id, exc)
+            problem = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             log.exception("check %s failed at %s (session %s)", check.name, stage, ctx.session.id)
             problem = f"{type(exc).__name__}: {exc}"
