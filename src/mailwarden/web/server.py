@@ -19,8 +19,9 @@ from typing import Final
 
 import uvicorn
 
-from mailwarden.config import Config, ConfigError, parse_hostport
+from mailwarden.config import Config, ConfigError
 from mailwarden.events import now_us
+from mailwarden.listening import bind_one
 from mailwarden.store import Store
 from mailwarden.web.accounts import ensure_first_admin
 from mailwarden.web.app import create_app
@@ -35,26 +36,14 @@ class _Embedded(uvicorn.Server):
         yield  # the process's signals belong to `mailwarden serve` / `web`, which call stop()
 
 
-def bind(listen: str, *, shared_port: bool = False) -> socket.socket:
-    """A listening socket on `listen`; `shared_port`: one of several on the same port (SO_REUSEPORT),
-    each with its own queue of new connections, which the kernel fills by a hash of the client's
-    address and port (web/workers.py)."""
-    host, port = parse_hostport(listen)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if shared_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise ConfigError(
-            f'web.listen {listen!r}: cannot listen there ({exc.strerror or exc}); choose a free port or set it to ""'
-        ) from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+BACKLOG: Final = 128
+
+
+def listen_error(listen: str, exc: OSError) -> ConfigError:
+    """What the operator is told when `web.listen` cannot be bound."""
+    return ConfigError(
+        f'web.listen {listen!r}: cannot listen there ({exc.strerror or exc}); choose a free port or set it to ""'
+    )
 
 
 def require_listen(config: Config) -> None:
@@ -76,7 +65,7 @@ class WebServer:
         self.config = config
         self.store = store
         settings = config.web
-        self._socket = bind(settings.listen) if sock is None else sock
+        self._socket = self._bind(settings.listen) if sock is None else sock
         self.url = url_of(config, self._socket)
         self._server = _Embedded(
             uvicorn.Config(
@@ -93,6 +82,13 @@ class WebServer:
         )
         self._task: asyncio.Task[None] | None = None
         self._purging: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _bind(listen: str) -> socket.socket:
+        try:
+            return bind_one(listen, backlog=BACKLOG)
+        except OSError as exc:
+            raise listen_error(listen, exc) from None
 
     async def start(self) -> str:
         """Start serving; returns the address pages are reached at."""
