@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from mailwarden.config import parse_hostport
+from mailwarden.config import ConfigError, parse_hostport
 
 
 def bind_one(listen: str, *, backlog: int) -> socket.socket:
@@ -40,6 +40,13 @@ def bind_shared(listen: str, count: int, *, backlog: int) -> list[socket.socket]
 def join(sock: socket.socket, *, backlog: int) -> socket.socket:
     """One more listening socket on the port `sock` (from `bind_shared`) listens on, for one more worker."""
     return _listening(_bound(sock.family, sock.getsockname(), shared=True), backlog)
+
+
+def refused(setting: str, listen: str, exc: OSError) -> ConfigError:
+    """What the operator is told when the optional listener `setting` (web, metrics) cannot bind `listen`."""
+    return ConfigError(
+        f'{setting} {listen!r}: cannot listen there ({exc.strerror or exc}); choose a free port or set it to ""'
+    )
 
 
 def _resolve(listen: str) -> tuple[socket.AddressFamily, tuple[object, ...]]:

@@ -21,7 +21,7 @@ import uvicorn
 
 from mailwarden.config import Config, ConfigError
 from mailwarden.events import now_us
-from mailwarden.listening import bind_one
+from mailwarden.listening import bind_one, refused
 from mailwarden.store import Store
 from mailwarden.web.accounts import ensure_first_admin
 from mailwarden.web.app import create_app
@@ -37,13 +37,6 @@ class _Embedded(uvicorn.Server):
 
 
 BACKLOG: Final = 128
-
-
-def listen_error(listen: str, exc: OSError) -> ConfigError:
-    """What the operator is told when `web.listen` cannot be bound."""
-    return ConfigError(
-        f'web.listen {listen!r}: cannot listen there ({exc.strerror or exc}); choose a free port or set it to ""'
-    )
 
 
 def require_listen(config: Config) -> None:
@@ -88,7 +81,7 @@ class WebServer:
         try:
             return bind_one(listen, backlog=BACKLOG)
         except OSError as exc:
-            raise listen_error(listen, exc) from None
+            raise refused("web.listen", listen, exc) from None
 
     async def start(self) -> str:
         """Start serving; returns the address pages are reached at."""
@@ -115,15 +108,19 @@ class WebServer:
             await self._task
 
 
-async def start_role(config: Config, store: Store) -> WebServer:
-    """The web role: the first admin (its password printed once) and the server on `web.listen`."""
-    created = await asyncio.to_thread(ensure_first_admin, config, store)
+def announce_first_admin(created: tuple[str, str] | None) -> None:
+    """The first admin's name and password, made at this start: on stderr, the only place they are shown."""
     if created is not None:
         print(
             f"created web admin account {created[0]} with password {created[1]} (shown once)",
             file=sys.stderr,
             flush=True,
         )
+
+
+async def start_role(config: Config, store: Store) -> WebServer:
+    """The web role: the first admin (its password printed once) and the server on `web.listen`."""
+    announce_first_admin(await asyncio.to_thread(ensure_first_admin, config, store))
     server = WebServer(config, store)
     await server.start()
     return server

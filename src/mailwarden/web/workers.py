@@ -32,10 +32,10 @@ import time
 from typing import Final
 
 from mailwarden.config import Config
-from mailwarden.listening import bind_shared
+from mailwarden.listening import bind_shared, refused
 from mailwarden.store import open_store
 from mailwarden.web.accounts import ensure_first_admin
-from mailwarden.web.server import BACKLOG, WebServer, listen_error, require_listen, until_signalled, url_of
+from mailwarden.web.server import BACKLOG, WebServer, announce_first_admin, require_listen, until_signalled, url_of
 from mailwarden.workers.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -57,16 +57,11 @@ def run(config: Config, workers: int) -> int:
         created = ensure_first_admin(config, store)
     finally:
         store.close()
-    if created is not None:
-        print(
-            f"created web admin account {created[0]} with password {created[1]} (shown once)",
-            file=sys.stderr,
-            flush=True,
-        )
+    announce_first_admin(created)
     try:
         sockets = bind_shared(config.web.listen, workers, backlog=BACKLOG)
     except OSError as exc:
-        raise listen_error(config.web.listen, exc) from None
+        raise refused("web.listen", config.web.listen, exc) from None
     url = url_of(config, sockets[0])
     sys.stderr.flush()  # what is buffered now would be written again by each worker
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)  # taken with sigtimedwait below; workers unblock them
