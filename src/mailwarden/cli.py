@@ -274,13 +274,10 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
 def cmd_store(args: argparse.Namespace, config: Config) -> int:
     from mailwarden.store import commands
 
-    wanted = {"reindex": 0, "forget-node": 1, "migrate": 2}[args.action]
-    if len(args.arguments) != wanted:
-        raise ValueError("usage: mailwarden store reindex | forget-node NAME | migrate SOURCE_URL TARGET_URL")
     if args.action == "forget-node":
-        return commands.forget_node(config, args.arguments[0])
+        return commands.forget_node(config, args.name)
     if args.action == "migrate":
-        return commands.migrate(config, *args.arguments, progress=args.progress)
+        return commands.migrate(config, args.source, args.target, progress=args.progress)
     return commands.reindex(config, progress=args.progress)
 
 
@@ -421,23 +418,29 @@ def build_parser() -> argparse.ArgumentParser:
     purge = command("purge", cmd_purge, "delete events older than [store] retention_days")
     purge.add_argument("--days", type=int, help="keep this many days instead of the configured retention")
 
-    store = command(
-        "store",
-        cmd_store,
-        "maintain the store: `reindex` rebuilds the message index from the events, "
-        "`forget-node NAME` frees the ref id of a node that no longer runs, "
-        "`migrate SOURCE_URL TARGET_URL` copies a store's history into another (resumable)",
-    )
-    store.add_argument("action", choices=["reindex", "forget-node", "migrate"])
-    store.add_argument(
-        "arguments", nargs="*", metavar="ARG", help="forget-node: the node's [node] name; migrate: two store URLs"
-    )
-    store.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress line on stderr (default: on a terminal)",
-    )
+    store = command("store", cmd_store, "maintain the store")
+    # Each action a parser of its own with fixed positionals: with one list of them after the action,
+    # argparse took none before an option (`migrate --progress SOURCE TARGET` was refused).
+    actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, *, progress: bool) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_text, description=help_text)
+        _config_option(p, top=False)
+        if progress:
+            p.add_argument(
+                "--progress",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="progress line on stderr (default: on a terminal)",
+            )
+        return p
+
+    action("reindex", "rebuild the message index from the events", progress=True)
+    forget = action("forget-node", "free the ref id of a node that no longer runs", progress=False)
+    forget.add_argument("name", metavar="NAME", help="the node's [node] name")
+    migrate = action("migrate", "copy a store's history into another (resumable)", progress=True)
+    migrate.add_argument("source", metavar="SOURCE_URL", help="the store to copy from")
+    migrate.add_argument("target", metavar="TARGET_URL", help="the store to copy into")
 
     bounce = command("explain-bounce", cmd_explain_bounce, "explain a bounce (DSN or pasted text) a sender received")
     bounce.add_argument("source", metavar="FILE|-", help="the bounce message, or - to read it from standard input")

@@ -33,7 +33,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mailwarden import metrics
-from mailwarden.config import Config, ConfigError, parse_hostport
+from mailwarden.config import Config, parse_hostport
+from mailwarden.listening import refused
 from mailwarden.store import Store
 from mailwarden.store.spool import EventSpool
 
@@ -159,9 +160,7 @@ class Exporter:
         try:
             self._server = make_server(host, port, application(node, directory), Server, handler_class=_QuietHandler)
         except OSError as exc:
-            raise ConfigError(
-                f'metrics.listen {listen!r}: cannot listen there ({exc.strerror or exc}); choose a free port or set it to ""'
-            ) from None
+            raise refused("metrics.listen", listen, exc) from None
         bound_host, bound_port = str(self._server.server_address[0]), self._server.server_address[1]
         self.address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)

@@ -50,6 +50,9 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailwarden]
         (zone,) = config["dnsbl"]["zones"]
         assert zone["zone"] == "zen.spamhaus.org"
         zone["nameservers"] = [dns.rbldnsd]
+        # The metrics stay on, on a port of their own: the README's 9187 collides with a second run on this machine.
+        assert config["metrics"]["listen"].startswith("127.0.0.1:")
+        config["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
         config["tls"] = {"cert": str(root / "tls" / "cert.pem"), "key": str(root / "tls" / "key.pem")}
         config["pregreet"] = {"wait": 0}  # the greeting delay has tests of its own; here it would cost seconds
         instance = Mailwarden(root, config_file=write_config(root / "config.toml", config), smtp_port=port)

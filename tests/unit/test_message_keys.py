@@ -18,7 +18,7 @@ import pytest
 from mailwarden.events import Event
 from mailwarden.ingest.inputs import Follower, Positions
 from mailwarden.ingest.pipeline import Ingester, parse_lines
-from mailwarden.messages.keys import queue_life_key
+from mailwarden.messages.keys import QueueFile, queue_files, queue_life_key
 from mailwarden.store import EventQuery, Store
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
 from mailwarden.trace import report
@@ -339,3 +339,17 @@ def test_events_written_by_the_ingester_carry_their_key_before_the_store_sees_th
     events: list[Event] = parse_lines(FILTERED + STORE1, node="mta", reference_us=T0 + 2 * 86400 * 1_000_000)
     keyless = {(e.source, e.kind) for e in events if e.message_key is None}
     assert keyless == {("postfix", "connect"), ("postfix", "disconnect"), ("dovecot", "login"), ("dovecot", "logout")}
+
+
+# ---------------------------------------------------------------------------- queue files
+def test_a_messages_queue_files_are_noted_with_their_latest_event_but_not_a_mailbox_servers_queue_ids() -> None:
+    """What both stores write to `message_queues`: a queue id found there leads to its message."""
+    events = [
+        Event("accept", "postfix", "mta", ts=T0 + 2, queue_id="4AB", message_key="Q1"),
+        Event("deliver", "postfix", "mta", ts=T0 + 9, queue_id="4AB", message_key="Q1"),
+        Event("accept", "postfix", "mta", ts=T0 + 5, queue_id="4AB", message_key="Q1"),
+        Event("accept", "postfix", "mta", ts=T0 + 7, queue_id="7CD", message_key="Q2"),  # re-injected
+        Event("deliver", "dovecot", "mta", ts=T0 + 8, queue_id="dovecot-id", message_key="L1"),
+        Event("connect", "postfix", "mta", ts=T0 + 1, queue_id="4AB"),  # a connection's: no message
+    ]
+    assert queue_files(events) == [QueueFile("4AB", "mta", "Q1", T0 + 9), QueueFile("7CD", "mta", "Q2", T0 + 7)]

@@ -184,6 +184,29 @@ def links_of(event: Event) -> list[Link]:
     return found
 
 
+class QueueFile(NamedTuple):
+    """A queue file a message lived in (a re-injection makes a second), and when it was last seen there."""
+
+    queue_id: str
+    node: str
+    message_key: str
+    last_us: int
+
+
+def queue_files(events: Iterable[Event]) -> list[QueueFile]:
+    """The queue files these events name, so that any hop's queue id finds its message (both stores).
+
+    A mailbox server's queue id is its own (Dovecot's), not a queue file. Sorted: two nodes writing
+    the same rows to PostgreSQL at once take their locks in the same order."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for event in events:
+        key = event.message_key
+        if key is not None and event.queue_id and event.source not in MAILBOX_SERVERS:
+            slot = (event.queue_id, event.node, key)
+            seen[slot] = max(seen.get(slot, 0), event.ts)
+    return [QueueFile(*slot, last_us) for slot, last_us in sorted(seen.items())]
+
+
 def hop(upstream: str, downstream: str, recipient: str | None, *, hint: bool = False) -> list[Link]:
     """A link whose handle is the downstream key itself."""
     if upstream == downstream:

@@ -22,7 +22,7 @@ import psycopg
 
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.messages.index import INDEX_FIELDS, IndexRow, message_rows
-from mailwarden.messages.keys import MAILBOX_SERVERS, Link, components, links_of
+from mailwarden.messages.keys import Link, components, links_of, queue_files
 from mailwarden.messages.legacy import LegacyKeys
 from mailwarden.store import sqlite_messages
 from mailwarden.store.base import Position
@@ -155,19 +155,14 @@ def _insert_links(conn: psycopg.Connection[Any], links: Sequence[tuple[Link, int
 
 
 def _record_queues(conn: psycopg.Connection[Any], events: Iterable[Event]) -> None:
-    """Each message's queue files (node, queue id), so that any hop's queue id finds it."""
-    seen: dict[tuple[str, str, str], int] = {}
-    for event in events:
-        key = event.message_key
-        if key is not None and event.queue_id and event.source not in MAILBOX_SERVERS:
-            slot = (event.queue_id, event.node, key)
-            seen[slot] = max(seen.get(slot, 0), event.ts)
-    if seen:
+    """Each message's queue files (`keys.queue_files`)."""
+    rows = queue_files(events)
+    if rows:
         conn.cursor().executemany(
             "INSERT INTO message_queues (queue_id, node, message_key, last_us) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (queue_id, node, message_key)"
             " DO UPDATE SET last_us = greatest(message_queues.last_us, excluded.last_us)",
-            [(*slot, ts) for slot, ts in sorted(seen.items())],
+            rows,
         )
 
 

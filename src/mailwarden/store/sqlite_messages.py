@@ -23,6 +23,7 @@ from mailwarden.messages.keys import (
     Link,
     hop,
     links_of,
+    queue_files,
 )
 from mailwarden.messages.legacy import QUEUE_IDLE_US, LegacyKeys, Life
 from mailwarden.store.sql import SqlConnection
@@ -110,17 +111,11 @@ class MessageBook:
                 event.message_key = legacy.key(event)
 
     def record_queues(self, events: Iterable[Event]) -> None:
-        """Note each message's queue files (node, queue id), so that any hop's queue id finds it."""
-        seen: dict[tuple[str, str, str], int] = {}
-        for event in events:
-            key = event.message_key
-            if key is not None and event.queue_id and event.source not in MAILBOX_SERVERS:
-                slot = (event.queue_id, event.node, key)
-                seen[slot] = max(seen.get(slot, 0), event.ts)
+        """Note each message's queue files (`keys.queue_files`)."""
         self.insert(
             self.conn,
             "INSERT INTO message_queues (queue_id, node, message_key, last_us)",
-            [(*slot, ts) for slot, ts in seen.items()],
+            queue_files(events),
             " ON CONFLICT (queue_id, node, message_key) DO UPDATE SET last_us = max(last_us, excluded.last_us)",
         )
 

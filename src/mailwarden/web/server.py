@@ -19,8 +19,9 @@ from typing import Final
 
 import uvicorn
 
-from mailwarden.config import Config, ConfigError, parse_hostport
+from mailwarden.config import Config, ConfigError
 from mailwarden.events import now_us
+from mailwarden.listening import bind_one, refused
 from mailwarden.store import Store
 from mailwarden.web.accounts import ensure_first_admin
 from mailwarden.web.app import create_app
@@ -35,26 +36,7 @@ class _Embedded(uvicorn.Server):
         yield  # the process's signals belong to `mailwarden serve` / `web`, which call stop()
 
 
-def bind(listen: str, *, shared_port: bool = False) -> socket.socket:
-    """A listening socket on `listen`; `shared_port`: one of several on the same port (SO_REUSEPORT),
-    each with its own queue of new connections, which the kernel fills by a hash of the client's
-    address and port (web/workers.py)."""
-    host, port = parse_hostport(listen)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if shared_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise ConfigError(
-            f'web.listen {listen!r}: cannot listen there ({exc.strerror or exc}); choose a free port or set it to ""'
-        ) from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+BACKLOG: Final = 128
 
 
 def require_listen(config: Config) -> None:
@@ -76,7 +58,7 @@ class WebServer:
         self.config = config
         self.store = store
         settings = config.web
-        self._socket = bind(settings.listen) if sock is None else sock
+        self._socket = self._bind(settings.listen) if sock is None else sock
         self.url = url_of(config, self._socket)
         self._server = _Embedded(
             uvicorn.Config(
@@ -93,6 +75,13 @@ class WebServer:
         )
         self._task: asyncio.Task[None] | None = None
         self._purging: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _bind(listen: str) -> socket.socket:
+        try:
+            return bind_one(listen, backlog=BACKLOG)
+        except OSError as exc:
+            raise refused("web.listen", listen, exc) from None
 
     async def start(self) -> str:
         """Start serving; returns the address pages are reached at."""
@@ -119,15 +108,19 @@ class WebServer:
             await self._task
 
 
-async def start_role(config: Config, store: Store) -> WebServer:
-    """The web role: the first admin (its password printed once) and the server on `web.listen`."""
-    created = await asyncio.to_thread(ensure_first_admin, config, store)
+def announce_first_admin(created: tuple[str, str] | None) -> None:
+    """The first admin's name and password, made at this start: on stderr, the only place they are shown."""
     if created is not None:
         print(
             f"created web admin account {created[0]} with password {created[1]} (shown once)",
             file=sys.stderr,
             flush=True,
         )
+
+
+async def start_role(config: Config, store: Store) -> WebServer:
+    """The web role: the first admin (its password printed once) and the server on `web.listen`."""
+    announce_first_admin(await asyncio.to_thread(ensure_first_admin, config, store))
     server = WebServer(config, store)
     await server.start()
     return server

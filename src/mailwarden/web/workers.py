@@ -32,9 +32,10 @@ import time
 from typing import Final
 
 from mailwarden.config import Config
+from mailwarden.listening import bind_shared, refused
 from mailwarden.store import open_store
 from mailwarden.web.accounts import ensure_first_admin
-from mailwarden.web.server import WebServer, bind, require_listen, until_signalled, url_of
+from mailwarden.web.server import BACKLOG, WebServer, announce_first_admin, require_listen, until_signalled, url_of
 from mailwarden.workers.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,11 @@ def run(config: Config, workers: int) -> int:
         created = ensure_first_admin(config, store)
     finally:
         store.close()
-    if created is not None:
-        print(
-            f"created web admin account {created[0]} with password {created[1]} (shown once)",
-            file=sys.stderr,
-            flush=True,
-        )
-    sockets = bind_each(config.web.listen, workers)
+    announce_first_admin(created)
+    try:
+        sockets = bind_shared(config.web.listen, workers, backlog=BACKLOG)
+    except OSError as exc:
+        raise refused("web.listen", config.web.listen, exc) from None
     url = url_of(config, sockets[0])
     sys.stderr.flush()  # what is buffered now would be written again by each worker
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)  # taken with sigtimedwait below; workers unblock them
@@ -92,16 +91,6 @@ def run(config: Config, workers: int) -> int:
                 )
     os.close(ready_read)
     return max(code, _stop(pids))
-
-
-def bind_each(listen: str, count: int) -> list[socket.socket]:
-    """`count` listening sockets on the one port `listen`, one per worker.
-
-    The address is bound alone first: a port in use is the clear error it always was - also one
-    used by another `mailwarden web` of the same user, whose sockets the kernel would otherwise
-    let share the port with ours."""
-    bind(listen).close()
-    return [bind(listen, shared_port=True) for _ in range(count)]
 
 
 def _fork(config: Config, sockets: list[socket.socket], number: int, ready_write: int) -> int:

@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from mailwarden.config import Config, ConfigError, load, parse_hostport
+from mailwarden.config import Config, ConfigError, load
+from mailwarden.listening import bind_shared, join
 from mailwarden.smtp.clients import clear_slot, create_table, set_workers
 from mailwarden.smtp.gateway import BACKLOG, recover
 from mailwarden.store import Store
@@ -102,8 +103,7 @@ class Supervisor:
         if not self.config.smtp.listen:  # no SMTP of our own (Postfix in front, with the milter): no workers
             return
         slots = range(1, self.config.smtp.worker_count + 1)
-        for slot in slots:
-            self.sockets[slot] = self._bind()
+        self._bind(len(slots))
         try:
             await asyncio.gather(*(self._start(slot) for slot in slots))
         except WorkerFailed:
@@ -140,11 +140,14 @@ class Supervisor:
                     self.workers[slot].replacing = True
                     await self._stop_worker(self.workers[slot])
                 if slot <= wanted:
-                    self.sockets.setdefault(slot, self._bind())
                     try:
+                        if slot not in self.sockets:
+                            self.sockets[slot] = self._join()
                         await self._start(slot)
                     except WorkerFailed as exc:
-                        log.error("%s", exc)  # its exit brings the next attempt
+                        log.error(
+                            "%s", exc
+                        )  # a started worker's exit brings the next attempt, no socket the next reload
                 else:
                     for sock in self.sockets.pop(slot, []):
                         sock.close()
@@ -152,43 +155,34 @@ class Supervisor:
         log.info("reloaded: %d SMTP workers run with the new configuration", wanted)
 
     # ------------------------------------------------------------------ one worker
-    def _bind(self) -> list[socket.socket]:
-        """One listening socket per `smtp.listen` address for one worker slot (SO_REUSEPORT: the kernel balances).
+    def _bind(self, count: int) -> None:
+        """Per `smtp.listen` address `count` listening sockets on its port, one for each worker slot.
 
-        The first slot's addresses are bound alone first: a port in use is refused with the reason -
-        also one held by another `mailwarden serve` of the same user, whose SO_REUSEPORT sockets the
-        kernel would otherwise let share the port with ours (each instance then getting part of the mail)."""
-        bound: list[socket.socket] = []
-        first = not self.sockets
+        A port in use is refused with the reason - also one held by another `mailwarden serve` of
+        the same user, whose SO_REUSEPORT sockets would otherwise share it with ours (listening.py)."""
+        per_address: list[list[socket.socket]] = []
         for address in self.config.smtp.listen:
-            host, port = parse_hostport(address)
-            if port == 0 and self.sockets:  # a port the kernel chose: every slot must get the same
-                port = int(self.sockets[min(self.sockets)][len(bound)].getsockname()[1])
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                if first and port:
-                    with socket.socket(family, socket.SOCK_STREAM) as alone:
-                        alone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                        alone.bind((host, port))
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    sock.close()
-                    raise
+                per_address.append(bind_shared(address, count, backlog=BACKLOG))
             except OSError as exc:
-                for done in bound:
-                    done.close()
+                for sock in (sock for sockets in per_address for sock in sockets):
+                    sock.close()
                 raise ConfigError(
                     f"cannot listen on {address} (smtp.listen): {exc.strerror}; stop what listens there"
                     " (another mailwarden serve?) or choose another address"
                 ) from None
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-            bound.append(sock)
-        return bound
+        self.sockets = {slot: [sockets[slot - 1] for sockets in per_address] for slot in range(1, count + 1)}
+
+    def _join(self) -> list[socket.socket]:
+        """The listening sockets of one more worker slot (a reload that asks for more workers), on the same ports."""
+        joined: list[socket.socket] = []
+        try:
+            joined.extend(join(sock, backlog=BACKLOG) for sock in self.sockets[min(self.sockets)])
+        except OSError as exc:
+            for sock in joined:
+                sock.close()
+            raise WorkerFailed(f"no listening socket for one more SMTP worker: {exc.strerror}") from None
+        return joined
 
     async def _start(self, slot: int) -> None:
         ours, theirs = socket.socketpair()
