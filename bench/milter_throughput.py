@@ -195,21 +195,13 @@ def serve_null(port: int) -> None:
 
 
 @contextmanager
-def null_milter() -> Iterator[tuple[int, int]]:
+def null_milter(program: Path | None = None) -> Iterator[tuple[int, int]]:
+    """A null milter on a free port, (port, pid): ours in Python, or the C one built at `program`."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve-null", str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield port, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-@contextmanager
-def c_null_milter(program: Path) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    process = subprocess.Popen([str(program), f"inet:{port}@127.0.0.1"], stdout=subprocess.DEVNULL)
+    argv = (
+        [str(program), f"inet:{port}@127.0.0.1"] if program else [sys.executable, __file__, "--serve-null", str(port)]
+    )
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     try:
         wait_port(port)
         yield port, process.pid
@@ -239,7 +231,7 @@ def build_c_null_milter(directory: Path) -> Path | None:
 
 def run_null(messages: int, program: Path | None = None) -> Leg:
     """Postfix with a null milter: ours in Python, or the C one when `program` is given."""
-    with c_null_milter(program) if program else null_milter() as (port, pid), postfix(port) as filtered:
+    with null_milter(program) as (port, pid), postfix(port) as filtered:
         smtp_source(filtered.smtp_port, WARM_UP)
         leg = measured(filtered, pid, messages)
         found = queued(filtered)
