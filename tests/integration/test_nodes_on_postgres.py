@@ -10,11 +10,6 @@ minutes); everything between them goes through the database.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from mailwarden.config import Config
@@ -213,63 +208,6 @@ def test_a_full_spool_while_postgresql_is_down_answers_451_4_3_0_instead_of_acce
         store.flush()
         (event,) = store.query_events(EventQuery(reason="infra.event_spool_full"))
         assert event.smtp_code == 451 and event.ref == ref_of(refused[5])
-    finally:
-        store.close()
-
-
-@contextmanager
-def mute_database(postgres: Postgres) -> Iterator[Callable[[], int]]:
-    """PostgreSQL stopped and, on its port, something that takes each connection and closes it
-    without a word: the count of connection attempts (a host that does not answer costs each
-    attempt its timeout, so every attempt counts)."""
-    postgres.stop()
-    listener = socket.create_server((postgres.host, postgres.port), reuse_port=False)
-    attempts = [0]
-
-    def take() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return  # closed: the test is over
-            attempts[0] += 1
-            conn.close()
-
-    taker = threading.Thread(target=take, daemon=True)
-    taker.start()
-    try:
-        yield lambda: attempts[0]
-    finally:
-        listener.close()
-        taker.join(timeout=5)
-        postgres.start()
-
-
-def test_while_postgresql_is_away_the_event_writer_leaves_asking_to_the_probe(
-    postgres: Postgres, tmp_path: Path
-) -> None:
-    """Once the writer found the database away, its next batches go to the spool without trying to
-    connect again (against a host that does not answer, each attempt would hold the batch - and the
-    sessions waiting for its commit - for the connect timeout); the breaker's probe alone asks."""
-    store = PostgresStore(postgres.new_database(), batch_interval=0.001, spool=EventSpool(tmp_path / "spool", 1 << 20))
-    batches = 20
-    try:
-        store.append(Event(kind="connect", source="gateway", node="mx-a", session="S0"))
-        store.flush()  # the writer's connection is made
-        with mute_database(postgres) as attempts:
-            for number in range(1, batches + 1):
-                store.append(Event(kind="connect", source="gateway", node="mx-a", session=f"S{number}"))
-                store.flush()  # spooled: the database is away
-            tried = attempts()
-        # Without the breaker's hold the writer asks once per batch (20); the probe asks once a second.
-        assert tried < batches // 2, f"{tried} connection attempts for {batches} batches while the database was away"
-        for _ in range(600):  # the probe finds it back within its interval (a second); not a timing assertion
-            if store._breaker.away is None:
-                break
-            time.sleep(0.05)
-        store.flush()  # back: the spool is replayed
-        sessions = {e.session for e in store.query_events(EventQuery(kinds=("connect",)))}
-        assert sessions == {f"S{number}" for number in range(batches + 1)}
     finally:
         store.close()
 

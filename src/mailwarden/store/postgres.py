@@ -308,9 +308,6 @@ class PostgresStore(SqlParts, Store):
         """The writer's own connection, made again when it broke; _DatabaseAway when it cannot be."""
         conn = self._writer_conn
         if conn is None or conn.closed:
-            away = self._breaker.away
-            if away is not None:  # the probe asks until it answers; a host that does not answer makes
-                raise _DatabaseAway(away)  # each attempt wait its timeout, and every batch with it
             try:
                 conn = self._writer_conn = _connect(self.url)
             except psycopg.OperationalError as exc:
