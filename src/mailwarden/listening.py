@@ -14,6 +14,12 @@ import socket
 from mailwarden.config import ConfigError, parse_hostport
 
 
+def shown(sock: socket.socket) -> str:
+    """Where `sock` listens, written as the `listen` settings are: "host:port", an IPv6 host in brackets."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def bind_one(listen: str, *, backlog: int) -> socket.socket:
     """The only listening socket on `listen` ("host:port"); OSError says why it cannot be."""
     family, address = _resolve(listen)

@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from mailwarden.listening import bind_one, bind_shared, join
+from mailwarden.config import parse_hostport
+from mailwarden.listening import bind_one, bind_shared, join, shown
 from tests.support.net import free_port
 
 
@@ -38,3 +39,17 @@ def test_the_only_socket_on_a_port_in_use_is_refused_with_the_reason() -> None:
     listen = f"127.0.0.1:{free_port()}"
     with bind_one(listen, backlog=8), pytest.raises(OSError, match="Address already in use"):
         bind_one(listen, backlog=8)
+
+
+def test_an_ipv6_listening_address_is_shown_in_brackets_as_the_listen_settings_write_it() -> None:
+    """`::1:2525` cannot be told apart from a host `::1:2525` without a port; `[::1]:2525` is how
+    `[smtp] listen` takes it back."""
+    with socket.socket(socket.AF_INET6) as six, socket.socket(socket.AF_INET) as four:
+        try:
+            six.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 on this machine's loopback")
+        four.bind(("127.0.0.1", 0))
+        assert shown(six) == f"[::1]:{six.getsockname()[1]}"
+        assert shown(four) == f"127.0.0.1:{four.getsockname()[1]}"
+        assert parse_hostport(shown(six)) == ("::1", six.getsockname()[1])

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
+from mailwarden.listening import shown
+
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[str, str], None]  # (origin, line)
@@ -104,7 +106,7 @@ class SyslogReceiver:
                     limit=self.max_line + 64,
                 )
                 self._servers.append(server)
-                self.bound.extend(f"tcp:{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+                self.bound.extend(f"tcp:{shown(s)}" for s in server.sockets)
             if "udp" in transports:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: _Datagrams(self.deliver, self.max_line), local_addr=(host, port)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mailwarden.config import Config, ConfigError, parse_hostport
+from mailwarden.listening import shown
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -34,7 +35,7 @@ async def listen(
             else:
                 host, port = parse_hostport(address)
                 server = await asyncio.start_server(handler, host, port, reuse_address=True, backlog=1024, limit=limit)
-                bound.extend(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+                bound.extend(shown(s) for s in server.sockets)
             servers.append(server)
     except OSError as exc:
         for server in servers:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from mailwarden.config import Config, parse_hostport
 from mailwarden.deliver.maildir import Maildirs
+from mailwarden.listening import shown
 from mailwarden.loginguard import LoginGuard
 from mailwarden.mailboxes import hash_password, verify_password
 from mailwarden.refs import RefGenerator
@@ -73,7 +74,7 @@ class Pop3Server:
                 accept, host=host, port=port, limit=self.stream_limit, reuse_address=True, backlog=512
             )
             self._servers.append(server)
-            bound.extend(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+            bound.extend(shown(s) for s in server.sockets)
         return bound
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -49,6 +49,7 @@ from mailwarden.deliver.writer import DeliveryThreads
 from mailwarden.events import Event
 from mailwarden.handoff import lmtp_session
 from mailwarden.headers import header_fields, message_id
+from mailwarden.listening import shown
 from mailwarden.messages.keys import CONNECTION_KINDS
 from mailwarden.refs import RefGenerator
 from mailwarden.smtp import replies
@@ -141,7 +142,7 @@ class Gateway:
                 await loop.create_server(self.protocol, host=host, port=port, reuse_address=True, backlog=BACKLOG)
             )
         self._servers.extend(servers)
-        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for server in servers for s in server.sockets]
+        return [shown(s) for server in servers for s in server.sockets]
 
     def finish_soon(self, work: Coroutine[Any, Any, str]) -> asyncio.Task[str]:
         """Run the end of a transaction (decide, deliver, record) to completion, even if its client goes away."""

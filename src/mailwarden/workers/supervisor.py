@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from mailwarden.config import Config, ConfigError, load
-from mailwarden.listening import bind_shared, join
+from mailwarden.listening import bind_shared, join, shown
 from mailwarden.smtp.clients import clear_slot, create_table, set_workers
 from mailwarden.smtp.gateway import BACKLOG, recover
 from mailwarden.store import Store
@@ -94,7 +94,7 @@ class Supervisor:
     @property
     def addresses(self) -> list[str]:
         first = self.sockets[min(self.sockets)]
-        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in first]
+        return [shown(s) for s in first]
 
     # ------------------------------------------------------------------ start and stop
     async def start(self) -> None:
