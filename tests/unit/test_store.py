@@ -236,8 +236,9 @@ def test_bulk_batches_commit_with_their_positions_and_a_failed_one_is_retried_wi
 
 
 def test_a_bulk_import_stores_every_event_in_its_order_also_those_that_cross_as_finished_rows(tmp_path: Path) -> None:
-    """The writer process gets a connection's own events as rows and the others as events: both
-    keep their place (their ids follow the batch's order) and every field."""
+    """The writer process gets a connection's own events as rows, keyed events as events with their
+    rows, and events it keys itself as events only: all keep their place (their ids follow the
+    batch's order) and every field."""
     store = SqliteStore(tmp_path / "s.db")
     base = 1_700_000_000_000_000
     batch = [

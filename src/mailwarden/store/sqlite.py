@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.store import sqlite_index, sqlite_messages
@@ -37,7 +37,7 @@ from mailwarden.store.sql import SQLITE as SQL
 from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog
-from mailwarden.store.sqlite_bulk import BulkProcess, Rows
+from mailwarden.store.sqlite_bulk import BulkProcess, Places, Rows
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import InsertRows, MessageBook, event_rows, insert_prepared
 from mailwarden.store.web_state import SCHEMA as WEB_STATE_SCHEMA
@@ -227,31 +227,29 @@ MIGRATIONS: Final[list[tuple[str, Migration]]] = [
 ]
 
 _INSERT_EVENTS: Final = f"INSERT INTO events ({', '.join(FIELDS)})"
+Bulk = tuple[Rows, Places]
+"""A bulk import's rows in order (None where an event's row is still to be made) and the place of
+each event the writer keys among them (`sqlite_bulk.Packed`)."""
 
 
 def _insert_events(
-    conn: sqlite3.Connection, events: Sequence[Event], insert: InsertRows, rows: Rows | None = None
+    conn: sqlite3.Connection, events: Sequence[Event], insert: InsertRows, bulk: Bulk | None = None
 ) -> None:
     """Insert the rows and give the events their ids: one writer and no AUTOINCREMENT, so each row
-    gets the largest id plus one, and the ids of a batch are consecutive. `rows`: the rows of the
-    whole batch in order, None where the next of `events` goes (a bulk import's, `sqlite_bulk`)."""
-    if rows is None:
+    gets the largest id plus one, and the ids of a batch are consecutive. `bulk`: the rows of a
+    bulk import's whole batch in order and the place of each of `events` among them (`sqlite_bulk`)."""
+    if bulk is None:
         last = insert(conn, _INSERT_EVENTS, [event.to_row() for event in events], "")
         for offset, event in enumerate(events, last - len(events) + 1):
             event.id = offset
         return
-    placed: list[tuple[int, Event]] = []
-    pending = iter(events)
-    complete: list[tuple[Any, ...]] = []
-    for row in rows:
-        if row is None:
-            event = next(pending)
-            placed.append((len(complete), event))
-            row = event.to_row()
-        complete.append(row)
-    first = insert(conn, _INSERT_EVENTS, complete, "") - len(complete) + 1
-    for offset, event in placed:
-        event.id = first + offset
+    rows, places = bulk
+    for place, event in zip(places, events, strict=True):
+        if rows[place] is None:  # its key was given here
+            rows[place] = event.to_row()
+    first = insert(conn, _INSERT_EVENTS, cast(list[tuple[Any, ...]], rows), "") - len(rows) + 1  # no None left
+    for place, event in zip(places, events, strict=True):
+        event.id = first + place
 
 
 _FOUND_SECONDS: Final = 1.0
@@ -431,14 +429,14 @@ def write_batch(
     index: MessageIndex,
     events: list[Event],
     positions: list[Position],
-    rows: Rows | None = None,
+    bulk: Bulk | None = None,
 ) -> None:
     """One transaction: the events, their queues and links, the message index, then the positions.
-    `rows`: a bulk import's batch (`_insert_events`); `events` are then those that are not only stored."""
+    `bulk`: a bulk import's rows (`_insert_events`); `events` are then those that are not only stored."""
     conn.execute("BEGIN")
     try:
         book.stamp(events)
-        _insert_events(conn, events, book.insert, rows)
+        _insert_events(conn, events, book.insert, bulk)
         book.record_queues(events)
         index.update(events, book.record_links(events))
         hinted = book.hint_links(events)  # looks at the index (this batch's messages too)
@@ -465,8 +463,8 @@ class BulkWrites:
         self.book = MessageBook(self.conn, insert=insert_prepared)
         self.index = MessageIndex(self.conn, insert_prepared)
 
-    def write(self, events: list[Event], rows: Rows, positions: list[Position]) -> None:
-        write_batch(self.conn, self.book, self.index, events, positions, rows)
+    def write(self, events: list[Event], rows: Rows, places: Places, positions: list[Position]) -> None:
+        write_batch(self.conn, self.book, self.index, events, positions, (rows, places))
 
     def close(self) -> None:
         self.conn.close()
