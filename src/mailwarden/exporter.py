@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -33,8 +32,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mailwarden import metrics
-from mailwarden.config import Config, parse_hostport
-from mailwarden.listening import refused
+from mailwarden.config import Config
+from mailwarden.listening import refused, resolve, shown
 from mailwarden.store import Store
 from mailwarden.store.spool import EventSpool
 
@@ -151,18 +150,17 @@ class Exporter:
     def __init__(self, node: Node, directory: Path) -> None:
         self.node = node
         listen = node.config.metrics.listen
-        host, port = parse_hostport(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        class Server(ThreadingWSGIServer):
-            address_family = family
-
         try:
-            self._server = make_server(host, port, application(node, directory), Server, handler_class=_QuietHandler)
+            family, address = resolve(listen)
+
+            class Server(ThreadingWSGIServer):
+                address_family = family
+
+            self._server = Server(address, _QuietHandler)  # the whole address: an IPv6 scope too
+            self._server.set_app(application(node, directory))
         except OSError as exc:
             raise refused("metrics.listen", listen, exc) from None
-        bound_host, bound_port = str(self._server.server_address[0]), self._server.server_address[1]
-        self.address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        self.address = shown(self._server.socket)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
         self._thread.start()
 

@@ -10,6 +10,7 @@ connections; so the address is bound alone first, and a port in use is refused w
 from __future__ import annotations
 
 import socket
+from typing import cast
 
 from mailwarden.config import ConfigError, parse_hostport
 
@@ -22,7 +23,7 @@ def shown(sock: socket.socket) -> str:
 
 def bind_one(listen: str, *, backlog: int) -> socket.socket:
     """The only listening socket on `listen` ("host:port"); OSError says why it cannot be."""
-    family, address = _resolve(listen)
+    family, address = resolve(listen)
     return _listening(_bound(family, address, shared=False), backlog)
 
 
@@ -30,7 +31,7 @@ def bind_shared(listen: str, count: int, *, backlog: int) -> list[socket.socket]
     """`count` listening sockets on the one port of `listen`, each with SO_REUSEPORT, for a worker each.
 
     OSError says why not (a port in use: also one that another instance shares by SO_REUSEPORT)."""
-    family, address = _resolve(listen)
+    family, address = resolve(listen)
     _bound(family, address, shared=False).close()  # not listening: no connection waits in it meanwhile
     sockets = [_listening(_bound(family, address, shared=True), backlog)]
     try:
@@ -55,10 +56,16 @@ def refused(setting: str, listen: str, exc: OSError) -> ConfigError:
     )
 
 
-def _resolve(listen: str) -> tuple[socket.AddressFamily, tuple[object, ...]]:
+Address = tuple[str, int] | tuple[str, int, int, int]
+"""An IPv4 or IPv6 socket address, as `getaddrinfo` gives it."""
+
+
+def resolve(listen: str) -> tuple[socket.AddressFamily, Address]:
+    """The address family and socket address `listen` ("host:port") names: a host name's first
+    address decides the family (a name may have only IPv6 addresses); OSError if it has none."""
     host, port = parse_hostport(listen)
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return family, address
+    return family, cast(Address, address)  # not AF_UNIX's nor another family's: a host and a port
 
 
 def _bound(family: socket.AddressFamily, address: tuple[object, ...], *, shared: bool) -> socket.socket:
