@@ -148,9 +148,8 @@ def write_batch(conn: psycopg.Connection[Any], events: list[Event], positions: l
 def _insert_links(conn: psycopg.Connection[Any], links: Sequence[tuple[Link, int]]) -> None:
     if links:
         conn.cursor().executemany(
-            "INSERT INTO message_links (handle, message_key, upstream, recipient, hint, ts)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (handle, message_key, upstream) DO NOTHING",
-            [(ln.handle, ln.message_key, int(ln.upstream), ln.recipient, int(ln.hint), ts) for ln, ts in links],
+            f"{sqlite_messages.INSERT_LINKS} VALUES (%s, %s, %s, %s, %s, %s){sqlite_messages.LINKS_ONCE}",
+            sqlite_messages.link_rows(links),
         )
 
 

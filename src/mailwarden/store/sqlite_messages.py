@@ -32,7 +32,8 @@ _HINT_CANDIDATES: Final = 50
 _KEYS_PER_QUERY: Final = 500
 ROWS_PER_STATEMENT: Final = 50  # one statement for many rows (1,000 parameters; SQLite allows 32,766)
 _SELECT: Final = f"SELECT id, {', '.join(FIELDS)} FROM events"
-_INSERT_LINK: Final = "INSERT INTO message_links (handle, message_key, upstream, recipient, hint, ts)"
+INSERT_LINKS: Final = "INSERT INTO message_links (handle, message_key, upstream, recipient, hint, ts)"
+LINKS_ONCE: Final = " ON CONFLICT (handle, message_key, upstream) DO NOTHING"
 
 
 @functools.lru_cache(maxsize=256)
@@ -135,8 +136,12 @@ class MessageBook:
         return hint_links(self.conn, events, self._insert)
 
     def _insert(self, rows: Sequence[tuple[Link, int]]) -> None:
-        values = [(ln.handle, ln.message_key, int(ln.upstream), ln.recipient, int(ln.hint), ts) for ln, ts in rows]
-        self.insert(self.conn, _INSERT_LINK, values, " ON CONFLICT (handle, message_key, upstream) DO NOTHING")
+        self.insert(self.conn, INSERT_LINKS, link_rows(rows), LINKS_ONCE)
+
+
+def link_rows(links: Iterable[tuple[Link, int]]) -> list[tuple[object, ...]]:
+    """The `message_links` rows (`INSERT_LINKS`'s columns) of links, each with the time of the event that named it."""
+    return [(ln.handle, ln.message_key, int(ln.upstream), ln.recipient, int(ln.hint), ts) for ln, ts in links]
 
 
 def hint_links(
