@@ -10,7 +10,13 @@ minutes); everything between them goes through the database.
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
 
 from mailwarden.config import Config
 from mailwarden.events import Event
@@ -232,3 +238,38 @@ def test_every_connection_to_postgresql_notices_a_host_that_went_silent(postgres
                 assert 0 < int(settings.get("tcp_user_timeout", "0")) <= 60_000, settings
     finally:
         store.close()
+
+
+def test_while_the_breaker_is_open_the_event_writer_gives_a_silent_database_host_seconds_not_the_full_timeout(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that went silent answers no connection attempt: each batch's attempt waited the full
+    connect timeout (10 s), and every session waiting for its commit with it. Once the breaker knows
+    the database away, an attempt is given a short one and the batch goes to the spool."""
+    store = PostgresStore(postgres.new_database(), batch_interval=0.001, spool=EventSpool(tmp_path / "spool", 1 << 20))
+    timeouts: list[int] = []  # of the event writer's attempts (the breaker's probe has a thread of its own)
+    connect = psycopg.connect
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name.startswith("store-writer"):
+            timeouts.append(kwargs["connect_timeout"])
+        return connect(*args, **kwargs)
+
+    with socket.socket() as silent:  # takes connections into its backlog and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        try:
+            store.append(Event(kind="connect", source="gateway", node="mx-a", session="S1"))
+            store.flush()
+            monkeypatch.setattr(psycopg, "connect", recorded)
+            assert store._writer_conn is not None
+            store._writer_conn.close()  # the partition: the next batch must connect again
+            store.url = f"postgresql://mailwarden@127.0.0.1:{silent.getsockname()[1]}/mailwarden"
+            store._breaker.lost("a session's read found it away")
+            store.append(Event(kind="connect", source="gateway", node="mx-a", session="S2"))
+            store.flush()
+            assert timeouts and max(timeouts) <= 2, timeouts
+            assert store._spool is not None and store._spool.depth() == 1
+        finally:
+            monkeypatch.undo()
+            store.close()

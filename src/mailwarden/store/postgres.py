@@ -308,8 +308,11 @@ class PostgresStore(SqlParts, Store):
         """The writer's own connection, made again when it broke; _DatabaseAway when it cannot be."""
         conn = self._writer_conn
         if conn is None or conn.closed:
+            # While the breaker knows the database away, every waiting commit waits for this attempt:
+            # against a host that went silent (no reset) the full timeout held them 10 s per batch.
+            timeout = _CONNECT_SECONDS if self._breaker.away is None else _AWAY_CONNECT_SECONDS
             try:
-                conn = self._writer_conn = _connect(self.url)
+                conn = self._writer_conn = _connect(self.url, timeout)
             except psycopg.OperationalError as exc:
                 self._breaker.lost(str(exc).strip())
                 raise _DatabaseAway(str(exc).strip()) from exc
@@ -472,6 +475,7 @@ def _day_of(partition: str) -> int | None:
 
 
 _CONNECT_SECONDS: Final = 10
+_AWAY_CONNECT_SECONDS: Final = 2  # the event writer's attempts while the breaker is open (then it spools)
 # When a connection counts as lost although its host never said so (a network partition, a host
 # that died): no answer to keepalive probes for 10 + 3 x 5 s, or data unacknowledged for 30 s.
 # Without them a statement sent just before a partition waits for the kernel's retransmissions
@@ -491,9 +495,9 @@ _PROBE_SECONDS: Final = 1.0  # between the breaker's probes while the database i
 _REMEDY: Final = "check that PostgreSQL runs and that [store] url names a database this node may write to"
 
 
-def _connect(url: str) -> psycopg.Connection[Any]:
+def _connect(url: str, timeout: int = _CONNECT_SECONDS) -> psycopg.Connection[Any]:
     """A connection of its own (migration, the breaker's probe, the event writer), as the pool's are made."""
-    return psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_SECONDS, **_DEAD_PEER)
+    return psycopg.connect(url, autocommit=True, connect_timeout=timeout, **_DEAD_PEER)
 
 
 def _redacted(url: str) -> str:
