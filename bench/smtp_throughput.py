@@ -15,7 +15,11 @@ connection as smtp-source does by default) against
   (c) a private Postfix accepting into its queue (its queue manager is switched off, so it
       does nothing but receive: smtpd, cleanup, fsync of the queue file) - and (c') Postfix
       doing mailwarden's whole job: receive, then deliver into a Maildir (virtual(8)), timed
-      until the last message is delivered (run once, after the rounds).
+      until the last message is delivered (run once, after the rounds),
+  (d) the floor of any Python receiver on this machine: uvloop, one asyncio.Protocol that speaks
+      just the dialogue smtp-source needs, and each message written, fsynced and renamed into a
+      Maildir's new/ (in a thread, as mailwarden's delivery) before its 250 - no checks, no
+      events, no evidence. What (a) costs above it is what mailwarden's own work costs.
 The same event loop (uvloop when installed) runs (a) and (b). The median of --rounds runs counts.
 CPU per message: user + system time of every mailwarden process (supervisor, workers and their
 children) during the run, divided by the messages; for (c) the same of Postfix's master and all its
@@ -43,6 +47,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,6 +88,81 @@ def serve_bare_aiosmtpd(port: int) -> None:
         uvloop.run(main())
 
 
+def serve_floor(port: int, maildir: Path) -> None:
+    """(d): the least a Python receiver does for a message it keeps - the dialogue, then the message
+    fsynced into a Maildir before the 250 - so that (a)'s CPU can be split into the floor and ours."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    for sub in ("tmp", "new"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    delivery = ThreadPoolExecutor(2)  # mailwarden's delivery threads: two
+
+    def deliver(message: bytes) -> None:
+        name = uuid.uuid4().hex
+        fd = os.open(maildir / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, message)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        (maildir / "tmp" / name).rename(maildir / "new" / name)
+
+    replies = {
+        b"EHLO": b"250-floor\r\n250-PIPELINING\r\n250 SIZE 52428800\r\n",
+        b"HELO": b"250 floor\r\n",
+        b"MAIL": b"250 2.1.0 Ok\r\n",
+        b"RCPT": b"250 2.1.5 Ok\r\n",
+        b"RSET": b"250 2.0.0 Ok\r\n",
+        b"NOOP": b"250 2.0.0 Ok\r\n",
+    }
+
+    class Floor(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+            self.buffer = b""
+            self.in_data = False
+            self.transport.write(b"220 floor ESMTP\r\n")
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while True:
+                if self.in_data:
+                    end = self.buffer.find(b"\r\n.\r\n")
+                    if end < 0:
+                        return
+                    message, self.buffer, self.in_data = self.buffer[: end + 2], self.buffer[end + 5 :], False
+                    done = asyncio.get_running_loop().run_in_executor(delivery, deliver, message)
+                    done.add_done_callback(lambda _: self.transport.write(b"250 2.0.0 Ok: kept\r\n"))
+                    continue
+                end = self.buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                verb, self.buffer = self.buffer[:4].upper(), self.buffer[end + 2 :]
+                if verb == b"DATA":
+                    self.in_data = True
+                    self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                elif verb == b"QUIT":
+                    self.transport.write(b"221 2.0.0 Bye\r\n")
+                    self.transport.close()
+                    return
+                else:
+                    self.transport.write(replies.get(verb, b"502 5.5.2 Not here\r\n"))
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port, backlog=1024)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
 @contextmanager
 def bare_aiosmtpd() -> Iterator[int]:
     port = free_port()
@@ -90,6 +170,21 @@ def bare_aiosmtpd() -> Iterator[int]:
     try:
         wait_port(port)
         yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def python_floor(maildir: Path) -> Iterator[tuple[int, int]]:
+    """(d) running: its port and pid."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", str(port), str(maildir)], stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -261,7 +356,7 @@ def compare_metrics(rounds: int, workdir: Path) -> dict[str, list[tuple[float, f
 def throughput(rounds: int, workdir: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """msg/s of each server per round, and mailwarden's CPU ms per message; the order rotates from round to round,
     as the machine's load may drift."""
-    cpu: dict[str, list[float]] = {"mailwarden": [], "mailwarden-1": [], "postfix": []}
+    cpu: dict[str, list[float]] = {"mailwarden": [], "mailwarden-1": [], "postfix": [], "floor": []}
 
     def run_mailwarden(number: int, workers: int) -> float:
         name = "mailwarden" if workers == 2 else f"mailwarden-{workers}"
@@ -273,6 +368,17 @@ def throughput(rounds: int, workdir: Path) -> tuple[dict[str, list[float]], dict
         with bare_aiosmtpd() as port:
             smtp_source(port, 500)
             return smtp_source(port)
+
+    def run_floor(number: int) -> float:
+        maildir = workdir / f"floor-{number}"
+        with python_floor(maildir) as (port, pid):
+            smtp_source(port, 500)
+            before = cpu_seconds([pid])
+            rate = smtp_source(port)
+            cpu["floor"].append((cpu_seconds([pid]) - before) * 1000 / MESSAGES)
+        if len(list((maildir / "new").iterdir())) != MESSAGES + 500:
+            raise RuntimeError("the floor server did not keep every message")
+        return rate
 
     def run_postfix(number: int) -> float:
         """(c), with the CPU of its master and every daemon (those that ended: in the master's cutime/cstime)."""
@@ -300,6 +406,7 @@ def throughput(rounds: int, workdir: Path) -> tuple[dict[str, list[float]], dict
         "aiosmtpd": run_aiosmtpd,
         "postfix": run_postfix,
         "mailwarden-1": lambda n: run_mailwarden(n, 1),
+        "floor": run_floor,
     }
     results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
@@ -420,9 +527,13 @@ def main() -> int:
         help="only (a), with [metrics] listen set and without, in alternating rounds: msg/s and CPU ms per message",
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", nargs=2, metavar=("PORT", "MAILDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare_aiosmtpd(args.serve_bare)
+        return 0
+    if args.serve_floor:
+        serve_floor(int(args.serve_floor[0]), Path(args.serve_floor[1]))
         return 0
     if args.compare_metrics:
         with tempfile.TemporaryDirectory(prefix="mw-bench-") as workdir:
@@ -500,11 +611,16 @@ def main() -> int:
             f"  (c)  Postfix, queue only         {rates['postfix']:7.0f} msg/s ({spread('postfix')}), "
             f"CPU {statistics.median(cpu['postfix']):.2f} ms/msg  (master and all its daemons)",
             f"  (c') Postfix, into a Maildir     {rates['postfix-maildir']:7.0f} msg/s  (once, last; until all are delivered)",
+            f"  (d)  Python floor, fsynced       {rates['floor']:7.0f} msg/s ({spread('floor')}), "
+            f"CPU {statistics.median(cpu['floor']):.2f} ms/msg  (dialogue and fsynced Maildir file only)",
             "  ratios of (a), median of the rounds' ratios:",
             f"    to (c)   {to_postfix:4.0%}  (target >= 100 %)",
             f"    to (a1)  {to_one:4.0%}  (target >= 160 %)",
             f"    to (b)   {ratio('aiosmtpd'):4.0%}",
             f"    to (c')  {rates['mailwarden'] / rates['postfix-maildir']:4.0%}  (median of (a) to the one run of (c'))",
+            f"    to (d)   {ratio('floor'):4.0%}",
+            f"  CPU of (a1) above the floor (d): {statistics.median(cpu['mailwarden-1']) - statistics.median(cpu['floor']):.2f} "
+            "ms/msg (checks, events and their store, evidence, journal)",
         ]
         verdicts += [
             ("throughput vs Postfix", to_postfix >= 1.0),
