@@ -39,7 +39,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
+
+from bench.processes import serve_forever  # noqa: E402
 
 HEAD = struct.Struct("!I")
 QUEUE_ID = "4F1A2B3C4D"
@@ -383,17 +386,7 @@ def serve_pymilter(port: int) -> None:
 
 
 def run_asyncio(handle: Callable[..., object], port: int) -> None:
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)  # type: ignore[arg-type]
-        async with server:
-            await server.serve_forever()
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    serve_forever(lambda: asyncio.start_server(handle, "127.0.0.1", port, backlog=1024))  # type: ignore[arg-type]
 
 
 FILTERS: dict[str, tuple[str, Callable[[int], None]]] = {

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +47,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from tests.support.mailwarden import Mailwarden  # noqa: E402
-from tests.support.net import free_port, wait_port  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 from tests.support.postfix import Postfix, running_postfix  # noqa: E402
 
+from bench.processes import serve_forever, serving  # noqa: E402
 from bench.smtp_throughput import (  # noqa: E402
     MESSAGE_BYTES,
     MESSAGES,
@@ -184,30 +185,14 @@ def serve_null(port: int) -> None:
         finally:
             writer.close()
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    import uvloop
-
-    uvloop.run(main())
+    serve_forever(lambda: asyncio.start_server(handle, "127.0.0.1", port, backlog=1024))
 
 
-@contextmanager
-def null_milter(program: Path | None = None) -> Iterator[tuple[int, int]]:
+def null_milter(program: Path | None = None) -> AbstractContextManager[tuple[int, int]]:
     """A null milter on a free port, (port, pid): ours in Python, or the C one built at `program`."""
-    port = free_port()
-    argv = (
-        [str(program), f"inet:{port}@127.0.0.1"] if program else [sys.executable, __file__, "--serve-null", str(port)]
-    )
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield port, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    if program is not None:
+        return serving(lambda port: [str(program), f"inet:{port}@127.0.0.1"])
+    return serving(lambda port: [sys.executable, __file__, "--serve-null", str(port)])
 
 
 def build_c_null_milter(directory: Path) -> Path | None:

@@ -1,10 +1,17 @@
-"""CPU time of process trees from /proc, for the benches that count what a server spends."""
+"""The servers the benches start and what they spend: a server process on a free port, an asyncio
+server run until killed, and the CPU time of process trees from /proc."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
+
+from tests.support.net import free_port, wait_port
 
 TICK: Final = os.sysconf("SC_CLK_TCK")
 
@@ -31,3 +38,32 @@ def tree_cpu(root: int, *, reaped: bool = False) -> float:
         total += times.get(pid, 0.0)
         todo.extend(child for child, parent in parents.items() if parent == pid)
     return total
+
+
+@contextmanager
+def serving(command: Callable[[int], list[str]]) -> Iterator[tuple[int, int]]:
+    """The server `command(port)` starts, on a free loopback port: (port, pid) once it listens; ended after."""
+    port = free_port()
+    process = subprocess.Popen(command(port), stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def serve_forever(listen: Callable[[], Awaitable[asyncio.AbstractServer]]) -> None:
+    """Serve what `listen()` opens until the process is ended, on uvloop when it is installed (as mailwarden runs)."""
+
+    async def main() -> None:
+        server = await listen()
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -53,9 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.mailwarden import Mailwarden  # noqa: E402
-from tests.support.net import free_port, wait_port  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 from tests.support.postfix import Postfix, running_postfix  # noqa: E402
 from tests.support.zoneserver import zone_server  # noqa: E402
+
+from bench.processes import serve_forever, serving  # noqa: E402
 
 SESSIONS = 20
 MESSAGES = 5000
@@ -73,19 +75,9 @@ def serve_bare_aiosmtpd(port: int) -> None:
         async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             return "250 2.0.0 OK"
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: SMTP(NoOp()), "127.0.0.1", port, backlog=1024)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    serve_forever(
+        lambda: asyncio.get_running_loop().create_server(lambda: SMTP(NoOp()), "127.0.0.1", port, backlog=1024)
+    )
 
 
 def serve_floor(port: int, maildir: Path) -> None:
@@ -149,45 +141,7 @@ def serve_floor(port: int, maildir: Path) -> None:
                 else:
                     self.transport.write(replies.get(verb, b"502 5.5.2 Not here\r\n"))
 
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port, backlog=1024)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
-
-
-@contextmanager
-def bare_aiosmtpd() -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-@contextmanager
-def python_floor(maildir: Path) -> Iterator[tuple[int, int]]:
-    """(d) running: its port and pid."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve-floor", str(port), str(maildir)], stdout=subprocess.DEVNULL
-    )
-    try:
-        wait_port(port)
-        yield port, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    serve_forever(lambda: asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port, backlog=1024))
 
 
 @contextmanager
@@ -365,13 +319,13 @@ def throughput(rounds: int, workdir: Path) -> tuple[dict[str, list[float]], dict
         return rate
 
     def run_aiosmtpd(number: int) -> float:
-        with bare_aiosmtpd() as port:
+        with serving(lambda port: [sys.executable, __file__, "--serve-bare", str(port)]) as (port, _):
             smtp_source(port, 500)
             return smtp_source(port)
 
     def run_floor(number: int) -> float:
         maildir = workdir / f"floor-{number}"
-        with python_floor(maildir) as (port, pid):
+        with serving(lambda port: [sys.executable, __file__, "--serve-floor", str(port), str(maildir)]) as (port, pid):
             smtp_source(port, 500)
             before = cpu_seconds([pid])
             rate = smtp_source(port)
