@@ -270,3 +270,23 @@ def test_stranger_text_is_inert_in_search_results_and_dashboard_labels(app: Any,
             assert marker not in page, (path, params, marker)
         assert "&lt;script&gt;alert(" in page or "&lt;img src=" in page, (path, params)
     assert support.get("/api/search", params={"reason": XSS_REASON}).json()["rows"][0]["reason"] == XSS_REASON
+
+
+def test_a_cursor_whose_time_no_store_holds_is_refused_as_no_cursor_not_a_server_error(app: Any) -> None:
+    """Found by the API's schema fuzzing: a cursor's time of 36 digits overflowed the database
+    driver's 64-bit integer and answered 500."""
+    support = logged_in(app, "support")
+    for name in ("cursor", "before"):
+        answer = support.get("/api/search", params={name: "889831095543693884219242053399103932_\U000201d3"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["loc"] == ["query", name]
+        page = support.get("/search", params={name: f"{1 << 63}_key"})
+        assert page.status_code == 400
+
+
+def test_an_event_id_no_store_holds_is_no_message_not_a_server_error(app: Any) -> None:
+    """`E<event id>` names a message by any of its events; an id beyond 64 bits overflowed the
+    database driver and answered 500."""
+    support = logged_in(app, "support")
+    for path in (f"/api/messages/E{1 << 63}", f"/api/messages/E{10**40}/explain", f"/message/E{10**40}"):
+        assert support.get(path).status_code == 404, path

@@ -61,7 +61,9 @@ class Messages:
 def key_of_id(store: Store, trace_id: str) -> str | None:
     """Resolve what `explain` was given: a ref, `E<event id>` of any event of a message, or a message key."""
     text = trace_id.strip()
-    if text[:1] in "Ee" and text[1:].isdigit():
+    if text[:1] in "Ee" and text[1:].isascii() and text[1:].isdigit():
+        if int(text[1:]) >= _LARGEST_ID:  # no event has it (the database driver would fail on it)
+            return None
         found = store.query_events(EventQuery(ids=[int(text[1:])]))
         return Messages(store).root(found[0]) if found else None
     from mailwarden.refs import is_ref, normalize
@@ -71,6 +73,9 @@ def key_of_id(store: Store, trace_id: str) -> str | None:
         return Messages(store).of(key).root
     # a connection or mailbox session without a message: `load` shows its own events
     return key if store.query_events(EventQuery(ref=key, limit=1)) else None
+
+
+_LARGEST_ID: Final = 1 << 63  # an INTEGER column's bound (SQLite, PostgreSQL's BIGINT)
 
 
 def _chunks(items: Sequence[Any], size: int = _BATCH) -> Iterable[Sequence[Any]]:

@@ -126,10 +126,15 @@ def cursor_of(first_seen: int, key: str) -> str:
 
 
 def parse_cursor(text: str) -> tuple[int, str]:
+    """(first seen, key) of a `cursor_of` text; ValueError for anything else - also a time that no
+    store column holds (more than 64 bits: the database driver would fail on it)."""
     seen, _, key = text.strip().partition("_")
-    if not seen.isdigit() or not key:
+    if not (seen.isascii() and seen.isdigit()) or not key or int(seen) >= _LARGEST_TIME:
         raise ValueError(f"--cursor {text!r} is not a cursor from an earlier page (the `cursor` of its last message)")
     return int(seen), key
+
+
+_LARGEST_TIME: Final = 1 << 63  # microseconds; an INTEGER column's (SQLite, PostgreSQL's BIGINT) bound
 
 
 @dataclass(frozen=True)
