@@ -290,3 +290,13 @@ def test_an_event_id_no_store_holds_is_no_message_not_a_server_error(app: Any) -
     support = logged_in(app, "support")
     for path in (f"/api/messages/E{1 << 63}", f"/api/messages/E{10**40}/explain", f"/message/E{10**40}"):
         assert support.get(path).status_code == 404, path
+
+
+def test_a_duration_too_long_for_any_stored_time_is_named_as_a_bad_field_not_a_server_error(app: Any) -> None:
+    """ "99999999999999999999d" ago is 8.6e30 microseconds before the epoch: the database driver
+    overflowed on it (and a duration of 400 digits on its way to an integer)."""
+    support = logged_in(app, "support")
+    for since in ("99999999999999999999d", "9" * 400 + "w"):
+        answer = support.get("/api/search", params={"since": since})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["loc"] == ["query", "since"]
