@@ -300,3 +300,13 @@ def test_a_duration_too_long_for_any_stored_time_is_named_as_a_bad_field_not_a_s
         answer = support.get("/api/search", params={"since": since})
         assert answer.status_code == 422, answer.text
         assert answer.json()["detail"][0]["loc"] == ["query", "since"]
+
+
+def test_an_audit_page_older_than_an_id_no_store_holds_is_refused_not_a_server_error(app: Any, store: Store) -> None:
+    """The audit log pages by id; `before` beyond 64 bits reached the database driver."""
+    accounts.add(store, "boss", "admin", (), PASSWORD)
+    admin = TestClient(app, base_url="http://testserver", client=("192.0.2.98", 1), follow_redirects=False)
+    assert log_in(admin, "boss") == 303
+    assert admin.get("/api/audit", params={"before": 1 << 63}).status_code == 422
+    assert admin.get("/audit", params={"before": 1 << 63}).status_code in (400, 422)
+    assert admin.get("/api/audit", params={"before": (1 << 63) - 1}).status_code == 200

@@ -8,13 +8,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from mailwarden.events import Event
 from mailwarden.groupcommit import Inbox, settle_soon
 from mailwarden.messages.index import IndexRow
 
 log = logging.getLogger(__name__)
+
+LARGEST_INTEGER: Final = (1 << 63) - 1
+"""The largest number an integer column holds (SQLite's INTEGER, PostgreSQL's BIGINT): a time, an
+event id or an audit id that a stranger sends beyond it is refused before it reaches the database
+driver, which would fail on it."""
 
 
 class StoreError(Exception):

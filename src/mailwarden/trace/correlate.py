@@ -19,7 +19,7 @@ from mailwarden.events import Event
 from mailwarden.messages.fates import build, causal_order
 from mailwarden.messages.keys import ACCESS_KINDS, MAILBOX_SERVERS, Component, components
 from mailwarden.store import EventQuery, Store
-from mailwarden.store.base import IndexQuery
+from mailwarden.store.base import LARGEST_INTEGER, IndexQuery
 from mailwarden.trace.model import Attempt, MessageTrace
 
 ATTEMPT_BEFORE_US: Final = 2 * 86400 * 1_000_000  # earlier tries of the same sender and recipient
@@ -62,7 +62,7 @@ def key_of_id(store: Store, trace_id: str) -> str | None:
     """Resolve what `explain` was given: a ref, `E<event id>` of any event of a message, or a message key."""
     text = trace_id.strip()
     if text[:1] in "Ee" and text[1:].isascii() and text[1:].isdigit():
-        if int(text[1:]) >= _LARGEST_ID:  # no event has it (the database driver would fail on it)
+        if int(text[1:]) > LARGEST_INTEGER:  # no event has it
             return None
         found = store.query_events(EventQuery(ids=[int(text[1:])]))
         return Messages(store).root(found[0]) if found else None
@@ -73,9 +73,6 @@ def key_of_id(store: Store, trace_id: str) -> str | None:
         return Messages(store).of(key).root
     # a connection or mailbox session without a message: `load` shows its own events
     return key if store.query_events(EventQuery(ref=key, limit=1)) else None
-
-
-_LARGEST_ID: Final = 1 << 63  # an INTEGER column's bound (SQLite, PostgreSQL's BIGINT)
 
 
 def _chunks(items: Sequence[Any], size: int = _BATCH) -> Iterable[Sequence[Any]]:

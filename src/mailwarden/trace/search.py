@@ -18,7 +18,7 @@ from typing import Final, Literal
 from mailwarden.events import now_us
 from mailwarden.messages.index import IndexRow
 from mailwarden.store import Store
-from mailwarden.store.base import IndexQuery
+from mailwarden.store.base import LARGEST_INTEGER, IndexQuery
 from mailwarden.trace.correlate import link_attempts, load
 from mailwarden.trace.model import STATUSES, MessageTrace, RecipientFate
 
@@ -126,15 +126,12 @@ def cursor_of(first_seen: int, key: str) -> str:
 
 
 def parse_cursor(text: str) -> tuple[int, str]:
-    """(first seen, key) of a `cursor_of` text; ValueError for anything else - also a time that no
-    store column holds (more than 64 bits: the database driver would fail on it)."""
+    """(first seen, key) of a `cursor_of` text; ValueError for anything else, also a time that no
+    store column holds (`LARGEST_INTEGER`)."""
     seen, _, key = text.strip().partition("_")
-    if not (seen.isascii() and seen.isdigit()) or not key or int(seen) >= _LARGEST_TIME:
+    if not (seen.isascii() and seen.isdigit()) or not key or int(seen) > LARGEST_INTEGER:
         raise ValueError(f"--cursor {text!r} is not a cursor from an earlier page (the `cursor` of its last message)")
     return int(seen), key
-
-
-_LARGEST_TIME: Final = 1 << 63  # microseconds; an INTEGER column's (SQLite, PostgreSQL's BIGINT) bound
 
 
 @dataclass(frozen=True)

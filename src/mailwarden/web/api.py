@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from mailwarden.catalog import Lang
 from mailwarden.events import us_to_iso
 from mailwarden.sendercheck import check_sender
+from mailwarden.store.base import LARGEST_INTEGER
 from mailwarden.trace import report
 from mailwarden.trace.search import SearchSpec, count, search_index
 from mailwarden.web import scope, search
@@ -480,7 +481,9 @@ async def sender_check(
 def audit_log(
     request: Request,
     session: AdminDep,
-    before: Annotated[int | None, Query(ge=1, description="entries older than this id (paging)")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=LARGEST_INTEGER, description="entries older than this id (paging)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditRecord]:
     """Who opened, downloaded, checked or changed what (admins)."""

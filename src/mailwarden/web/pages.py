@@ -21,6 +21,7 @@ from mailwarden.events import us_to_iso
 from mailwarden.refs import normalize
 from mailwarden.sendercheck import check_sender
 from mailwarden.store import StoreError
+from mailwarden.store.base import LARGEST_INTEGER
 from mailwarden.trace import bounce, report
 from mailwarden.trace.model import STATUSES
 from mailwarden.trace.search import search_index
@@ -360,7 +361,7 @@ async def sender_check(
 def audit(
     request: Request,
     session: AdminDep,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=LARGEST_INTEGER)] = None,
 ) -> Response:
     web = web_of(request)
     entries = web.store.list_audit(limit=AUDIT_PAGE, before_id=before)
