@@ -379,6 +379,34 @@ def test_a_spooled_batch_replayed_again_is_not_written_twice(postgres: Postgres,
         store.close()
 
 
+def test_a_spooled_event_postgresql_refuses_as_written_is_replayed_changed_instead_of_holding_back_the_spool(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Spooled while the database was away, an event with a NUL its text cannot hold failed the
+    replay again at every batch: nothing after it reached the database."""
+    store, spool = spooling_store(postgres, tmp_path)
+    try:
+        postgres.stop()
+        try:
+            store.append(gateway_event("helo", T0, "1AAAAAAAAAW0", helo="mx\x00.sender.test"))
+            store.flush()
+            assert spool.depth() == 1
+        finally:
+            postgres.start()
+        store.append(gateway_event("accept", T0 + 1, "1AAAAAAAAAW1"))
+        store.flush()
+        assert spool.depth() == 0
+        helo, accept = store.query_events(EventQuery())
+        assert (helo.ref, helo.helo, helo.detail) == (
+            "1AAAAAAAAAW0",
+            "mx\ufffd.sender.test",
+            {"changed_to_be_stored": ["helo"]},
+        )
+        assert accept.ref == "1AAAAAAAAAW1"
+    finally:
+        store.close()
+
+
 def test_a_full_spool_refuses_the_commit_instead_of_accepting_without_evidence(
     postgres: Postgres, tmp_path: Path
 ) -> None:

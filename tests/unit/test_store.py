@@ -23,7 +23,7 @@ from mailwarden.store import EventQuery, StoreError
 from mailwarden.store import sqlite as sqlite_store
 from mailwarden.store.base import BatchWriter, Position, committed
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
-from tests.support.stores import Opener, run_sql
+from tests.support.stores import Handles, Opener, run_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,6 +127,71 @@ def test_durable_events_are_visible_to_another_reader_in_order(open_node: Opener
     asyncio.run(finish())
     reader = open_node()
     assert [e.kind for e in reader.query_events(EventQuery(ref="R1"))] == ["connect", "helo", "deliver", "accept"]
+
+
+UNSTORABLE = {  # what a database refuses to hold as it is, and what it holds instead
+    "a number beyond 64 bits": ({"size": 1 << 70}, "size", None),
+    "text that is no UTF-8": ({"sender": "a\udcff@sender.test"}, "sender", "a\ufffd@sender.test"),
+    "text that is no UTF-8 in the detail": ({"detail": {"subject": "\udcff"}}, "detail", {"subject": "\ufffd"}),
+}
+
+
+@pytest.mark.parametrize("unstorable", sorted(UNSTORABLE))
+def test_an_event_the_database_refuses_as_written_is_stored_changed_instead_of_holding_back_every_later_event(
+    open_node: Opener, unstorable: str
+) -> None:
+    """The writer keeps a failed batch for a retry: an event no retry can store stopped all evidence after it."""
+    fields, name, stored_as = UNSTORABLE[unstorable]
+    store = open_node()
+    store.append(event("mail", ref="unstorable", **fields))
+    store.flush()
+    asyncio.run(committed(store.commit_soon, [event("accept", ref="later")]))
+    found = {e.ref: e for e in open_node().query_events(EventQuery(refs=["unstorable", "later"]))}
+    assert set(found) == {"unstorable", "later"}
+    changed = found["unstorable"]
+    assert changed.detail["changed_to_be_stored"] == [name]
+    shown = {key: value for key, value in changed.detail.items() if key != "changed_to_be_stored"}
+    assert (shown if name == "detail" else getattr(changed, name)) == stored_as
+
+
+def test_a_bulk_import_stores_events_the_database_refuses_as_written_changed_instead_of_failing_at_that_batch_for_ever(
+    open_node: Opener,
+) -> None:
+    """An import that failed on such an event failed again at the same batch however often it was run."""
+    store = open_node()
+    store.append_bulk(
+        [
+            event("connect", ref=None, session="S1", client_name="a\udcff.sender.test"),  # a connection's own: a row
+            event("mail", ref="R1", session="S1", message_key="R1", size=1 << 70),  # keyed: fields and row
+            event("reject", ref="R2", session="S1", sender="b\udcff@sender.test"),  # keyed by the writer
+            event("disconnect", ref=None, session="S1"),
+        ],
+        [Position("mail.log", "4")],
+    )
+    store.flush()
+    stored = open_node().query_events(EventQuery(session="S1"))
+    assert [e.kind for e in stored] == ["connect", "mail", "reject", "disconnect"]
+    assert [(e.client_name, e.size, e.sender) for e in stored[:3]] == [
+        ("a\ufffd.sender.test", None, None),
+        (None, None, None),
+        (None, None, "b\ufffd@sender.test"),
+    ]
+    assert [e.detail.get("changed_to_be_stored") for e in stored] == [["client_name"], ["size"], ["sender"], None]
+    assert open_node().load_position("mail.log") == "4"
+
+
+def test_a_nul_character_is_stored_where_the_database_holds_it_and_replaced_where_it_does_not(
+    store_handles: Handles, open_node: Opener
+) -> None:
+    """SQLite's text holds NUL; PostgreSQL's does not, and refused the batch at every retry."""
+    store = open_node()
+    store.append(event("helo", ref="nul", helo="mx\x00.sender.test"))
+    store.flush()
+    (stored,) = open_node().query_events(EventQuery(ref="nul"))
+    if store_handles.backend == "sqlite":
+        assert (stored.helo, stored.detail) == ("mx\x00.sender.test", {})
+    else:
+        assert (stored.helo, stored.detail) == ("mx\ufffd.sender.test", {"changed_to_be_stored": ["helo"]})
 
 
 def test_events_committed_by_durable_survive_a_killed_process(tmp_path: Path) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from mailwarden.events import Event
+from mailwarden.events import FIELDS, Event
 from mailwarden.groupcommit import Inbox, settle_soon
 from mailwarden.messages.index import IndexRow
+from mailwarden.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,91 @@ def _ends_transaction(item: Event | Position | _Barrier | _Bulk) -> bool:
     return isinstance(item, Position | _Bulk)
 
 
+_TEXT_FIELDS: Final = tuple(name for name in FIELDS if name not in ("ts", "smtp_code", "size", "detail"))
+_SMALLEST_INTEGER: Final = -(1 << 63)
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _storable_text(text: str) -> str:
+    """`text` as every store holds it: UTF-8 (a lone surrogate is none) and no NUL (PostgreSQL's text has none)."""
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd"))
+
+
+def _storable_detail(value: Any) -> Any:
+    """`detail` with its texts (keys too) storable; it is stored as JSON text, which holds any number."""
+    if isinstance(value, str):
+        return _storable_text(value)
+    if isinstance(value, dict):
+        return {_storable_text(str(key)): _storable_detail(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_detail(item) for item in value]
+    return value
+
+
+def make_storable(event: Event) -> list[str]:
+    """Change `event` in place so that any store can hold it; the fields changed (none: it could already).
+
+    A lone surrogate (no UTF-8) or NUL in a text becomes U+FFFD, a number beyond 64 bits is left
+    out, and `detail` notes what was changed. Every input is checked where
+    it comes in, and this is the last line behind those checks: one event the database refuses
+    would otherwise fail its batch again at every retry and hold back every later event.
+    """
+    changed: list[str] = []
+    for name in _TEXT_FIELDS:
+        value = getattr(event, name)
+        if isinstance(value, str) and (fixed := _storable_text(value)) != value:
+            setattr(event, name, fixed)
+            changed.append(name)
+    for name in ("smtp_code", "size"):
+        value = getattr(event, name)
+        if value is not None and not _SMALLEST_INTEGER <= value <= LARGEST_INTEGER:
+            setattr(event, name, None)
+            changed.append(name)
+    if not _SMALLEST_INTEGER <= event.ts <= LARGEST_INTEGER:
+        event.ts = min(max(event.ts, _SMALLEST_INTEGER), LARGEST_INTEGER)
+        changed.append("ts")
+    if event.detail and (fixed_detail := _storable_detail(event.detail)) != event.detail:
+        event.detail = fixed_detail
+        changed.append("detail")
+    if changed:
+        event.detail = {**event.detail, "changed_to_be_stored": changed}
+    return changed
+
+
+def made_storable(events: Iterable[Event], problem: Exception) -> bool:
+    """After a failed write: `make_storable` each event, warn of each one changed; whether any was.
+    None changed: the failure was not theirs (a full disk, a database away)."""
+    changed = False
+    for event in events:
+        fields = make_storable(event)
+        if fields:
+            changed = True
+            log.warning(
+                "a %s event (session %s, ref %s) could not be stored as written (%s): stored with %s changed",
+                event.kind,
+                printable(str(event.session), 64),
+                printable(str(event.ref), 64),
+                printable(str(problem), 200),
+                ", ".join(fields),
+            )
+    return changed
+
+
+def write_storable(
+    write: Callable[[list[Event], list[Position]], None], events: list[Event], positions: list[Position]
+) -> None:
+    """`write` a batch; if it fails because of events no store can hold as they are, once more
+    with those changed. Any other failure is raised as it came: the batch is kept and retried whole."""
+    try:
+        write(events, positions)
+    except Exception as exc:
+        if not made_storable(events, exc):
+            raise
+        write(events, positions)
+
+
 class EventWriter(Protocol):
     """What a store hands its event writes to: its own `BatchWriter`, or in an SMTP worker the
     link to the supervisor's (store/remote.py)."""
@@ -331,7 +418,7 @@ class BatchWriter:
         error: StoreError | None = None
         if events or positions or (barriers and self._pending()):
             try:
-                self._write_batch(events, list(positions.values()))
+                write_storable(self._write_batch, events, list(positions.values()))
                 self._retry = []
                 self._retry_positions = {}
                 self._error = None

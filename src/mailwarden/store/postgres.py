@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 
 import psycopg
@@ -35,6 +36,7 @@ from mailwarden.store.base import (
     Position,
     StoreError,
     WriterState,
+    write_storable,
 )
 from mailwarden.store.breaker import CircuitBreaker
 from mailwarden.store.parts import Store
@@ -299,7 +301,7 @@ class PostgresStore(SqlParts, Store):
         self._writer_connection()
         replayed = 0
         for batch in spool.batches():
-            self._write(batch.uid, batch.events, batch.positions)
+            write_storable(partial(self._write, batch.uid), batch.events, batch.positions)
             spool.remove(batch)
             replayed += 1
         log.info("PostgreSQL is back: %d spooled batches replayed", replayed)

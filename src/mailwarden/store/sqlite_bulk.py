@@ -19,11 +19,14 @@ import sys
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mailwarden.events import Event, field_values
 from mailwarden.messages.legacy import stays_keyless
-from mailwarden.store.base import Position, StoreError
+from mailwarden.store.base import Position, StoreError, made_storable
+
+if TYPE_CHECKING:
+    from mailwarden.store.sqlite import BulkWrites
 
 _IN_FLIGHT: Final = 2  # batches sent and not yet committed before `put` waits (memory)
 
@@ -116,6 +119,24 @@ def _ended() -> StoreError:
     )
 
 
+def _write_storable(
+    writer: BulkWrites, events: list[Event], rows: Rows, places: Places, positions: list[Position]
+) -> None:
+    """`store.base.write_storable` for a batch that crossed as rows: these are made again from the
+    changed events (running the import again would fail at the same batch for ever)."""
+    try:
+        writer.write(events, rows, places, positions)
+    except Exception as exc:
+        keyed = dict(zip(places, events, strict=True))
+        every = [
+            keyed[place] if row is None or place in keyed else Event.from_row(row) for place, row in enumerate(rows)
+        ]
+        if not made_storable(every, exc):
+            raise
+        rows = [None if row is None else event.to_row() for row, event in zip(rows, every, strict=True)]
+        writer.write(events, rows, places, positions)
+
+
 def _write(path: str, pipe: Connection) -> None:
     """The child: write each batch received until the pipe closes; report each commit or the first error."""
     from mailwarden.store import sqlite
@@ -128,7 +149,7 @@ def _write(path: str, pipe: Connection) -> None:
             except EOFError:
                 return
             try:
-                writer.write(*_unpacked(packed), positions)
+                _write_storable(writer, *_unpacked(packed), positions)
             except Exception as exc:  # disk full, locked database, ...: the importer stops and says why
                 pipe.send(str(exc))
                 return

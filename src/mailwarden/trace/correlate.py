@@ -18,6 +18,7 @@ from typing import Any, Final
 from mailwarden.events import Event
 from mailwarden.messages.fates import build, causal_order
 from mailwarden.messages.keys import ACCESS_KINDS, MAILBOX_SERVERS, Component, components
+from mailwarden.refs import is_ref, normalize
 from mailwarden.store import EventQuery, Store
 from mailwarden.store.base import LARGEST_INTEGER, IndexQuery
 from mailwarden.trace.model import Attempt, MessageTrace
@@ -62,12 +63,11 @@ def key_of_id(store: Store, trace_id: str) -> str | None:
     """Resolve what `explain` was given: a ref, `E<event id>` of any event of a message, or a message key."""
     text = trace_id.strip()
     if text[:1] in "Ee" and text[1:].isascii() and text[1:].isdigit():
-        if int(text[1:]) > LARGEST_INTEGER:  # no event has it
+        event_id = int(text[1:])
+        if event_id > LARGEST_INTEGER:  # no event has it
             return None
-        found = store.query_events(EventQuery(ids=[int(text[1:])]))
+        found = store.query_events(EventQuery(ids=[event_id]))
         return Messages(store).root(found[0]) if found else None
-    from mailwarden.refs import is_ref, normalize
-
     key = normalize(text) if is_ref(text) else text
     if store.query_events(EventQuery(message_keys=[key], limit=1)):
         return Messages(store).of(key).root
