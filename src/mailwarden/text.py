@@ -1,8 +1,9 @@
-"""Making stranger-controlled text safe to show.
+"""Making stranger-controlled text safe to show, and reading the numbers in it.
 
 HELO names, addresses and subjects come from whoever connects. Before such a value goes into
 an SMTP reply, a log line or a report it passes through `printable`, so that CR, LF and other
-control characters cannot end a reply early, forge a log line or break a page.
+control characters cannot end a reply early, forge a log line or break a page. A number a
+stranger writes (`SIZE=`, a DMARC `pct=`, a policy request's `size=`) is read by `decimal`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def ascii_printable(value: str, limit: int | None = None) -> str:
     if limit is not None and len(safe) > limit:
         return safe[: max(limit - 3, 0)] + "..."
     return safe
+
+
+def decimal(value: str, max_digits: int = 20) -> int | None:
+    """The number `value` spells in 1 to `max_digits` ASCII digits, else None.
+
+    `str.isdigit` alone admits "²" and other digits that `int` refuses (a ValueError where a
+    syntax error belongs), and `int` refuses more than 4,300 digits."""
+    if 0 < len(value) <= max_digits and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")

@@ -251,6 +251,17 @@ def test_half_closing_client_still_gets_its_message_accepted(server: Mailwarden)
     assert len(after) == len(before) + 1
 
 
+def test_a_size_in_digits_other_than_ascii_gets_501_not_a_451_and_a_traceback(server: Mailwarden) -> None:
+    """`SIZE=²` passed as digits (str.isdigit) and failed the size check on int(): 451 4.3.0 and a traceback."""
+    with Wire(server.smtp_port) as wire:
+        wire.greet()
+        for size in ("²", "٣"):
+            reply = wire.command(f"MAIL FROM:<alice@sender.test> SIZE={size}")
+            assert reply.matches(r"^501 5\.5\.4 Syntax: malformed parameter SIZE="), reply.text
+        assert wire.command("MAIL FROM:<alice@sender.test> SIZE=" + "9" * 20).matches(r"^552 5\.3\.4 ")
+    assert "Traceback" not in server.log.read_text()
+
+
 # ---------------------------------------------------------------------------- relay tricks
 RELAY_TRICKS = [
     ("user%other.test@example.test", 554, "5.7.1"),

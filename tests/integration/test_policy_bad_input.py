@@ -81,3 +81,24 @@ def test_bad_requests_close_the_connection_and_the_service_serves_on(policy: Mai
     assert ask(data) == b""
     assert ask(request()) == b"action=DUNNO\n\n"
     assert "Traceback" not in (policy.root / "serve.log").read_text()
+
+
+def test_numbers_in_other_digits_or_beyond_64_bits_are_no_numbers_not_a_crash_or_a_stuck_store(
+    policy: Mailwarden,
+) -> None:
+    """`client_port=²` ended the conversation with a traceback, `size=²` failed the size check (DEFER_IF_PERMIT),
+    and a `size` beyond 64 bits at END-OF-MESSAGE made an event the store could never write, so every
+    later event waited behind it."""
+    instance = "7c7c.5f3e4d2c.9a1b2.0"
+    asked = {"client_port": "²", "size": "²", "instance": instance}
+    assert ask(request(**asked)) == b"action=DUNNO\n\n"
+    with socket.create_connection(("127.0.0.1", PORT), timeout=30) as sock:
+        for state, size in (("RCPT", "0"), ("END-OF-MESSAGE", "9" * 20)):
+            sock.sendall(request(protocol_state=state, instance="8d8d.1.2.0", size=size, queue_id="4B3C2D1E0F"))
+            assert sock.recv(4096) == b"action=DUNNO\n\n"
+    refused = ask(request(recipient="nobody-after@example.test", instance="9e9e.1.2.0")).decode()
+    assert refused.startswith("action=550 5.1.1"), refused
+    recorded = [e for e in policy.events("--since", "1h") if e["recipient"] == "nobody-after@example.test"]
+    assert recorded, "the store took no event after the one with the oversized size"
+    log = (policy.root / "serve.log").read_text()
+    assert "Traceback" not in log and "event store write failed" not in log, log

@@ -81,3 +81,20 @@ def test_a_forced_format_reads_every_line_with_that_parser(
     assert main(["-c", str(config), "ingest", "--format", "dovecot", "--node", "imap1", str(log)]) == 0
     (event,) = open_node().query_events(EventQuery())
     assert (event.kind, event.node, event.recipient) == ("deliver", "imap1", "bob@x.test")
+
+
+def test_a_size_beyond_64_bits_is_left_out_not_a_store_write_that_fails_the_import(
+    config: Path, open_node: Opener, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log line is anyone's text: its size of 25 digits made an event no store column holds, and the import failed."""
+    log = tmp_path / "mail.log"
+    log.write_text(
+        "Nov 28 04:43:17 mta postfix/qmgr[19311]: A59FE214716: from=<a@b.test>, size="
+        + "9" * 25
+        + ", nrcpt=1 (queue active)\n"
+        "Nov 28 04:43:18 mta postfix/smtp[19439]: A59FE214716: to=<c@d.test>, relay=r[192.0.2.1]:25, delay=0.2, "
+        "delays=0.01/0.01/0/0.01, dsn=2.0.0, status=sent (250 ok)\n"
+    )
+    assert main(["-c", str(config), "ingest", "--no-progress", str(log)]) == 0, capsys.readouterr().err
+    (delivered,) = open_node().query_events(EventQuery())
+    assert (delivered.kind, delivered.recipient, delivered.size) == ("deliver", "c@d.test", None)

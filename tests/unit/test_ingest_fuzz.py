@@ -8,6 +8,8 @@ is bounded, checked by feeding more sessions and queue files than the bounds all
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -114,6 +116,32 @@ def test_any_syslog_message_becomes_one_line(data: bytes) -> None:
     line = to_line(data.decode("utf-8", "backslashreplace"))
     assert "\n" not in line
     assert len(_feed([line])) <= 1
+
+
+NUMBERS_NO_EVENT_HOLDS = [
+    "2026-11-28 09:44:33 10HmaX-000000005vi-0000 <= a@b.test H=x [192.0.2.5] P=esmtp S=² id=x@y",
+    "2026-11-28 09:44:33 10HmaX-000000005vi-0000 <= a@b.test H=x [192.0.2.5] P=esmtp S=" + "9" * 5000 + " id=x@y",
+    "2013-12-29 15:39:11 1VxHWD-000NuW-83 SA: Action: silently tossed message: score=1.5.8 required=5.0 trigger=30.0 "
+    "(scanned in 6/6 secs | Message-Id: 1VxHWD-000NuW-83). From <> (host=NULL [178.123.108.196]) for me@my.com",
+    "2013-12-29 15:39:11 1VxHWD-000NuW-83 SA: Action: silently tossed message: score=" + "9" * 400 + " required=5.0 "
+    "trigger=30.0 (scanned in 6/6 secs | Message-Id: 1VxHWD-000NuW-83). From <> (host=NULL [178.123.108.196]) for a@b",
+    "Nov 28 04:43:17 mta postfix/smtp[19439]: A59FE214716: to=<x@y.test>, relay=r[192.0.2.1]:25, delay=1.5.02, "
+    "delays=0.01/0.01/0/0.01, dsn=5.7.1, status=bounced (host r[192.0.2.1] said: 550 5.7.1 no)",
+    "Oct 13 09:22:59 canyon dovecot: pop3-login: Info: Login: user=<test@example.net>, method=PLAIN, rip=172.17.0.1, "
+    "lip=172.17.0.2, mpid=" + "9" * 5000 + ", session=<x>",
+]
+
+
+@pytest.mark.parametrize(
+    "line",
+    NUMBERS_NO_EVENT_HOLDS,
+    ids=["S=²", "S=5000 digits", "score=1.5.8", "score=inf", "delay=1.5.02", "mpid=5000 digits"],
+)
+def test_a_number_no_event_holds_is_left_out_not_an_exception_that_stops_the_ingest(line: str) -> None:
+    """Such a line raised a ValueError out of the parser, and `mailwarden serve`'s ingest thread stopped."""
+    for event in _feed([line]):
+        numbers = [event.size, *(v for v in event.detail.values() if isinstance(v, int | float))]
+        assert all(math.isfinite(n) and abs(n) < 1 << 63 for n in numbers if n is not None), event
 
 
 @pytest.mark.timeout(120)

@@ -195,6 +195,14 @@ def test_dmarc_records_are_parsed_strictly() -> None:
     assert parse_record("v=DMARC1; p=none; pct=abc", "x").pct == 100  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("pct", ["²", "٣", "9" * 5000])
+def test_a_dmarc_pct_that_is_no_number_counts_as_100_not_a_failed_content_check(pct: str) -> None:
+    """The domain owner writes the record: `pct=²` passed str.isdigit and int() raised, and every
+    message from the domain was refused 451 (a failed content check) with a traceback."""
+    record = parse_record(f"v=DMARC1; p=reject; pct={pct}", "x")
+    assert record is not None and record.pct == 100
+
+
 def test_alignment_uses_the_organizational_domain_unless_strict() -> None:
     assert organizational_domain("mail.example.co.uk") == "example.co.uk"
     assert aligned("news.example.com", "example.com", "r")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mailwarden import catalog
 from mailwarden.dns import Resolver
+from mailwarden.text import decimal
 
 if TYPE_CHECKING:
     from mailwarden.config import Config, FindingPolicy
@@ -143,8 +144,8 @@ class Transaction:
     def declared_size(self) -> int | None:
         for option in self.mail_options:
             name, _, value = option.partition("=")
-            if name.upper() == "SIZE" and value.isdigit():
-                return int(value)
+            if name.upper() == "SIZE":
+                return decimal(value)  # a malformed one (a milter's, a policy request's) declares nothing
         return None
 
 

@@ -10,11 +10,13 @@ order by different processes still end up in one message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from mailwarden.events import Event
 from mailwarden.ingest.framing import Frame
+from mailwarden.text import decimal
 
 
 class Context(dict[str, Any]):
@@ -160,9 +162,19 @@ def message_id(value: str | None) -> str | None:
 
 
 def to_int(value: str | None) -> int | None:
-    if value is None:
-        return None
+    """A number a line gives (a size, a uid, a count, a port), None if it is none the store can hold.
+
+    The line is anyone's text: `S=²` or 5,000 digits stopped the ingest with a ValueError, and a
+    size beyond 64 bits made an event the store could never write, holding back every later one.
+    At most 18 digits: below the store's 64-bit integers.
+    """
+    return None if value is None else decimal(value, max_digits=18)
+
+
+def to_float(value: str) -> float | None:
+    """A delay or a score a line gives, None if it is no finite number (`1.5.02`; 400 digits are infinite)."""
     try:
-        return int(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None

@@ -308,7 +308,7 @@ class DovecotParser(SessionParser):
         if fields.method:
             detail["method"] = fields.method
         if mpid_match:
-            detail["mpid"] = int(mpid_match[1])
+            detail["mpid"] = to_int(mpid_match[1])
         if "TLS" in rest:
             detail["tls"] = True
         elif ", secured" in rest:
@@ -377,10 +377,10 @@ class DovecotParser(SessionParser):
             detail: dict[str, object] = {}
             for key, first, second in _COUNT.findall(text):
                 if second:
-                    detail[key] = int(first)
-                    detail[key + ("_bytes" if key == "retr" else "_of")] = int(second)
+                    detail[key] = to_int(first)
+                    detail[key + ("_bytes" if key == "retr" else "_of")] = to_int(second)
                 else:
-                    detail[key] = int(first)
+                    detail[key] = to_int(first)
             cut = _COUNT.search(text)
             event = Event(
                 "logout",

@@ -17,7 +17,7 @@ import re
 from typing import Final
 
 from mailwarden import replycodes
-from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id
+from mailwarden.ingest.base import ADDRESS, Context, Emit, Parser, bounded_pop, expire, message_id, to_float, to_int
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
 from mailwarden.messages.keys import derived_key
@@ -168,8 +168,8 @@ class EximParser(Parser):
         if flag == "<=":
             context["sender"] = "" if address == "<>" else address.strip("<>")
             context["message_id"] = message_id(fields.get("id"))
-            if fields.get("S", "").isdigit():
-                context["size"] = int(fields["S"])
+            if (size := to_int(fields.get("S"))) is not None:
+                context["size"] = size
             if host is not None:
                 context["client_name"], context["helo"], context["client_ip"] = host[1], host[2], host[3]
             if flag == "<=" and "R" in fields:
@@ -280,7 +280,7 @@ class EximParser(Parser):
             client_name=host[1] if host and host[1] != "NULL" else None,
             reply=action,
             reason="msg.spam" if tossed or "Spam" in action else None,
-            detail={"score": float(found[2]), "required": float(found[3]), "action": action},
+            detail={"score": to_float(found[2]), "required": to_float(found[3]), "action": action},
         )
         self.emit(event, self._message(frame, exim_id) if exim_id else None)
         return True

@@ -48,6 +48,8 @@ from mailwarden.ingest.base import (
     bounded_pop,
     expire,
     message_id,
+    to_float,
+    to_int,
 )
 from mailwarden.ingest.framing import Frame
 from mailwarden.ingest.reasons import classify, dnsbl_zone
@@ -462,7 +464,7 @@ class PostfixParser(SessionParser):
                 return False
             record = self.queue(frame.node, qid, frame.ts, new_life=True)
             record["sender"] = pickup["from"]
-            record.detail = {"uid": int(pickup["uid"])} if pickup["uid"] else None
+            record.detail = {"uid": to_int(pickup["uid"])} if pickup["uid"] else None
             return True
         notification = _NOTIFICATION.match(rest)
         if notification is not None:
@@ -514,7 +516,7 @@ class PostfixParser(SessionParser):
         record = self.queue(frame.node, qid, frame.ts)
         record["sender"] = found["from"]
         if found["size"]:
-            record["size"] = int(found["size"])
+            record["size"] = to_int(found["size"])
             return True
         if found["status"] == "expired":
             event = self.event(
@@ -542,7 +544,7 @@ class PostfixParser(SessionParser):
         enhanced = dsn
         if text:
             code = _said_code(text)
-        detail: dict[str, object] = {"relay": found["relay"], "delay": float(found["delay"]), "status": status}
+        detail: dict[str, object] = {"relay": found["relay"], "delay": to_float(found["delay"]), "status": status}
         orig = found["orig"] if found["orig"] is not None else found["orig_bare"]
         if orig:
             detail["orig_to"] = orig
@@ -695,7 +697,7 @@ class PostfixParser(SessionParser):
                 return False
             context = self._new_session(frame, program, (frame.node, frame.pid))
             context["client_ip"], context["client_name"] = found[2], _client_name(found[1])
-            port: dict[str, object] = {"port": int(found[3])} if found[3] else {}
+            port: dict[str, object] = {"port": to_int(found[3])} if found[3] else {}
             self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=port), context)
             return True
         if text.startswith("disconnect from "):
@@ -735,7 +737,7 @@ class PostfixParser(SessionParser):
         what = found[1]
         detail: dict[str, object] = {"stage": found[2], "problem": what}
         if found[3]:
-            detail["bytes"] = int(found[3])
+            detail["bytes"] = to_int(found[3])
         kind = "disconnect"
         if what in ("improper command pipelining", "bare <LF> received"):
             kind = "check"
@@ -903,7 +905,7 @@ class PostfixParser(SessionParser):
                 enhanced_code="4.7.0",
                 reply=text,
                 reason=reason,
-                detail={"limit": limited[1], "count": int(limited[2]), "service": limited[6]},
+                detail={"limit": limited[1], "count": to_int(limited[2]), "service": limited[6]},
                 message_key=context.transaction_key(frame.node, None),
             )
             self.emit(event, context)
@@ -941,7 +943,7 @@ class PostfixParser(SessionParser):
             name = f"{program}[{frame.pid}]:{connect[1]}:{connect[2]}@{frame.ts // 1_000_000}"
             context = self._new_session(frame, program, key, name)
             context["client_ip"] = connect[1]
-            detail = {"port": int(connect[2]), "server": f"{connect[3]}:{connect[4]}"}
+            detail = {"port": to_int(connect[2]), "server": f"{connect[3]}:{connect[4]}"}
             self.emit(Event("connect", "postfix", frame.node, frame.ts, detail=detail), context)
             return True
         verdict = _PS_VERDICT.match(text) if text.startswith(_PS_VERDICT_WORDS) else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from mailwarden.ingest.base import Emit, Parser, QueueLookup, message_id
+from mailwarden.ingest.base import Emit, Parser, QueueLookup, message_id, to_float
 from mailwarden.ingest.framing import Frame
 
 _METRIC: Final = re.compile(
@@ -58,8 +58,8 @@ class RspamdParser(Parser):
         action = found["action"]
         detail: dict[str, object] = {
             "action": action,
-            "score": float(found["score"]),
-            "required": float(found["required"]),
+            "score": to_float(found["score"]),
+            "required": to_float(found["required"]),
             "symbols": _SYMBOL.findall(found["symbols"]),
             "spam": found["flag"] == "T",
         }

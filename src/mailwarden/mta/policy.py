@@ -32,6 +32,7 @@ from mailwarden.mta.session import HostedConnection, envelope_path
 from mailwarden.mta.sockets import listen
 from mailwarden.smtp import replies
 from mailwarden.smtp.gateway import Gateway
+from mailwarden.text import decimal
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,7 @@ class Conversation:
             # Asked once more after the recipients: Postfix has its queue file now, and its id joins our events.
             self.handler.learn_queue_id(request.get("queue_id", ""))
             if state == "END-OF-MESSAGE" and self.standing is None:
-                size = request.get("size", "")
-                self.handler.queued(int(size) if size.isdigit() else None)
+                self.handler.queued(decimal(request.get("size", ""), max_digits=18))  # the event's size: 64 bits
             return "DUNNO"
         if state not in ENVELOPE_STATES:  # CONNECT, HELO, VRFY, ETRN: nothing of ours to add
             return "DUNNO"
@@ -159,9 +159,8 @@ class Conversation:
         for name, attribute in (("client_name", "client_name"), ("auth_authen", "sasl_username")):
             if request.get(attribute):
                 handler.mta[name] = request[attribute]
-        port = request.get("client_port", "")
         reply, accepted = await handler.on_connect(
-            request.get("client_address", ""), int(port) if port.isdigit() else 0
+            request.get("client_address", ""), decimal(request.get("client_port", ""), max_digits=5) or 0
         )
         # Postfix holds the client's connection, and its own limits count it; a request is not a connection.
         handler.release_slot()
@@ -170,8 +169,8 @@ class Conversation:
         if request.get("helo_name"):
             handler.count("HELO")
             await handler.on_helo(request["helo_name"], esmtp=request.get("protocol_name", "").upper() != "SMTP")
-        size = request.get("size", "")
-        parameters = [f"SIZE={size}"] if size.isdigit() and size != "0" else []
+        size = decimal(request.get("size", ""))
+        parameters = [f"SIZE={size}"] if size else []
         handler.count("MAIL")
         reply = await handler.on_mail(envelope_path([f"<{request.get('sender', '')}>", *parameters], "FROM"))
         return handler.answer(reply, "MAIL")

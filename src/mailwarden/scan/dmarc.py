@@ -22,6 +22,7 @@ from typing import Any
 from mailwarden.dns import DnsTempError, Resolver
 from mailwarden.headers import first
 from mailwarden.scan.dkim import DkimResult
+from mailwarden.text import decimal
 
 
 @functools.cache
@@ -84,13 +85,13 @@ def parse_record(text: str, found_at: str) -> DmarcRecord | None:
     if tags.get("v") != "DMARC1" or tags.get("p", "").lower() not in ("none", "quarantine", "reject"):
         return None
     sp = tags.get("sp", "").lower()
-    pct = tags.get("pct", "100")
+    pct = decimal(tags.get("pct", ""))  # the domain owner's text: "²" or 5,000 digits failed the content check
     return DmarcRecord(
         tags["p"].lower(),
         sp if sp in ("none", "quarantine", "reject") else None,
         "s" if tags.get("adkim", "r").lower() == "s" else "r",
         "s" if tags.get("aspf", "r").lower() == "s" else "r",
-        min(max(int(pct), 0), 100) if pct.isdigit() else 100,
+        min(pct, 100) if pct is not None else 100,
         found_at,
     )
 

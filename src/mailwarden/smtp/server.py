@@ -33,7 +33,7 @@ from mailwarden.smtp import proxy
 from mailwarden.smtp.data import DataDecoder, LineChecks
 from mailwarden.smtp.replies import with_enhanced_code
 from mailwarden.spool import Spool
-from mailwarden.text import printable
+from mailwarden.text import decimal, printable
 
 if TYPE_CHECKING:
     from mailwarden.smtp.gateway import Connection
@@ -696,7 +696,7 @@ def _mail_params_problem(path: EnvelopePath, *, esmtp: bool) -> str | None:
     for key, value in path.params.items():
         shown = printable(key if value is None else f"{key}={value}", 60)
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or decimal(value) is None:
                 return f"501 5.5.4 Syntax: malformed parameter {shown}"
         elif key == "BODY":
             if value is None or value.upper() not in ("7BIT", "8BITMIME"):
