@@ -22,6 +22,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailwarden.scan.attachments import DANGEROUS_EXTENSIONS
+from mailwarden.text import decimal
 
 ENV_VAR = "MAILWARDEN_CONFIG"
 
@@ -50,9 +51,10 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
         if default_port is None:
             raise ValueError(f"{value!r}: give a port, as in 127.0.0.1:2525 or [::1]:2525")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port = decimal(port_text, max_digits=5)
+    if port is None or not 0 < port < 65536:
         raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
-    return host, int(port_text)
+    return host, port
 
 
 def _check_listen(values: list[str]) -> list[str]:

@@ -67,6 +67,7 @@ url = "https://mx.example.test/why/"
     ("toml", "words"),
     [
         ('[smtp]\nlisten = ["127.0.0.1"]\n', ["`smtp.listen`", "give a port"]),
+        ('[smtp]\nlisten = ["127.0.0.1:2\u00b2"]\n', ["`smtp.listen`", "the port must be a number from 1 to 65535"]),
         ('[smtp]\nlisen = ["127.0.0.1:25"]\n', ["`smtp.lisen`", "unknown key", "did you mean `smtp.listen`"]),
         ("[smtp]\nmax_message_size = -5\n", ["`smtp.max_message_size`", "greater than or equal"]),
         ('[scan.spam]\nengine = "spamkiller"\n', ["`scan.spam.engine`", "rspamd", "spamassassin"]),
