@@ -84,6 +84,8 @@ def test_a_compression_bomb_is_dangerous_and_is_not_unpacked() -> None:
 def test_broken_and_encrypted_zips_are_noted_not_fatal() -> None:
     report = inspect_message(mail(broken_zip=b"PK\x03\x04" + b"\xff" * 100), LIMITS)
     assert any("unreadable ZIP archive" in p for p in report.problems)
+    report = inspect_message(mail(secret_zip=archives.encrypted(zipped(notes_txt=b"hello\n"))), LIMITS)
+    assert report.problems == ["secret.zip/notes.txt: encrypted archive member (not inspected)"]
 
 
 def test_a_member_with_a_corrupt_deflate_stream_is_noted_not_fatal() -> None:
