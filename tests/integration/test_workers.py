@@ -9,6 +9,7 @@ test_crash_safety.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -29,11 +30,58 @@ pytestmark = pytest.mark.integration
 
 BOB = "bob@example.test"
 CONNECTIONS = 20  # spread over two workers by the kernel: all on one has a chance of 2 in a million
+ESTABLISHED, LISTEN = "01", "0A"  # TCP states as /proc/net/tcp writes them
 
 
 def slot_of(ref: str) -> int:
     """The worker slot a ref was issued in (its share of the sequence)."""
     return (refs.decode(ref) >> 13) & refs.MAX_SLOT
+
+
+def _tcp_table() -> list[tuple[int, int, str, int]]:
+    """The TCP sockets of our network namespace: (local port, remote port, state, inode) each."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, state, inode = (line.split()[i] for i in (1, 2, 3, 9))
+            rows.append((int(local.rpartition(":")[2], 16), int(remote.rpartition(":")[2], 16), state, int(inode)))
+    return rows
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := str(fd.readlink())).startswith("socket:["):
+                inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+def serving_worker(server: Mailwarden, wire: Wire) -> int:
+    """The SMTP worker process holding the server's end of `wire`'s connection."""
+    client_port = wire.sock.getsockname()[1]
+    (ours,) = [
+        i
+        for local, remote, state, i in _tcp_table()
+        if (local, remote, state) == (server.smtp_port, client_port, ESTABLISHED)
+    ]
+    (worker,) = [pid for pid in server.worker_pids() if ours in _socket_inodes(pid)]
+    return worker
+
+
+def wait_until_stopping(server: Mailwarden, worker: int, timeout: float = 60.0) -> None:
+    """Wait until `worker` has closed its listening sockets: it is stopping (Gateway.stop) and lets its
+    transactions finish. With two workers a reload reaches the second one only once the first runs again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listening = {i for local, _, state, i in _tcp_table() if (local, state) == (server.smtp_port, LISTEN)}
+        try:
+            if not listening & _socket_inodes(worker):
+                return
+        except FileNotFoundError:
+            return  # it has ended: the transaction in flight will show it
+        assert time.monotonic() < deadline, f"SMTP worker {worker} did not begin to stop:\n{server.log.read_text()}"
+        time.sleep(0.05)
 
 
 def connect_all(server: Mailwarden, count: int, source: str = "127.0.0.2") -> tuple[list[Wire], list[Reply]]:
@@ -114,11 +162,12 @@ def test_sighup_restarts_the_workers_with_the_new_configuration_and_a_transactio
         before = sorted(server.worker_pids())
         with Wire(server.smtp_port) as in_flight:
             _transaction_until_data(in_flight)
+            worker = serving_worker(server, in_flight)
             sections = dict(server.sections)
             sections["smtp"] = {**sections["smtp"], "hostname": "after.example.test"}
             write_config(server.config, sections)
             os.kill(server.pid, signal.SIGHUP)
-            time.sleep(0.5)  # the reload has begun: the worker of this session is stopping
+            wait_until_stopping(server, worker)  # the reload has reached the worker of this session
             in_flight.send(b"the second half\r\n.\r\n")
             finished = in_flight.reply()
         assert finished.code == 250, finished.text
@@ -145,8 +194,9 @@ def test_sigterm_lets_a_transaction_finish_and_answers_idle_sessions_421(tmp_pat
         idle.greet()
         with Wire(server.smtp_port) as in_flight:
             _transaction_until_data(in_flight)
+            worker = serving_worker(server, in_flight)
             os.kill(server.pid, signal.SIGTERM)
-            time.sleep(0.5)
+            wait_until_stopping(server, worker)
             in_flight.send(b"the second half\r\n.\r\n")
             finished = in_flight.reply()
         assert finished.code == 250, finished.text

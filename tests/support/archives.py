@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from collections.abc import Iterable
 
@@ -27,6 +28,18 @@ def zip_of(members: Iterable[tuple[str, bytes]]) -> bytes:
         for name, data in members:
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def encrypted(archive: bytes) -> bytes:
+    """`archive` with every member marked encrypted (general purpose flag bit 0), as in a password-protected ZIP."""
+    data = bytearray(archive)
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local headers, central directory
+        start = 0
+        while (start := data.find(signature, start)) != -1:
+            (flags,) = struct.unpack_from("<H", data, start + flags_at)
+            struct.pack_into("<H", data, start + flags_at, flags | 1)
+            start += len(signature)
+    return bytes(data)
 
 
 def zeros_then(count: int, size: int, last: Iterable[tuple[str, bytes]]) -> bytes:

@@ -101,9 +101,11 @@ class Senders:
                 time.sleep(0.05)  # the server is down or went down mid-way: nothing was promised
                 continue
             if code == 250:
+                # An assert here would only end this client's thread, unseen by the test: a 250 whose ref
+                # cannot be read is kept under its text, which `figures` can never find in the Maildir.
                 found = re.search(rb"ref=([0-9A-Z]{12})", text)
-                assert found is not None, text
-                self.acknowledged[found.group(1).decode()] = content
+                ref = found.group(1).decode() if found else f"250 without a ref: {text.decode(errors='replace')}"
+                self.acknowledged[ref] = content
 
 
 def ref_of(path: Path) -> str | None:

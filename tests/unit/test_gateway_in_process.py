@@ -22,6 +22,8 @@ from mailwarden.checks.chain import CheckChain
 from mailwarden.config import Config
 from mailwarden.events import Event
 from mailwarden.smtp.data import DataDecoder
+from mailwarden.smtp.gateway import Connection
+from mailwarden.spool import Spool
 from mailwarden.store import EventQuery, StoreError
 from mailwarden.store.base import Committed
 from mailwarden.store.parts import Store
@@ -204,3 +206,36 @@ def test_a_fault_in_decoding_data_closes_the_connection_and_runs_nothing_of_the_
     assert replies[-1] == "", "the connection stays open"
     (refusal,) = store.query_events(EventQuery(reason="infra.check_failed"))
     assert (refusal.kind, refusal.smtp_code) == ("tempfail", 421)
+
+
+def test_a_stop_between_a_transactions_end_and_its_reply_lets_the_250_out_before_hanging_up(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM or a reload stops the gateway at any moment: also after a message was delivered and recorded,
+    before its 250 is written. Hung up with 421 then, the sender would send the delivered message again."""
+    ended = Connection.on_data_end
+    stops: list[asyncio.Task[None]] = []
+
+    async def stop_once_ended(self: Connection, spool: Spool, *, line_too_long: bool, bare_newlines: int) -> str:
+        reply = await ended(self, spool, line_too_long=line_too_long, bare_newlines=bare_newlines)
+        stops.append(asyncio.create_task(self.gateway.stop(grace=10)))
+        await asyncio.sleep(0)  # the stop looks at the sessions now: the transaction is over, its 250 not yet sent
+        return reply
+
+    monkeypatch.setattr(Connection, "on_data_end", stop_once_ended)
+    config = config_for(tmp_path, list(BASE_ORDER))
+    store.add_mailbox("bob@example.test", "hash")
+
+    async def main() -> list[str]:
+        async with gateway_in_process(config, store) as port:
+            replies = await converse(port, TRANSACTION)
+            await stops[0]
+            return replies
+
+    replies = asyncio.run(main())
+    assert replies[-1].startswith("250 2.0.0 "), replies
+    store.flush()
+    assert [e.kind for e in store.query_events(EventQuery()) if e.kind in ("deliver", "accept")] == [
+        "deliver",
+        "accept",
+    ]

@@ -43,7 +43,10 @@ def test_a_sleeping_worker_wakes_for_a_plain_item_too() -> None:
     taken: list[list[str]] = []
     worker = threading.Thread(target=lambda: taken.append(inbox.take()))
     worker.start()
-    time.sleep(1.5)  # past IDLE_AFTER: the worker now sleeps until woken
+    deadline = time.monotonic() + 30
+    while not inbox._asleep:  # past IDLE_AFTER the worker stops looking every linger and sleeps until woken
+        assert time.monotonic() < deadline, "the worker never went to sleep"
+        time.sleep(0.01)
     inbox.put("late event")
     worker.join(timeout=30)
     assert taken == [["late event"]]

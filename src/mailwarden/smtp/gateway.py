@@ -157,7 +157,11 @@ class Gateway:
         for server in self._servers:
             server.close()
         deadline = time.monotonic() + grace
-        while any(p.conn.txn is not None for p in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
+
+        def busy() -> bool:  # a transaction is over (txn None) before its reply is queued: deciding counts too
+            return any(p.conn.txn is not None or p.deciding for p in self.connections)
+
+        while busy() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for protocol in list(self.connections):
             protocol.hang_up(protocol.conn.shutdown_reply())

@@ -255,6 +255,11 @@ class GatewaySMTP(asyncio.Protocol):
     def _session_expired(self) -> None:
         self.hang_up(self.conn.on_timeout(self.settings.timeouts.session, in_data=self._in_data))
 
+    @property
+    def deciding(self) -> bool:
+        """A command is being decided, its reply not yet queued (the end of DATA: also after the transaction)."""
+        return self._busy
+
     def hang_up(self, reply: str) -> None:
         """Send a final reply (with whatever is still pending) without waiting for the client, then close."""
         if self.transport is None:
