@@ -200,9 +200,6 @@ def _ends_transaction(item: Event | Position | _Barrier | _Bulk) -> bool:
 
 
 _TEXT_FIELDS: Final = tuple(name for name in FIELDS if name not in ("ts", "smtp_code", "size", "detail"))
-_SMALLEST_INTEGER: Final = -(1 << 63)
-
-
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
@@ -225,9 +222,9 @@ def _storable_detail(value: Any) -> Any:
 def make_storable(event: Event) -> list[str]:
     """Change `event` in place so that any store can hold it; the fields changed (none: it could already).
 
-    A lone surrogate (no UTF-8) or NUL in a text becomes U+FFFD, a number beyond 64 bits is left
-    out, and `detail` notes what was changed. Every input is checked where
-    it comes in, and this is the last line behind those checks: one event the database refuses
+    A lone surrogate (no UTF-8) or NUL in a text becomes U+FFFD, a code or size beyond 64 bits is
+    left out, and `detail` notes what was changed (`ts` is always our own). Every input is checked
+    where it comes in; this is the last line behind those checks: one event the database refuses
     would otherwise fail its batch again at every retry and hold back every later event.
     """
     changed: list[str] = []
@@ -238,12 +235,9 @@ def make_storable(event: Event) -> list[str]:
             changed.append(name)
     for name in ("smtp_code", "size"):
         value = getattr(event, name)
-        if value is not None and not _SMALLEST_INTEGER <= value <= LARGEST_INTEGER:
+        if value is not None and not -LARGEST_INTEGER - 1 <= value <= LARGEST_INTEGER:
             setattr(event, name, None)
             changed.append(name)
-    if not _SMALLEST_INTEGER <= event.ts <= LARGEST_INTEGER:
-        event.ts = min(max(event.ts, _SMALLEST_INTEGER), LARGEST_INTEGER)
-        changed.append("ts")
     if event.detail and (fixed_detail := _storable_detail(event.detail)) != event.detail:
         event.detail = fixed_detail
         changed.append("detail")
