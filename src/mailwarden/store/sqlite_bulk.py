@@ -38,7 +38,7 @@ folds; every event's row in order (`Event.to_row`), None where the writer must m
 giving the event its key; and the place of each of those events among the rows."""
 
 
-def _packed(events: Sequence[Event]) -> Packed:
+def packed(events: Sequence[Event]) -> Packed:
     """Rows are made here, in the parsing process, the less busy of the two. Half the events of an
     import (a connection's own: connect, disconnect, logins) are only stored: they go as their rows
     alone, and the writer neither rebuilds them as events nor serializes their `detail`. The others
@@ -59,8 +59,8 @@ def _packed(events: Sequence[Event]) -> Packed:
     return folded, rows, places
 
 
-def _unpacked(packed: Packed) -> tuple[list[Event], Rows, Places]:
-    folded, rows, places = packed
+def unpacked(batch: Packed) -> tuple[list[Event], Rows, Places]:
+    folded, rows, places = batch
     return [Event(*fields) for fields in folded], rows, places
 
 
@@ -80,7 +80,7 @@ class BulkProcess:
         while self._in_flight >= _IN_FLIGHT or (self._in_flight and self._pipe.poll()):
             self._answer()
         try:
-            self._pipe.send((_packed(events), list(positions)))
+            self._pipe.send((packed(events), list(positions)))
         except OSError:
             self._in_flight = 0
             raise _ended() from None
@@ -145,11 +145,11 @@ def _write(path: str, pipe: Connection) -> None:
     try:
         while True:
             try:
-                packed, positions = pipe.recv()
+                batch, positions = pipe.recv()
             except EOFError:
                 return
             try:
-                _write_storable(writer, *_unpacked(packed), positions)
+                _write_storable(writer, *unpacked(batch), positions)
             except Exception as exc:  # disk full, locked database, ...: the importer stops and says why
                 pipe.send(str(exc))
                 return
