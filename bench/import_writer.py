@@ -14,6 +14,8 @@ the pipe, and replays them in this process, alternating, into a fresh store each
   positions, commit - with no key, queue file, link or message index.
 
 CPU seconds of this process per event (the replay has the machine's cores to itself otherwise).
+With `--growth`, the full write alone, once, printing its CPU per event for every ten batches
+with the size of the store so far: what an import into a store that already holds events costs.
 The difference is what the message index and its links cost per event; 40,000 events/s (issue 12)
 needs both the parsing process (bench/ingest.py's "import CPU" line) and the writer at 25 us/event.
 """
@@ -29,6 +31,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
 
+from mailwarden.collector import rare_collections
 from mailwarden.events import FIELDS, Event, now_us
 from mailwarden.ingest.inputs import Importer
 from mailwarden.ingest.pipeline import Ingester
@@ -89,11 +92,35 @@ def cpu_per_event(write: Callable[[BulkWrites, list[bytes]], None], batches: lis
         SqliteStore(path).close()
         writer = BulkWrites(path)
         try:
-            started = time.process_time()
-            write(writer, batches)
-            return time.process_time() - started
+            with rare_collections():  # as in the writer process
+                started = time.process_time()
+                write(writer, batches)
+                return time.process_time() - started
         finally:
             writer.close()
+
+
+def growth(batches: list[bytes], directory: Path, every: int = 10) -> None:
+    path = directory / "growth.db"
+    SqliteStore(path).close()
+    writer = BulkWrites(path)
+    seconds, events, written = 0.0, 0, 0
+    try:
+        with rare_collections():
+            for number, batch in enumerate(batches, 1):
+                started = time.process_time()
+                packed, positions = pickle.loads(batch)
+                unpacked = sqlite_bulk.unpacked(packed)
+                writer.write(*unpacked, positions)
+                seconds += time.process_time() - started
+                events += len(unpacked[1])
+                if number % every == 0 or number == len(batches):
+                    written += events
+                    megabytes = path.stat().st_size / 1e6
+                    print(f"up to {written:>9,} events ({megabytes:5,.0f} MB): {seconds * 1e6 / events:5.1f} us/event")
+                    seconds, events = 0.0, 0
+    finally:
+        writer.close()
 
 
 def main() -> None:
@@ -101,6 +128,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "mailwarden-bench" / "mail.log")
     parser.add_argument("--store-mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--growth", action="store_true", help="the full write by the store's size, once")
     args = parser.parse_args()
     if not args.log.exists():
         raise SystemExit(f"{args.log} does not exist: run `.venv/bin/python -m bench.ingest` first, which makes it")
@@ -108,6 +136,9 @@ def main() -> None:
         batches = batches_of(args.log, args.store_mb, Path(directory))
         events = sum(len(sqlite_bulk.unpacked(pickle.loads(batch)[0])[1]) for batch in batches)
         print(f"the first {args.store_mb} MB of {args.log}: {len(batches)} batches, {events:,} events")
+        if args.growth:
+            growth(batches, Path(directory))
+            return
         runs: dict[str, list[float]] = {"full": [], "floor": []}
         ways = {"full": write_full, "floor": write_floor}
         for number in range(args.rounds):

@@ -32,8 +32,9 @@ from datetime import UTC
 from pathlib import Path
 
 from bench.ingest_log import Generator
+from mailwarden.collector import rare_collections
 from mailwarden.events import Event
-from mailwarden.ingest.inputs import Importer, Positions, rare_collections
+from mailwarden.ingest.inputs import Importer, Positions
 from mailwarden.ingest.pipeline import Ingester
 from mailwarden.ingest.sources import decode
 from mailwarden.store.sqlite import SqliteStore

@@ -10,7 +10,6 @@ that were open when the previous run stopped.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import json
 import logging
@@ -18,11 +17,11 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from mailwarden.collector import rare_collections
 from mailwarden.events import Event
 from mailwarden.ingest.framing import Framer
 from mailwarden.ingest.pipeline import Ingester, Stream
@@ -119,21 +118,6 @@ class Positions:
             return
         for position in positions:
             self.store.save_position(position)
-
-
-@contextmanager
-def rare_collections() -> Iterator[None]:
-    """Run the cyclic garbage collector seldom while importing: parsing makes millions of
-    short-lived objects without reference cycles (refcounting frees them), while the parsers'
-    tables (sessions, queue files, uids: hundreds of thousands of objects) only grow, and each
-    growth of the first threshold started a pass over them: at 200,000 that still cost a tenth
-    of the parsing time (measured), at 2,000,000 next to nothing."""
-    previous = gc.get_threshold()
-    gc.set_threshold(2_000_000, 20, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
 
 
 def feed_handle(

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from mailwarden.collector import rare_collections
 from mailwarden.events import Event, field_values
 from mailwarden.messages.legacy import stays_keyless
 from mailwarden.store.base import Position, StoreError, made_storable
@@ -159,4 +160,5 @@ def _write(path: str, pipe: Connection) -> None:
 
 
 if __name__ == "__main__":
-    _write(sys.argv[1], Connection(int(sys.argv[2])))
+    with rare_collections():
+        _write(sys.argv[1], Connection(int(sys.argv[2])))
