@@ -18,9 +18,10 @@ import pytest
 from mailwarden.events import Event
 from mailwarden.ingest.inputs import Follower, Positions
 from mailwarden.ingest.pipeline import Ingester, parse_lines
-from mailwarden.messages.keys import QueueFile, queue_files, queue_life_key
+from mailwarden.messages.keys import QueueFile, mailbox_server_key, queue_files, queue_life_key
 from mailwarden.store import EventQuery, Store
 from mailwarden.store.sqlite import MIGRATIONS, SqliteStore
+from mailwarden.store.sqlite_messages import delivered_query
 from mailwarden.trace import report
 from mailwarden.trace.correlate import key_of_id, load
 from mailwarden.trace.model import MessageTrace
@@ -353,3 +354,47 @@ def test_a_messages_queue_files_are_noted_with_their_latest_event_but_not_a_mail
         Event("connect", "postfix", "mta", ts=T0 + 1, queue_id="4AB"),  # a connection's: no message
     ]
     assert queue_files(events) == [QueueFile("4AB", "mta", "Q1", T0 + 9), QueueFile("7CD", "mta", "Q2", T0 + 7)]
+
+
+# ---------------------------------------------------------------------------- links by Message-ID
+def test_a_mailbox_access_is_linked_by_its_message_id_without_walking_every_message_its_user_got(
+    tmp_path: Path,
+) -> None:
+    """Dovecot's POP3 RETR of a copy no delivery named is linked to the latest delivery of its
+    Message-ID to that user. The lookup must go by Message-ID: by the user's rows (SQLite's choice
+    without statistics) it would read back every message the user ever got, per access."""
+    store = SqliteStore(tmp_path / "store.db")
+    delivered = [
+        Event(
+            "deliver",
+            "gateway",
+            "mx",
+            T0 + number * HOUR,
+            ref=f"REF{number:04d}",
+            recipient="bob@example.test",
+            message_id=f"<m{number}@sender.test>",
+            reason="delivered",
+            message_key=f"REF{number:04d}",
+        )
+        for number in range(300)
+    ]
+    access = Event(
+        "retrieve",
+        "dovecot",
+        "store1",
+        T0 + 400 * HOUR,
+        session="pop3-1",
+        recipient="Bob@example.test",
+        message_id="<m7@sender.test>",
+        detail={"uid": 7, "box": "INBOX", "action": "retr"},
+    )
+    access.message_key = mailbox_server_key(access)
+    store.append_many([*delivered, access])
+    store.flush()
+    store.close()
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        roots = conn.execute("SELECT root FROM message_roots WHERE key = ?", (access.message_key,)).fetchall()
+        sql, params = delivered_query(access)
+        plan = " ".join(str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert roots == [("REF0007",)]
+    assert "message_index_message_id" in plan, plan

@@ -181,8 +181,18 @@ def _has_upstream(conn: SqlConnection, key: str) -> bool:
 def _delivered(conn: SqlConnection, event: Event) -> list[tuple[str, str, int]]:
     """(message, recipient, first seen) of the messages with the event's Message-ID (or what
     Dovecot kept of it) and that recipient that arrived not after the event, newest first."""
+    sql, params = delivered_query(event)
+    return [(str(key), str(recipient), int(seen)) for key, recipient, seen in conn.execute(sql, params)]
+
+
+def delivered_query(event: Event) -> tuple[str, list[Any]]:
+    """`_delivered`'s query. It must find the rows by Message-ID: the recipient's index also
+    matches (recipient, time, and the order), and SQLite, knowing no statistics, takes it - which
+    walks every message the recipient ever got back from the event's time until one has the
+    Message-ID. `(recipient = ?) IS TRUE` compares alike (the column's collation) but no index
+    serves it, in SQLite and in PostgreSQL."""
     assert event.message_id is not None and event.recipient is not None
-    clauses = ["first_seen <= ?", "recipient = ?"]
+    clauses = ["first_seen <= ?", "(recipient = ?) IS TRUE"]
     params: list[Any] = [event.ts + CLOCK_SLACK_US, event.recipient]
     prefix = cut_message_id_prefix(event.message_id)
     if prefix is None:
@@ -198,7 +208,7 @@ def _delivered(conn: SqlConnection, event: Event) -> list[tuple[str, str, int]]:
         f"SELECT message_key, recipient, first_seen FROM message_index WHERE {' AND '.join(clauses)}"
         f" ORDER BY first_seen DESC LIMIT {_HINT_CANDIDATES}"
     )
-    return [(str(key), str(recipient), int(seen)) for key, recipient, seen in conn.execute(sql, params)]
+    return sql, params
 
 
 def _needs_hint(event: Event) -> bool:
