@@ -128,17 +128,19 @@ def serve_floor(port: int, maildir: Path, evidence: Path | None = None) -> None:
             self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
             self.buffer = b""
             self.in_data = False
-            self.ref = refs.new()
-            self.fields: dict[str, object] = {"session": self.ref, "ref": self.ref, "client_ip": "127.0.0.1"}
-            self.record("connect", port=transport.get_extra_info("peername")[1])
+            if store is not None:  # (e) only: (d) stays the least a receiver does
+                self.ref = refs.new()
+                self.fields: dict[str, object] = {"session": self.ref, "ref": self.ref, "client_ip": "127.0.0.1"}
+                self.record("connect", port=transport.get_extra_info("peername")[1])
             self.transport.write(b"220 floor ESMTP\r\n")
 
         def record(self, kind: str, more: dict[str, object] | None = None, **detail: object) -> None:
-            if store is not None:
-                fields = {**self.fields, **(more or {})}
-                store.append(Event(kind, "gateway", "bench-floor", detail=detail, **fields))  # type: ignore[arg-type]
+            assert store is not None
+            fields = {**self.fields, **(more or {})}
+            store.append(Event(kind, "gateway", "bench-floor", detail=detail, **fields))  # type: ignore[arg-type]
 
-        def command(self, verb: bytes, argument: str) -> None:
+        def note(self, verb: bytes, argument: str) -> None:
+            """(e): the event of a command, with what it tells."""
             if verb in (b"EHLO", b"HELO"):
                 self.fields["helo"] = argument
                 self.record("helo", esmtp=verb == b"EHLO")
@@ -150,20 +152,18 @@ def serve_floor(port: int, maildir: Path, evidence: Path | None = None) -> None:
                 self.record(
                     "rcpt", mailbox=recipient, checks=[{"check": "recipients", "ms": 0.3, "result": "resolved"}]
                 )
-            self.transport.write(replies.get(verb, b"502 5.5.2 Not here\r\n"))
 
         async def keep(self, message: bytes) -> None:
+            """(e): the message and its events kept before the 250."""
+            assert store is not None
             recipient = self.fields.pop("recipient", None)
             size: dict[str, object] = {"size": len(message)}
             self.record("data", size, checks=[{"check": "content", "ms": 0.5, "result": "pass"}])
             name = await asyncio.get_running_loop().run_in_executor(delivery, deliver, message)
-            if store is not None:
-                self.record(
-                    "deliver", {**size, "recipient": recipient, "reason": "delivered"}, folder="INBOX", uid=name
-                )
-                accepted = {"smtp_code": 250, "enhanced_code": "2.0.0", "reply": f"250 2.0.0 Ok ref={self.ref}"}
-                self.record("accept", {**size, **accepted, "reason": "delivered"}, recipients=[recipient])
-                await store.durable()
+            self.record("deliver", {**size, "recipient": recipient, "reason": "delivered"}, folder="INBOX", uid=name)
+            accepted = {"smtp_code": 250, "enhanced_code": "2.0.0", "reply": f"250 2.0.0 Ok ref={self.ref}"}
+            self.record("accept", {**size, **accepted, "reason": "delivered"}, recipients=[recipient])
+            await store.durable()
             self.transport.write(b"250 2.0.0 Ok: kept\r\n")
 
         def data_received(self, data: bytes) -> None:
@@ -174,7 +174,11 @@ def serve_floor(port: int, maildir: Path, evidence: Path | None = None) -> None:
                     if end < 0:
                         return
                     message, self.buffer, self.in_data = self.buffer[: end + 2], self.buffer[end + 5 :], False
-                    self.keeping = asyncio.ensure_future(self.keep(message))
+                    if store is not None:
+                        self.keeping = asyncio.ensure_future(self.keep(message))
+                        continue
+                    done = asyncio.get_running_loop().run_in_executor(delivery, deliver, message)
+                    done.add_done_callback(lambda _: self.transport.write(b"250 2.0.0 Ok: kept\r\n"))
                     continue
                 end = self.buffer.find(b"\r\n")
                 if end < 0:
@@ -189,11 +193,14 @@ def serve_floor(port: int, maildir: Path, evidence: Path | None = None) -> None:
                     self.transport.close()
                     return
                 else:
-                    self.command(verb, line[5:].decode("ascii", "replace"))
+                    if store is not None:
+                        self.note(verb, line[5:].decode("ascii", "replace"))
+                    self.transport.write(replies.get(verb, b"502 5.5.2 Not here\r\n"))
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.fields.pop("message_key", None)
-            self.record("disconnect", commands={"ehlo": 1, "mail": 1, "rcpt": 1, "data": 1, "quit": 1})
+            if store is not None:
+                self.fields.pop("message_key", None)
+                self.record("disconnect", commands={"ehlo": 1, "mail": 1, "rcpt": 1, "data": 1, "quit": 1})
 
     serve_forever(lambda: asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port, backlog=1024))
 
