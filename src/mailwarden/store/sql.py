@@ -11,7 +11,7 @@ reads built per query (a search, a page of the message index, a message's links)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, NamedTuple, Protocol
 
 ACCOUNT_COLUMNS: Final = "name, role, password_hash, created_us, domains"
@@ -124,11 +124,8 @@ def postgres_dialect(sql: str) -> str:
 POSTGRES: Final = Statements._make(postgres_dialect(statement) for statement in SQLITE)
 
 
-class Rows(Protocol):
-    """A cursor's results (sqlite3's and psycopg's cursors both are)."""
-
-    @property
-    def rowcount(self) -> int: ...
+class Results(Protocol):
+    """A statement's results (sqlite3's, APSW's and psycopg's cursors all give them)."""
 
     def fetchone(self) -> Any: ...
 
@@ -137,10 +134,32 @@ class Rows(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+class Rows(Results, Protocol):
+    """A cursor's results and how many rows it changed (sqlite3's and psycopg's cursors)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+class Queries(Protocol):
+    """Runs `?`-placeholder SQL and gives its results: all the message writer's reads ask for."""
+
+    def execute(self, sql: str, parameters: Sequence[Any], /) -> Results: ...
+
+
 class SqlConnection(Protocol):
     """Runs `?`-placeholder SQL (sqlite3.Connection is one; `QmarkConnection` makes a psycopg one)."""
 
     def execute(self, sql: str, parameters: Sequence[Any], /) -> Rows: ...
+
+
+class WriterConnection(Protocol):
+    """What the SQLite message writer asks of its connection: sqlite3's (the store's writer thread)
+    and APSW's (a bulk import's writer process, store/sqlite.py `BulkWrites`) both give it."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Results: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Results: ...
 
 
 class QmarkConnection:

@@ -21,7 +21,7 @@ from mailwarden.messages.index import INDEX_FIELDS, IndexRow, message_rows
 from mailwarden.messages.keys import Link, components, root_of, upstream_edges
 from mailwarden.store import sqlite_messages
 from mailwarden.store.base import IndexPage, IndexQuery, StoreError
-from mailwarden.store.sql import SqlConnection
+from mailwarden.store.sql import SqlConnection, WriterConnection
 from mailwarden.store.sqlite_messages import InsertRows, event_rows, insert_rows
 
 _CHUNK: Final = 500  # keys per IN (...) query
@@ -59,7 +59,7 @@ class _Message:
 class MessageIndex:
     """Keeps `message_index` and `message_roots` up to date for the events one connection writes."""
 
-    def __init__(self, conn: sqlite3.Connection, insert: InsertRows = insert_rows) -> None:
+    def __init__(self, conn: WriterConnection, insert: InsertRows = insert_rows) -> None:
         self.conn = conn
         self._insert = insert
         self._messages: OrderedDict[str, _Message] = OrderedDict()  # by root, least recently folded first

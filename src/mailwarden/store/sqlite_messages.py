@@ -26,7 +26,7 @@ from mailwarden.messages.keys import (
     queue_files,
 )
 from mailwarden.messages.legacy import QUEUE_IDLE_US, LegacyKeys, Life
-from mailwarden.store.sql import SqlConnection
+from mailwarden.store.sql import Queries, WriterConnection
 
 _HINT_CANDIDATES: Final = 50
 _KEYS_PER_QUERY: Final = 500
@@ -42,7 +42,7 @@ def _statement(head: str, width: int, rows: int, tail: str) -> str:
     return f"{head} VALUES {', '.join(values for _ in range(rows))}{tail}"
 
 
-def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
+def insert_rows(conn: WriterConnection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
     """`head VALUES (...), (...) ... tail` for many rows at once.
 
     The sqlite3 module lets go of the GIL for every step, and the writer thread then waits to get
@@ -50,15 +50,15 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[obj
     one step (under smtp-source a commit took 6 ms, median, with a row per step, 2.6 ms with 50).
     Returns the id of the last row inserted.
     """
-    last = 0
+    if not rows:
+        return 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        cursor = conn.execute(_statement(head, len(chunk[0]), len(chunk), tail), [v for row in chunk for v in row])
-        last = cursor.lastrowid or 0
-    return last
+        conn.execute(_statement(head, len(chunk[0]), len(chunk), tail), [v for row in chunk for v in row])
+    return _last_rowid(conn)
 
 
-def insert_prepared(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
+def insert_prepared(conn: WriterConnection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
     """`head VALUES (...) tail` prepared once and run for each row, for a writer that has the
     interpreter to itself (a bulk import's process: no GIL to wait for between steps). Measured
     there: upserts into the message index cost 45 % less CPU than statements of 50 rows, and the
@@ -66,10 +66,14 @@ def insert_prepared(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence
     if not rows:
         return 0
     conn.executemany(_statement(head, len(rows[0]), 1, tail), rows)
+    return _last_rowid(conn)
+
+
+def _last_rowid(conn: WriterConnection) -> int:
     return int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
 
 
-InsertRows = Callable[[sqlite3.Connection, str, Sequence[Sequence[object]], str], int]
+InsertRows = Callable[[WriterConnection, str, Sequence[Sequence[object]], str], int]
 """How a writer inserts many rows: `insert_rows` (a thread sharing the interpreter) or `insert_prepared`."""
 
 
@@ -78,7 +82,7 @@ def event_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
     return [Event.from_row(tuple(row[1:]), event_id=row[0]) for row in rows]
 
 
-def recall(conn: SqlConnection, node: str, queue_id: str) -> Life | None:
+def recall(conn: Queries, node: str, queue_id: str) -> Life | None:
     """The latest life of a queue id written to the store, for events that arrive without a key."""
     row = conn.execute(
         "SELECT message_key, last_us FROM message_queues WHERE queue_id = ? AND node = ? ORDER BY last_us DESC LIMIT 1",
@@ -98,7 +102,7 @@ class MessageBook:
     """Keys and links of the events one connection writes; one per writing connection."""
 
     def __init__(
-        self, conn: sqlite3.Connection, legacy: LegacyKeys | None = None, insert: InsertRows = insert_rows
+        self, conn: WriterConnection, legacy: LegacyKeys | None = None, insert: InsertRows = insert_rows
     ) -> None:
         self.conn = conn
         self.insert = insert
@@ -145,7 +149,7 @@ def link_rows(links: Iterable[tuple[Link, int]]) -> list[tuple[object, ...]]:
 
 
 def hint_links(
-    conn: SqlConnection, events: Iterable[Event], insert: Callable[[Sequence[tuple[Link, int]]], None]
+    conn: Queries, events: Iterable[Event], insert: Callable[[Sequence[tuple[Link, int]]], None]
 ) -> list[Link]:
     """Link a mailbox server's copy or access that no delivery names exactly, by its Message-ID
     (both stores, in the transaction that writes the events, once the index holds their messages).
@@ -168,7 +172,7 @@ def hint_links(
     return found
 
 
-def _has_upstream(conn: SqlConnection, key: str) -> bool:
+def _has_upstream(conn: Queries, key: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM message_links AS down JOIN message_links AS up"
         " ON up.handle = down.handle AND up.upstream = 1 AND up.message_key != down.message_key"
@@ -178,7 +182,7 @@ def _has_upstream(conn: SqlConnection, key: str) -> bool:
     return row is not None
 
 
-def _delivered(conn: SqlConnection, event: Event) -> list[tuple[str, str, int]]:
+def _delivered(conn: Queries, event: Event) -> list[tuple[str, str, int]]:
     """(message, recipient, first seen) of the messages with the event's Message-ID (or what
     Dovecot kept of it) and that recipient that arrived not after the event, newest first."""
     sql, params = delivered_query(event)
@@ -270,7 +274,7 @@ def hint_earlier_events(conn: sqlite3.Connection) -> int:
         made += len(book.hint_links(batch))
 
 
-def queue_life(conn: SqlConnection, node: str, queue_id: str, at_us: int) -> str | None:
+def queue_life(conn: Queries, node: str, queue_id: str, at_us: int) -> str | None:
     row = conn.execute(
         "SELECT message_key FROM message_queues WHERE queue_id = ? AND node = ? AND last_us <= ? AND last_us >= ?"
         " ORDER BY last_us DESC LIMIT 1",
@@ -279,7 +283,7 @@ def queue_life(conn: SqlConnection, node: str, queue_id: str, at_us: int) -> str
     return None if row is None else str(row[0])
 
 
-def links(conn: SqlConnection, keys: Sequence[str]) -> list[Link]:
+def links(conn: Queries, keys: Sequence[str]) -> list[Link]:
     """The link rows of `keys` and of every handle they name."""
     found: list[Link] = []
     for start in range(0, len(keys), _KEYS_PER_QUERY):
