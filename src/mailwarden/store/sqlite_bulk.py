@@ -3,9 +3,10 @@
 `mailwarden ingest` of archives parses on one core; in one process the SQLite writer thread had
 to share the interpreter with the parser, and parsing and writing took turns (measured: the
 writer's part, the message index included, is two thirds of an import's CPU). Here the importer
-sends each batch (its events and the reading positions after them) through a pipe to a child
-process that writes it exactly as the writer thread would (`sqlite.write_batch`: events, message
-index and positions in one transaction), while the importer parses the next batch.
+hands each batch (its events and the reading positions after them, pickled into a memory file
+whose descriptor crosses a pipe) to a child process that writes it exactly as the writer thread
+would (`sqlite.write_batch`: events, message index and positions in one transaction, through
+APSW: `sqlite.BulkWrites`), while the importer parses the next batch.
 
 A crash of either side keeps store and positions in step: each batch is committed with its
 positions or not at all; the child stops when the importer's end of the pipe closes.
