@@ -70,7 +70,7 @@ def batches_of(log: Path, megabytes: int, directory: Path) -> list[bytes]:
 def write_full(writer: BulkWrites, batches: list[bytes]) -> None:
     for batch in batches:
         packed, positions = pickle.loads(batch)
-        writer.write(*sqlite_bulk.unpacked(packed), positions)
+        writer.write(sqlite_bulk.unpacked(packed), positions)
 
 
 def write_floor(writer: BulkWrites, batches: list[bytes]) -> None:
@@ -111,7 +111,7 @@ def growth(batches: list[bytes], directory: Path, every: int = 10) -> None:
                 started = time.process_time()
                 packed, positions = pickle.loads(batch)
                 unpacked = sqlite_bulk.unpacked(packed)
-                writer.write(*unpacked, positions)
+                writer.write(unpacked, positions)
                 seconds += time.process_time() - started
                 events += len(unpacked[1])
                 if number % every == 0 or number == len(batches):

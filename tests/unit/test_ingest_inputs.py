@@ -145,6 +145,41 @@ def test_a_bulk_import_whose_writer_process_is_killed_stops_and_resumes_without_
         restarted.close()
 
 
+def test_an_import_killed_while_its_batch_is_in_the_writer_in_parts_resumes_without_duplicates_or_gaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's writer process takes a batch's parts as they are read (`Store.append_bulk_part`);
+    they are committed with the batch's end and its positions, or not at all."""
+    monkeypatch.setattr(Importer, "CHECK_EVERY_LINES", 1)
+    monkeypatch.setattr(Positions, "BULK_PART_EVENTS", 2)
+    monkeypatch.setattr(Positions, "BULK_EVENTS", 8)
+    path = tmp_path / "mail.log"
+    path.write_text("".join(_login(n) for n in range(40)))
+    store = SqliteStore(tmp_path / "store.db")
+    parts: list[int] = []
+    hand_over = store.append_bulk_part
+
+    def killed_in_the_second_batch(events: list[Event]) -> bool:
+        if len(parts) == 5:
+            raise Killed
+        parts.append(len(events))
+        return hand_over(events)
+
+    monkeypatch.setattr(store, "append_bulk_part", killed_in_the_second_batch)
+    with pytest.raises(Killed):
+        _import(store, [path])
+    store.flush()
+    assert parts == [2, 2, 2, 2, 2] and len(_users(store)) == 8  # the first batch; the second's parts are not
+    monkeypatch.undo()
+    store.close()
+    restarted = SqliteStore(tmp_path / "store.db")
+    try:
+        _import(restarted, [path])
+        assert _users(restarted) == [f"u{n}@x.test" for n in range(40)]
+    finally:
+        restarted.close()
+
+
 def test_a_renamed_and_compressed_file_is_recognised_by_its_content(store: Store, tmp_path: Path) -> None:
     current = tmp_path / "mail.log"
     current.write_text("".join(_login(n) for n in range(3)))

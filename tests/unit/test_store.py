@@ -180,6 +180,43 @@ def test_a_bulk_import_stores_events_the_database_refuses_as_written_changed_ins
     assert open_node().load_position("mail.log") == "4"
 
 
+def test_a_bulk_batch_handed_over_in_parts_is_committed_only_with_its_end_and_an_unstorable_event_in_any_part_is_changed(
+    tmp_path: Path,
+) -> None:
+    """SQLite's writer process writes a batch's parts as they come, in one transaction: a failure in
+    the last part rolls back the earlier ones too, and all of them are written again."""
+    store = SqliteStore(tmp_path / "s.db")
+    reader = SqliteStore(tmp_path / "s.db")
+    try:
+        assert store.append_bulk_part([event("mail", ref="R1", session="S1", message_key="R1", size=1 << 70)])
+        store.flush()
+        assert reader.query_events(EventQuery(session="S1")) == []  # a part alone is not committed
+        store.append_bulk([event("reject", ref="R2", session="S1", sender="b\udcff@sender.test")], [Position("f", "2")])
+        store.flush()
+        stored = reader.query_events(EventQuery(session="S1"))
+        assert [(e.kind, e.size, e.sender, e.detail.get("changed_to_be_stored")) for e in stored] == [
+            ("mail", None, None, ["size"]),
+            ("reject", None, "b\ufffd@sender.test", ["sender"]),
+        ]
+        assert reader.load_position("f") == "2"
+    finally:
+        store.close()
+        reader.close()
+
+
+def test_parts_of_a_bulk_batch_whose_end_never_came_are_not_stored(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.append_bulk([event(ref="R1", session="S1")], [Position("f", "1")])
+    assert store.append_bulk_part([event(ref="R2", session="S1")])
+    store.close()  # the import stopped before the batch's end: its writer rolls the part back
+    reopened = SqliteStore(tmp_path / "s.db")
+    try:
+        assert [e.ref for e in reopened.query_events(EventQuery(session="S1"))] == ["R1"]
+        assert reopened.load_position("f") == "1"
+    finally:
+        reopened.close()
+
+
 def test_a_nul_character_is_stored_where_the_database_holds_it_and_replaced_where_it_does_not(
     store_handles: Handles, open_node: Opener
 ) -> None:

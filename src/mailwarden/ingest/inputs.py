@@ -73,6 +73,7 @@ class Positions:
     """
 
     BULK_EVENTS: Final = 40_000
+    BULK_PART_EVENTS: Final = 10_000  # handed to a store that writes a batch's parts as they come
 
     def __init__(self, store: Store | None, ingester: Ingester, *, bulk: bool = False) -> None:
         self.store = store
@@ -80,6 +81,7 @@ class Positions:
         self.files: dict[str, _Reading] = {}
         self._last = time.monotonic()
         self._batch: list[Event] | None = None
+        self._parted = 0  # events of the batch handed over as parts (`Store.append_bulk_part`)
         if bulk and store is not None:
             self._batch = []
             ingester.sink = self._batch.append
@@ -96,11 +98,18 @@ class Positions:
         return entry
 
     def maybe_checkpoint(self) -> None:
-        batch = self._batch
+        """A batch ends at `BULK_EVENTS`; before that, a store that writes parts as they come
+        (SQLite's writer process) gets each `BULK_PART_EVENTS`: its writer starts after the
+        first part instead of the whole first batch, and once the input ends only the last part
+        is left to write (measured: bench/README.md)."""
+        batch, store = self._batch, self.store
         if time.monotonic() - self._last >= _CHECKPOINT_EVERY_S or (
-            batch is not None and len(batch) >= self.BULK_EVENTS
+            batch is not None and self._parted + len(batch) >= self.BULK_EVENTS
         ):
             self.checkpoint()
+        elif batch and store is not None and len(batch) >= self.BULK_PART_EVENTS and store.append_bulk_part(batch):
+            self._parted += len(batch)
+            batch.clear()
 
     def checkpoint(self, extra: dict[str, str] | None = None) -> None:
         """Queue every changed position behind the events released so far."""
@@ -119,6 +128,7 @@ class Positions:
         if self._batch is not None:
             self.store.append_bulk(self._batch[:], positions)
             self._batch.clear()
+            self._parted = 0
             return
         for position in positions:
             self.store.save_position(position)

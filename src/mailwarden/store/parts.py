@@ -269,5 +269,12 @@ class Store(
         for position in positions:
             self.save_position(position)
 
+    def append_bulk_part(self, events: Sequence[Event]) -> bool:
+        """Begin writing part of the next bulk batch now, in the transaction that the next
+        `append_bulk` commits with the rest and its positions (or not at all): a store whose writer
+        runs beside the importer (SQLite's writer process) then writes while the rest is read.
+        False: not taken, and the events stay the caller's, for `append_bulk`."""
+        return False
+
     @abstractmethod
     def close(self) -> None: ...

@@ -40,7 +40,7 @@ from mailwarden.store.sql import WriterConnection
 from mailwarden.store.sql_parts import SqlParts, audit_row, refuse_newer_schema
 from mailwarden.store.sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from mailwarden.store.sqlite_accounts import AuditLog
-from mailwarden.store.sqlite_bulk import BulkProcess, Places, Rows
+from mailwarden.store.sqlite_bulk import BulkProcess, Part, Places, Rows
 from mailwarden.store.sqlite_index import MessageIndex
 from mailwarden.store.sqlite_messages import InsertRows, MessageBook, event_rows, insert_prepared
 from mailwarden.store.web_state import SCHEMA as WEB_STATE_SCHEMA
@@ -438,20 +438,31 @@ def write_batch(
     `bulk`: a bulk import's rows (`_insert_events`); `events` are then those that are not only stored."""
     conn.execute("BEGIN")
     try:
-        book.stamp(events)
-        _insert_events(conn, events, book.insert, bulk)
-        book.record_queues(events)
-        index.update(events, book.record_links(events))
-        hinted = book.hint_links(events)  # looks at the index (this batch's messages too)
-        if hinted:
-            index.update((), hinted)
-        if positions:
-            conn.executemany(SQL.save_positions, [(position.name, position.value, now_us()) for position in positions])
-        conn.execute("COMMIT")
+        _write_events(conn, book, index, events, bulk)
+        _commit(conn, positions)
     except BaseException:
         conn.execute("ROLLBACK")
         index.forget()  # it folded what was rolled back
         raise
+
+
+def _write_events(
+    conn: WriterConnection, book: MessageBook, index: MessageIndex, events: list[Event], bulk: Bulk | None
+) -> None:
+    """The events, their queues and links and the message index, in the open transaction."""
+    book.stamp(events)
+    _insert_events(conn, events, book.insert, bulk)
+    book.record_queues(events)
+    index.update(events, book.record_links(events))
+    hinted = book.hint_links(events)  # looks at the index (this batch's messages too)
+    if hinted:
+        index.update((), hinted)
+
+
+def _commit(conn: WriterConnection, positions: list[Position]) -> None:
+    if positions:
+        conn.executemany(SQL.save_positions, [(position.name, position.value, now_us()) for position in positions])
+    conn.execute("COMMIT")
 
 
 def _bulk_connect(path: Path) -> apsw.Connection:
@@ -481,9 +492,30 @@ class BulkWrites:
         self.conn = _bulk_connect(path)
         self.book = MessageBook(self.conn, insert=insert_prepared)
         self.index = MessageIndex(self.conn, insert_prepared)
+        self._open: list[Part] = []  # the parts written in the open transaction, in order
 
-    def write(self, events: list[Event], rows: Rows, places: Places, positions: list[Position]) -> None:
-        write_batch(self.conn, self.book, self.index, events, positions, (rows, places))
+    def write(self, part: Part, positions: list[Position], commit: bool = True) -> None:
+        """Write `part` of a batch in the open transaction (its first part begins it); `commit`: the
+        batch's last part, committed with `positions`. A failure rolls back every part written
+        since the last commit (`rolled_back` returns them)."""
+        if not self._open:
+            self.conn.execute("BEGIN")
+        self._open.append(part)
+        events, rows, places = part
+        try:
+            _write_events(self.conn, self.book, self.index, events, (rows, places))
+            if commit:
+                _commit(self.conn, positions)
+                self._open.clear()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self.index.forget()  # it folded what was rolled back
+            raise
+
+    def rolled_back(self) -> list[Part]:
+        """The parts of the transaction that failed, the failing one last; to be written again."""
+        parts, self._open = self._open, []
+        return parts
 
     def close(self) -> None:
         self.conn.close()
@@ -549,10 +581,18 @@ class SqliteStore(SqlParts, Store):
 
     def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
         """Written by a process of its own (`sqlite_bulk`): the importer parses while it writes."""
+        self._bulk_process().put(events, positions)
+
+    def append_bulk_part(self, events: Sequence[Event]) -> bool:
+        """Taken: the writer process writes it into the transaction the next `append_bulk` commits."""
+        self._bulk_process().put(events, (), commit=False)
+        return True
+
+    def _bulk_process(self) -> BulkProcess:
         if self._bulk is None:
             self.flush()  # what was queued before comes first
             self._bulk = BulkProcess(self.path)
-        self._bulk.put(events, positions)
+        return self._bulk
 
     def save_position(self, position: Position) -> None:
         self._writer_started().put_position(position)

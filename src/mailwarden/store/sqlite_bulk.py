@@ -34,10 +34,13 @@ from mailwarden.store.base import Position, StoreError, made_storable
 if TYPE_CHECKING:
     from mailwarden.store.sqlite import BulkWrites
 
-_IN_FLIGHT: Final = 2  # batches sent and not yet committed before `put` waits (memory)
+_IN_FLIGHT: Final = 4  # batches or parts sent and not yet written before `put` waits (memory)
 
 Rows = list[tuple[Any, ...] | None]
 Places = list[int]
+Part = tuple[list[Event], Rows, Places]
+"""A batch, or part of one, as the writer takes it: the events it keys, links and folds, every row
+in order (None where it makes the row), and the place of each of those events among the rows."""
 Packed = tuple[list[tuple[Any, ...]], Rows, Places]
 """A batch as it crosses the pipe: the field tuples of the events the writer keys, links and
 folds; every event's row in order (`Event.to_row`), None where the writer must make it after
@@ -65,7 +68,7 @@ def packed(events: Sequence[Event]) -> Packed:
     return folded, rows, places
 
 
-def unpacked(batch: Packed) -> tuple[list[Event], Rows, Places]:
+def unpacked(batch: Packed) -> Part:
     folded, rows, places = batch
     return [Event(*fields) for fields in folded], rows, places
 
@@ -82,11 +85,13 @@ class BulkProcess:
         child.close()
         self._in_flight = 0
 
-    def put(self, events: Sequence[Event], positions: Sequence[Position]) -> None:
+    def put(self, events: Sequence[Event], positions: Sequence[Position], commit: bool = True) -> None:
+        """Send a batch, or with `commit` False a part of one (`Store.append_bulk_part`)."""
         while self._in_flight >= _IN_FLIGHT or (self._in_flight and self._pipe.poll()):
             self._answer()
         try:
-            _send_batch(self._pipe, pickle.dumps((packed(events), list(positions)), protocol=5), self._process.pid)
+            batch = (packed(events), list(positions), commit)
+            _send_batch(self._pipe, pickle.dumps(batch, protocol=5), self._process.pid)
         except OSError:
             self._in_flight = 0
             raise _ended() from None
@@ -125,22 +130,31 @@ def _ended() -> StoreError:
     )
 
 
-def _write_storable(
-    writer: BulkWrites, events: list[Event], rows: Rows, places: Places, positions: list[Position]
-) -> None:
-    """`store.base.write_storable` for a batch that crossed as rows: these are made again from the
-    changed events (running the import again would fail at the same batch for ever)."""
+def _write_storable(writer: BulkWrites, part: Part, positions: list[Position], commit: bool) -> None:
+    """`store.base.write_storable` for parts that crossed as rows: when a write fails, every part of
+    its transaction is made storable and written again (running the import again would fail at
+    the same batch for ever)."""
     try:
-        writer.write(events, rows, places, positions)
+        writer.write(part, positions, commit)
     except Exception as exc:
-        keyed = dict(zip(places, events, strict=True))
-        every = [
-            keyed[place] if row is None or place in keyed else Event.from_row(row) for place, row in enumerate(rows)
-        ]
-        if not made_storable(every, exc):
+        parts = writer.rolled_back()
+        remade = [_storable(every, exc) for every in parts]
+        if not any(changed for _, changed in remade):
             raise
-        rows = [None if row is None else event.to_row() for row, event in zip(rows, every, strict=True)]
-        writer.write(events, rows, places, positions)
+        for again, _ in remade[:-1]:
+            writer.write(again, [], commit=False)
+        writer.write(remade[-1][0], positions, commit)
+
+
+def _storable(part: Part, problem: Exception) -> tuple[Part, bool]:
+    """The part with its events made storable and their rows made again; whether any changed."""
+    events, rows, places = part
+    keyed = dict(zip(places, events, strict=True))
+    every = [keyed[place] if row is None or place in keyed else Event.from_row(row) for place, row in enumerate(rows)]
+    if not made_storable(every, problem):
+        return part, False
+    rows = [None if row is None else event.to_row() for row, event in zip(rows, every, strict=True)]
+    return (events, rows, places), True
 
 
 def _send_batch(pipe: Connection, data: bytes, pid: int) -> None:
@@ -176,11 +190,11 @@ def _write(path: str, pipe: Connection) -> None:
     try:
         while True:
             try:
-                batch, positions = _received_batch(pipe)
+                batch, positions, commit = _received_batch(pipe)
             except EOFError:
-                return
+                return  # a transaction still open (parts without their batch's end) is rolled back
             try:
-                _write_storable(writer, *unpacked(batch), positions)
+                _write_storable(writer, unpacked(batch), positions, commit)
             except Exception as exc:  # disk full, locked database, ...: the importer stops and says why
                 pipe.send(str(exc))
                 return
