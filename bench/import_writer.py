@@ -54,6 +54,9 @@ class _Recording(SqliteStore):
     def append_bulk(self, events: Sequence[Event], positions: Sequence[Position] = ()) -> None:
         self.batches.append(pickle.dumps((sqlite_bulk.packed(events), list(positions)), protocol=5))
 
+    def append_bulk_part(self, events: Sequence[Event]) -> bool:
+        return False  # whole batches: the writer does the same work for a batch's parts, in one transaction
+
 
 def batches_of(log: Path, megabytes: int, directory: Path) -> list[bytes]:
     head = directory / "head.log"
