@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -111,14 +112,28 @@ def test_an_import_killed_between_bulk_batches_resumes_without_duplicates_or_gap
     assert _users(store) == [f"u{n}@x.test" for n in range(40)]
 
 
+def _forty_logins(directory: Path) -> Path:
+    path = directory / "mail.log"
+    path.write_text("".join(_login(n) for n in range(40)))
+    return path
+
+
+def _restarted_import_stores_every_login_once(store_path: Path, log: Path) -> None:
+    restarted = SqliteStore(store_path)
+    try:
+        _import(restarted, [log])
+        assert _users(restarted) == [f"u{n}@x.test" for n in range(40)]
+    finally:
+        restarted.close()
+
+
 def test_a_bulk_import_whose_writer_process_is_killed_stops_and_resumes_without_duplicates_or_gaps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite only: its bulk imports are written by a process of their own, which is killed here."""
     monkeypatch.setattr(Importer, "CHECK_EVERY_LINES", 4)
     monkeypatch.setattr(Positions, "BULK_EVENTS", 5)
-    path = tmp_path / "mail.log"
-    path.write_text("".join(_login(n) for n in range(40)))
+    path = _forty_logins(tmp_path)
     store = SqliteStore(tmp_path / "store.db")
     handed: list[int] = []
     commit = store.append_bulk
@@ -137,12 +152,21 @@ def test_a_bulk_import_whose_writer_process_is_killed_stops_and_resumes_without_
     assert len(_users(store)) == sum(handed[:2])  # the batches committed before, with their positions
     monkeypatch.undo()
     store.close()
-    restarted = SqliteStore(tmp_path / "store.db")
-    try:
-        _import(restarted, [path])
-        assert _users(restarted) == [f"u{n}@x.test" for n in range(40)]
-    finally:
-        restarted.close()
+    _restarted_import_stores_every_login_once(tmp_path / "store.db", path)
+
+
+class _DiesAtTheSixthPart(SqliteStore):
+    """The import process dies (kill -9, power cut) as it hands its writer the sixth part."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.parts: list[int] = []
+
+    def append_bulk_part(self, events: Sequence[Event]) -> bool:
+        if len(self.parts) == 5:
+            raise Killed
+        self.parts.append(len(events))
+        return super().append_bulk_part(events)
 
 
 def test_an_import_killed_while_its_batch_is_in_the_writer_in_parts_resumes_without_duplicates_or_gaps(
@@ -153,31 +177,14 @@ def test_an_import_killed_while_its_batch_is_in_the_writer_in_parts_resumes_with
     monkeypatch.setattr(Importer, "CHECK_EVERY_LINES", 1)
     monkeypatch.setattr(Positions, "BULK_PART_EVENTS", 2)
     monkeypatch.setattr(Positions, "BULK_EVENTS", 8)
-    path = tmp_path / "mail.log"
-    path.write_text("".join(_login(n) for n in range(40)))
-    store = SqliteStore(tmp_path / "store.db")
-    parts: list[int] = []
-    hand_over = store.append_bulk_part
-
-    def killed_in_the_second_batch(events: list[Event]) -> bool:
-        if len(parts) == 5:
-            raise Killed
-        parts.append(len(events))
-        return hand_over(events)
-
-    monkeypatch.setattr(store, "append_bulk_part", killed_in_the_second_batch)
+    path = _forty_logins(tmp_path)
+    store = _DiesAtTheSixthPart(tmp_path / "store.db")
     with pytest.raises(Killed):
         _import(store, [path])
     store.flush()
-    assert parts == [2, 2, 2, 2, 2] and len(_users(store)) == 8  # the first batch; the second's parts are not
-    monkeypatch.undo()
+    assert store.parts == [2, 2, 2, 2, 2] and len(_users(store)) == 8  # the first batch; the second's parts are not
     store.close()
-    restarted = SqliteStore(tmp_path / "store.db")
-    try:
-        _import(restarted, [path])
-        assert _users(restarted) == [f"u{n}@x.test" for n in range(40)]
-    finally:
-        restarted.close()
+    _restarted_import_stores_every_login_once(tmp_path / "store.db", path)
 
 
 def test_a_renamed_and_compressed_file_is_recognised_by_its_content(store: Store, tmp_path: Path) -> None:
