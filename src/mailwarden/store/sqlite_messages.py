@@ -42,7 +42,7 @@ def _statement(head: str, width: int, rows: int, tail: str) -> str:
     return f"{head} VALUES {', '.join(values for _ in range(rows))}{tail}"
 
 
-def insert_rows(conn: WriterConnection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
     """`head VALUES (...), (...) ... tail` for many rows at once.
 
     The sqlite3 module lets go of the GIL for every step, and the writer thread then waits to get
@@ -50,12 +50,12 @@ def insert_rows(conn: WriterConnection, head: str, rows: Sequence[Sequence[objec
     one step (under smtp-source a commit took 6 ms, median, with a row per step, 2.6 ms with 50).
     Returns the id of the last row inserted.
     """
-    if not rows:
-        return 0
+    last = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        conn.execute(_statement(head, len(chunk[0]), len(chunk), tail), [v for row in chunk for v in row])
-    return _last_rowid(conn)
+        cursor = conn.execute(_statement(head, len(chunk[0]), len(chunk), tail), [v for row in chunk for v in row])
+        last = cursor.lastrowid or 0
+    return last
 
 
 def insert_prepared(conn: WriterConnection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> int:
@@ -66,15 +66,13 @@ def insert_prepared(conn: WriterConnection, head: str, rows: Sequence[Sequence[o
     if not rows:
         return 0
     conn.executemany(_statement(head, len(rows[0]), 1, tail), rows)
-    return _last_rowid(conn)
-
-
-def _last_rowid(conn: WriterConnection) -> int:
     return int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
 
 
-InsertRows = Callable[[WriterConnection, str, Sequence[Sequence[object]], str], int]
-"""How a writer inserts many rows: `insert_rows` (a thread sharing the interpreter) or `insert_prepared`."""
+InsertRows = Callable[[Any, str, Sequence[Sequence[object]], str], int]
+"""How a writer inserts many rows on its connection: `insert_rows` (a thread sharing the interpreter,
+on a sqlite3 connection, whose cursors know their last row id) or `insert_prepared` (any
+`WriterConnection`: a bulk import's APSW connection)."""
 
 
 def event_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
