@@ -441,8 +441,7 @@ def write_batch(
         _write_events(conn, book, index, events, bulk)
         _commit(conn, positions)
     except BaseException:
-        conn.execute("ROLLBACK")
-        index.forget()  # it folded what was rolled back
+        _roll_back(conn, index)
         raise
 
 
@@ -457,6 +456,11 @@ def _write_events(
     hinted = book.hint_links(events)  # looks at the index (this batch's messages too)
     if hinted:
         index.update((), hinted)
+
+
+def _roll_back(conn: WriterConnection, index: MessageIndex) -> None:
+    conn.execute("ROLLBACK")
+    index.forget()  # it folded what was rolled back
 
 
 def _commit(conn: WriterConnection, positions: list[Position]) -> None:
@@ -508,8 +512,7 @@ class BulkWrites:
                 _commit(self.conn, positions)
                 self._open.clear()
         except BaseException:
-            self.conn.execute("ROLLBACK")
-            self.index.forget()  # it folded what was rolled back
+            _roll_back(self.conn, self.index)
             raise
 
     def rolled_back(self) -> list[Part]:
